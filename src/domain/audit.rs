@@ -1,0 +1,86 @@
+//! Audit events: who changed what, when; never a secret.
+
+use crate::domain::credentials::ApplicationId;
+use crate::domain::ids::{GuildId, UserId};
+use chrono::{DateTime, Utc};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AuditKind {
+    DraftSubmitted,
+    ApprovalVote,
+    Approved,
+    Denied,
+    Withdrawn,
+    Expired,
+    CredentialsIssued,
+    KeyGenerated,
+    Finished,
+    DmRedacted,
+    KeyRotated,
+    KeyRevoked,
+    SettingsChanged,
+}
+
+impl AuditKind {
+    pub const ALL: [AuditKind; 13] = [
+        Self::DraftSubmitted,
+        Self::ApprovalVote,
+        Self::Approved,
+        Self::Denied,
+        Self::Withdrawn,
+        Self::Expired,
+        Self::CredentialsIssued,
+        Self::KeyGenerated,
+        Self::Finished,
+        Self::DmRedacted,
+        Self::KeyRotated,
+        Self::KeyRevoked,
+        Self::SettingsChanged,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::DraftSubmitted => "draft_submitted",
+            Self::ApprovalVote => "approval_vote",
+            Self::Approved => "approved",
+            Self::Denied => "denied",
+            Self::Withdrawn => "withdrawn",
+            Self::Expired => "expired",
+            Self::CredentialsIssued => "credentials_issued",
+            Self::KeyGenerated => "key_generated",
+            Self::Finished => "finished",
+            Self::DmRedacted => "dm_redacted",
+            Self::KeyRotated => "key_rotated",
+            Self::KeyRevoked => "key_revoked",
+            Self::SettingsChanged => "settings_changed",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == value)
+    }
+}
+
+/// An event about to be recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewAuditEvent {
+    pub guild_id: GuildId,
+    pub app_id: Option<ApplicationId>,
+    /// None when keygate itself acted (expiry, scheduled redaction).
+    pub actor_id: Option<UserId>,
+    pub kind: AuditKind,
+    /// One line for people; built from names and ids only, never a credential.
+    pub summary: String,
+}
+
+/// A recorded event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEvent {
+    pub id: i64,
+    pub guild_id: GuildId,
+    pub app_id: Option<ApplicationId>,
+    pub actor_id: Option<UserId>,
+    pub kind: AuditKind,
+    pub summary: String,
+    pub created_at: DateTime<Utc>,
+}

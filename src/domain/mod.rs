@@ -1,0 +1,11 @@
+//! Pure types and rules of keygate: no Discord, no database.
+
+pub mod application;
+pub mod approval;
+pub mod audit;
+pub mod catalog;
+pub mod credentials;
+pub mod ids;
+pub mod settings;
+pub mod validation;
+pub mod wizard;

@@ -1,0 +1,6 @@
+//! keygate: register an organization's API applications and issue their credentials from Discord.
+
+pub mod config;
+pub mod domain;
+pub mod service;
+pub mod store;
