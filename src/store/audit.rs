@@ -1,0 +1,167 @@
+//! The append-only audit log and its outbox of events still to post to Discord.
+
+use super::{StoreError, StoreResult, Tx, from_ms, on_conn, to_ms};
+use crate::domain::audit::{AuditEvent, AuditKind, NewAuditEvent};
+use crate::domain::credentials::ApplicationId;
+use crate::domain::ids::{GuildId, UserId};
+use chrono::{DateTime, Utc};
+
+const TABLE: &str = "audit_events";
+
+#[derive(sqlx::FromRow)]
+struct EventRow {
+    id: i64,
+    guild_id: i64,
+    app_id: Option<String>,
+    actor_id: Option<i64>,
+    kind: String,
+    summary: String,
+    created_at: i64,
+}
+
+impl TryFrom<EventRow> for AuditEvent {
+    type Error = StoreError;
+    fn try_from(r: EventRow) -> StoreResult<Self> {
+        Ok(AuditEvent {
+            id: r.id,
+            guild_id: GuildId::from_db(r.guild_id),
+            app_id: r
+                .app_id
+                .map(|id| ApplicationId::parse(&id))
+                .transpose()
+                .map_err(|e| StoreError::corrupt(TABLE, e.to_string()))?,
+            actor_id: r.actor_id.map(UserId::from_db),
+            kind: AuditKind::parse(&r.kind)
+                .ok_or_else(|| StoreError::corrupt(TABLE, format!("kind `{}`", r.kind)))?,
+            summary: r.summary,
+            created_at: from_ms(TABLE, r.created_at)?,
+        })
+    }
+}
+
+/// An event waiting in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    pub event: AuditEvent,
+    pub attempts: u32,
+}
+
+#[derive(sqlx::FromRow)]
+struct OutboxRow {
+    #[sqlx(flatten)]
+    event: EventRow,
+    attempts: i64,
+}
+
+const EVENT_COLUMNS: &str =
+    "e.id, e.guild_id, e.app_id, e.actor_id, e.kind, e.summary, e.created_at";
+
+impl Tx {
+    /// Records the event; with `post`, also queues it for the audit channel.
+    pub async fn append_audit(
+        &mut self,
+        event: &NewAuditEvent,
+        post: bool,
+        now: DateTime<Utc>,
+    ) -> StoreResult<i64> {
+        let id: i64 = on_conn!(self, c => sqlx::query_scalar(
+            "INSERT INTO audit_events (guild_id, app_id, actor_id, kind, summary, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id")
+            .bind(event.guild_id.to_db())
+            .bind(event.app_id.as_ref().map(ApplicationId::as_str))
+            .bind(event.actor_id.map(UserId::to_db))
+            .bind(event.kind.as_str())
+            .bind(&event.summary)
+            .bind(to_ms(now))
+            .fetch_one(&mut *c)
+            .await?);
+        if post {
+            on_conn!(self, c => sqlx::query(
+                "INSERT INTO audit_outbox (event_id, guild_id, next_attempt_at) VALUES ($1, $2, $3)")
+                .bind(id)
+                .bind(event.guild_id.to_db())
+                .bind(to_ms(now))
+                .execute(&mut *c)
+                .await?
+                .rows_affected());
+        }
+        Ok(id)
+    }
+
+    /// The guild's events (of one application, if given), newest first.
+    pub async fn audit_events(
+        &mut self,
+        guild: GuildId,
+        app: Option<&ApplicationId>,
+        limit: u32,
+    ) -> StoreResult<Vec<AuditEvent>> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {EVENT_COLUMNS} FROM audit_events e WHERE e.guild_id = $1 \
+             AND ($2 IS NULL OR e.app_id = $2) ORDER BY e.id DESC LIMIT $3"
+        ));
+        let rows: Vec<EventRow> = on_conn!(self, c => sqlx::query_as(sql)
+            .bind(guild.to_db())
+            .bind(app.map(ApplicationId::as_str))
+            .bind(i64::from(limit))
+            .fetch_all(&mut *c)
+            .await?);
+        rows.into_iter().map(AuditEvent::try_from).collect()
+    }
+
+    /// Unposted events whose next attempt is due, oldest first per guild.
+    pub async fn due_outbox(
+        &mut self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<OutboxEntry>> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT {EVENT_COLUMNS}, o.attempts FROM audit_outbox o \
+             JOIN audit_events e ON e.id = o.event_id \
+             WHERE o.posted_at IS NULL AND o.next_attempt_at <= $1 ORDER BY o.event_id LIMIT $2"
+        ));
+        let rows: Vec<OutboxRow> = on_conn!(self, c => sqlx::query_as(sql)
+            .bind(to_ms(now))
+            .bind(i64::from(limit))
+            .fetch_all(&mut *c)
+            .await?);
+        rows.into_iter()
+            .map(|r| {
+                Ok(OutboxEntry {
+                    event: AuditEvent::try_from(r.event)?,
+                    attempts: u32::try_from(r.attempts).unwrap_or(u32::MAX),
+                })
+            })
+            .collect()
+    }
+
+    /// False if it was already marked: a second poster must not post it again.
+    pub async fn mark_audit_posted(
+        &mut self,
+        event_id: i64,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let n = on_conn!(self, c => sqlx::query(
+            "UPDATE audit_outbox SET posted_at = $1 WHERE event_id = $2 AND posted_at IS NULL")
+            .bind(to_ms(now))
+            .bind(event_id)
+            .execute(&mut *c)
+            .await?
+            .rows_affected());
+        Ok(n == 1)
+    }
+
+    pub async fn defer_audit_post(
+        &mut self,
+        event_id: i64,
+        next_attempt_at: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        on_conn!(self, c => sqlx::query(
+            "UPDATE audit_outbox SET attempts = attempts + 1, next_attempt_at = $1 WHERE event_id = $2")
+            .bind(to_ms(next_attempt_at))
+            .bind(event_id)
+            .execute(&mut *c)
+            .await?
+            .rows_affected());
+        Ok(())
+    }
+}

@@ -1,0 +1,98 @@
+//! Scheduled redactions of DMs that carried a secret.
+
+use super::{StoreError, StoreResult, Tx, from_ms, on_conn, to_ms};
+use crate::domain::credentials::ApplicationId;
+use crate::domain::ids::{ChannelId, MessageId, UserId};
+use chrono::{DateTime, Utc};
+
+const TABLE: &str = "dm_redactions";
+
+/// A DM to redact when it falls due, even after a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DmRedaction {
+    pub channel_id: ChannelId,
+    pub message_id: MessageId,
+    pub app_id: ApplicationId,
+    pub user_id: UserId,
+    pub due_at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+struct RedactionRow {
+    channel_id: i64,
+    message_id: i64,
+    app_id: String,
+    user_id: i64,
+    due_at: i64,
+}
+
+impl Tx {
+    pub async fn schedule_redaction(&mut self, r: &DmRedaction) -> StoreResult<()> {
+        on_conn!(self, c => sqlx::query(
+            "INSERT INTO dm_redactions (channel_id, message_id, app_id, user_id, due_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (channel_id, message_id) DO UPDATE SET due_at = excluded.due_at")
+            .bind(r.channel_id.to_db())
+            .bind(r.message_id.to_db())
+            .bind(r.app_id.as_str())
+            .bind(r.user_id.to_db())
+            .bind(to_ms(r.due_at))
+            .execute(&mut *c)
+            .await?
+            .rows_affected());
+        Ok(())
+    }
+
+    /// Brings the application's pending redactions forward to `now` (Finish).
+    pub async fn hasten_redactions(
+        &mut self,
+        app: &ApplicationId,
+        now: DateTime<Utc>,
+    ) -> StoreResult<u64> {
+        Ok(on_conn!(self, c => sqlx::query(
+            "UPDATE dm_redactions SET due_at = $1 WHERE app_id = $2 AND done_at IS NULL AND due_at > $1")
+            .bind(to_ms(now))
+            .bind(app.as_str())
+            .execute(&mut *c)
+            .await?
+            .rows_affected()))
+    }
+
+    pub async fn due_redactions(&mut self, now: DateTime<Utc>) -> StoreResult<Vec<DmRedaction>> {
+        let rows: Vec<RedactionRow> = on_conn!(self, c => sqlx::query_as(
+            "SELECT channel_id, message_id, app_id, user_id, due_at FROM dm_redactions \
+             WHERE done_at IS NULL AND due_at <= $1 ORDER BY due_at")
+            .bind(to_ms(now))
+            .fetch_all(&mut *c)
+            .await?);
+        rows.into_iter()
+            .map(|r| {
+                Ok(DmRedaction {
+                    channel_id: ChannelId::from_db(r.channel_id),
+                    message_id: MessageId::from_db(r.message_id),
+                    app_id: ApplicationId::parse(&r.app_id)
+                        .map_err(|e| StoreError::corrupt(TABLE, e.to_string()))?,
+                    user_id: UserId::from_db(r.user_id),
+                    due_at: from_ms(TABLE, r.due_at)?,
+                })
+            })
+            .collect()
+    }
+
+    /// False if it was already done.
+    pub async fn mark_redacted(
+        &mut self,
+        channel: ChannelId,
+        message: MessageId,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let n = on_conn!(self, c => sqlx::query(
+            "UPDATE dm_redactions SET done_at = $1 WHERE channel_id = $2 AND message_id = $3 AND done_at IS NULL")
+            .bind(to_ms(now))
+            .bind(channel.to_db())
+            .bind(message.to_db())
+            .execute(&mut *c)
+            .await?
+            .rows_affected());
+        Ok(n == 1)
+    }
+}
