@@ -1,0 +1,184 @@
+//! Use cases: one function per action, each in one transaction with its audit event.
+
+mod apps;
+mod clock;
+mod verify;
+mod wizard;
+
+pub use apps::{ApproveOutcome, IssuedCredentials, IssuedKey, Submitted};
+pub use clock::Clock;
+pub use verify::{Verification, VerifiedKey, VerifyFailure};
+pub use wizard::{DraftInput, DraftStart};
+
+use crate::domain::application::{AppStatus, LifecycleError};
+use crate::domain::approval::ApprovalError;
+use crate::domain::audit::{AuditKind, NewAuditEvent};
+use crate::domain::catalog::ScopeCatalog;
+use crate::domain::ids::{GuildId, UserId};
+use crate::domain::settings::GuildSettings;
+use crate::domain::validation::ValidationErrors;
+use crate::domain::wizard::WizardError;
+use crate::store::{Store, StoreError, Tx};
+use chrono::TimeDelta;
+use std::sync::Arc;
+
+/// Lifetimes that are not per-guild settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// An untouched wizard draft lives this long.
+    pub draft_ttl: TimeDelta,
+    /// A new API key works this long.
+    pub key_lifetime: TimeDelta,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            draft_ttl: TimeDelta::hours(1),
+            key_lifetime: TimeDelta::days(365),
+        }
+    }
+}
+
+/// Who is acting, with what the Discord layer found out about their rights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Actor {
+    pub user_id: UserId,
+    /// Holds the guild's approver role (or Manage Server when none is set).
+    pub is_approver: bool,
+}
+
+impl Actor {
+    pub fn member(user_id: UserId) -> Self {
+        Self {
+            user_id,
+            is_approver: false,
+        }
+    }
+
+    pub fn approver(user_id: UserId) -> Self {
+        Self {
+            user_id,
+            is_approver: true,
+        }
+    }
+}
+
+/// What can go wrong in a use case. Every variant but `Store` is the user's
+/// to fix and safe to show them.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{0}")]
+    Validation(#[from] ValidationErrors),
+    #[error("{0}")]
+    Wizard(#[from] WizardError),
+    #[error("{0}")]
+    Lifecycle(#[from] LifecycleError),
+    #[error("{0}")]
+    Approval(#[from] ApprovalError),
+    #[error("this wizard has expired or was closed; run /app create to start again")]
+    DraftNotFound,
+    #[error("this is not your wizard")]
+    NotYourDraft,
+    #[error("no such application in this server")]
+    AppNotFound,
+    #[error("only the application's owner can do that")]
+    NotOwner,
+    #[error("only approvers can do that")]
+    NotApprover,
+    #[error("this application's credentials were already issued; they are shown only once")]
+    CredentialsAlreadyIssued,
+    #[error("this application is {}, not approved", .0.label().to_lowercase())]
+    NotApproved(AppStatus),
+    #[error("this application's credentials have not been issued yet")]
+    CredentialsNotIssued,
+    #[error("an API key was already generated for this application; each application gets one")]
+    KeyAlreadyGenerated,
+    #[error("internal error: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl ServiceError {
+    /// True when the user caused it and may see the message as is.
+    pub fn is_user_error(&self) -> bool {
+        !matches!(self, Self::Store(_))
+    }
+}
+
+pub type ServiceResult<T> = Result<T, ServiceError>;
+
+/// The use cases over one store and scope catalog.
+#[derive(Clone)]
+pub struct Service {
+    store: Store,
+    catalog: Arc<ScopeCatalog>,
+    clock: Clock,
+    policy: Policy,
+}
+
+impl Service {
+    pub fn new(store: Store, catalog: Arc<ScopeCatalog>) -> Self {
+        Self {
+            store,
+            catalog,
+            clock: Clock::System,
+            policy: Policy::default(),
+        }
+    }
+
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    pub fn with_policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn catalog(&self) -> &ScopeCatalog {
+        &self.catalog
+    }
+
+    pub async fn settings(&self, guild: GuildId) -> ServiceResult<GuildSettings> {
+        let mut tx = self.store.read().await?;
+        let settings = tx.guild_settings(guild).await?;
+        tx.rollback().await?;
+        Ok(settings)
+    }
+
+    pub async fn save_settings(&self, actor: Actor, settings: &GuildSettings) -> ServiceResult<()> {
+        let now = self.clock.now();
+        let mut tx = self.store.begin().await?;
+        tx.save_guild_settings(settings, now).await?;
+        let event = NewAuditEvent {
+            guild_id: settings.guild_id,
+            app_id: None,
+            actor_id: Some(actor.user_id),
+            kind: AuditKind::SettingsChanged,
+            summary: "changed keygate settings".into(),
+        };
+        // Written after the settings, so a newly set audit channel gets this event.
+        audit(&mut tx, event, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Records an audit event in the caller's transaction, queued for the audit
+/// channel only if the guild has one (a channel set later is not flooded with
+/// old events).
+async fn audit(
+    tx: &mut Tx,
+    event: NewAuditEvent,
+    now: chrono::DateTime<chrono::Utc>,
+) -> ServiceResult<()> {
+    let settings = tx.guild_settings(event.guild_id).await?;
+    tx.append_audit(&event, settings.audit_channel.is_some(), now)
+        .await?;
+    Ok(())
+}

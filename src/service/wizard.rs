@@ -1,0 +1,243 @@
+//! Wizard drafts: start, advance, cancel, submit.
+
+use super::{Service, ServiceError, ServiceResult, audit};
+use crate::domain::application::{AppStatus, Application, LoginUserType, SourceApp, Transition};
+use crate::domain::approval::{ApprovalRequest, RequestStatus};
+use crate::domain::audit::{AuditKind, NewAuditEvent};
+use crate::domain::credentials::ApplicationId;
+use crate::domain::ids::{GuildId, UserId};
+use crate::domain::validation::{
+    AppForm, Field, ValidationErrors, name_key, validate_form, validate_scopes,
+};
+use crate::domain::wizard::{SavedDraft, WizardAction, WizardDraft};
+use crate::store::{StoreError, Tx};
+use rand::distr::{Alphanumeric, SampleString};
+
+use super::apps::Submitted;
+
+/// What `/app create` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DraftStart {
+    New(SavedDraft),
+    /// The user already has an open draft here: offer Resume or Start over.
+    Existing(SavedDraft),
+}
+
+/// What the user did on a step, as typed: checked before it reaches the draft.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DraftInput {
+    Details(AppForm),
+    UserType(LoginUserType),
+    SourceApp(SourceApp),
+    Scopes(Vec<String>),
+    Next,
+    Back,
+}
+
+fn draft_id() -> String {
+    // Only identifies the draft; the owner check, not secrecy, guards it.
+    format!("d{}", Alphanumeric.sample_string(&mut rand::rng(), 15))
+}
+
+fn name_taken(name: &str) -> ValidationErrors {
+    ValidationErrors::single(
+        Field::Name,
+        format!("an application named `{name}` already exists in this server"),
+    )
+}
+
+impl Service {
+    /// Opens a new draft, or returns the user's open one.
+    pub async fn start_draft(&self, guild: GuildId, user: UserId) -> ServiceResult<DraftStart> {
+        let now = self.clock.now();
+        let mut tx = self.store.begin().await?;
+        if let Some(existing) = tx.draft_for_user(guild, user).await? {
+            if existing.expires_at > now {
+                tx.rollback().await?;
+                return Ok(DraftStart::Existing(existing));
+            }
+            tx.delete_draft(&existing.id).await?;
+        }
+        let draft = SavedDraft {
+            id: draft_id(),
+            guild_id: guild,
+            user_id: user,
+            draft: WizardDraft::new(),
+            created_at: now,
+            expires_at: now + self.policy.draft_ttl,
+        };
+        tx.insert_draft(&draft).await?;
+        tx.commit().await?;
+        Ok(DraftStart::New(draft))
+    }
+
+    /// Start over: drops the user's open draft, if any, and opens a new one.
+    pub async fn restart_draft(&self, guild: GuildId, user: UserId) -> ServiceResult<SavedDraft> {
+        let mut tx = self.store.begin().await?;
+        if let Some(existing) = tx.draft_for_user(guild, user).await? {
+            tx.delete_draft(&existing.id).await?;
+        }
+        tx.commit().await?;
+        match self.start_draft(guild, user).await? {
+            DraftStart::New(d) | DraftStart::Existing(d) => Ok(d),
+        }
+    }
+
+    /// Loads a draft for its owner; anyone else is refused.
+    async fn owned_draft(&self, tx: &mut Tx, id: &str, actor: UserId) -> ServiceResult<SavedDraft> {
+        let draft = tx
+            .draft_by_id(id)
+            .await?
+            .ok_or(ServiceError::DraftNotFound)?;
+        if draft.user_id != actor {
+            return Err(ServiceError::NotYourDraft);
+        }
+        if draft.expires_at <= self.clock.now() {
+            return Err(ServiceError::DraftNotFound);
+        }
+        Ok(draft)
+    }
+
+    pub async fn draft(&self, id: &str, actor: UserId) -> ServiceResult<SavedDraft> {
+        let mut tx = self.store.read().await?;
+        let draft = self.owned_draft(&mut tx, id, actor).await?;
+        tx.rollback().await?;
+        Ok(draft)
+    }
+
+    /// Applies one step's input and saves the draft. Nothing is saved when the
+    /// input is refused.
+    pub async fn advance_draft(
+        &self,
+        id: &str,
+        actor: UserId,
+        input: DraftInput,
+    ) -> ServiceResult<SavedDraft> {
+        let now = self.clock.now();
+        let mut tx = self.store.begin().await?;
+        let mut saved = self.owned_draft(&mut tx, id, actor).await?;
+        let action = match input {
+            DraftInput::Details(form) => {
+                let details = validate_form(&form)?;
+                if tx
+                    .app_name_taken(saved.guild_id, &name_key(&details.name))
+                    .await?
+                {
+                    return Err(name_taken(&details.name).into());
+                }
+                WizardAction::SetDetails {
+                    form: Box::new(form),
+                    details: Box::new(details),
+                }
+            }
+            DraftInput::UserType(t) => WizardAction::SetUserType(t),
+            DraftInput::SourceApp(s) => WizardAction::SetSourceApp(s),
+            DraftInput::Scopes(scopes) => {
+                WizardAction::SetScopes(validate_scopes(&scopes, &self.catalog)?)
+            }
+            DraftInput::Next => WizardAction::Next,
+            DraftInput::Back => WizardAction::Back,
+        };
+        saved.draft.apply(action)?;
+        saved.expires_at = now + self.policy.draft_ttl;
+        tx.update_draft(&saved.id, &saved.draft, now, saved.expires_at)
+            .await?;
+        tx.commit().await?;
+        Ok(saved)
+    }
+
+    pub async fn cancel_draft(&self, id: &str, actor: UserId) -> ServiceResult<()> {
+        let mut tx = self.store.begin().await?;
+        let draft = self.owned_draft(&mut tx, id, actor).await?;
+        tx.delete_draft(&draft.id).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Turns the reviewed draft into an application: approved at once when the
+    /// guild requires no approval, else pending with an approval request.
+    pub async fn submit_draft(&self, id: &str, actor: UserId) -> ServiceResult<Submitted> {
+        let now = self.clock.now();
+        let mut tx = self.store.begin().await?;
+        let saved = self.owned_draft(&mut tx, id, actor).await?;
+        let new = saved.draft.complete()?;
+        // The catalog may have changed since the scope step (a restart with
+        // another SCOPE_CATALOG): check again.
+        let scopes = validate_scopes(&new.scopes, &self.catalog)?;
+        let settings = tx.guild_settings(saved.guild_id).await?;
+        let status = AppStatus::Draft.apply(Transition::Submit {
+            approvals_required: settings.approvals_required,
+        })?;
+        let app = Application {
+            id: ApplicationId::generate(),
+            guild_id: saved.guild_id,
+            owner_id: actor,
+            details: new.details,
+            user_type: new.user_type,
+            source_app: new.source_app,
+            scopes,
+            status,
+            key_prefix: None,
+            created_at: now,
+            updated_at: now,
+        };
+        match tx.insert_app(&app, &name_key(&app.details.name)).await {
+            Err(StoreError::Conflict("name")) => return Err(name_taken(&app.details.name).into()),
+            other => other?,
+        }
+        // Two concurrent Submits of one draft: the second finds it gone.
+        if !tx.delete_draft(&saved.id).await? {
+            return Err(ServiceError::DraftNotFound);
+        }
+        let request = if status == AppStatus::PendingApproval {
+            let request = ApprovalRequest {
+                app_id: app.id.clone(),
+                guild_id: app.guild_id,
+                requester_id: actor,
+                approvals_required: settings.approvals_required,
+                status: RequestStatus::Pending,
+                approvers: Vec::new(),
+                created_at: now,
+                expires_at: now + settings.request_expiry,
+                decided_by: None,
+                deny_reason: None,
+            };
+            tx.insert_approval_request(&request).await?;
+            Some(request)
+        } else {
+            None
+        };
+        let summary = match &request {
+            Some(r) => format!(
+                "submitted `{}` for approval ({} needed)",
+                app.details.name, r.approvals_required
+            ),
+            None => format!(
+                "submitted `{}`; approved (no approval required)",
+                app.details.name
+            ),
+        };
+        audit(
+            &mut tx,
+            NewAuditEvent {
+                guild_id: app.guild_id,
+                app_id: Some(app.id.clone()),
+                actor_id: Some(actor),
+                kind: AuditKind::DraftSubmitted,
+                summary,
+            },
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Submitted { app, request })
+    }
+
+    /// Drops drafts nobody touched within their lifetime.
+    pub async fn purge_expired_drafts(&self) -> ServiceResult<u64> {
+        let mut tx = self.store.begin().await?;
+        let n = tx.delete_expired_drafts(self.clock.now()).await?;
+        tx.commit().await?;
+        Ok(n)
+    }
+}
