@@ -1,0 +1,254 @@
+//! Every setting, read from the environment and validated at start.
+
+use crate::domain::catalog::ScopeCatalog;
+use secrecy::SecretString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use url::Url;
+
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://keygate.db";
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// Where the scope catalog came from, for the start-up log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CatalogSource {
+    Builtin,
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Required by `run` only; `migrate` works without it.
+    pub discord_token: Option<SecretString>,
+    pub database_url: String,
+    pub discord_api_url: Option<Url>,
+    pub discord_guild_id: Option<u64>,
+    /// None: the verify API is disabled.
+    pub http_addr: Option<SocketAddr>,
+    pub scope_catalog: Arc<ScopeCatalog>,
+    pub catalog_source: CatalogSource,
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "DISCORD_TOKEN is not set: put your bot's token (Discord Developer Portal > your application > Bot > Token) in the environment or in .env"
+    )]
+    MissingToken,
+    #[error("{var} is invalid: {problem}")]
+    Invalid { var: &'static str, problem: String },
+}
+
+fn invalid(var: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        var,
+        problem: problem.into(),
+    }
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads every setting through `lookup`, so tests need not touch the
+    /// process environment. Blank values count as unset.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| lookup(name).map(|v| v.trim().to_owned());
+        let set = |name: &str| get(name).filter(|v| !v.is_empty());
+
+        let discord_token = match set("DISCORD_TOKEN") {
+            Some(t) if t.chars().any(char::is_whitespace) => {
+                return Err(invalid("DISCORD_TOKEN", "a bot token contains no spaces"));
+            }
+            Some(t) => Some(SecretString::from(t)),
+            None => None,
+        };
+
+        let database_url = set("DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned());
+        if !(database_url.starts_with("sqlite:")
+            || database_url.starts_with("postgres://")
+            || database_url.starts_with("postgresql://"))
+        {
+            return Err(invalid(
+                "DATABASE_URL",
+                "expected sqlite://FILE or postgres://USER@HOST/DB",
+            ));
+        }
+
+        let discord_api_url = set("DISCORD_API_URL")
+            .map(|v| {
+                let url = Url::parse(&v).map_err(|e| invalid("DISCORD_API_URL", e.to_string()))?;
+                if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+                    return Err(invalid(
+                        "DISCORD_API_URL",
+                        "expected an http(s) URL with a host",
+                    ));
+                }
+                Ok(url)
+            })
+            .transpose()?;
+
+        let discord_guild_id = set("DISCORD_GUILD_ID")
+            .map(|v| match v.parse::<u64>() {
+                Ok(id) if id > 0 => Ok(id),
+                _ => Err(invalid(
+                    "DISCORD_GUILD_ID",
+                    format!("`{v}` is not a Discord server id"),
+                )),
+            })
+            .transpose()?;
+
+        // Unset means the default address; set but empty means disabled.
+        let http_addr = match get("HTTP_ADDR") {
+            None => Some(DEFAULT_HTTP_ADDR.to_owned()),
+            Some(v) if v.is_empty() => None,
+            Some(v) => Some(v),
+        }
+        .map(|v| {
+            v.parse::<SocketAddr>().map_err(|_| {
+                invalid(
+                    "HTTP_ADDR",
+                    format!("`{v}` is not HOST:PORT, e.g. 127.0.0.1:8080"),
+                )
+            })
+        })
+        .transpose()?;
+
+        let (scope_catalog, catalog_source) = match set("SCOPE_CATALOG") {
+            None => (ScopeCatalog::builtin(), CatalogSource::Builtin),
+            Some(path) => {
+                let path = PathBuf::from(path);
+                let catalog = ScopeCatalog::load(&path)
+                    .map_err(|e| invalid("SCOPE_CATALOG", error_chain(&e)))?;
+                (catalog, CatalogSource::File(path))
+            }
+        };
+
+        let log_format = match set("LOG_FORMAT").as_deref() {
+            None | Some("pretty") => LogFormat::Pretty,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(invalid(
+                    "LOG_FORMAT",
+                    format!("`{other}` is not `pretty` or `json`"),
+                ));
+            }
+        };
+
+        Ok(Self {
+            discord_token,
+            database_url,
+            discord_api_url,
+            discord_guild_id,
+            http_addr,
+            scope_catalog: Arc::new(scope_catalog),
+            catalog_source,
+            log_format,
+        })
+    }
+
+    pub fn require_token(&self) -> Result<&SecretString, ConfigError> {
+        self.discord_token.as_ref().ok_or(ConfigError::MissingToken)
+    }
+}
+
+/// An error and its causes on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| vars.get(k).cloned())
+    }
+
+    fn problem(vars: &[(&str, &str)]) -> String {
+        config(vars).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_apply_when_nothing_is_set() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.database_url, "sqlite://keygate.db");
+        assert_eq!(c.http_addr, Some("127.0.0.1:8080".parse().unwrap()));
+        assert_eq!(c.log_format, LogFormat::Pretty);
+        assert_eq!(c.catalog_source, CatalogSource::Builtin);
+        assert!(c.discord_token.is_none());
+        assert!(
+            c.require_token()
+                .unwrap_err()
+                .to_string()
+                .contains("DISCORD_TOKEN")
+        );
+    }
+
+    #[test]
+    fn values_are_read() {
+        let c = config(&[
+            ("DISCORD_TOKEN", "abc.def"),
+            ("DATABASE_URL", "postgres://postgres@127.0.0.1/test"),
+            ("DISCORD_API_URL", "http://127.0.0.1:9000"),
+            ("DISCORD_GUILD_ID", "123"),
+            ("HTTP_ADDR", ""),
+            ("LOG_FORMAT", "json"),
+        ])
+        .unwrap();
+        assert_eq!(c.require_token().unwrap().expose_secret(), "abc.def");
+        assert_eq!(c.discord_guild_id, Some(123));
+        assert_eq!(c.http_addr, None, "empty HTTP_ADDR disables the API");
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert!(
+            !format!("{c:?}").contains("abc.def"),
+            "the token never prints"
+        );
+    }
+
+    #[test]
+    fn each_bad_value_names_its_variable() {
+        assert!(problem(&[("DATABASE_URL", "mysql://x")]).starts_with("DATABASE_URL is invalid"));
+        assert!(problem(&[("DISCORD_API_URL", "not a url")]).starts_with("DISCORD_API_URL"));
+        assert!(problem(&[("DISCORD_API_URL", "ftp://x")]).starts_with("DISCORD_API_URL"));
+        assert!(problem(&[("DISCORD_GUILD_ID", "abc")]).starts_with("DISCORD_GUILD_ID"));
+        assert!(problem(&[("DISCORD_GUILD_ID", "0")]).starts_with("DISCORD_GUILD_ID"));
+        assert!(problem(&[("HTTP_ADDR", "localhost")]).starts_with("HTTP_ADDR"));
+        assert!(problem(&[("LOG_FORMAT", "xml")]).starts_with("LOG_FORMAT"));
+        assert!(problem(&[("DISCORD_TOKEN", "a b")]).starts_with("DISCORD_TOKEN"));
+        let missing = problem(&[("SCOPE_CATALOG", "/nonexistent/scopes.toml")]);
+        assert!(missing.starts_with("SCOPE_CATALOG is invalid"), "{missing}");
+        assert!(missing.contains("/nonexistent/scopes.toml"), "{missing}");
+    }
+
+    #[test]
+    fn a_bad_catalog_file_is_a_startup_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("scopes.toml");
+        std::fs::write(&path, "[[groups]]\nkey = \"Bad Key\"\n").unwrap();
+        let msg = problem(&[("SCOPE_CATALOG", path.to_str().unwrap())]);
+        assert!(msg.starts_with("SCOPE_CATALOG is invalid"), "{msg}");
+    }
+}

@@ -1,0 +1,82 @@
+//! The keygate binary: command line, environment, logging, and the store.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use keygate::config::{CatalogSource, Config, LogFormat};
+use keygate::store::Store;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Register API applications and issue their credentials from Discord"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Clone, Copy)]
+enum Command {
+    /// Run the bot (the default).
+    Run,
+    /// Apply database migrations and exit.
+    Migrate,
+}
+
+fn init_logging(format: LogFormat) -> anyhow::Result<()> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) => {
+            EnvFilter::try_new(&spec).with_context(|| format!("RUST_LOG is invalid: `{spec}`"))?
+        }
+        Err(_) => EnvFilter::new("info"),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Pretty => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // A missing .env is normal; a malformed one is not.
+    match dotenvy::dotenv() {
+        Ok(_) => {}
+        Err(e) if e.not_found() => {}
+        Err(e) => return Err(e).context("cannot read .env"),
+    }
+    let config = Config::from_env()?;
+    init_logging(config.log_format)?;
+    let command = cli.command.unwrap_or(Command::Run);
+    if let Command::Run = command {
+        // Checked before anything else so a missing token fails fast and clearly.
+        config.require_token()?;
+    }
+
+    let store = Store::connect(&config.database_url)
+        .await
+        .context("cannot open the database named by DATABASE_URL")?;
+    store.migrate().await?;
+    tracing::info!(backend = ?store.backend(), "database ready");
+
+    match command {
+        Command::Migrate => {}
+        Command::Run => {
+            let catalog = match &config.catalog_source {
+                CatalogSource::Builtin => "built-in".to_owned(),
+                CatalogSource::File(path) => path.display().to_string(),
+            };
+            tracing::info!(
+                catalog,
+                groups = config.scope_catalog.groups().len(),
+                "scope catalog loaded"
+            );
+            tracing::warn!("the Discord bot is not built yet: nothing more to run");
+        }
+    }
+    store.close().await;
+    Ok(())
+}

@@ -1,0 +1,1019 @@
+//! The store conformance suite: every use case against SQLite and PostgreSQL.
+
+mod support;
+
+use keygate::domain::application::{AppStatus, LoginUserType, SourceApp};
+use keygate::domain::approval::{ApprovalError, RequestStatus};
+use keygate::domain::audit::{AuditKind, NewAuditEvent};
+use keygate::domain::credentials::{API_KEY_PREFIX, ApiKey, ApplicationId};
+use keygate::domain::ids::{ChannelId, MessageId};
+use keygate::domain::settings::GuildSettings;
+use keygate::domain::validation::{AppForm, Field};
+use keygate::domain::wizard::WizardStep;
+use keygate::service::{
+    Actor, ApproveOutcome, DraftInput, DraftStart, Service, ServiceError, Submitted, Verification,
+    VerifyFailure,
+};
+use keygate::store::DmRedaction;
+use support::*;
+
+on_both_stores!(
+    migrations_are_idempotent_and_start_empty,
+    whole_flow_without_approval,
+    fifty_concurrent_key_generations_make_one_key,
+    concurrent_decisions_record_one_outcome,
+    approval_rules_hold,
+    bad_input_is_rejected_and_writes_nothing,
+    no_clear_secret_is_ever_stored,
+    verify_tells_each_outcome,
+    drafts_belong_to_one_user_and_survive_a_restart,
+    names_are_unique_per_guild_ignoring_case,
+    audit_log_is_append_only_and_outbox_posts_once,
+    redactions_are_scheduled_and_done_once,
+    settings_round_trip,
+    list_and_show_apps,
+);
+
+async fn draft_to_review(svc: &Service, user: keygate::domain::ids::UserId, name: &str) -> String {
+    let id = match svc.start_draft(GUILD, user).await.unwrap() {
+        DraftStart::New(d) => d.id,
+        DraftStart::Existing(d) => panic!("unexpected open draft {}", d.id),
+    };
+    for input in [
+        DraftInput::Details(form(name)),
+        DraftInput::UserType(LoginUserType::Guest),
+        DraftInput::SourceApp(SourceApp::ExternalCma),
+        DraftInput::Next,
+        DraftInput::Scopes(vec!["appointments".into(), "guests".into()]),
+        DraftInput::Next,
+    ] {
+        svc.advance_draft(&id, user, input).await.unwrap();
+    }
+    id
+}
+
+async fn submit(svc: &Service, user: keygate::domain::ids::UserId, name: &str) -> Submitted {
+    let id = draft_to_review(svc, user, name).await;
+    svc.submit_draft(&id, user).await.unwrap()
+}
+
+async fn require_approvals(db: &TestDb, n: u8) {
+    let settings = GuildSettings {
+        approvals_required: n,
+        ..GuildSettings::defaults(GUILD)
+    };
+    db.service
+        .save_settings(Actor::member(ALICE), &settings)
+        .await
+        .unwrap();
+}
+
+/// An app with its credentials issued and its key generated.
+async fn active_app(db: &TestDb, name: &str) -> (ApplicationId, ApiKey) {
+    let app = submit(&db.service, ALICE, name).await.app;
+    db.service.issue_credentials(GUILD, &app.id).await.unwrap();
+    let key = db
+        .service
+        .generate_api_key(GUILD, &app.id, Actor::member(ALICE))
+        .await
+        .unwrap();
+    (app.id, key.key)
+}
+
+async fn migrations_are_idempotent_and_start_empty(db: &TestDb) {
+    db.store.migrate().await.unwrap();
+    let counts = db.row_counts().await;
+    assert_eq!(counts.len(), keygate::store::TABLES.len());
+    assert!(counts.iter().all(|(_, n)| *n == 0), "{counts:?}");
+}
+
+async fn whole_flow_without_approval(db: &TestDb) {
+    let svc = &db.service;
+    let submitted = submit(svc, ALICE, "Spa Mobile").await;
+    assert!(submitted.request.is_none());
+    let app = submitted.app;
+    assert_eq!(app.status, AppStatus::Approved);
+    assert_eq!(app.scopes, vec!["appointments", "guests"]);
+    assert!(app.id.as_str().starts_with("app_"));
+
+    let creds = svc.issue_credentials(GUILD, &app.id).await.unwrap();
+    assert!(creds.secret.expose().starts_with("kgs_"));
+    assert!(matches!(
+        svc.issue_credentials(GUILD, &app.id).await,
+        Err(ServiceError::CredentialsAlreadyIssued)
+    ));
+    // Only the owner generates the key.
+    assert!(matches!(
+        svc.generate_api_key(GUILD, &app.id, Actor::approver(BOB))
+            .await,
+        Err(ServiceError::NotOwner)
+    ));
+    let issued = svc
+        .generate_api_key(GUILD, &app.id, Actor::member(ALICE))
+        .await
+        .unwrap();
+    assert!(issued.key.expose().starts_with(API_KEY_PREFIX));
+    assert_eq!(issued.app.status, AppStatus::KeyIssued);
+    assert!(matches!(
+        svc.generate_api_key(GUILD, &app.id, Actor::member(ALICE))
+            .await,
+        Err(ServiceError::KeyAlreadyGenerated)
+    ));
+    svc.finish(GUILD, &app.id, Actor::member(ALICE))
+        .await
+        .unwrap();
+
+    let Verification::Valid(v) = svc.verify_key(issued.key.expose()).await.unwrap() else {
+        panic!("the new key must verify")
+    };
+    assert_eq!(v.app_id, app.id);
+    assert_eq!(v.guild_id, GUILD);
+    assert_eq!(v.scopes, vec!["appointments", "guests"]);
+    assert_eq!(v.user_type, LoginUserType::Guest);
+    assert_eq!(v.source_app, SourceApp::ExternalCma);
+
+    let shown = svc.app(GUILD, &app.id).await.unwrap();
+    assert_eq!(shown.status, AppStatus::KeyIssued);
+    assert_eq!(
+        shown.key_prefix.as_deref(),
+        Some(&issued.key.display_prefix()[..])
+    );
+
+    let mut tx = db.store.read().await.unwrap();
+    let kinds: Vec<AuditKind> = tx
+        .audit_events(GUILD, Some(&app.id), 50)
+        .await
+        .unwrap()
+        .into_iter()
+        .rev()
+        .map(|e| e.kind)
+        .collect();
+    tx.rollback().await.unwrap();
+    assert_eq!(
+        kinds,
+        vec![
+            AuditKind::DraftSubmitted,
+            AuditKind::CredentialsIssued,
+            AuditKind::KeyGenerated,
+            AuditKind::Finished
+        ]
+    );
+}
+
+async fn fifty_concurrent_key_generations_make_one_key(db: &TestDb) {
+    let app = submit(&db.service, ALICE, "Race").await.app;
+    db.service.issue_credentials(GUILD, &app.id).await.unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        let svc = db.service.clone();
+        let id = app.id.clone();
+        tasks.spawn(async move { svc.generate_api_key(GUILD, &id, Actor::member(ALICE)).await });
+    }
+    let (mut keys, mut refused) = (Vec::new(), 0);
+    while let Some(result) = tasks.join_next().await {
+        match result.unwrap() {
+            Ok(issued) => keys.push(issued.key),
+            Err(ServiceError::KeyAlreadyGenerated) => refused += 1,
+            Err(other) => panic!("unexpected error: {other:?}"),
+        }
+    }
+    assert_eq!(keys.len(), 1);
+    assert_eq!(refused, 49);
+    let counts = db.row_counts().await;
+    assert!(counts.contains(&("api_keys", 1)), "{counts:?}");
+    assert!(matches!(
+        db.service.verify_key(keys[0].expose()).await.unwrap(),
+        Verification::Valid(_)
+    ));
+}
+
+async fn concurrent_decisions_record_one_outcome(db: &TestDb) {
+    require_approvals(db, 1).await;
+    for round in 0..5 {
+        let app = submit(&db.service, ALICE, &format!("Race {round}"))
+            .await
+            .app;
+        let (a, b) = (db.service.clone(), db.service.clone());
+        let (id_a, id_b) = (app.id.clone(), app.id.clone());
+        // Two approvers at once, or an approve racing a deny on odd rounds.
+        let first = tokio::spawn(async move {
+            a.approve(GUILD, &id_a, Actor::approver(BOB))
+                .await
+                .map(|_| "approved")
+        });
+        let second = tokio::spawn(async move {
+            if round % 2 == 0 {
+                b.approve(GUILD, &id_b, Actor::approver(CAROL))
+                    .await
+                    .map(|_| "approved")
+            } else {
+                b.deny(GUILD, &id_b, Actor::approver(CAROL), "not needed")
+                    .await
+                    .map(|_| "denied")
+            }
+        });
+        let results = [first.await.unwrap(), second.await.unwrap()];
+        let winners: Vec<_> = results.iter().filter(|r| r.is_ok()).collect();
+        assert_eq!(winners.len(), 1, "round {round}: {results:?}");
+        let loser = results.iter().find_map(|r| r.as_ref().err()).unwrap();
+        assert!(
+            matches!(loser, ServiceError::Approval(ApprovalError::NotPending(_))),
+            "round {round}: {loser:?}"
+        );
+        let request = db.service.approval_request(&app.id).await.unwrap().unwrap();
+        let app = db.service.app(GUILD, &app.id).await.unwrap();
+        match *winners[0].as_ref().unwrap() {
+            "approved" => {
+                assert_eq!(request.status, RequestStatus::Approved);
+                assert_eq!(request.approvers.len(), 1, "the loser's vote is not kept");
+                assert_eq!(app.status, AppStatus::Approved);
+            }
+            _ => {
+                assert_eq!(request.status, RequestStatus::Denied);
+                assert!(request.approvers.is_empty());
+                assert_eq!(app.status, AppStatus::Denied);
+            }
+        }
+    }
+}
+
+async fn approval_rules_hold(db: &TestDb) {
+    require_approvals(db, 2).await;
+    let svc = &db.service;
+    let submitted = submit(svc, ALICE, "Needs Two").await;
+    let app = submitted.app;
+    assert_eq!(app.status, AppStatus::PendingApproval);
+    let request = submitted.request.unwrap();
+    assert_eq!(request.approvals_required, 2);
+    assert_eq!(
+        request.expires_at - request.created_at,
+        chrono::TimeDelta::hours(72)
+    );
+
+    // No credentials before approval.
+    assert!(matches!(
+        svc.issue_credentials(GUILD, &app.id).await,
+        Err(ServiceError::NotApproved(AppStatus::PendingApproval))
+    ));
+    assert!(matches!(
+        svc.approve(GUILD, &app.id, Actor::member(BOB)).await,
+        Err(ServiceError::NotApprover)
+    ));
+    assert!(matches!(
+        svc.approve(GUILD, &app.id, Actor::approver(ALICE)).await,
+        Err(ServiceError::Approval(ApprovalError::OwnRequest))
+    ));
+    assert_eq!(
+        svc.approve(GUILD, &app.id, Actor::approver(BOB))
+            .await
+            .unwrap(),
+        ApproveOutcome::Counted {
+            given: 1,
+            required: 2
+        }
+    );
+    assert!(matches!(
+        svc.approve(GUILD, &app.id, Actor::approver(BOB)).await,
+        Err(ServiceError::Approval(ApprovalError::AlreadyApproved))
+    ));
+    let ApproveOutcome::Approved(approved) = svc
+        .approve(GUILD, &app.id, Actor::approver(CAROL))
+        .await
+        .unwrap()
+    else {
+        panic!("the second distinct approver completes the approval")
+    };
+    assert_eq!(approved.status, AppStatus::Approved);
+    let request = svc.approval_request(&app.id).await.unwrap().unwrap();
+    assert_eq!(request.approvers, vec![BOB, CAROL]);
+    assert!(svc.issue_credentials(GUILD, &app.id).await.is_ok());
+
+    // Deny needs a reason and reaches a final state.
+    let denied = submit(svc, ALICE, "Denied One").await.app;
+    assert!(matches!(
+        svc.deny(GUILD, &denied.id, Actor::approver(BOB), "  ")
+            .await,
+        Err(ServiceError::Approval(ApprovalError::ReasonRequired))
+    ));
+    let (app, reason) = svc
+        .deny(
+            GUILD,
+            &denied.id,
+            Actor::approver(BOB),
+            " duplicate of Spa Mobile ",
+        )
+        .await
+        .unwrap();
+    assert_eq!(app.status, AppStatus::Denied);
+    assert_eq!(reason, "duplicate of Spa Mobile");
+    let request = svc.approval_request(&denied.id).await.unwrap().unwrap();
+    assert_eq!(
+        request.deny_reason.as_deref(),
+        Some("duplicate of Spa Mobile")
+    );
+    assert_eq!(request.decided_by, Some(BOB));
+    assert!(matches!(
+        svc.approve(GUILD, &denied.id, Actor::approver(CAROL)).await,
+        Err(ServiceError::Approval(ApprovalError::NotPending(
+            RequestStatus::Denied
+        )))
+    ));
+
+    // The requester may withdraw; nobody else may.
+    let withdrawn = submit(svc, ALICE, "Withdrawn One").await.app;
+    assert!(matches!(
+        svc.withdraw(GUILD, &withdrawn.id, Actor::approver(BOB))
+            .await,
+        Err(ServiceError::NotOwner)
+    ));
+    let app = svc
+        .withdraw(GUILD, &withdrawn.id, Actor::member(ALICE))
+        .await
+        .unwrap();
+    assert_eq!(app.status, AppStatus::Withdrawn);
+    assert!(matches!(
+        svc.approve(GUILD, &withdrawn.id, Actor::approver(BOB))
+            .await,
+        Err(ServiceError::Approval(ApprovalError::NotPending(
+            RequestStatus::Withdrawn
+        )))
+    ));
+
+    // A request past its expiry takes no more votes.
+    let late = submit(svc, ALICE, "Late One").await.app;
+    db.clock.advance(chrono::TimeDelta::hours(73));
+    assert!(matches!(
+        svc.approve(GUILD, &late.id, Actor::approver(BOB)).await,
+        Err(ServiceError::Approval(ApprovalError::Expired))
+    ));
+}
+
+async fn bad_input_is_rejected_and_writes_nothing(db: &TestDb) {
+    let svc = &db.service;
+    submit(svc, BOB, "Spa Mobile").await;
+    let DraftStart::New(draft) = svc.start_draft(GUILD, ALICE).await.unwrap() else {
+        panic!("new draft")
+    };
+    let bad_forms: Vec<(&str, AppForm, Field)> = vec![
+        (
+            "empty name",
+            AppForm {
+                name: "".into(),
+                ..form("x")
+            },
+            Field::Name,
+        ),
+        (
+            "101-char name",
+            AppForm {
+                name: "n".repeat(101),
+                ..form("x")
+            },
+            Field::Name,
+        ),
+        (
+            "newline in name",
+            AppForm {
+                name: "a\nb".into(),
+                ..form("x")
+            },
+            Field::Name,
+        ),
+        (
+            "escape in name",
+            AppForm {
+                name: "a\u{1b}[31m".into(),
+                ..form("x")
+            },
+            Field::Name,
+        ),
+        (
+            "duplicate name in another case",
+            form("SPA MOBILE"),
+            Field::Name,
+        ),
+        (
+            "duplicate name with spaces",
+            form("  spa mobile "),
+            Field::Name,
+        ),
+        (
+            "empty uri",
+            AppForm {
+                uri: "".into(),
+                ..form("x")
+            },
+            Field::Uri,
+        ),
+        (
+            "relative uri",
+            AppForm {
+                uri: "spa.example.com".into(),
+                ..form("x")
+            },
+            Field::Uri,
+        ),
+        (
+            "javascript uri",
+            AppForm {
+                uri: "javascript:alert(1)".into(),
+                ..form("x")
+            },
+            Field::Uri,
+        ),
+        (
+            "data uri",
+            AppForm {
+                uri: "data:text/html,hi".into(),
+                ..form("x")
+            },
+            Field::Uri,
+        ),
+        (
+            "mailto uri",
+            AppForm {
+                uri: "mailto:a@example.com".into(),
+                ..form("x")
+            },
+            Field::Uri,
+        ),
+        (
+            "uri with password",
+            AppForm {
+                uri: "https://a:b@example.com".into(),
+                ..form("x")
+            },
+            Field::Uri,
+        ),
+        (
+            "long description",
+            AppForm {
+                description: "d".repeat(1001),
+                ..form("x")
+            },
+            Field::Description,
+        ),
+        (
+            "NUL in description",
+            AppForm {
+                description: "a\0".into(),
+                ..form("x")
+            },
+            Field::Description,
+        ),
+        (
+            "http login url",
+            AppForm {
+                post_login_urls: "http://spa.example.com/cb".into(),
+                ..form("x")
+            },
+            Field::PostLoginUrls,
+        ),
+        (
+            "javascript login url",
+            AppForm {
+                post_login_urls: "javascript:alert(1)".into(),
+                ..form("x")
+            },
+            Field::PostLoginUrls,
+        ),
+        (
+            "data login url",
+            AppForm {
+                post_login_urls: "data:,x".into(),
+                ..form("x")
+            },
+            Field::PostLoginUrls,
+        ),
+        (
+            "fragment login url",
+            AppForm {
+                post_login_urls: "https://a.example.com/#t".into(),
+                ..form("x")
+            },
+            Field::PostLoginUrls,
+        ),
+        (
+            "relative logout url",
+            AppForm {
+                post_logout_urls: "/bye".into(),
+                ..form("x")
+            },
+            Field::PostLogoutUrls,
+        ),
+        (
+            "11 logout urls",
+            AppForm {
+                post_logout_urls: (0..11)
+                    .map(|i| format!("https://a.example.com/{i}\n"))
+                    .collect(),
+                ..form("x")
+            },
+            Field::PostLogoutUrls,
+        ),
+        (
+            "11 login urls",
+            AppForm {
+                post_login_urls: (0..11)
+                    .map(|i| format!("https://b.example.com/{i}\n"))
+                    .collect(),
+                ..form("x")
+            },
+            Field::PostLoginUrls,
+        ),
+        (
+            "ftp logout url",
+            AppForm {
+                post_logout_urls: "ftp://a.example.com".into(),
+                ..form("x")
+            },
+            Field::PostLogoutUrls,
+        ),
+        (
+            "http to a public ip",
+            AppForm {
+                post_logout_urls: "http://8.8.8.8/cb".into(),
+                ..form("x")
+            },
+            Field::PostLogoutUrls,
+        ),
+    ];
+    let before = db.row_counts().await;
+    let saved_before = svc.draft(&draft.id, ALICE).await.unwrap();
+    let mut cases = 0;
+    for (what, bad, field) in bad_forms {
+        match svc
+            .advance_draft(&draft.id, ALICE, DraftInput::Details(bad))
+            .await
+        {
+            Err(ServiceError::Validation(errors)) => {
+                assert!(errors.on(field).next().is_some(), "{what}: {errors}");
+            }
+            other => panic!("{what}: expected a validation error, got {other:?}"),
+        }
+        cases += 1;
+    }
+    // Input on the wrong step, unknown scopes, Next with nothing chosen.
+    let step_errors = [
+        DraftInput::UserType(LoginUserType::Guest),
+        DraftInput::SourceApp(SourceApp::Bot),
+        DraftInput::Back,
+        DraftInput::Next,
+    ];
+    for input in step_errors {
+        assert!(
+            matches!(
+                svc.advance_draft(&draft.id, ALICE, input.clone()).await,
+                Err(ServiceError::Wizard(_))
+            ),
+            "{input:?}"
+        );
+        cases += 1;
+    }
+    for scopes in [
+        vec![],
+        vec!["teleportation".to_owned()],
+        vec!["guests".to_owned(), "nope".to_owned()],
+    ] {
+        assert!(matches!(
+            svc.advance_draft(&draft.id, ALICE, DraftInput::Scopes(scopes))
+                .await,
+            Err(ServiceError::Validation(_))
+        ));
+        cases += 1;
+    }
+    assert!(matches!(
+        svc.submit_draft(&draft.id, ALICE).await,
+        Err(ServiceError::Wizard(_))
+    ));
+    assert!(matches!(
+        svc.advance_draft(&draft.id, BOB, DraftInput::Details(form("ok")))
+            .await,
+        Err(ServiceError::NotYourDraft)
+    ));
+    cases += 2;
+    assert!(cases >= 30, "{cases} cases");
+    assert_eq!(
+        db.row_counts().await,
+        before,
+        "rejected input wrote something"
+    );
+    assert_eq!(svc.draft(&draft.id, ALICE).await.unwrap(), saved_before);
+}
+
+async fn no_clear_secret_is_ever_stored(db: &TestDb) {
+    let svc = &db.service;
+    let settings = GuildSettings {
+        audit_channel: Some(ChannelId(42)),
+        approvals_required: 1,
+        ..GuildSettings::defaults(GUILD)
+    };
+    svc.save_settings(Actor::member(ALICE), &settings)
+        .await
+        .unwrap();
+    let app = submit(svc, ALICE, "Secretive").await.app;
+    svc.approve(GUILD, &app.id, Actor::approver(BOB))
+        .await
+        .unwrap();
+    let creds = svc.issue_credentials(GUILD, &app.id).await.unwrap();
+    let key = svc
+        .generate_api_key(GUILD, &app.id, Actor::member(ALICE))
+        .await
+        .unwrap()
+        .key;
+    let mut tx = db.store.begin().await.unwrap();
+    tx.schedule_redaction(&DmRedaction {
+        channel_id: ChannelId(7),
+        message_id: MessageId(8),
+        app_id: app.id.clone(),
+        user_id: ALICE,
+        due_at: db.clock.now(),
+    })
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    svc.revoke(GUILD, &app.id, Actor::member(ALICE))
+        .await
+        .unwrap();
+
+    let secret = creds.secret.expose();
+    let key_clear = key.expose();
+    let secret_hash = creds.secret.hash();
+    let key_hash = key.hash();
+    let text = db.all_text().await;
+    assert!(
+        text.len() > 20,
+        "the scan must see the data: {}",
+        text.len()
+    );
+    assert!(
+        text.iter().any(|(_, _, v)| v == secret_hash.as_str()),
+        "the secret's hash is kept"
+    );
+    for (table, column, value) in &text {
+        assert!(!value.contains(secret), "clear secret in {table}.{column}");
+        assert!(!value.contains(key_clear), "clear key in {table}.{column}");
+        // The random part alone must not appear either (say, without its prefix).
+        assert!(
+            !value.contains(&secret[4..]),
+            "secret body in {table}.{column}"
+        );
+        assert!(
+            !value.contains(&key_clear[3..33]),
+            "key body in {table}.{column}"
+        );
+        if table == "audit_events" {
+            assert!(
+                !value.contains(secret_hash.as_str()) && !value.contains(key_hash.as_str()),
+                "a hash in the audit log: {table}.{column}"
+            );
+        }
+    }
+}
+
+/// The key with its 11th character changed, as a person might mistype it.
+fn one_typo(key: &str) -> String {
+    let mut chars: Vec<char> = key.chars().collect();
+    chars[10] = if chars[10] == 'x' { 'y' } else { 'x' };
+    chars.into_iter().collect()
+}
+
+async fn verify_tells_each_outcome(db: &TestDb) {
+    let svc = &db.service;
+    let (_, good) = active_app(db, "Good").await;
+    let (revoked_app, revoked) = active_app(db, "Revoked").await;
+    svc.revoke(GUILD, &revoked_app, Actor::approver(BOB))
+        .await
+        .unwrap();
+
+    let valid = svc.verify_key(good.expose()).await.unwrap();
+    assert!(matches!(valid, Verification::Valid(_)), "{valid:?}");
+    for (presented, expected) in [
+        ("".to_owned(), VerifyFailure::Malformed),
+        ("hello".to_owned(), VerifyFailure::Malformed),
+        (one_typo(good.expose()), VerifyFailure::Malformed),
+        (
+            ApiKey::generate().expose().to_owned(),
+            VerifyFailure::Unknown,
+        ),
+        (revoked.expose().to_owned(), VerifyFailure::Revoked),
+    ] {
+        assert_eq!(
+            svc.verify_key(&presented).await.unwrap(),
+            Verification::Invalid(expected),
+            "{expected:?}"
+        );
+    }
+    db.clock.advance(chrono::TimeDelta::days(366));
+    assert_eq!(
+        svc.verify_key(good.expose()).await.unwrap(),
+        Verification::Invalid(VerifyFailure::Expired)
+    );
+    // Revoked outranks expired: the stronger statement.
+    assert_eq!(
+        svc.verify_key(revoked.expose()).await.unwrap(),
+        Verification::Invalid(VerifyFailure::Revoked)
+    );
+}
+
+async fn drafts_belong_to_one_user_and_survive_a_restart(db: &TestDb) {
+    let svc = &db.service;
+    let DraftStart::New(draft) = svc.start_draft(GUILD, ALICE).await.unwrap() else {
+        panic!("new")
+    };
+    svc.advance_draft(&draft.id, ALICE, DraftInput::Details(form("Resumable")))
+        .await
+        .unwrap();
+    svc.advance_draft(
+        &draft.id,
+        ALICE,
+        DraftInput::UserType(LoginUserType::Employee),
+    )
+    .await
+    .unwrap();
+    // One open draft per user per guild: /app create again offers it back.
+    let DraftStart::Existing(again) = svc.start_draft(GUILD, ALICE).await.unwrap() else {
+        panic!("existing")
+    };
+    assert_eq!(again.id, draft.id);
+    assert!(matches!(
+        svc.advance_draft(&draft.id, BOB, DraftInput::Next).await,
+        Err(ServiceError::NotYourDraft)
+    ));
+
+    // A new process on the same database continues the draft.
+    let restarted = db.restarted_service();
+    let saved = restarted
+        .advance_draft(&draft.id, ALICE, DraftInput::SourceApp(SourceApp::Bot))
+        .await
+        .unwrap();
+    assert_eq!(saved.draft.user_type, Some(LoginUserType::Employee));
+    assert_eq!(saved.draft.form.name, "Resumable");
+    let saved = restarted
+        .advance_draft(&draft.id, ALICE, DraftInput::Next)
+        .await
+        .unwrap();
+    assert_eq!(saved.draft.step, WizardStep::Scopes);
+    let saved = restarted
+        .advance_draft(&draft.id, ALICE, DraftInput::Back)
+        .await
+        .unwrap();
+    assert_eq!(saved.draft.step, WizardStep::Options);
+    assert_eq!(
+        saved.draft.source_app,
+        Some(SourceApp::Bot),
+        "Back keeps selections"
+    );
+
+    // Start over replaces it; Cancel deletes it.
+    let fresh = svc.restart_draft(GUILD, ALICE).await.unwrap();
+    assert_ne!(fresh.id, draft.id);
+    assert!(matches!(
+        svc.draft(&draft.id, ALICE).await,
+        Err(ServiceError::DraftNotFound)
+    ));
+    svc.cancel_draft(&fresh.id, ALICE).await.unwrap();
+    assert!(matches!(
+        svc.draft(&fresh.id, ALICE).await,
+        Err(ServiceError::DraftNotFound)
+    ));
+
+    // Drafts expire after an hour untouched.
+    let DraftStart::New(old) = svc.start_draft(GUILD, BOB).await.unwrap() else {
+        panic!("new")
+    };
+    db.clock.advance(chrono::TimeDelta::minutes(61));
+    assert!(matches!(
+        svc.advance_draft(&old.id, BOB, DraftInput::Details(form("Late")))
+            .await,
+        Err(ServiceError::DraftNotFound)
+    ));
+    assert!(matches!(
+        svc.start_draft(GUILD, BOB).await.unwrap(),
+        DraftStart::New(_)
+    ));
+    db.clock.advance(chrono::TimeDelta::minutes(61));
+    assert_eq!(svc.purge_expired_drafts().await.unwrap(), 1);
+}
+
+async fn names_are_unique_per_guild_ignoring_case(db: &TestDb) {
+    require_approvals(db, 1).await;
+    let svc = &db.service;
+    let first = submit(svc, ALICE, "Éclat Spa").await.app;
+    // Two drafts with the same name can both reach review; the second Submit loses.
+    let a = draft_to_review(svc, BOB, "Twin").await;
+    let b = draft_to_review(svc, CAROL, "TWIN").await;
+    svc.submit_draft(&a, BOB).await.unwrap();
+    match svc.submit_draft(&b, CAROL).await {
+        Err(ServiceError::Validation(e)) => {
+            assert!(e.to_string().contains("already exists"), "{e}")
+        }
+        other => panic!("expected a name clash, got {other:?}"),
+    }
+    let DraftStart::New(d) = svc.start_draft(GUILD, DAVE).await.unwrap() else {
+        panic!()
+    };
+    assert!(matches!(
+        svc.advance_draft(&d.id, DAVE, DraftInput::Details(form("éclat spa")))
+            .await,
+        Err(ServiceError::Validation(_))
+    ));
+    // A denied request gives its name back.
+    svc.deny(GUILD, &first.id, Actor::approver(BOB), "try again")
+        .await
+        .unwrap();
+    svc.advance_draft(&d.id, DAVE, DraftInput::Details(form("éclat spa")))
+        .await
+        .unwrap();
+    // Another guild is another organization.
+    let other = keygate::domain::ids::GuildId(GUILD.0 + 1);
+    let DraftStart::New(o) = svc.start_draft(other, ALICE).await.unwrap() else {
+        panic!()
+    };
+    svc.advance_draft(&o.id, ALICE, DraftInput::Details(form("Twin")))
+        .await
+        .unwrap();
+}
+
+async fn audit_log_is_append_only_and_outbox_posts_once(db: &TestDb) {
+    let svc = &db.service;
+    // No audit channel: events are kept, not queued.
+    submit(svc, ALICE, "Quiet").await;
+    let settings = GuildSettings {
+        audit_channel: Some(ChannelId(99)),
+        ..GuildSettings::defaults(GUILD)
+    };
+    svc.save_settings(Actor::member(ALICE), &settings)
+        .await
+        .unwrap();
+    submit(svc, ALICE, "Loud").await;
+
+    let mut tx = db.store.begin().await.unwrap();
+    let due = tx.due_outbox(db.clock.now(), 100).await.unwrap();
+    let kinds: Vec<_> = due.iter().map(|e| e.event.kind).collect();
+    assert_eq!(
+        kinds,
+        vec![AuditKind::SettingsChanged, AuditKind::DraftSubmitted]
+    );
+    let first = due[0].event.id;
+    assert!(tx.mark_audit_posted(first, db.clock.now()).await.unwrap());
+    assert!(
+        !tx.mark_audit_posted(first, db.clock.now()).await.unwrap(),
+        "posted once"
+    );
+    let second = due[1].event.id;
+    tx.defer_audit_post(second, db.clock.now() + chrono::TimeDelta::seconds(30))
+        .await
+        .unwrap();
+    assert!(tx.due_outbox(db.clock.now(), 100).await.unwrap().is_empty());
+    let later = tx
+        .due_outbox(db.clock.now() + chrono::TimeDelta::seconds(30), 100)
+        .await
+        .unwrap();
+    assert_eq!(later.len(), 1);
+    assert_eq!(later[0].attempts, 1);
+    let all = tx.audit_events(GUILD, None, 100).await.unwrap();
+    assert_eq!(all.len(), 3);
+    assert!(all.windows(2).all(|w| w[0].id > w[1].id), "newest first");
+    tx.commit().await.unwrap();
+
+    let id = all[0].id;
+    let update = db
+        .execute_raw("UPDATE audit_events SET summary = 'x' WHERE id = $1", id)
+        .await;
+    let delete = db
+        .execute_raw("DELETE FROM audit_events WHERE id = $1", id)
+        .await;
+    for err in [update, delete] {
+        let err = err.expect_err("audit_events refuses changes");
+        assert!(err.to_string().contains("append-only"), "{err}");
+    }
+
+    // An event written directly keeps every field.
+    let mut tx = db.store.begin().await.unwrap();
+    let event = NewAuditEvent {
+        guild_id: GUILD,
+        app_id: None,
+        actor_id: None,
+        kind: AuditKind::DmRedacted,
+        summary: "redacted a DM".into(),
+    };
+    tx.append_audit(&event, false, db.clock.now())
+        .await
+        .unwrap();
+    let back = tx.audit_events(GUILD, None, 1).await.unwrap().remove(0);
+    tx.commit().await.unwrap();
+    assert_eq!(
+        (back.kind, back.actor_id, back.summary.as_str()),
+        (AuditKind::DmRedacted, None, "redacted a DM")
+    );
+    assert_eq!(back.created_at, db.clock.now());
+}
+
+async fn redactions_are_scheduled_and_done_once(db: &TestDb) {
+    let (app, _) = active_app(db, "Redact").await;
+    let now = db.clock.now();
+    let mut tx = db.store.begin().await.unwrap();
+    for (message, minutes) in [(1, 15), (2, 30)] {
+        tx.schedule_redaction(&DmRedaction {
+            channel_id: ChannelId(10),
+            message_id: MessageId(message),
+            app_id: app.clone(),
+            user_id: ALICE,
+            due_at: now + chrono::TimeDelta::minutes(minutes),
+        })
+        .await
+        .unwrap();
+    }
+    assert!(tx.due_redactions(now).await.unwrap().is_empty());
+    let due = tx
+        .due_redactions(now + chrono::TimeDelta::minutes(15))
+        .await
+        .unwrap();
+    assert_eq!(
+        due.iter().map(|r| r.message_id).collect::<Vec<_>>(),
+        vec![MessageId(1)]
+    );
+    tx.commit().await.unwrap();
+
+    // Finish brings every pending redaction of the app forward to now.
+    db.service
+        .finish(GUILD, &app, Actor::member(ALICE))
+        .await
+        .unwrap();
+    let mut tx = db.store.begin().await.unwrap();
+    let due = tx.due_redactions(now).await.unwrap();
+    assert_eq!(due.len(), 2);
+    assert!(
+        tx.mark_redacted(ChannelId(10), MessageId(1), now)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !tx.mark_redacted(ChannelId(10), MessageId(1), now)
+            .await
+            .unwrap()
+    );
+    assert_eq!(tx.due_redactions(now).await.unwrap().len(), 1);
+    tx.commit().await.unwrap();
+}
+
+async fn settings_round_trip(db: &TestDb) {
+    let svc = &db.service;
+    assert_eq!(
+        svc.settings(GUILD).await.unwrap(),
+        GuildSettings::defaults(GUILD)
+    );
+    let settings = GuildSettings {
+        audit_channel: Some(ChannelId(1)),
+        approvals_channel: Some(ChannelId(2)),
+        approver_role: Some(keygate::domain::ids::RoleId(3)),
+        creator_role: Some(keygate::domain::ids::RoleId(u64::MAX >> 1)),
+        approvals_required: 5,
+        dm_lifetime: chrono::TimeDelta::seconds(1),
+        request_expiry: chrono::TimeDelta::hours(720),
+        ..GuildSettings::defaults(GUILD)
+    };
+    svc.save_settings(Actor::member(ALICE), &settings)
+        .await
+        .unwrap();
+    assert_eq!(svc.settings(GUILD).await.unwrap(), settings);
+    let changed = GuildSettings {
+        approvals_required: 0,
+        audit_channel: None,
+        ..settings
+    };
+    svc.save_settings(Actor::member(ALICE), &changed)
+        .await
+        .unwrap();
+    assert_eq!(svc.settings(GUILD).await.unwrap(), changed);
+}
+
+async fn list_and_show_apps(db: &TestDb) {
+    let svc = &db.service;
+    assert!(svc.list_apps(GUILD).await.unwrap().is_empty());
+    let a = submit(svc, ALICE, "Alpha").await.app;
+    db.clock.advance(chrono::TimeDelta::seconds(1));
+    let b = submit(svc, BOB, "Beta").await.app;
+    let apps = svc.list_apps(GUILD).await.unwrap();
+    assert_eq!(apps, vec![a.clone(), b.clone()]);
+    assert_eq!(
+        apps[0].details.post_login_urls,
+        vec!["https://spa.example.com/callback"]
+    );
+    assert_eq!(
+        apps[0].details.post_logout_urls,
+        vec!["https://spa.example.com/signed-out"]
+    );
+    assert_eq!(svc.app_by_name(GUILD, "bEtA").await.unwrap(), b);
+    assert!(matches!(
+        svc.app_by_name(GUILD, "Gamma").await,
+        Err(ServiceError::AppNotFound)
+    ));
+    let other = keygate::domain::ids::GuildId(GUILD.0 + 1);
+    assert!(matches!(
+        svc.app(other, &a.id).await,
+        Err(ServiceError::AppNotFound)
+    ));
+    assert!(svc.list_apps(other).await.unwrap().is_empty());
+}

@@ -1,0 +1,220 @@
+//! Shared test fixtures: a fresh store on SQLite or PostgreSQL, and helpers.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use chrono::{TimeZone, Utc};
+use keygate::domain::catalog::ScopeCatalog;
+use keygate::domain::ids::{GuildId, UserId};
+use keygate::domain::validation::AppForm;
+use keygate::service::{Clock, Service};
+use keygate::store::{Store, TABLES};
+use rand::distr::{Alphanumeric, SampleString};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::sqlite::SqliteConnectOptions;
+use std::str::FromStr;
+use std::sync::Arc;
+
+pub const DEFAULT_TEST_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// A migrated, empty store of its own, and a service over it on a manual clock.
+pub struct TestDb {
+    pub store: Store,
+    pub service: Service,
+    pub clock: Clock,
+    cleanup: Cleanup,
+}
+
+enum Cleanup {
+    Sqlite(tempfile::TempDir),
+    Postgres { admin_url: String, schema: String },
+}
+
+fn postgres_url() -> String {
+    std::env::var("TEST_POSTGRES_URL")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| DEFAULT_TEST_POSTGRES_URL.to_owned())
+}
+
+impl TestDb {
+    pub async fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let options = SqliteConnectOptions::new().filename(dir.path().join("keygate.db"));
+        let store = Store::connect_sqlite(options).await.expect("open sqlite");
+        Self::ready(store, Cleanup::Sqlite(dir)).await
+    }
+
+    /// Each test gets its own schema, so tests run in parallel on one database.
+    pub async fn postgres() -> Self {
+        let url = postgres_url();
+        let schema = format!(
+            "kg_test_{}",
+            Alphanumeric
+                .sample_string(&mut rand::rng(), 12)
+                .to_lowercase()
+        );
+        let admin = Store::connect(&url).await.unwrap_or_else(|e| {
+            panic!("PostgreSQL at {url} (TEST_POSTGRES_URL) is not reachable: {e}")
+        });
+        let Store::Postgres(pool) = &admin else {
+            panic!("TEST_POSTGRES_URL must be a postgres:// URL")
+        };
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+            .execute(pool)
+            .await
+            .expect("create schema");
+        admin.close().await;
+        let options = PgConnectOptions::from_str(&url)
+            .expect("TEST_POSTGRES_URL")
+            .options([("search_path", schema.as_str())]);
+        let store = Store::connect_postgres(options)
+            .await
+            .expect("open postgres");
+        Self::ready(
+            store,
+            Cleanup::Postgres {
+                admin_url: url,
+                schema,
+            },
+        )
+        .await
+    }
+
+    async fn ready(store: Store, cleanup: Cleanup) -> Self {
+        store.migrate().await.expect("migrate");
+        let clock = Clock::manual(Utc.with_ymd_and_hms(2026, 11, 26, 12, 0, 0).unwrap());
+        let service = Service::new(store.clone(), Arc::new(ScopeCatalog::builtin()))
+            .with_clock(clock.clone());
+        Self {
+            store,
+            service,
+            clock,
+            cleanup,
+        }
+    }
+
+    /// A second service over the same database, as after a restart.
+    pub fn restarted_service(&self) -> Service {
+        Service::new(self.store.clone(), Arc::new(ScopeCatalog::builtin()))
+            .with_clock(self.clock.clone())
+    }
+
+    pub async fn close(self) {
+        self.store.close().await;
+        if let Cleanup::Postgres { admin_url, schema } = self.cleanup {
+            let admin = Store::connect(&admin_url).await.expect("reconnect");
+            if let Store::Postgres(pool) = &admin {
+                sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+                    .execute(pool)
+                    .await
+                    .expect("drop schema");
+            }
+            admin.close().await;
+        }
+    }
+
+    /// Runs one statement with one integer parameter, bypassing the store.
+    pub async fn execute_raw(&self, sql: &'static str, param: i64) -> Result<u64, sqlx::Error> {
+        Ok(match &self.store {
+            Store::Sqlite(pool) => sqlx::query(sql)
+                .bind(param)
+                .execute(pool)
+                .await?
+                .rows_affected(),
+            Store::Postgres(pool) => sqlx::query(sql)
+                .bind(param)
+                .execute(pool)
+                .await?
+                .rows_affected(),
+        })
+    }
+
+    pub async fn row_counts(&self) -> Vec<(&'static str, i64)> {
+        self.store.row_counts().await.expect("row counts")
+    }
+
+    /// Every non-null text value in every table, as (table, column, value).
+    pub async fn all_text(&self) -> Vec<(String, String, String)> {
+        let mut out = Vec::new();
+        for table in TABLES {
+            let columns: Vec<String> = match &self.store {
+                Store::Sqlite(pool) => sqlx::query_scalar(
+                    "SELECT name FROM pragma_table_info($1) WHERE upper(type) = 'TEXT'",
+                )
+                .bind(table)
+                .fetch_all(pool)
+                .await
+                .expect("columns"),
+                Store::Postgres(pool) => sqlx::query_scalar(
+                    "SELECT column_name::text FROM information_schema.columns \
+                     WHERE table_schema = current_schema() AND table_name = $1 AND data_type = 'text'",
+                )
+                .bind(table)
+                .fetch_all(pool)
+                .await
+                .expect("columns"),
+            };
+            assert!(
+                !columns.is_empty()
+                    || table == "guild_settings"
+                    || table == "approval_votes"
+                    || table == "audit_outbox",
+                "{table} has no text columns: the scan would prove nothing"
+            );
+            for column in columns {
+                let sql = sqlx::AssertSqlSafe(format!("SELECT {column} FROM {table}"));
+                let values: Vec<Option<String>> = match &self.store {
+                    Store::Sqlite(pool) => sqlx::query_scalar(sql).fetch_all(pool).await,
+                    Store::Postgres(pool) => sqlx::query_scalar(sql).fetch_all(pool).await,
+                }
+                .expect("values");
+                for v in values.into_iter().flatten() {
+                    out.push((table.to_owned(), column.clone(), v));
+                }
+            }
+        }
+        out
+    }
+}
+
+pub const GUILD: GuildId = GuildId(1_000_000_000_000_001);
+pub const ALICE: UserId = UserId(2_000_000_000_000_001);
+pub const BOB: UserId = UserId(2_000_000_000_000_002);
+pub const CAROL: UserId = UserId(2_000_000_000_000_003);
+pub const DAVE: UserId = UserId(2_000_000_000_000_004);
+
+pub fn form(name: &str) -> AppForm {
+    AppForm {
+        name: name.into(),
+        uri: "https://spa.example.com".into(),
+        description: "Guests book treatments from our app.".into(),
+        post_login_urls: "https://spa.example.com/callback".into(),
+        post_logout_urls: "https://spa.example.com/signed-out".into(),
+    }
+}
+
+/// Runs each named test function once on SQLite and once on PostgreSQL.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let db = $crate::support::TestDb::sqlite().await;
+                    super::$name(&db).await;
+                    db.close().await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let db = $crate::support::TestDb::postgres().await;
+                    super::$name(&db).await;
+                    db.close().await;
+                }
+            )*
+        }
+    };
+}
