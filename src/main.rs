@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use keygate::config::{CatalogSource, Config, LogFormat};
+use keygate::service::Service;
 use keygate::store::Store;
 use tracing_subscriber::EnvFilter;
 
@@ -31,11 +32,7 @@ fn init_logging(format: LogFormat) -> anyhow::Result<()> {
         }
         Err(_) => EnvFilter::new("info"),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Pretty => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    keygate::telemetry::init(format, filter, std::io::stderr)?;
     Ok(())
 }
 
@@ -74,7 +71,8 @@ async fn main() -> anyhow::Result<()> {
                 groups = config.scope_catalog.groups().len(),
                 "scope catalog loaded"
             );
-            tracing::warn!("the Discord bot is not built yet: nothing more to run");
+            let service = Service::new(store.clone(), config.scope_catalog.clone());
+            keygate::discord::run(&config, service).await?;
         }
     }
     store.close().await;

@@ -119,11 +119,14 @@ impl WizardDraft {
     pub fn apply(&mut self, action: WizardAction) -> Result<(), WizardError> {
         use WizardStep::*;
         match action {
+            // The form can be edited from any step (the modal reopens over the
+            // wizard); only the first submission moves the wizard on.
             WizardAction::SetDetails { form, details } => {
-                self.expect_step(Details)?;
                 self.form = *form;
                 self.details = Some(*details);
-                self.step = Options;
+                if self.step == Details {
+                    self.step = Options;
+                }
             }
             WizardAction::SetUserType(t) => {
                 self.expect_step(Options)?;
@@ -302,7 +305,9 @@ mod tests {
         assert_eq!(d, before, "a refused action changes nothing");
         let mut d = at_review();
         assert_eq!(d.apply(WizardAction::Next), Err(WizardError::NoNextStep));
-        assert!(set_details(&mut d).is_err());
+        // Editing the form from the review keeps the wizard on the review.
+        set_details(&mut d).unwrap();
+        assert_eq!(d.step, WizardStep::Review);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 mod apps;
 mod clock;
+mod delivery;
 mod verify;
 mod wizard;
 

@@ -1,0 +1,245 @@
+//! Slash commands: `/app create`, `/app list`, `/app show`.
+
+use super::Context;
+use super::reply::{FIELD_MAX, UserError, clip, no_pings};
+use super::wizard::{self, code};
+use crate::domain::application::Application;
+use crate::domain::credentials::{APP_ID_PREFIX, ApplicationId};
+use crate::domain::ids::{GuildId, UserId};
+use crate::service::{DraftStart, ServiceError};
+use poise::CreateReply;
+use poise::serenity_prelude as serenity;
+use serenity::{CreateEmbed, CreateInteractionResponse};
+
+fn guild_of(ctx: &Context<'_>) -> anyhow::Result<GuildId> {
+    ctx.guild_id()
+        .map(|g| GuildId(g.get()))
+        .ok_or_else(|| UserError("use this command in a server".into()).into())
+}
+
+/// Register and manage your API applications.
+#[poise::command(
+    slash_command,
+    guild_only,
+    subcommands("create", "list", "show"),
+    subcommand_required
+)]
+pub async fn app(_ctx: Context<'_>) -> anyhow::Result<()> {
+    Ok(())
+}
+
+/// Register a new application and get its credentials.
+#[poise::command(slash_command, guild_only)]
+pub async fn create(ctx: Context<'_>) -> anyhow::Result<()> {
+    let poise::Context::Application(actx) = ctx else {
+        return Err(UserError("use the slash command".into()).into());
+    };
+    let guild = guild_of(&ctx)?;
+    let bot = ctx.data();
+    if !wizard::can_create(bot, guild, actx.interaction.member.as_deref()).await? {
+        return Err(UserError(
+            "you need the Manage Server permission or this server's creator role to register applications".into(),
+        )
+        .into());
+    }
+    let user = UserId(ctx.author().id.get());
+    let response = match bot.service.start_draft(guild, user).await? {
+        DraftStart::New(saved) => {
+            CreateInteractionResponse::Modal(wizard::modal(&saved.id, &saved.draft.form))
+        }
+        DraftStart::Existing(saved) => {
+            CreateInteractionResponse::Message(wizard::resume_prompt(&saved))
+        }
+    };
+    actx.interaction
+        .create_response(ctx.http(), response)
+        .await?;
+    Ok(())
+}
+
+fn summary_line(app: &Application) -> String {
+    let marker = app
+        .source_app
+        .booking_marker()
+        .map(|m| format!(" · {m}"))
+        .unwrap_or_default();
+    let key = app
+        .key_prefix
+        .as_deref()
+        .map_or_else(|| "no key".to_owned(), |p| format!("`{p}…`"));
+    format!(
+        "**{}** — {}{marker} · {} · {} · {key} · <@{}> · <t:{}:d>",
+        app.details.name.replace('*', "\\*"),
+        app.source_app.label(),
+        app.user_type.label(),
+        app.status.label(),
+        app.owner_id,
+        app.created_at.timestamp()
+    )
+}
+
+/// List this server's applications.
+#[poise::command(slash_command, guild_only)]
+pub async fn list(ctx: Context<'_>) -> anyhow::Result<()> {
+    let guild = guild_of(&ctx)?;
+    let apps = ctx.data().service.list_apps(guild).await?;
+    let text = if apps.is_empty() {
+        "No applications yet. Run `/app create` to register one.".to_owned()
+    } else {
+        // Newest first; an embed description holds 4096 characters.
+        let mut text = String::new();
+        let mut shown = 0;
+        for app in apps.iter().rev() {
+            let line = summary_line(app);
+            if text.len() + line.len() + 40 > 4096 {
+                break;
+            }
+            text.push_str(&line);
+            text.push('\n');
+            shown += 1;
+        }
+        if shown < apps.len() {
+            text.push_str(&format!(
+                "… and {} more: use `/app show` to find one.",
+                apps.len() - shown
+            ));
+        }
+        text
+    };
+    let embed = CreateEmbed::new()
+        .title(format!("Applications ({})", apps.len()))
+        .description(text)
+        .colour(0x5865F2);
+    ctx.send(
+        CreateReply::default()
+            .ephemeral(true)
+            .embed(embed)
+            .allowed_mentions(no_pings()),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn app_choices(ctx: Context<'_>, partial: &str) -> serenity::CreateAutocompleteResponse {
+    serenity::CreateAutocompleteResponse::new().set_choices(matching_apps(ctx, partial).await)
+}
+
+async fn matching_apps(ctx: Context<'_>, partial: &str) -> Vec<serenity::AutocompleteChoice> {
+    let Ok(guild) = guild_of(&ctx) else {
+        return Vec::new();
+    };
+    let partial = partial.to_lowercase();
+    match ctx.data().service.list_apps(guild).await {
+        Ok(apps) => apps
+            .into_iter()
+            .filter(|a| a.details.name.to_lowercase().contains(&partial))
+            .take(25)
+            .map(|a| serenity::AutocompleteChoice::new(a.details.name.clone(), a.id.to_string()))
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "autocomplete failed");
+            Vec::new()
+        }
+    }
+}
+
+/// Show one application (never its secrets).
+#[poise::command(slash_command, guild_only)]
+pub async fn show(
+    ctx: Context<'_>,
+    #[description = "The application"]
+    #[autocomplete = "app_choices"]
+    app: String,
+) -> anyhow::Result<()> {
+    let guild = guild_of(&ctx)?;
+    let service = &ctx.data().service;
+    // Autocomplete sends the ID; a name typed by hand works too.
+    let found = match ApplicationId::parse(&app) {
+        Ok(id) if app.starts_with(APP_ID_PREFIX) => service.app(guild, &id).await,
+        _ => service.app_by_name(guild, &app).await,
+    };
+    let app = match found {
+        Err(ServiceError::AppNotFound) => {
+            return Err(UserError(format!(
+                "no application named {} in this server",
+                code(&app)
+            ))
+            .into());
+        }
+        other => other?,
+    };
+    let urls = |list: &[String]| {
+        if list.is_empty() {
+            "—".to_owned()
+        } else {
+            list.join("\n")
+        }
+    };
+    let scopes = app
+        .scopes
+        .iter()
+        .map(|k| {
+            service
+                .catalog()
+                .group(k)
+                .map_or_else(|| k.clone(), |g| g.label.clone())
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let source = match app.source_app.booking_marker() {
+        Some(m) => format!("{} ({m})", app.source_app.label()),
+        None => app.source_app.label().to_owned(),
+    };
+    let embed = CreateEmbed::new()
+        .title(app.details.name.clone())
+        .colour(0x5865F2)
+        .field("Application ID", format!("`{}`", app.id), false)
+        .field("Status", app.status.label(), true)
+        .field("Login User Type", app.user_type.label(), true)
+        .field("Source App", source, true)
+        .field("URI", clip(&app.details.uri, FIELD_MAX), false)
+        .field(
+            "Description",
+            clip(
+                &if app.details.description.is_empty() {
+                    "—".to_owned()
+                } else {
+                    app.details.description.clone()
+                },
+                FIELD_MAX,
+            ),
+            false,
+        )
+        .field(
+            "Post-login redirect URLs",
+            clip(&urls(&app.details.post_login_urls), FIELD_MAX),
+            false,
+        )
+        .field(
+            "Post-logout redirect URLs",
+            clip(&urls(&app.details.post_logout_urls), FIELD_MAX),
+            false,
+        )
+        .field("Scopes", clip(&scopes, FIELD_MAX), false)
+        .field(
+            "API key",
+            app.key_prefix
+                .as_deref()
+                .map_or_else(|| "none yet".to_owned(), |p| format!("`{p}…`")),
+            true,
+        )
+        .field("Owner", format!("<@{}>", app.owner_id), true)
+        .field(
+            "Created",
+            format!("<t:{}:f>", app.created_at.timestamp()),
+            true,
+        );
+    ctx.send(
+        CreateReply::default()
+            .ephemeral(true)
+            .embed(embed)
+            .allowed_mentions(no_pings()),
+    )
+    .await?;
+    Ok(())
+}

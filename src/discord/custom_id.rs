@@ -1,0 +1,160 @@
+//! Component custom_ids (`kg:<kind>:<id>:<action>`), built and parsed in this one place.
+
+use std::fmt;
+
+/// What a component belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A wizard draft; the id is the draft id.
+    Draft,
+    /// A registered application; the id is its Application ID.
+    App,
+}
+
+/// What the component does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// The Create Application modal (its submit).
+    Details,
+    /// Reopen the modal, pre-filled.
+    Edit,
+    Resume,
+    Restart,
+    UserType,
+    SourceApp,
+    Scopes,
+    ViewApis,
+    Next,
+    Back,
+    Cancel,
+    Submit,
+    GenerateKey,
+    Finish,
+}
+
+const ACTIONS: [(Action, &str); 14] = [
+    (Action::Details, "details"),
+    (Action::Edit, "edit"),
+    (Action::Resume, "resume"),
+    (Action::Restart, "restart"),
+    (Action::UserType, "usertype"),
+    (Action::SourceApp, "source"),
+    (Action::Scopes, "scopes"),
+    (Action::ViewApis, "apis"),
+    (Action::Next, "next"),
+    (Action::Back, "back"),
+    (Action::Cancel, "cancel"),
+    (Action::Submit, "submit"),
+    (Action::GenerateKey, "genkey"),
+    (Action::Finish, "finish"),
+];
+
+impl Action {
+    fn as_str(self) -> &'static str {
+        ACTIONS
+            .iter()
+            .find(|(a, _)| *a == self)
+            .map_or("", |(_, s)| s)
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        ACTIONS.iter().find(|(_, name)| *name == s).map(|(a, _)| *a)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustomId {
+    pub kind: Kind,
+    pub id: String,
+    pub action: Action,
+}
+
+impl CustomId {
+    pub fn draft(id: &str, action: Action) -> Self {
+        Self {
+            kind: Kind::Draft,
+            id: id.to_owned(),
+            action,
+        }
+    }
+
+    pub fn app(id: &str, action: Action) -> Self {
+        Self {
+            kind: Kind::App,
+            id: id.to_owned(),
+            action,
+        }
+    }
+
+    /// None for anything keygate did not build (or built by an older, incompatible version).
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut parts = text.split(':');
+        if parts.next()? != "kg" {
+            return None;
+        }
+        let kind = match parts.next()? {
+            "draft" => Kind::Draft,
+            "app" => Kind::App,
+            _ => return None,
+        };
+        let id = parts.next()?;
+        let action = Action::parse(parts.next()?)?;
+        if parts.next().is_some()
+            || id.is_empty()
+            || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            return None;
+        }
+        Some(Self {
+            kind,
+            id: id.to_owned(),
+            action,
+        })
+    }
+}
+
+impl fmt::Display for CustomId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.kind {
+            Kind::Draft => "draft",
+            Kind::App => "app",
+        };
+        write!(f, "kg:{kind}:{}:{}", self.id, self.action.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_action_round_trips_within_discords_limit() {
+        for (action, _) in ACTIONS {
+            for id in [
+                CustomId::draft("dAbc123", action),
+                CustomId::app("app_abcdefghijklmnopqrstuv", action),
+            ] {
+                let text = id.to_string();
+                assert!(text.len() <= 100, "{text}");
+                assert_eq!(CustomId::parse(&text), Some(id));
+            }
+        }
+    }
+
+    #[test]
+    fn foreign_or_broken_ids_are_ignored() {
+        for text in [
+            "",
+            "kg",
+            "kg:draft:x",
+            "xx:draft:d1:next",
+            "kg:user:d1:next",
+            "kg:draft:d1:fly",
+            "kg:draft::next",
+            "kg:draft:d1:next:more",
+            "kg:draft:d-1:next",
+        ] {
+            assert_eq!(CustomId::parse(text), None, "{text}");
+        }
+    }
+}

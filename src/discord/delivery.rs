@@ -1,0 +1,224 @@
+//! Delivering credentials once, privately: the DM, its buttons, and its redaction.
+
+use super::Bot;
+use super::custom_id::{Action, CustomId};
+use super::reply::{UserError, no_pings, private};
+use super::wizard::code;
+use crate::domain::application::Application;
+use crate::domain::credentials::ApplicationId;
+use crate::domain::ids::{ChannelId, MessageId, UserId};
+use crate::service::{Actor, IssuedCredentials, Service};
+use chrono::TimeDelta;
+use poise::serenity_prelude as serenity;
+use serenity::{
+    ButtonStyle, ComponentInteraction, CreateActionRow, CreateButton, CreateInteractionResponse,
+    CreateInteractionResponseFollowup, CreateMessage, EditMessage, Http,
+};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How often due redactions are looked for: the finest DM lifetime is a second.
+const REDACTION_TICK: Duration = Duration::from_millis(500);
+
+fn buttons(app: &ApplicationId, with_generate: bool) -> Vec<CreateActionRow> {
+    let mut row = Vec::new();
+    if with_generate {
+        row.push(
+            CreateButton::new(CustomId::app(app.as_str(), Action::GenerateKey).to_string())
+                .label("Generate API Key")
+                .style(ButtonStyle::Primary),
+        );
+    }
+    row.push(
+        CreateButton::new(CustomId::app(app.as_str(), Action::Finish).to_string())
+            .label("Finish")
+            .style(ButtonStyle::Success),
+    );
+    vec![CreateActionRow::Buttons(row)]
+}
+
+fn lifetime_text(lifetime: TimeDelta) -> String {
+    let secs = lifetime.num_seconds();
+    match secs {
+        s if s % 3600 == 0 => format!("{} h", s / 3600),
+        s if s % 60 == 0 => format!("{} min", s / 60),
+        s => format!("{s} s"),
+    }
+}
+
+fn credentials_text(app: &Application, secret: &str, lifetime: TimeDelta) -> String {
+    format!(
+        "**Credentials for {}**\nApplication ID: `{}`\nSecret: `{secret}`\n\n\
+         ⚠️ Shown once: copy them now. They are removed from this message in {} or when you press **Finish**.",
+        code(&app.details.name),
+        app.id,
+        lifetime_text(lifetime)
+    )
+}
+
+/// What is left of a delivery message once its secrets are removed.
+pub fn redacted_text(app: &Application) -> String {
+    format!(
+        "**Credentials for {}** (delivered)\nApplication ID: `{}`\n\
+         The Secret and the API key were shown once and have been removed from this message.",
+        code(&app.details.name),
+        app.id
+    )
+}
+
+/// Sends the ID and Secret by DM and schedules the DM's redaction. If the DM
+/// cannot be sent (closed DMs, code 50007, or any other failure), they go in
+/// an ephemeral follow-up instead: a secret issued once must reach its owner.
+pub async fn deliver(
+    ctx: &serenity::Context,
+    bot: &Bot,
+    component: &ComponentInteraction,
+    creds: &IssuedCredentials,
+) -> anyhow::Result<()> {
+    let app = &creds.app;
+    let settings = bot.service.settings(app.guild_id).await?;
+    let text = credentials_text(app, creds.secret.expose(), settings.dm_lifetime);
+    let dm = async {
+        let channel = component.user.create_dm_channel(&ctx.http).await?;
+        let message = CreateMessage::new()
+            .content(text.clone())
+            .components(buttons(&app.id, true))
+            .allowed_mentions(no_pings());
+        channel.send_message(&ctx.http, message).await
+    }
+    .await;
+    let name = code(&app.details.name);
+    match dm {
+        Ok(sent) => {
+            bot.service
+                .schedule_redaction(
+                    app,
+                    UserId(component.user.id.get()),
+                    ChannelId(sent.channel_id.get()),
+                    MessageId(sent.id.get()),
+                )
+                .await?;
+            let done = private(format!(
+                "✅ {name} is registered. Its Application ID and Secret were **sent to your DMs**; generate the API key there."
+            ))
+            .components(vec![]);
+            component
+                .create_response(&ctx.http, CreateInteractionResponse::UpdateMessage(done))
+                .await?;
+        }
+        Err(e) => {
+            tracing::warn!(app = %app.id, error = %e, "could not DM the credentials; showing them ephemerally");
+            let done = private(format!(
+                "✅ {name} is registered. Your DMs are closed, so its credentials are below, visible only to you."
+            ))
+            .components(vec![]);
+            component
+                .create_response(&ctx.http, CreateInteractionResponse::UpdateMessage(done))
+                .await?;
+            let followup = CreateInteractionResponseFollowup::new()
+                .ephemeral(true)
+                .allowed_mentions(no_pings())
+                .content(text)
+                .components(buttons(&app.id, true));
+            component.create_followup(&ctx.http, followup).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Generate API Key and Finish, on a delivery message (DM or ephemeral).
+pub async fn on_component(
+    ctx: &serenity::Context,
+    bot: &Bot,
+    component: &ComponentInteraction,
+    cid: &CustomId,
+) -> anyhow::Result<()> {
+    let app_id = ApplicationId::parse(&cid.id)
+        .map_err(|_| UserError("this button is no longer valid".into()))?;
+    let actor = Actor::member(UserId(component.user.id.get()));
+    let app = bot.service.app_by_id(&app_id).await?;
+    match cid.action {
+        Action::GenerateKey => {
+            let issued = bot
+                .service
+                .generate_api_key(app.guild_id, &app_id, actor)
+                .await?;
+            // The message still shows the ID and Secret; the key joins them.
+            let content = format!(
+                "{}\n\nAPI key: `{}`\nIt works only for this application and expires on {}.",
+                component.message.content,
+                issued.key.expose(),
+                issued.expires_at.format("%Y-%m-%d")
+            );
+            let message = serenity::CreateInteractionResponseMessage::new()
+                .content(content)
+                .components(buttons(&app_id, false))
+                .allowed_mentions(no_pings());
+            component
+                .create_response(&ctx.http, CreateInteractionResponse::UpdateMessage(message))
+                .await?;
+        }
+        Action::Finish => {
+            let app = bot.service.finish(app.guild_id, &app_id, actor).await?;
+            let message = serenity::CreateInteractionResponseMessage::new()
+                .content(redacted_text(&app))
+                .components(vec![])
+                .allowed_mentions(no_pings());
+            component
+                .create_response(&ctx.http, CreateInteractionResponse::UpdateMessage(message))
+                .await?;
+            bot.service
+                .complete_redaction(
+                    &app,
+                    ChannelId(component.channel_id.get()),
+                    MessageId(component.message.id.get()),
+                )
+                .await?;
+        }
+        _ => return Err(UserError("this button is no longer valid".into()).into()),
+    }
+    Ok(())
+}
+
+/// Redacts DMs whose lifetime ran out, from the database, so redactions due
+/// while the bot was down happen as soon as it is back.
+pub async fn redaction_worker(http: Arc<Http>, service: Service, mut stop: watch::Receiver<bool>) {
+    loop {
+        if let Err(e) = redact_due(&http, &service).await {
+            tracing::warn!(error = format!("{e:#}"), "redaction pass failed; retrying");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(REDACTION_TICK) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+async fn redact_due(http: &Http, service: &Service) -> anyhow::Result<()> {
+    for due in service.due_redactions().await? {
+        let app = service.app_by_id(&due.app_id).await?;
+        let edit = EditMessage::new()
+            .content(redacted_text(&app))
+            .components(vec![])
+            .allowed_mentions(no_pings());
+        let channel = serenity::ChannelId::new(due.channel_id.0);
+        match channel
+            .edit_message(http, serenity::MessageId::new(due.message_id.0), edit)
+            .await
+        {
+            Ok(_) => {}
+            // The user deleted the DM: nothing is left to redact.
+            Err(serenity::Error::Http(serenity::HttpError::UnsuccessfulRequest(r)))
+                if r.error.code == 10008 => {}
+            Err(e) => {
+                tracing::warn!(app = %app.id, error = %e, "could not redact a DM; will retry");
+                continue;
+            }
+        }
+        service
+            .complete_redaction(&app, due.channel_id, due.message_id)
+            .await?;
+    }
+    Ok(())
+}

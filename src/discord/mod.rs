@@ -1,0 +1,265 @@
+//! The Discord adapter: poise commands, a component router, DM delivery.
+//!
+//! Interactions become plain service calls; nothing here writes SQL. Buttons,
+//! selects and modals are routed by their custom_id and load their state from
+//! the database, so they keep working across restarts and processes.
+
+mod commands;
+mod custom_id;
+mod delivery;
+mod reply;
+mod wizard;
+
+use crate::config::Config;
+use crate::domain::validation::AppForm;
+use crate::service::Service;
+use anyhow::Context as _;
+use custom_id::{CustomId, Kind};
+use poise::serenity_prelude as serenity;
+use secrecy::ExposeSecret;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use delivery::redacted_text;
+
+/// State shared by every handler.
+pub struct Bot {
+    pub service: Service,
+    /// The last rejected form per draft, to pre-fill the modal again.
+    rejected_forms: Mutex<HashMap<String, AppForm>>,
+}
+
+pub type Context<'a> = poise::Context<'a, Bot, anyhow::Error>;
+
+impl Bot {
+    fn new(service: Service) -> Self {
+        Self {
+            service,
+            rejected_forms: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn forms(&self) -> std::sync::MutexGuard<'_, HashMap<String, AppForm>> {
+        self.rejected_forms
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn remember_rejected(&self, draft: &str, form: AppForm) {
+        let mut forms = self.forms();
+        // Bounded: a form is only worth keeping while its draft lives.
+        if forms.len() >= 10_000 {
+            forms.clear();
+        }
+        forms.insert(draft.to_owned(), form);
+    }
+
+    fn rejected(&self, draft: &str) -> Option<AppForm> {
+        self.forms().get(draft).cloned()
+    }
+
+    fn forget_rejected(&self, draft: &str) {
+        self.forms().remove(draft);
+    }
+}
+
+/// Manage Server (or Administrator, which implies it).
+fn is_manager(member: &serenity::Member) -> bool {
+    member
+        .permissions
+        .is_some_and(|p| p.manage_guild() || p.administrator())
+}
+
+/// A running bot: its shards and the redaction worker.
+pub struct BotHandle {
+    shard_manager: Arc<serenity::ShardManager>,
+    client: JoinHandle<Result<(), serenity::Error>>,
+    worker: JoinHandle<()>,
+    stop: watch::Sender<bool>,
+}
+
+impl BotHandle {
+    /// Closes the shards and stops the worker.
+    pub async fn shutdown(self) {
+        self.shard_manager.shutdown_all().await;
+        let _ = self.stop.send(true);
+        let _ = self.worker.await;
+        if let Err(e) = self.client.await {
+            tracing::warn!(error = %e, "the Discord client task ended abnormally");
+        }
+    }
+}
+
+/// Builds the REST client; with `DISCORD_API_URL` every call goes there.
+fn http(config: &Config) -> anyhow::Result<serenity::Http> {
+    let token = config.require_token()?.expose_secret();
+    let builder = serenity::HttpBuilder::new(token);
+    Ok(match &config.discord_api_url {
+        // serenity's rate limiter rebuilds requests without the proxy (and
+        // would reach the real Discord), so it must be off behind one.
+        Some(url) => builder
+            .proxy(url.as_str().trim_end_matches('/'))
+            .ratelimiter_disabled(true)
+            .build(),
+        None => builder.build(),
+    })
+}
+
+/// Connects to Discord, registers the commands and starts serving.
+pub async fn start(config: &Config, service: Service) -> anyhow::Result<BotHandle> {
+    let http = http(config)?;
+    let guild = config.discord_guild_id;
+    let bot = Bot::new(service.clone());
+    let framework = poise::Framework::builder()
+        .options(poise::FrameworkOptions {
+            commands: vec![commands::app()],
+            event_handler: |fw, event| Box::pin(on_event(fw, event)),
+            on_error: |err| Box::pin(on_error(err)),
+            allowed_mentions: Some(reply::no_pings()),
+            ..Default::default()
+        })
+        .initialize_owners(false)
+        .setup(move |ctx, _ready, framework| {
+            Box::pin(async move {
+                let commands = &framework.options().commands;
+                match guild {
+                    Some(g) => {
+                        poise::builtins::register_in_guild(ctx, commands, serenity::GuildId::new(g))
+                            .await?
+                    }
+                    None => poise::builtins::register_globally(ctx, commands).await?,
+                }
+                tracing::info!(guild, "commands registered");
+                Ok(bot)
+            })
+        })
+        .build();
+    // Interactions arrive whatever the intents; GUILDS alone keeps the bot
+    // clear of every privileged intent.
+    let mut client = serenity::ClientBuilder::new_with_http(http, serenity::GatewayIntents::GUILDS)
+        .framework(framework)
+        .await
+        .context("cannot build the Discord client")?;
+    let shard_manager = client.shard_manager.clone();
+    let (stop, stopped) = watch::channel(false);
+    let worker = tokio::spawn(delivery::redaction_worker(
+        client.http.clone(),
+        service,
+        stopped,
+    ));
+    let client = tokio::spawn(async move { client.start().await });
+    Ok(BotHandle {
+        shard_manager,
+        client,
+        worker,
+        stop,
+    })
+}
+
+/// Runs the bot until Ctrl-C or SIGTERM, then shuts down cleanly.
+pub async fn run(config: &Config, service: Service) -> anyhow::Result<()> {
+    let mut handle = start(config, service).await?;
+    tokio::select! {
+        _ = shutdown_signal() => tracing::info!("shutting down"),
+        ended = &mut handle.client => {
+            // The client stopped by itself (a bad token, say): nothing to shut down.
+            let _ = handle.stop.send(true);
+            let _ = handle.worker.await;
+            return match ended {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e).context("the Discord connection failed"),
+                Err(e) => Err(e).context("the Discord client task failed"),
+            };
+        }
+    }
+    handle.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Errors from slash commands: the user's shown to them, ours logged with a reference.
+async fn on_error(err: poise::FrameworkError<'_, Bot, anyhow::Error>) {
+    match err {
+        poise::FrameworkError::Command { error, ctx, .. } => {
+            if let poise::Context::Application(actx) = ctx {
+                reply::report(
+                    ctx.http(),
+                    actx.interaction.id,
+                    &actx.interaction.token,
+                    error,
+                )
+                .await;
+            }
+        }
+        other => {
+            if let Err(e) = poise::builtins::on_error(other).await {
+                tracing::error!(error = %e, "error while handling an error");
+            }
+        }
+    }
+}
+
+/// Buttons, selects and modal submissions: poise leaves them to us.
+async fn on_event(
+    fw: poise::FrameworkContext<'_, Bot, anyhow::Error>,
+    event: &serenity::FullEvent,
+) -> anyhow::Result<()> {
+    let serenity::FullEvent::InteractionCreate { interaction } = event else {
+        return Ok(());
+    };
+    let ctx = fw.serenity_context;
+    let bot = fw.user_data;
+    match interaction {
+        serenity::Interaction::Component(component) => {
+            let Some(cid) = CustomId::parse(&component.data.custom_id) else {
+                return Ok(());
+            };
+            let result = match cid.kind {
+                Kind::Draft => wizard::on_component(ctx, bot, component, &cid).await,
+                Kind::App => delivery::on_component(ctx, bot, component, &cid).await,
+            };
+            if let Err(e) = result {
+                reply::report(&ctx.http, component.id, &component.token, e).await;
+            }
+        }
+        serenity::Interaction::Modal(modal) => {
+            let Some(cid) = CustomId::parse(&modal.data.custom_id) else {
+                return Ok(());
+            };
+            let result = match (cid.kind, cid.action) {
+                (Kind::Draft, custom_id::Action::Details) => {
+                    wizard::on_details(ctx, bot, modal, &cid.id).await
+                }
+                _ => Ok(()),
+            };
+            if let Err(e) = result {
+                reply::report(&ctx.http, modal.id, &modal.token, e).await;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}

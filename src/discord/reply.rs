@@ -1,0 +1,83 @@
+//! How the bot answers: no pings, ephemeral messages, and errors users can act on.
+
+use crate::service::ServiceError;
+use poise::serenity_prelude as serenity;
+use rand::distr::{Alphanumeric, SampleString};
+use serenity::{
+    Builder, CreateAllowedMentions, CreateInteractionResponse, CreateInteractionResponseFollowup,
+    CreateInteractionResponseMessage, InteractionId,
+};
+
+/// Mentions allowed in anything the bot sends: none, so user-typed text such
+/// as an app named `@everyone` pings no one.
+pub fn no_pings() -> CreateAllowedMentions {
+    CreateAllowedMentions::new()
+}
+
+/// An ephemeral message with pings off: the base of every wizard message.
+pub fn private(content: impl Into<String>) -> CreateInteractionResponseMessage {
+    CreateInteractionResponseMessage::new()
+        .ephemeral(true)
+        .allowed_mentions(no_pings())
+        .content(content)
+}
+
+/// What an embed field holds.
+pub const FIELD_MAX: usize = 1024;
+
+/// Text cut to Discord's limit for where it goes (an embed field holds 1024
+/// characters), marked when cut.
+pub fn clip(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    let mut out: String = text.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+/// Something the user did wrong in the Discord layer itself (permissions,
+/// stale components), shown to them as is.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UserError(pub String);
+
+/// The message a user may see for `err`, if it is theirs to fix.
+pub fn user_message(err: &anyhow::Error) -> Option<String> {
+    if let Some(e) = err.downcast_ref::<ServiceError>() {
+        return e.is_user_error().then(|| e.to_string());
+    }
+    err.downcast_ref::<UserError>().map(|e| e.0.clone())
+}
+
+/// Tells the user what went wrong, ephemerally: their mistake as it is, ours
+/// as a generic message with a reference that points to the full log line.
+pub async fn report(
+    http: &serenity::Http,
+    interaction: InteractionId,
+    token: &str,
+    err: anyhow::Error,
+) {
+    let text = match user_message(&err) {
+        Some(message) => format!("⚠️ {message}"),
+        None => {
+            let reference = Alphanumeric.sample_string(&mut rand::rng(), 8);
+            tracing::error!(reference, error = format!("{err:#}"), "interaction failed");
+            format!(
+                "Something went wrong on our side. Please try again; if it keeps happening, \
+                 give your admins this reference: `{reference}`."
+            )
+        }
+    };
+    let response = CreateInteractionResponse::Message(private(text.clone()));
+    if response.execute(http, (interaction, token)).await.is_err() {
+        // Already answered (the error came after the first response): follow up instead.
+        let followup = CreateInteractionResponseFollowup::new()
+            .ephemeral(true)
+            .allowed_mentions(no_pings())
+            .content(text);
+        if let Err(e) = followup.execute(http, (None, token)).await {
+            tracing::warn!(error = %e, "could not tell the user about an error");
+        }
+    }
+}

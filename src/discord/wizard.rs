@@ -1,0 +1,564 @@
+//! The `/app create` wizard on Discord: the modal, the step messages and their components.
+
+use super::custom_id::{Action, CustomId};
+use super::delivery;
+use super::reply::{FIELD_MAX, UserError, clip, private};
+use super::{Bot, is_manager};
+use crate::domain::application::{Application, LoginUserType, SourceApp};
+use crate::domain::catalog::{ApiGroup, ScopeCatalog};
+use crate::domain::ids::UserId;
+use crate::domain::validation::{
+    AppForm, DESCRIPTION_MAX_CHARS, NAME_MAX_CHARS, REDIRECT_FIELD_MAX_CHARS, URI_MAX_CHARS,
+    ValidationErrors,
+};
+use crate::domain::wizard::{SavedDraft, WizardStep};
+use crate::service::{DraftInput, ServiceError};
+use poise::serenity_prelude as serenity;
+use serenity::{
+    ActionRowComponent, ButtonStyle, ComponentInteraction, ComponentInteractionDataKind,
+    CreateActionRow, CreateButton, CreateEmbed, CreateInputText, CreateInteractionResponse,
+    CreateInteractionResponseMessage, CreateModal, CreateSelectMenu, CreateSelectMenuKind,
+    CreateSelectMenuOption, InputTextStyle, ModalInteraction,
+};
+
+const MODAL_TITLE: &str = "Create application";
+const FIELD_NAME: &str = "name";
+const FIELD_URI: &str = "uri";
+const FIELD_DESCRIPTION: &str = "description";
+const FIELD_LOGIN_URLS: &str = "login_urls";
+const FIELD_LOGOUT_URLS: &str = "logout_urls";
+
+/// Text shown inside backticks: a backtick typed by the user would end the span.
+pub fn code(text: &str) -> String {
+    format!("`{}`", text.replace('`', "ˋ"))
+}
+
+fn limit(n: usize) -> u16 {
+    u16::try_from(n).unwrap_or(u16::MAX)
+}
+
+/// The Create Application modal, pre-filled with `form`.
+pub fn modal(draft_id: &str, form: &AppForm) -> CreateModal {
+    let input =
+        |style, label: &str, id: &str, value: &str, max: usize, required: bool, hint: &str| {
+            let mut input = CreateInputText::new(style, label, id)
+                .max_length(limit(max))
+                .required(required)
+                .placeholder(hint);
+            if !value.is_empty() {
+                input = input.value(value);
+            }
+            CreateActionRow::InputText(input)
+        };
+    CreateModal::new(
+        CustomId::draft(draft_id, Action::Details).to_string(),
+        MODAL_TITLE,
+    )
+    .components(vec![
+        input(
+            InputTextStyle::Short,
+            "Name",
+            FIELD_NAME,
+            &form.name,
+            NAME_MAX_CHARS,
+            true,
+            "Spa Mobile",
+        ),
+        input(
+            InputTextStyle::Short,
+            "URI",
+            FIELD_URI,
+            &form.uri,
+            URI_MAX_CHARS,
+            true,
+            "https://app.example.com",
+        ),
+        input(
+            InputTextStyle::Paragraph,
+            "Description",
+            FIELD_DESCRIPTION,
+            &form.description,
+            DESCRIPTION_MAX_CHARS,
+            false,
+            "What the app does",
+        ),
+        input(
+            InputTextStyle::Paragraph,
+            "Post-login redirect URLs",
+            FIELD_LOGIN_URLS,
+            &form.post_login_urls,
+            REDIRECT_FIELD_MAX_CHARS,
+            false,
+            "One URL per line",
+        ),
+        input(
+            InputTextStyle::Paragraph,
+            "Post-logout redirect URLs",
+            FIELD_LOGOUT_URLS,
+            &form.post_logout_urls,
+            REDIRECT_FIELD_MAX_CHARS,
+            false,
+            "One URL per line",
+        ),
+    ])
+}
+
+/// The typed form out of a modal submission.
+fn form_of(modal: &ModalInteraction) -> AppForm {
+    let mut form = AppForm::default();
+    for component in modal.data.components.iter().flat_map(|row| &row.components) {
+        if let ActionRowComponent::InputText(input) = component {
+            let value = input.value.clone().unwrap_or_default();
+            match input.custom_id.as_str() {
+                FIELD_NAME => form.name = value,
+                FIELD_URI => form.uri = value,
+                FIELD_DESCRIPTION => form.description = value,
+                FIELD_LOGIN_URLS => form.post_login_urls = value,
+                FIELD_LOGOUT_URLS => form.post_logout_urls = value,
+                _ => {}
+            }
+        }
+    }
+    form
+}
+
+fn button(draft_id: &str, action: Action, label: &str, style: ButtonStyle) -> CreateButton {
+    CreateButton::new(CustomId::draft(draft_id, action).to_string())
+        .label(label)
+        .style(style)
+}
+
+fn nav(draft_id: &str, forward: Option<(Action, &str)>) -> CreateActionRow {
+    let mut buttons = vec![button(
+        draft_id,
+        Action::Back,
+        "Back",
+        ButtonStyle::Secondary,
+    )];
+    if let Some((action, label)) = forward {
+        let style = if action == Action::Submit {
+            ButtonStyle::Success
+        } else {
+            ButtonStyle::Primary
+        };
+        buttons.push(button(draft_id, action, label, style));
+    }
+    buttons.push(button(
+        draft_id,
+        Action::Cancel,
+        "Cancel",
+        ButtonStyle::Danger,
+    ));
+    CreateActionRow::Buttons(buttons)
+}
+
+fn source_label(source: SourceApp) -> String {
+    match source.booking_marker() {
+        Some(marker) => format!("{} ({marker})", source.label()),
+        None => source.label().to_owned(),
+    }
+}
+
+fn lines_or_none(urls: &[String]) -> String {
+    if urls.is_empty() {
+        "—".to_owned()
+    } else {
+        urls.iter().map(|u| code(u)).collect::<Vec<_>>().join("\n")
+    }
+}
+
+fn scope_labels(scopes: &[String], catalog: &ScopeCatalog) -> String {
+    scopes
+        .iter()
+        .map(|key| {
+            catalog
+                .group(key)
+                .map_or_else(|| key.clone(), |g| g.label.clone())
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The wizard message for the draft's current step.
+pub fn step_message(
+    saved: &SavedDraft,
+    catalog: &ScopeCatalog,
+) -> CreateInteractionResponseMessage {
+    let d = &saved.draft;
+    let id = saved.id.as_str();
+    let name = d
+        .details
+        .as_ref()
+        .map_or_else(String::new, |det| format!(" {}", code(&det.name)));
+    let header = format!(
+        "**Create application{name} — Step {} of {}",
+        d.step.number(),
+        WizardStep::COUNT
+    );
+    match d.step {
+        // The modal is the first step; a message for it only appears when the
+        // user dismissed the modal and came back.
+        WizardStep::Details => private(format!("{header}: Details**\nOpen the form to continue."))
+            .components(vec![CreateActionRow::Buttons(vec![
+                button(id, Action::Edit, "Open form", ButtonStyle::Primary),
+                button(id, Action::Cancel, "Cancel", ButtonStyle::Danger),
+            ])]),
+        WizardStep::Options => {
+            let user_types = LoginUserType::ALL
+                .into_iter()
+                .map(|t| {
+                    CreateSelectMenuOption::new(t.label(), t.as_str())
+                        .description(t.description())
+                        .default_selection(d.user_type == Some(t))
+                })
+                .collect();
+            let sources = SourceApp::ALL
+                .into_iter()
+                .map(|s| {
+                    let marker = s.booking_marker().unwrap_or("no booking marker");
+                    CreateSelectMenuOption::new(s.label(), s.as_str())
+                        .description(format!("{} · {marker}", s.description()))
+                        .default_selection(d.source_app == Some(s))
+                })
+                .collect();
+            private(format!(
+                "{header}: Options**\nChoose who signs in to the app and where its traffic comes from."
+            ))
+            .components(vec![
+                CreateActionRow::SelectMenu(
+                    CreateSelectMenu::new(
+                        CustomId::draft(id, Action::UserType).to_string(),
+                        CreateSelectMenuKind::String { options: user_types },
+                    )
+                    .placeholder("Login User Type"),
+                ),
+                CreateActionRow::SelectMenu(
+                    CreateSelectMenu::new(
+                        CustomId::draft(id, Action::SourceApp).to_string(),
+                        CreateSelectMenuKind::String { options: sources },
+                    )
+                    .placeholder("Source App"),
+                ),
+                nav(id, Some((Action::Next, "Next"))),
+            ])
+        }
+        WizardStep::Scopes => {
+            let groups = catalog.groups();
+            let scope_options = groups
+                .iter()
+                .map(|g| {
+                    CreateSelectMenuOption::new(g.label.as_str(), g.key.as_str())
+                        .description(g.description.as_str())
+                        .default_selection(d.scopes.contains(&g.key))
+                })
+                .collect();
+            let view_options = groups
+                .iter()
+                .map(|g| {
+                    CreateSelectMenuOption::new(g.label.as_str(), g.key.as_str())
+                        .description(format!("{} APIs", g.apis.len()))
+                })
+                .collect();
+            private(format!(
+                "{header}: Scope**\nTick the API groups the app may call. Pick a group under *View APIs* to see what it holds."
+            ))
+            .components(vec![
+                CreateActionRow::SelectMenu(
+                    CreateSelectMenu::new(
+                        CustomId::draft(id, Action::Scopes).to_string(),
+                        CreateSelectMenuKind::String { options: scope_options },
+                    )
+                    .placeholder("API groups")
+                    .min_values(1)
+                    .max_values(u8::try_from(groups.len()).unwrap_or(25)),
+                ),
+                CreateActionRow::SelectMenu(
+                    CreateSelectMenu::new(
+                        CustomId::draft(id, Action::ViewApis).to_string(),
+                        CreateSelectMenuKind::String { options: view_options },
+                    )
+                    .placeholder("View APIs of a group"),
+                ),
+                nav(id, Some((Action::Next, "Next"))),
+            ])
+        }
+        WizardStep::Review => {
+            let mut embed = CreateEmbed::new().title("Review").colour(0x5865F2);
+            if let Some(det) = &d.details {
+                let description = if det.description.is_empty() {
+                    "—"
+                } else {
+                    det.description.as_str()
+                };
+                embed = embed
+                    .field("Name", det.name.as_str(), true)
+                    .field("URI", clip(&det.uri, FIELD_MAX), true)
+                    .field("Description", clip(description, FIELD_MAX), false);
+                embed = embed
+                    .field(
+                        "Post-login redirect URLs",
+                        clip(&lines_or_none(&det.post_login_urls), FIELD_MAX),
+                        false,
+                    )
+                    .field(
+                        "Post-logout redirect URLs",
+                        clip(&lines_or_none(&det.post_logout_urls), FIELD_MAX),
+                        false,
+                    );
+            }
+            if let Some(t) = d.user_type {
+                embed = embed.field("Login User Type", t.label(), true);
+            }
+            if let Some(s) = d.source_app {
+                embed = embed.field("Source App", source_label(s), true);
+            }
+            embed = embed.field(
+                "Scopes",
+                clip(&scope_labels(&d.scopes, catalog), FIELD_MAX),
+                false,
+            );
+            private(format!(
+                "{header}: Review**\nCheck everything, then Submit."
+            ))
+            .embed(embed)
+            .components(vec![nav(id, Some((Action::Submit, "Submit")))])
+        }
+    }
+}
+
+/// Offered when `/app create` finds an open draft.
+pub fn resume_prompt(saved: &SavedDraft) -> CreateInteractionResponseMessage {
+    let name = saved
+        .draft
+        .details
+        .as_ref()
+        .map_or_else(String::new, |d| format!(" for {}", code(&d.name)));
+    private(format!(
+        "You have an unfinished application{name} (step {} of {}). Resume it or start over?",
+        saved.draft.step.number(),
+        WizardStep::COUNT
+    ))
+    .components(vec![CreateActionRow::Buttons(vec![
+        button(&saved.id, Action::Resume, "Resume", ButtonStyle::Primary),
+        button(
+            &saved.id,
+            Action::Restart,
+            "Start over",
+            ButtonStyle::Secondary,
+        ),
+    ])])
+}
+
+fn invalid_form(draft_id: &str, errors: &ValidationErrors) -> CreateInteractionResponseMessage {
+    let list: String = errors
+        .0
+        .iter()
+        .map(|e| format!("\n• **{}**: {}", e.field.label(), e.message))
+        .collect();
+    private(format!("**The form needs a few fixes:**{list}\n\nNothing was saved. Press *Edit form* to correct it; what you typed is kept."))
+        .components(vec![CreateActionRow::Buttons(vec![
+            button(draft_id, Action::Edit, "Edit form", ButtonStyle::Primary),
+            button(draft_id, Action::Cancel, "Cancel", ButtonStyle::Danger),
+        ])])
+}
+
+fn apis_message(group: &ApiGroup) -> CreateInteractionResponseMessage {
+    let list: String = group
+        .apis
+        .iter()
+        .map(|api| format!("\n`{} {}` — {}", api.method, api.path, api.summary))
+        .collect();
+    private(format!("**{}** — {}{list}", group.label, group.description))
+}
+
+fn update(message: CreateInteractionResponseMessage) -> CreateInteractionResponse {
+    CreateInteractionResponse::UpdateMessage(message)
+}
+
+/// Answers a modal submission: in place when the modal was opened from a
+/// wizard message (one evolving message), else as a new ephemeral message.
+fn modal_reply(
+    modal: &ModalInteraction,
+    message: CreateInteractionResponseMessage,
+) -> CreateInteractionResponse {
+    if modal.message.is_some() {
+        CreateInteractionResponse::UpdateMessage(message)
+    } else {
+        CreateInteractionResponse::Message(message)
+    }
+}
+
+/// The Create Application modal was submitted.
+pub async fn on_details(
+    ctx: &serenity::Context,
+    bot: &Bot,
+    modal: &ModalInteraction,
+    draft_id: &str,
+) -> anyhow::Result<()> {
+    let user = UserId(modal.user.id.get());
+    let form = form_of(modal);
+    let response = match bot
+        .service
+        .advance_draft(draft_id, user, DraftInput::Details(form.clone()))
+        .await
+    {
+        Ok(saved) => {
+            bot.forget_rejected(draft_id);
+            modal_reply(modal, step_message(&saved, bot.service.catalog()))
+        }
+        Err(ServiceError::Validation(errors)) => {
+            bot.remember_rejected(draft_id, form);
+            modal_reply(modal, invalid_form(draft_id, &errors))
+        }
+        Err(other) => return Err(other.into()),
+    };
+    modal.create_response(&ctx.http, response).await?;
+    Ok(())
+}
+
+/// A button or select of a wizard message.
+pub async fn on_component(
+    ctx: &serenity::Context,
+    bot: &Bot,
+    component: &ComponentInteraction,
+    cid: &CustomId,
+) -> anyhow::Result<()> {
+    let user = UserId(component.user.id.get());
+    let service = &bot.service;
+    let id = cid.id.as_str();
+    let values = || match &component.data.kind {
+        ComponentInteractionDataKind::StringSelect { values } => values.clone(),
+        _ => Vec::new(),
+    };
+    let response = match cid.action {
+        Action::Edit => reopen_form(bot, id, user).await?,
+        Action::Back if service.draft(id, user).await?.draft.step == WizardStep::Options => {
+            // Back from step 2 is the form itself.
+            reopen_form(bot, id, user).await?
+        }
+        Action::Resume => {
+            let saved = service.draft(id, user).await?;
+            if saved.draft.step == WizardStep::Details {
+                CreateInteractionResponse::Modal(modal(id, &saved.draft.form))
+            } else {
+                update(step_message(&saved, service.catalog()))
+            }
+        }
+        Action::Restart => {
+            let guild = component
+                .guild_id
+                .ok_or_else(|| UserError("use this in a server".into()))?;
+            let fresh = service
+                .restart_draft(crate::domain::ids::GuildId(guild.get()), user)
+                .await?;
+            CreateInteractionResponse::Modal(modal(&fresh.id, &fresh.draft.form))
+        }
+        Action::UserType | Action::SourceApp | Action::Scopes | Action::Next | Action::Back => {
+            let input = match cid.action {
+                Action::UserType => DraftInput::UserType(
+                    values()
+                        .first()
+                        .and_then(|v| LoginUserType::parse(v))
+                        .ok_or_else(|| UserError("choose a Login User Type".into()))?,
+                ),
+                Action::SourceApp => DraftInput::SourceApp(
+                    values()
+                        .first()
+                        .and_then(|v| SourceApp::parse(v))
+                        .ok_or_else(|| UserError("choose a Source App".into()))?,
+                ),
+                Action::Scopes => DraftInput::Scopes(values()),
+                Action::Next => DraftInput::Next,
+                _ => DraftInput::Back,
+            };
+            let saved = service.advance_draft(id, user, input).await?;
+            update(step_message(&saved, service.catalog()))
+        }
+        Action::ViewApis => {
+            // Looking does not change the draft, but only its owner may look.
+            service.draft(id, user).await?;
+            let key = values().into_iter().next().unwrap_or_default();
+            let group = service
+                .catalog()
+                .group(&key)
+                .ok_or_else(|| UserError("no such API group".into()))?;
+            CreateInteractionResponse::Message(apis_message(group))
+        }
+        Action::Cancel => {
+            service.cancel_draft(id, user).await?;
+            bot.forget_rejected(id);
+            update(
+                private("Cancelled: nothing was saved. Run `/app create` to start again.")
+                    .components(vec![]),
+            )
+        }
+        Action::Submit => {
+            let submitted = service.submit_draft(id, user).await?;
+            bot.forget_rejected(id);
+            return on_submitted(
+                ctx,
+                bot,
+                component,
+                submitted.app,
+                submitted.request.is_some(),
+            )
+            .await;
+        }
+        Action::Details | Action::GenerateKey | Action::Finish => {
+            return Err(UserError("this button is no longer valid".into()).into());
+        }
+    };
+    component.create_response(&ctx.http, response).await?;
+    Ok(())
+}
+
+/// The modal again, pre-filled with the last thing typed: a rejected form is
+/// kept in memory only (rejected input is never written), else the saved one.
+async fn reopen_form(
+    bot: &Bot,
+    id: &str,
+    user: UserId,
+) -> anyhow::Result<CreateInteractionResponse> {
+    let saved = bot.service.draft(id, user).await?;
+    let form = bot.rejected(id).unwrap_or(saved.draft.form);
+    Ok(CreateInteractionResponse::Modal(modal(id, &form)))
+}
+
+/// After Submit: with no approval needed, issue the credentials and deliver
+/// them; otherwise say the request waits for approvers.
+async fn on_submitted(
+    ctx: &serenity::Context,
+    bot: &Bot,
+    component: &ComponentInteraction,
+    app: Application,
+    pending: bool,
+) -> anyhow::Result<()> {
+    if pending {
+        let text = format!(
+            "📨 {} was submitted for approval. You will get its credentials by DM once it is approved.",
+            code(&app.details.name)
+        );
+        component
+            .create_response(&ctx.http, update(private(text).components(vec![])))
+            .await?;
+        return Ok(());
+    }
+    let creds = bot.service.issue_credentials(app.guild_id, &app.id).await?;
+    delivery::deliver(ctx, bot, component, &creds).await
+}
+
+/// The member behind a guild interaction may create applications.
+pub async fn can_create(
+    bot: &Bot,
+    guild: crate::domain::ids::GuildId,
+    member: Option<&serenity::Member>,
+) -> anyhow::Result<bool> {
+    let Some(member) = member else {
+        return Ok(false);
+    };
+    let settings = bot.service.settings(guild).await?;
+    Ok(match settings.creator_role {
+        Some(role) => member.roles.iter().any(|r| r.get() == role.0) || is_manager(member),
+        None => is_manager(member),
+    })
+}

@@ -1,0 +1,78 @@
+//! Delivery bookkeeping: DMs that carried a secret and when to redact them.
+
+use super::{Service, ServiceError, ServiceResult, audit};
+use crate::domain::application::Application;
+use crate::domain::audit::{AuditKind, NewAuditEvent};
+use crate::domain::credentials::ApplicationId;
+use crate::domain::ids::{ChannelId, MessageId, UserId};
+use crate::store::DmRedaction;
+
+impl Service {
+    /// One application by its ID, whatever the guild: a DM button knows only the app.
+    pub async fn app_by_id(&self, id: &ApplicationId) -> ServiceResult<Application> {
+        let mut tx = self.store.read().await?;
+        let app = tx.app_by_id(id).await?;
+        tx.rollback().await?;
+        app.ok_or(ServiceError::AppNotFound)
+    }
+
+    /// Records a DM holding a secret, to redact after the guild's DM lifetime
+    /// (or at Finish); the record outlives a restart.
+    pub async fn schedule_redaction(
+        &self,
+        app: &Application,
+        user: UserId,
+        channel: ChannelId,
+        message: MessageId,
+    ) -> ServiceResult<DmRedaction> {
+        let now = self.clock.now();
+        let mut tx = self.store.begin().await?;
+        let settings = tx.guild_settings(app.guild_id).await?;
+        let redaction = DmRedaction {
+            channel_id: channel,
+            message_id: message,
+            app_id: app.id.clone(),
+            user_id: user,
+            due_at: now + settings.dm_lifetime,
+        };
+        tx.schedule_redaction(&redaction).await?;
+        tx.commit().await?;
+        Ok(redaction)
+    }
+
+    pub async fn due_redactions(&self) -> ServiceResult<Vec<DmRedaction>> {
+        let mut tx = self.store.read().await?;
+        let due = tx.due_redactions(self.clock.now()).await?;
+        tx.rollback().await?;
+        Ok(due)
+    }
+
+    /// Marks the DM redacted. False if it already was (Finish and the
+    /// scheduler may race): the audit event is written once.
+    pub async fn complete_redaction(
+        &self,
+        app: &Application,
+        channel: ChannelId,
+        message: MessageId,
+    ) -> ServiceResult<bool> {
+        let now = self.clock.now();
+        let mut tx = self.store.begin().await?;
+        if !tx.mark_redacted(channel, message, now).await? {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        let event = NewAuditEvent {
+            guild_id: app.guild_id,
+            app_id: Some(app.id.clone()),
+            actor_id: None,
+            kind: AuditKind::DmRedacted,
+            summary: format!(
+                "removed the delivered secrets of `{}` from a DM",
+                app.details.name
+            ),
+        };
+        audit(&mut tx, event, now).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+}
