@@ -86,8 +86,16 @@ impl BotHandle {
         self.shard_manager.shutdown_all().await;
         let _ = self.stop.send(true);
         let _ = self.worker.await;
-        if let Err(e) = self.client.await {
-            tracing::warn!(error = %e, "the Discord client task ended abnormally");
+        // A shard waiting out serenity's reconnect pause would hold the join;
+        // past a grace period the task is dropped.
+        let mut client = self.client;
+        match tokio::time::timeout(std::time::Duration::from_secs(10), &mut client).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => {
+                tracing::warn!(error = %e, "the Discord client stopped with an error")
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "the Discord client task failed"),
+            Err(_) => client.abort(),
         }
     }
 }

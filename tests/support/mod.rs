@@ -1,5 +1,8 @@
 //! Shared test fixtures: a fresh store on SQLite or PostgreSQL, and helpers.
 #![allow(dead_code)] // each test binary uses its own subset
+pub mod bot;
+pub mod fake_discord;
+pub mod ping_bot;
 
 use chrono::{TimeZone, Utc};
 use keygate::domain::catalog::ScopeCatalog;

@@ -1,0 +1,228 @@
+//! Benchmark: N concurrent members through the whole wizard against the fake
+//! Discord, per-step latency (dispatch → callback) and flows per second, with
+//! a bare poise `/ping` bot on the same fake as the framework's floor.
+//!
+//! Run: `cargo bench --bench wizard` (N defaults to 1, 50, 200; set
+//! `BENCH_USERS=1,10` for others).
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use support::bot::{Harness, component, token};
+use support::fake_discord::{FakeDiscord, Interaction, TestUser};
+use support::ping_bot::start_ping_bot;
+
+const STEPS: [&str; 10] = [
+    "create",
+    "details",
+    "usertype",
+    "source",
+    "next→scope",
+    "scopes",
+    "next→review",
+    "submit",
+    "genkey",
+    "finish",
+];
+
+type Samples = BTreeMap<&'static str, Vec<Duration>>;
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Dispatch-to-callback time of one interaction, as the fake recorded it.
+async fn timed(fake: &FakeDiscord, i: &Interaction) -> (Duration, Value) {
+    let response = fake.response(i).await;
+    (
+        fake.latency(i).expect("the fake timed the callback"),
+        response,
+    )
+}
+
+async fn one_flow(fake: FakeDiscord, user: TestUser) -> Vec<(&'static str, Duration)> {
+    let mut out = Vec::with_capacity(STEPS.len());
+    let i = fake
+        .slash_command(&user, "app", Some("create"), vec![])
+        .await;
+    let (t, r) = timed(&fake, &i).await;
+    out.push(("create", t));
+    let modal = r["data"]["custom_id"].as_str().expect("modal").to_owned();
+    let name = format!("Bench {}", user.id);
+    let fields = [
+        ("name", name.as_str()),
+        ("uri", "https://spa.example.com"),
+        ("description", "benchmark"),
+        ("login_urls", "https://spa.example.com/cb"),
+        ("logout_urls", ""),
+    ];
+    let i = fake.submit_modal(&user, &modal, &fields, None).await;
+    out.push(("details", timed(&fake, &i).await.0));
+    let msg = fake.message_of(&i).expect("step 2");
+    let i = fake
+        .select(&user, &msg, &component(&msg, "usertype"), &["guest"])
+        .await;
+    out.push(("usertype", timed(&fake, &i).await.0));
+    let msg = fake.message_of(&i).expect("step 2");
+    let i = fake
+        .select(&user, &msg, &component(&msg, "source"), &["bot"])
+        .await;
+    out.push(("source", timed(&fake, &i).await.0));
+    let msg = fake.message_of(&i).expect("step 2");
+    let i = fake
+        .press_button(&user, &msg, &component(&msg, "next"))
+        .await;
+    out.push(("next→scope", timed(&fake, &i).await.0));
+    let msg = fake.message_of(&i).expect("step 3");
+    let i = fake
+        .select(
+            &user,
+            &msg,
+            &component(&msg, "scopes"),
+            &["guests", "appointments"],
+        )
+        .await;
+    out.push(("scopes", timed(&fake, &i).await.0));
+    let msg = fake.message_of(&i).expect("step 3");
+    let i = fake
+        .press_button(&user, &msg, &component(&msg, "next"))
+        .await;
+    out.push(("next→review", timed(&fake, &i).await.0));
+    let msg = fake.message_of(&i).expect("review");
+    let i = fake
+        .press_button(&user, &msg, &component(&msg, "submit"))
+        .await;
+    out.push(("submit", timed(&fake, &i).await.0));
+    let dm = fake.wait_for_dm(user.id, 1).await.remove(0);
+    let i = fake
+        .press_button_in_dm(&user, &dm, &component(&dm, "genkey"))
+        .await;
+    let (t, _) = timed(&fake, &i).await;
+    out.push(("genkey", t));
+    let with_key = fake.message_of(&i).expect("key");
+    assert!(
+        token(with_key["content"].as_str().unwrap_or(""), "kg_").is_some(),
+        "no key: {with_key}"
+    );
+    let i = fake
+        .press_button_in_dm(&user, &with_key, &component(&with_key, "finish"))
+        .await;
+    out.push(("finish", timed(&fake, &i).await.0));
+    out
+}
+
+async fn wizard_round(h: &Harness, users: usize, round: u64) -> (Samples, Duration) {
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..users as u64 {
+        let user = TestUser::admin(3_000_000_000_000_000 + round * 10_000 + n, format!("u{n}"));
+        tasks.spawn(one_flow(h.fake.clone(), user));
+    }
+    let mut samples = Samples::new();
+    while let Some(flow) = tasks.join_next().await {
+        for (step, t) in flow.expect("a flow panicked") {
+            samples.entry(step).or_default().push(t);
+        }
+    }
+    (samples, start.elapsed())
+}
+
+async fn ping_round(fake: &FakeDiscord, users: usize) -> Vec<Duration> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..users as u64 {
+        let fake = fake.clone();
+        tasks.spawn(async move {
+            let user = TestUser::member(4_000_000_000_000_000 + n, "pinger");
+            let mut out = Vec::new();
+            // As many interactions per user as one wizard flow has.
+            for _ in 0..10 {
+                let i = fake.slash_command(&user, "ping", None, vec![]).await;
+                out.push(timed(&fake, &i).await.0);
+            }
+            out
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(t) = tasks.join_next().await {
+        all.extend(t.expect("a ping flow panicked"));
+    }
+    all.sort();
+    all
+}
+
+fn main() {
+    let users: Vec<usize> = std::env::var("BENCH_USERS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 50, 200]);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async {
+        let mut h = Harness::start().await;
+        let mut results = Vec::new();
+        // A warm-up flow so first-use costs (SQLite pages, connections) are not measured.
+        wizard_round(&h, 1, 0).await;
+        for (round, &n) in users.iter().enumerate() {
+            let (mut samples, elapsed) = wizard_round(&h, n, round as u64 + 1).await;
+            for v in samples.values_mut() {
+                v.sort();
+            }
+            results.push((n, samples, elapsed));
+        }
+        // The floor: a bare poise bot on the same fake Discord.
+        h.stop_bot().await;
+        let ping = start_ping_bot(&h.fake).await;
+        h.fake.wait_ready().await;
+        ping_round(&h.fake, 1).await;
+        let mut floors = Vec::new();
+        for &n in &users {
+            floors.push(ping_round(&h.fake, n).await);
+        }
+        ping.shutdown().await;
+        h.db.close().await;
+
+        println!("keygate wizard benchmark (SQLite, fake Discord on 127.0.0.1)");
+        println!("latency = INTERACTION_CREATE dispatch → interaction callback received, in ms\n");
+        for ((n, samples, elapsed), floor) in results.iter().zip(&floors) {
+            println!(
+                "── {n} concurrent user(s): {:.1} flows/s ({n} flows in {:.2} s)",
+                *n as f64 / elapsed.as_secs_f64(),
+                elapsed.as_secs_f64()
+            );
+            println!("{:<14}{:>10}{:>10}", "step", "p50", "p99");
+            let mut all = Vec::new();
+            for step in STEPS {
+                if let Some(v) = samples.get(step) {
+                    println!(
+                        "{step:<14}{:>10.2}{:>10.2}",
+                        ms(percentile(v, 50.0)),
+                        ms(percentile(v, 99.0))
+                    );
+                    all.extend(v.iter().copied());
+                }
+            }
+            all.sort();
+            let (p50, p99) = (percentile(&all, 50.0), percentile(&all, 99.0));
+            let (f50, f99) = (percentile(floor, 50.0), percentile(floor, 99.0));
+            println!("{:<14}{:>10.2}{:>10.2}", "all steps", ms(p50), ms(p99));
+            println!("{:<14}{:>10.2}{:>10.2}", "/ping floor", ms(f50), ms(f99));
+            println!(
+                "keygate p99 / floor p99 = {:.2}×\n",
+                p99.as_secs_f64() / f99.as_secs_f64().max(1e-9)
+            );
+        }
+    });
+}

@@ -1,0 +1,132 @@
+//! The real keygate bot, started against a fake Discord on a fresh SQLite store.
+
+use super::TestDb;
+use super::fake_discord::{FakeDiscord, TestUser};
+use keygate::config::Config;
+use keygate::discord::{self, BotHandle};
+use keygate::domain::catalog::ScopeCatalog;
+use keygate::service::Service;
+use serde_json::Value;
+use std::sync::Arc;
+
+pub const ALICE_ID: u64 = 2_000_000_000_000_001;
+pub const BOB_ID: u64 = 2_000_000_000_000_002;
+
+pub fn alice() -> TestUser {
+    TestUser::admin(ALICE_ID, "alice")
+}
+
+pub fn bob() -> TestUser {
+    TestUser::admin(BOB_ID, "bob")
+}
+
+pub struct Harness {
+    pub fake: FakeDiscord,
+    pub db: TestDb,
+    /// A service on the system clock, as the bot uses it.
+    pub service: Service,
+    bot: Option<BotHandle>,
+}
+
+impl Harness {
+    pub async fn start() -> Self {
+        let fake = FakeDiscord::start().await;
+        let db = TestDb::sqlite().await;
+        let service = Service::new(db.store.clone(), Arc::new(ScopeCatalog::builtin()));
+        let mut h = Self {
+            fake,
+            db,
+            service,
+            bot: None,
+        };
+        h.start_bot().await;
+        h
+    }
+
+    /// The configuration `keygate run` would read, pointed at the fake.
+    pub fn config(&self) -> Config {
+        let base = self.fake.base_url();
+        let guild = FakeDiscord::GUILD_ID.to_string();
+        Config::from_lookup(|name| match name {
+            "DISCORD_TOKEN" => Some("fake-bot-token".into()),
+            "DISCORD_API_URL" => Some(base.clone()),
+            "DISCORD_GUILD_ID" => Some(guild.clone()),
+            "HTTP_ADDR" => Some(String::new()),
+            _ => None,
+        })
+        .expect("test config")
+    }
+
+    async fn start_bot(&mut self) {
+        let before = self.fake.connections();
+        let bot = discord::start(&self.config(), self.service.clone())
+            .await
+            .expect("start the bot");
+        self.bot = Some(bot);
+        self.fake
+            .wait_until("the bot connects", |f| f.connections() > before)
+            .await;
+        self.fake.wait_ready().await;
+    }
+
+    /// Stops the bot as `keygate run` does on SIGTERM.
+    pub async fn stop_bot(&mut self) {
+        if let Some(bot) = self.bot.take() {
+            bot.shutdown().await;
+        }
+        self.fake
+            .wait_until("the bot disconnects", |f| !f.is_connected())
+            .await;
+    }
+
+    /// A new bot process on the same database.
+    pub async fn restart(&mut self) {
+        self.stop_bot().await;
+        self.start_bot().await;
+    }
+
+    pub async fn close(mut self) {
+        self.stop_bot().await;
+        self.db.close().await;
+    }
+}
+
+/// The custom_id of the component of `message` whose id ends with `:action`.
+pub fn component(message: &Value, action: &str) -> String {
+    let suffix = format!(":{action}");
+    message["components"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|row| row["components"].as_array().into_iter().flatten())
+        .filter_map(|c| c["custom_id"].as_str())
+        .find(|id| id.ends_with(&suffix))
+        .unwrap_or_else(|| panic!("no `{action}` component in {message:#}"))
+        .to_owned()
+}
+
+/// The options of a select that the message shows as chosen.
+pub fn selected(message: &Value, action: &str) -> Vec<String> {
+    let id = component(message, action);
+    message["components"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|row| row["components"].as_array().into_iter().flatten())
+        .filter(|c| c["custom_id"] == id.as_str())
+        .flat_map(|c| c["options"].as_array().into_iter().flatten())
+        .filter(|o| o["default"] == true)
+        .filter_map(|o| o["value"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// The first `prefix…` token (letters, digits, `_`) in `text`.
+pub fn token(text: &str, prefix: &str) -> Option<String> {
+    let start = text.find(prefix)?;
+    Some(
+        text[start..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect(),
+    )
+}

@@ -1,0 +1,777 @@
+//! End to end: the real bot against a fake Discord, as a member would use it.
+
+mod support;
+
+use keygate::domain::ids::GuildId;
+use keygate::domain::settings::GuildSettings;
+use keygate::service::{Actor, ServiceError, Verification};
+use serde_json::{Value, json};
+use std::sync::{Arc, Mutex, OnceLock};
+use support::bot::{Harness, alice, bob, component, selected, token};
+use support::fake_discord::{FakeDiscord, Interaction, TestUser};
+
+const GUILD: GuildId = GuildId(FakeDiscord::GUILD_ID);
+const EPHEMERAL: u64 = 1 << 6;
+
+/// Every log line of this test binary, at debug level, to check for secrets.
+fn logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let sink = buffer.clone();
+        let writer = move || Capture(sink.clone());
+        keygate::telemetry::init(
+            keygate::config::LogFormat::Pretty,
+            tracing_subscriber::EnvFilter::new("debug"),
+            writer,
+        )
+        .expect("install the log capture");
+        buffer
+    })
+    .clone()
+}
+
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn form_fields(name: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("name", name.to_owned()),
+        ("uri", "https://spa.example.com".to_owned()),
+        ("description", "Guests book treatments.".to_owned()),
+        ("login_urls", "https://spa.example.com/callback".to_owned()),
+        ("logout_urls", "https://spa.example.com/bye".to_owned()),
+    ]
+}
+
+async fn submit_form(
+    fake: &FakeDiscord,
+    user: &TestUser,
+    modal_id: &str,
+    fields: &[(&'static str, String)],
+    message: Option<&Value>,
+) -> Interaction {
+    let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    fake.submit_modal(user, modal_id, &fields, message).await
+}
+
+/// `/app create` up to the modal; returns the modal's custom_id.
+async fn open_wizard(fake: &FakeDiscord, user: &TestUser) -> String {
+    let i = fake
+        .slash_command(user, "app", Some("create"), vec![])
+        .await;
+    let r = fake.response(&i).await;
+    assert_eq!(r["type"], 9, "a modal: {r:#}");
+    assert_eq!(r["data"]["title"], "Create application");
+    assert_eq!(r["data"]["components"].as_array().unwrap().len(), 5);
+    r["data"]["custom_id"].as_str().unwrap().to_owned()
+}
+
+/// Answers the response of `i` and returns the message the user now sees.
+async fn shown(fake: &FakeDiscord, i: &Interaction, kind: u64) -> Value {
+    let r = fake.response(i).await;
+    assert_eq!(r["type"], kind, "response: {r:#}");
+    fake.message_of(i).expect("a message")
+}
+
+/// From `/app create` to the review step.
+async fn to_review(fake: &FakeDiscord, user: &TestUser, name: &str) -> Value {
+    let modal = open_wizard(fake, user).await;
+    let i = submit_form(fake, user, &modal, &form_fields(name), None).await;
+    let step2 = shown(fake, &i, 4).await;
+    assert!(
+        step2["content"].as_str().unwrap().contains("Step 2 of 4"),
+        "{step2:#}"
+    );
+    assert_eq!(step2["flags"].as_u64().unwrap() & EPHEMERAL, EPHEMERAL);
+    let i = fake
+        .select(user, &step2, &component(&step2, "usertype"), &["guest"])
+        .await;
+    let step2 = shown(fake, &i, 7).await;
+    let i = fake
+        .select(
+            user,
+            &step2,
+            &component(&step2, "source"),
+            &["external_cma"],
+        )
+        .await;
+    let step2 = shown(fake, &i, 7).await;
+    let i = fake
+        .press_button(user, &step2, &component(&step2, "next"))
+        .await;
+    let step3 = shown(fake, &i, 7).await;
+    assert!(step3["content"].as_str().unwrap().contains("Step 3 of 4"));
+    let i = fake
+        .select(
+            user,
+            &step3,
+            &component(&step3, "scopes"),
+            &["appointments", "guests"],
+        )
+        .await;
+    let step3 = shown(fake, &i, 7).await;
+    let i = fake
+        .press_button(user, &step3, &component(&step3, "next"))
+        .await;
+    let review = shown(fake, &i, 7).await;
+    assert!(review["content"].as_str().unwrap().contains("Step 4 of 4"));
+    review
+}
+
+/// Submit, then the DM with the ID and Secret.
+async fn submit_and_get_dm(
+    h: &Harness,
+    user: &TestUser,
+    review: &Value,
+) -> (Value, String, String) {
+    let earlier = h.fake.dm_messages(user.id).len();
+    let i = h
+        .fake
+        .press_button(user, review, &component(review, "submit"))
+        .await;
+    let done = shown(&h.fake, &i, 7).await;
+    assert!(
+        done["content"]
+            .as_str()
+            .unwrap()
+            .contains("sent to your DMs"),
+        "{done:#}"
+    );
+    let dm = h
+        .fake
+        .wait_for_dm(user.id, earlier + 1)
+        .await
+        .remove(earlier);
+    let content = dm["content"].as_str().unwrap();
+    let app_id = token(content, "app_").expect("the Application ID");
+    let secret = token(content, "kgs_").expect("the Secret");
+    (dm, app_id, secret)
+}
+
+/// Every body the bot sent to the guild's channels (not DMs, not ephemeral).
+fn guild_channel_bodies(fake: &FakeDiscord) -> Vec<String> {
+    let dm_channels: Vec<String> = [alice().id, bob().id]
+        .iter()
+        .filter_map(|u| fake.dm_channel_of(*u))
+        .map(|c| format!("/channels/{c}/"))
+        .collect();
+    fake.requests()
+        .into_iter()
+        .filter(|r| {
+            r.path.starts_with("/channels/") && !dm_channels.iter().any(|d| r.path.starts_with(d))
+        })
+        .map(|r| r.body.to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_wizard_to_the_key_then_finish_redacts() {
+    let logs = logs();
+    let h = Harness::start().await;
+    let commands = h.fake.commands();
+    assert_eq!(commands[0]["name"], "app");
+
+    let review = to_review(&h.fake, &alice(), "Spa Mobile").await;
+    assert_eq!(review["embeds"][0]["title"], "Review");
+    let (dm, app_id, secret) = submit_and_get_dm(&h, &alice(), &review).await;
+    assert_eq!(secret.len(), 48);
+    assert!(dm["content"].as_str().unwrap().contains("Shown once"));
+
+    let i = h
+        .fake
+        .press_button_in_dm(&alice(), &dm, &component(&dm, "genkey"))
+        .await;
+    let with_key = shown(&h.fake, &i, 7).await;
+    let key = token(with_key["content"].as_str().unwrap(), "kg_").expect("the key");
+    assert!(
+        with_key["content"].as_str().unwrap().contains(&secret),
+        "the key joins the secret"
+    );
+    let Verification::Valid(v) = h.service.verify_key(&key).await.unwrap() else {
+        panic!("the delivered key verifies")
+    };
+    assert_eq!(v.app_id.as_str(), app_id);
+    assert_eq!(v.scopes, vec!["appointments", "guests"]);
+
+    let i = h
+        .fake
+        .press_button_in_dm(&alice(), &with_key, &component(&with_key, "finish"))
+        .await;
+    let finished = shown(&h.fake, &i, 7).await;
+    let text = finished["content"].as_str().unwrap();
+    assert!(text.contains("removed"), "{text}");
+    assert!(!text.contains(&secret) && !text.contains(&key), "{text}");
+    assert_eq!(finished["components"], json!([]));
+    let dm_now = h.fake.dm_messages(alice().id).remove(0);
+    assert!(!dm_now["content"].as_str().unwrap().contains(&secret));
+
+    // Secrets went to the requester only: never a guild channel, the database or a log line.
+    for body in guild_channel_bodies(&h.fake) {
+        assert!(!body.contains(&secret) && !body.contains(&key), "{body}");
+    }
+    for (table, column, value) in h.db.all_text().await {
+        assert!(
+            !value.contains(&secret) && !value.contains(&key),
+            "{table}.{column}"
+        );
+    }
+    let logged = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    assert!(
+        logged.contains("INTERACTION_CREATE") || logged.len() > 1000,
+        "the capture sees the bot's logs"
+    );
+    assert!(
+        !logged.contains(&secret) && !logged.contains(&key),
+        "a secret reached the logs"
+    );
+    assert!(
+        !logged.contains(&secret[4..20]),
+        "part of a secret reached the logs"
+    );
+    h.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_form_lists_every_problem_and_keeps_the_input() {
+    let h = Harness::start().await;
+    let modal = open_wizard(&h.fake, &alice()).await;
+    let before = h.db.row_counts().await;
+    let bad = vec![
+        ("name", String::new()),
+        ("uri", "javascript:alert(1)".to_owned()),
+        ("description", "fine".to_owned()),
+        ("login_urls", "http://spa.example.com/cb".to_owned()),
+        ("logout_urls", "not a url".to_owned()),
+    ];
+    let i = submit_form(&h.fake, &alice(), &modal, &bad, None).await;
+    let problems = shown(&h.fake, &i, 4).await;
+    let text = problems["content"].as_str().unwrap();
+    for field in [
+        "Name",
+        "URI",
+        "Post-login redirect URLs",
+        "Post-logout redirect URLs",
+    ] {
+        assert!(
+            text.contains(&format!("**{field}**")),
+            "{field} missing in {text}"
+        );
+    }
+    assert!(!text.contains("**Description**"));
+    assert_eq!(
+        h.db.row_counts().await,
+        before,
+        "a rejected form writes nothing"
+    );
+
+    let i = h
+        .fake
+        .press_button(&alice(), &problems, &component(&problems, "edit"))
+        .await;
+    let reopened = h.fake.response(&i).await;
+    assert_eq!(reopened["type"], 9);
+    let values: Vec<(String, String)> = reopened["data"]["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            let input = &row["components"][0];
+            (
+                input["custom_id"].as_str().unwrap().to_owned(),
+                input["value"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    let typed: Vec<(String, String)> = bad
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    assert_eq!(values, typed, "the modal comes back as typed");
+
+    // Fixed, from the problem message: the wizard carries on in the same message.
+    let i = submit_form(
+        &h.fake,
+        &alice(),
+        &modal,
+        &form_fields("Fixed"),
+        Some(&problems),
+    )
+    .await;
+    let step2 = shown(&h.fake, &i, 7).await;
+    assert!(step2["content"].as_str().unwrap().contains("Step 2 of 4"));
+    h.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_and_next_keep_selections_and_cancel_deletes_the_draft() {
+    let h = Harness::start().await;
+    let review = to_review(&h.fake, &alice(), "Roundtrip").await;
+    let i = h
+        .fake
+        .press_button(&alice(), &review, &component(&review, "back"))
+        .await;
+    let step3 = shown(&h.fake, &i, 7).await;
+    // Options come in catalog order.
+    assert_eq!(selected(&step3, "scopes"), vec!["guests", "appointments"]);
+    let i = h
+        .fake
+        .press_button(&alice(), &step3, &component(&step3, "back"))
+        .await;
+    let step2 = shown(&h.fake, &i, 7).await;
+    assert_eq!(selected(&step2, "usertype"), vec!["guest"]);
+    assert_eq!(selected(&step2, "source"), vec!["external_cma"]);
+    // Back from step 2 is the form, pre-filled.
+    let i = h
+        .fake
+        .press_button(&alice(), &step2, &component(&step2, "back"))
+        .await;
+    let modal = h.fake.response(&i).await;
+    assert_eq!(modal["type"], 9);
+    assert_eq!(
+        modal["data"]["components"][0]["components"][0]["value"],
+        "Roundtrip"
+    );
+    let i = h
+        .fake
+        .press_button(&alice(), &step2, &component(&step2, "next"))
+        .await;
+    let step3 = shown(&h.fake, &i, 7).await;
+    assert_eq!(selected(&step3, "scopes"), vec!["guests", "appointments"]);
+
+    // View APIs answers on the side and leaves the wizard as it is.
+    let i = h
+        .fake
+        .select(&alice(), &step3, &component(&step3, "apis"), &["guests"])
+        .await;
+    let apis = shown(&h.fake, &i, 4).await;
+    assert!(
+        apis["content"].as_str().unwrap().contains("/v1/"),
+        "{apis:#}"
+    );
+
+    let i = h
+        .fake
+        .press_button(&alice(), &step3, &component(&step3, "cancel"))
+        .await;
+    let cancelled = shown(&h.fake, &i, 7).await;
+    assert!(cancelled["content"].as_str().unwrap().contains("Cancelled"));
+    let counts = h.db.row_counts().await;
+    assert!(counts.contains(&("wizard_drafts", 0)), "{counts:?}");
+    let i = h
+        .fake
+        .press_button(&alice(), &step3, &component(&step3, "next"))
+        .await;
+    let stale = shown(&h.fake, &i, 4).await;
+    assert!(
+        stale["content"]
+            .as_str()
+            .unwrap()
+            .contains("expired or was closed"),
+        "{stale:#}"
+    );
+    h.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_bot_continues_the_wizard() {
+    let mut h = Harness::start().await;
+    let modal = open_wizard(&h.fake, &alice()).await;
+    let i = submit_form(&h.fake, &alice(), &modal, &form_fields("Survivor"), None).await;
+    let step2 = shown(&h.fake, &i, 4).await;
+    let i = h
+        .fake
+        .select(
+            &alice(),
+            &step2,
+            &component(&step2, "usertype"),
+            &["employee"],
+        )
+        .await;
+    let step2 = shown(&h.fake, &i, 7).await;
+    let i = h
+        .fake
+        .select(&alice(), &step2, &component(&step2, "source"), &["bot"])
+        .await;
+    let step2 = shown(&h.fake, &i, 7).await;
+
+    h.restart().await;
+    assert_eq!(h.fake.connections(), 2);
+    let i = h
+        .fake
+        .press_button(&alice(), &step2, &component(&step2, "next"))
+        .await;
+    let step3 = shown(&h.fake, &i, 7).await;
+    assert!(step3["content"].as_str().unwrap().contains("Step 3 of 4"));
+    // /app create again offers the open draft back.
+    let i = h
+        .fake
+        .slash_command(&alice(), "app", Some("create"), vec![])
+        .await;
+    let prompt = shown(&h.fake, &i, 4).await;
+    let i = h
+        .fake
+        .press_button(&alice(), &prompt, &component(&prompt, "resume"))
+        .await;
+    let resumed = shown(&h.fake, &i, 7).await;
+    assert!(resumed["content"].as_str().unwrap().contains("Step 3 of 4"));
+    h.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn double_and_concurrent_generate_presses_make_one_key() {
+    let h = Harness::start().await;
+    let review = to_review(&h.fake, &alice(), "Racer").await;
+    let (dm, _, _) = submit_and_get_dm(&h, &alice(), &review).await;
+    let genkey = component(&dm, "genkey");
+    let user = alice();
+    let (a, b) = tokio::join!(
+        h.fake.press_button_in_dm(&user, &dm, &genkey),
+        h.fake.press_button_in_dm(&user, &dm, &genkey)
+    );
+    let later = h.fake.press_button_in_dm(&user, &dm, &genkey).await;
+    let responses = [
+        h.fake.response(&a).await,
+        h.fake.response(&b).await,
+        h.fake.response(&later).await,
+    ];
+    let keys: Vec<&Value> = responses.iter().filter(|r| r["type"] == 7).collect();
+    assert_eq!(keys.len(), 1, "{responses:#?}");
+    for refused in responses.iter().filter(|r| r["type"] == 4) {
+        assert!(
+            refused["data"]["content"]
+                .as_str()
+                .unwrap()
+                .contains("already generated"),
+            "{refused:#}"
+        );
+        assert_eq!(
+            refused["data"]["flags"].as_u64().unwrap() & EPHEMERAL,
+            EPHEMERAL
+        );
+    }
+    let counts = h.db.row_counts().await;
+    assert!(counts.contains(&("api_keys", 1)), "{counts:?}");
+    h.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_dms_fall_back_to_an_ephemeral_reply() {
+    let h = Harness::start().await;
+    h.fake.close_dms_of(alice().id);
+    let review = to_review(&h.fake, &alice(), "No DMs").await;
+    let i = h
+        .fake
+        .press_button(&alice(), &review, &component(&review, "submit"))
+        .await;
+    let done = shown(&h.fake, &i, 7).await;
+    assert!(
+        done["content"].as_str().unwrap().contains("DMs are closed"),
+        "{done:#}"
+    );
+    let private = h.fake.followups(&i, 1).await.remove(0);
+    assert_eq!(private["flags"].as_u64().unwrap() & EPHEMERAL, EPHEMERAL);
+    let secret = token(private["content"].as_str().unwrap(), "kgs_").expect("the secret");
+    assert!(h.fake.dm_messages(alice().id).is_empty());
+
+    let g = h
+        .fake
+        .press_button(&alice(), &private, &component(&private, "genkey"))
+        .await;
+    let with_key = shown(&h.fake, &g, 7).await;
+    let key = token(with_key["content"].as_str().unwrap(), "kg_").expect("the key");
+    assert!(matches!(
+        h.service.verify_key(&key).await.unwrap(),
+        Verification::Valid(_)
+    ));
+    let f = h
+        .fake
+        .press_button(&alice(), &with_key, &component(&with_key, "finish"))
+        .await;
+    let finished = shown(&h.fake, &f, 7).await;
+    assert!(!finished["content"].as_str().unwrap().contains(&secret));
+    for body in guild_channel_bodies(&h.fake) {
+        assert!(!body.contains(&secret) && !body.contains(&key), "{body}");
+    }
+    h.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_user_cannot_drive_the_wizard() {
+    let h = Harness::start().await;
+    let modal = open_wizard(&h.fake, &alice()).await;
+    let i = submit_form(&h.fake, &alice(), &modal, &form_fields("Mine"), None).await;
+    let step2 = shown(&h.fake, &i, 4).await;
+    for (action, value) in [
+        ("usertype", Some("guest")),
+        ("next", None),
+        ("cancel", None),
+        ("back", None),
+    ] {
+        let id = component(&step2, action);
+        let i = match value {
+            Some(v) => h.fake.select(&bob(), &step2, &id, &[v]).await,
+            None => h.fake.press_button(&bob(), &step2, &id).await,
+        };
+        let refused = shown(&h.fake, &i, 4).await;
+        assert!(
+            refused["content"]
+                .as_str()
+                .unwrap()
+                .contains("not your wizard"),
+            "{action}: {refused:#}"
+        );
+        assert_eq!(refused["flags"].as_u64().unwrap() & EPHEMERAL, EPHEMERAL);
+    }
+    let i = submit_form(&h.fake, &bob(), &modal, &form_fields("Hijack"), None).await;
+    assert!(
+        shown(&h.fake, &i, 4).await["content"]
+            .as_str()
+            .unwrap()
+            .contains("not your wizard")
+    );
+    // Alice's draft is untouched.
+    let i = h
+        .fake
+        .press_button(&alice(), &step2, &component(&step2, "next"))
+        .await;
+    let refused = shown(&h.fake, &i, 4).await;
+    assert!(
+        refused["content"]
+            .as_str()
+            .unwrap()
+            .contains("Login User Type"),
+        "nothing was chosen: {refused:#}"
+    );
+    h.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_dm_lifetime_redacts_also_across_a_restart() {
+    let mut h = Harness::start().await;
+    let settings = GuildSettings {
+        dm_lifetime: chrono::TimeDelta::seconds(1),
+        ..GuildSettings::defaults(GUILD)
+    };
+    h.service
+        .save_settings(
+            Actor::member(keygate::domain::ids::UserId(alice().id)),
+            &settings,
+        )
+        .await
+        .unwrap();
+    let review = to_review(&h.fake, &alice(), "Short Lived").await;
+    let (_, _, secret) = submit_and_get_dm(&h, &alice(), &review).await;
+    let user = alice().id;
+    h.fake
+        .wait_until("the DM is redacted", |f| {
+            f.dm_messages(user)
+                .iter()
+                .all(|m| !m["content"].as_str().unwrap_or("").contains(&secret))
+        })
+        .await;
+
+    // The bot is down when the second DM falls due: the next one redacts it at once.
+    let review = to_review(&h.fake, &alice(), "Outlives The Bot").await;
+    let (_, _, secret) = submit_and_get_dm(&h, &alice(), &review).await;
+    h.stop_bot().await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert!(
+        h.fake
+            .dm_messages(user)
+            .iter()
+            .any(|m| m["content"].as_str().unwrap_or("").contains(&secret)),
+        "still there while the bot is down"
+    );
+    h.restart().await;
+    h.fake
+        .wait_until("the overdue DM is redacted after the restart", |f| {
+            f.dm_messages(user)
+                .iter()
+                .all(|m| !m["content"].as_str().unwrap_or("").contains(&secret))
+        })
+        .await;
+    h.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_text_never_pings() {
+    let h = Harness::start().await;
+    let name = "@everyone <@123> <@&456>";
+    let review = to_review(&h.fake, &alice(), name).await;
+    let (dm, _, _) = submit_and_get_dm(&h, &alice(), &review).await;
+    let i = h
+        .fake
+        .press_button_in_dm(&alice(), &dm, &component(&dm, "genkey"))
+        .await;
+    shown(&h.fake, &i, 7).await;
+    let i = h
+        .fake
+        .slash_command(&alice(), "app", Some("list"), vec![])
+        .await;
+    h.fake.response(&i).await;
+    let echoed: Vec<_> = h
+        .fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.body.to_string().contains("@everyone"))
+        .collect();
+    assert!(
+        echoed.len() >= 6,
+        "the name is echoed in several messages: {}",
+        echoed.len()
+    );
+    for r in echoed {
+        // A callback carries the message in `data`.
+        let message = if r.body.get("data").is_some() {
+            &r.body["data"]
+        } else {
+            &r.body
+        };
+        let allowed = &message["allowed_mentions"];
+        assert!(
+            allowed.is_object(),
+            "{} {} sends no allowed_mentions: {}",
+            r.method,
+            r.path,
+            r.body
+        );
+        assert_eq!(allowed["parse"], json!([]), "{} {}", r.method, r.path);
+        assert!(allowed["users"].as_array().is_none_or(|u| u.is_empty()));
+        assert!(allowed["roles"].as_array().is_none_or(|u| u.is_empty()));
+    }
+    h.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_show_and_autocomplete() {
+    let h = Harness::start().await;
+    let review = to_review(&h.fake, &alice(), "Listed App").await;
+    let (dm, app_id, secret) = submit_and_get_dm(&h, &alice(), &review).await;
+    let i = h
+        .fake
+        .press_button_in_dm(&alice(), &dm, &component(&dm, "genkey"))
+        .await;
+    shown(&h.fake, &i, 7).await;
+
+    let i = h
+        .fake
+        .slash_command(&bob(), "app", Some("list"), vec![])
+        .await;
+    let list = h.fake.response(&i).await;
+    assert_eq!(
+        list["data"]["flags"].as_u64().unwrap() & EPHEMERAL,
+        EPHEMERAL
+    );
+    let text = list["data"]["embeds"][0]["description"].as_str().unwrap();
+    for part in [
+        "Listed App",
+        "External CMA",
+        "Mobile Booking",
+        "Guest",
+        "Active",
+        "kg_",
+    ] {
+        assert!(text.contains(part), "{part} missing in {text}");
+    }
+    let i = h
+        .fake
+        .autocomplete(&bob(), "app", Some("show"), "app", "list")
+        .await;
+    let choices = h.fake.response(&i).await;
+    assert_eq!(choices["data"]["choices"][0]["value"], app_id.as_str());
+
+    let i = h
+        .fake
+        .slash_command(&bob(), "app", Some("show"), vec![("app", json!(app_id))])
+        .await;
+    let show = h.fake.response(&i).await;
+    let embed = show["data"]["embeds"][0].to_string();
+    for part in [
+        "Listed App",
+        "https://spa.example.com/callback",
+        "Appointments",
+        "Guests",
+        &app_id,
+    ] {
+        assert!(embed.contains(part), "{part} missing in {embed}");
+    }
+    assert!(!embed.contains(&secret));
+    let i = h
+        .fake
+        .slash_command(
+            &bob(),
+            "app",
+            Some("show"),
+            vec![("app", json!("listed app"))],
+        )
+        .await;
+    assert!(
+        h.fake.response(&i).await.to_string().contains(&app_id),
+        "by name, any case"
+    );
+    let i = h
+        .fake
+        .slash_command(&bob(), "app", Some("show"), vec![("app", json!("nope"))])
+        .await;
+    let missing = h.fake.response(&i).await;
+    assert!(
+        missing["data"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("no application named"),
+        "{missing:#}"
+    );
+    h.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_creators_may_start_the_wizard() {
+    let h = Harness::start().await;
+    let member = TestUser::member(2_000_000_000_000_009, "carol");
+    let i = h
+        .fake
+        .slash_command(&member, "app", Some("create"), vec![])
+        .await;
+    let refused = h.fake.response(&i).await;
+    assert_eq!(refused["type"], 4);
+    assert!(
+        refused["data"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("Manage Server"),
+        "{refused:#}"
+    );
+    let counts = h.db.row_counts().await;
+    assert!(counts.contains(&("wizard_drafts", 0)));
+
+    // With a creator role set, holding it is enough.
+    let settings = GuildSettings {
+        creator_role: Some(keygate::domain::ids::RoleId(77)),
+        ..GuildSettings::defaults(GUILD)
+    };
+    h.service
+        .save_settings(Actor::member(keygate::domain::ids::UserId(1)), &settings)
+        .await
+        .unwrap();
+    let creator = TestUser::member(2_000_000_000_000_010, "dan").with_roles(&[77]);
+    let i = h
+        .fake
+        .slash_command(&creator, "app", Some("create"), vec![])
+        .await;
+    assert_eq!(h.fake.response(&i).await["type"], 9);
+    assert!(matches!(
+        h.service.app_by_name(GUILD, "x").await,
+        Err(ServiceError::AppNotFound)
+    ));
+    h.close().await;
+}
