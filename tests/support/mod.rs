@@ -118,7 +118,7 @@ impl TestDb {
     /// Runs one statement with one integer parameter, bypassing the store.
     pub async fn execute_raw(&self, sql: &'static str, param: i64) -> Result<u64, sqlx::Error> {
         Ok(match &self.store {
-            Store::Sqlite(pool) => sqlx::query(sql)
+            Store::Sqlite(pool, _) => sqlx::query(sql)
                 .bind(param)
                 .execute(pool)
                 .await?
@@ -140,7 +140,7 @@ impl TestDb {
         let mut out = Vec::new();
         for table in TABLES {
             let columns: Vec<String> = match &self.store {
-                Store::Sqlite(pool) => sqlx::query_scalar(
+                Store::Sqlite(pool, _) => sqlx::query_scalar(
                     "SELECT name FROM pragma_table_info($1) WHERE upper(type) = 'TEXT'",
                 )
                 .bind(table)
@@ -166,7 +166,7 @@ impl TestDb {
             for column in columns {
                 let sql = sqlx::AssertSqlSafe(format!("SELECT {column} FROM {table}"));
                 let values: Vec<Option<String>> = match &self.store {
-                    Store::Sqlite(pool) => sqlx::query_scalar(sql).fetch_all(pool).await,
+                    Store::Sqlite(pool, _) => sqlx::query_scalar(sql).fetch_all(pool).await,
                     Store::Postgres(pool) => sqlx::query_scalar(sql).fetch_all(pool).await,
                 }
                 .expect("values");
