@@ -10,8 +10,9 @@ use serenity::all::{
     CreateEmbed, CreateInputText, CreateInteractionResponse, CreateInteractionResponseFollowup,
     CreateInteractionResponseMessage, CreateMessage, CreateModal, CreateSelectMenu,
     CreateSelectMenuKind, CreateSelectMenuOption, EditInteractionResponse, EditMessage, Event,
-    GatewayEvent, GuildId, Http, HttpBuilder, InputTextStyle, Interaction as SerenityInteraction,
-    InteractionId, MessageFlags, Permissions, UserId,
+    GatewayEvent, GuildId, Http, HttpBuilder, HttpError, InputTextStyle,
+    Interaction as SerenityInteraction, InteractionId, MessageFlags, Nonce,
+    PermissionOverwriteType, Permissions, RoleId, UserId,
 };
 use std::time::Duration;
 use support::fake_discord::{FakeDiscord, TestUser};
@@ -354,7 +355,8 @@ async fn rest_answers_parse_in_serenity() {
             .contains_key(&ChannelId::new(FakeDiscord::CHANNEL_ID))
     );
     fake.add_role(88, "Reviewers", Permissions::MANAGE_GUILD.bits());
-    assert_eq!(guild.roles(&http).await.unwrap().len(), 2);
+    // @everyone, the bot's role and Reviewers.
+    assert_eq!(guild.roles(&http).await.unwrap().len(), 3);
     fake.add_member(&TestUser::member(BOB, "bob"));
     assert_eq!(
         guild
@@ -659,4 +661,170 @@ async fn unanswered_heartbeats_make_the_bot_drop_the_connection() {
         .await;
     // serenity now waits out its 5 s pause between shard boots before identifying again.
     bot.abort();
+}
+
+#[tokio::test]
+async fn enforced_nonces_deduplicate_messages() {
+    let fake = FakeDiscord::start().await;
+    let http = http(&fake);
+    let channel = ChannelId::new(FakeDiscord::CHANNEL_ID);
+    let send = |nonce: Nonce, enforce: bool, content: &'static str| {
+        let http = &http;
+        async move {
+            channel
+                .send_message(
+                    http,
+                    CreateMessage::new()
+                        .content(content)
+                        .nonce(nonce)
+                        .enforce_nonce(enforce),
+                )
+                .await
+                .unwrap()
+        }
+    };
+
+    let first = send(Nonce::String("kga1".into()), true, "one").await;
+    assert!(matches!(&first.nonce, Some(Nonce::String(n)) if n == "kga1"));
+    let again = send(Nonce::String("kga1".into()), true, "one, retried").await;
+    assert_eq!(again.id, first.id);
+    assert_eq!(again.content, "one");
+    let stored = fake.channel_messages(FakeDiscord::CHANNEL_ID);
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0]["nonce"], json!("kga1"));
+
+    // Integer nonces too; the same nonce in another channel is another message.
+    let n1 = send(Nonce::Number(42), true, "two").await;
+    assert!(matches!(n1.nonce, Some(Nonce::Number(42))));
+    assert_eq!(send(Nonce::Number(42), true, "two").await.id, n1.id);
+    fake.add_channel(4_000_000_000_000_002, "audit");
+    let elsewhere = ChannelId::new(4_000_000_000_000_002)
+        .send_message(
+            &http,
+            CreateMessage::new()
+                .content("two")
+                .nonce(Nonce::Number(42))
+                .enforce_nonce(true),
+        )
+        .await
+        .unwrap();
+    assert_ne!(elsewhere.id, n1.id);
+    assert_eq!(fake.channel_messages(FakeDiscord::CHANNEL_ID).len(), 2);
+
+    // Without enforce_nonce the nonce is only echoed.
+    let a = send(Nonce::String("free".into()), false, "three").await;
+    let b = send(Nonce::String("free".into()), false, "three").await;
+    assert_ne!(a.id, b.id);
+    assert!(matches!(&b.nonce, Some(Nonce::String(n)) if n == "free"));
+    assert_eq!(fake.channel_messages(FakeDiscord::CHANNEL_ID).len(), 4);
+}
+
+async fn bot_permissions_in(http: &Http, channel: u64) -> Permissions {
+    let guild = GuildId::new(FakeDiscord::GUILD_ID);
+    let partial = http.get_guild(guild).await.unwrap();
+    let channel = http
+        .get_channel(ChannelId::new(channel))
+        .await
+        .unwrap()
+        .guild()
+        .expect("a guild channel");
+    assert_eq!(channel.guild_id, guild);
+    let me = http
+        .get_member(guild, UserId::new(FakeDiscord::APPLICATION_ID))
+        .await
+        .unwrap();
+    assert_eq!(me.roles, vec![RoleId::new(FakeDiscord::BOT_ROLE_ID)]);
+    partial.user_permissions_in(&channel, &me)
+}
+
+#[tokio::test]
+async fn the_bot_can_be_denied_a_channel() {
+    let fake = FakeDiscord::start().await;
+    let http = http(&fake);
+    const AUDIT: u64 = 4_000_000_000_000_002;
+    fake.add_channel(AUDIT, "audit-log");
+
+    let guild = GuildId::new(FakeDiscord::GUILD_ID);
+    let partial = http.get_guild(guild).await.unwrap();
+    assert!(
+        partial
+            .roles
+            .contains_key(&RoleId::new(FakeDiscord::GUILD_ID))
+    );
+    let bot_role = &partial.roles[&RoleId::new(FakeDiscord::BOT_ROLE_ID)];
+    assert_eq!(bot_role.name, FakeDiscord::BOT_NAME);
+    assert!(bot_role.managed);
+    let channels = guild.channels(&http).await.unwrap();
+    assert_eq!(channels.len(), 2);
+    assert_eq!(channels[&ChannelId::new(AUDIT)].name, "audit-log");
+    assert_eq!(
+        channels[&ChannelId::new(FakeDiscord::CHANNEL_ID)].name,
+        "general"
+    );
+
+    for c in [FakeDiscord::CHANNEL_ID, AUDIT] {
+        let perms = bot_permissions_in(&http, c).await;
+        assert!(
+            perms.contains(
+                Permissions::VIEW_CHANNEL
+                    | Permissions::SEND_MESSAGES
+                    | Permissions::EMBED_LINKS
+                    | Permissions::READ_MESSAGE_HISTORY
+            ),
+            "{perms:?}"
+        );
+    }
+
+    fake.deny_bot_in_channel(AUDIT, Permissions::SEND_MESSAGES.bits());
+    let channel = http
+        .get_channel(ChannelId::new(AUDIT))
+        .await
+        .unwrap()
+        .guild()
+        .unwrap();
+    assert_eq!(channel.permission_overwrites.len(), 1);
+    assert_eq!(
+        channel.permission_overwrites[0].kind,
+        PermissionOverwriteType::Member(UserId::new(FakeDiscord::APPLICATION_ID))
+    );
+    let perms = bot_permissions_in(&http, AUDIT).await;
+    assert!(!perms.contains(Permissions::SEND_MESSAGES), "{perms:?}");
+    assert!(perms.contains(Permissions::VIEW_CHANNEL), "{perms:?}");
+    // Other channels are unaffected.
+    assert!(
+        bot_permissions_in(&http, FakeDiscord::CHANNEL_ID)
+            .await
+            .contains(Permissions::SEND_MESSAGES)
+    );
+    ChannelId::new(FakeDiscord::CHANNEL_ID)
+        .say(&http, "still fine")
+        .await
+        .unwrap();
+
+    // Posting where the bot may not post fails as on Discord, and nothing is created.
+    let err = ChannelId::new(AUDIT)
+        .say(&http, "denied")
+        .await
+        .unwrap_err();
+    match err {
+        serenity::Error::Http(HttpError::UnsuccessfulRequest(res)) => {
+            assert_eq!(res.status_code.as_u16(), 403);
+            assert_eq!(res.error.code, 50013);
+            assert_eq!(res.error.message, "Missing Permissions");
+        }
+        other => panic!("expected 403 50013, got {other:?}"),
+    }
+    assert!(fake.channel_messages(AUDIT).is_empty());
+
+    // Without VIEW_CHANNEL Discord answers 50001 instead.
+    fake.deny_bot_in_channel(AUDIT, Permissions::VIEW_CHANNEL.bits());
+    let perms = bot_permissions_in(&http, AUDIT).await;
+    assert!(!perms.contains(Permissions::VIEW_CHANNEL), "{perms:?}");
+    assert!(!perms.contains(Permissions::SEND_MESSAGES), "{perms:?}");
+    match ChannelId::new(AUDIT).say(&http, "denied").await {
+        Err(serenity::Error::Http(HttpError::UnsuccessfulRequest(res))) => {
+            assert_eq!((res.status_code.as_u16(), res.error.code), (403, 50001));
+        }
+        other => panic!("expected 403 50001, got {other:?}"),
+    }
 }

@@ -54,7 +54,7 @@ async fn draft_to_review(svc: &Service, user: keygate::domain::ids::UserId, name
 
 async fn submit(svc: &Service, user: keygate::domain::ids::UserId, name: &str) -> Submitted {
     let id = draft_to_review(svc, user, name).await;
-    svc.submit_draft(&id, user).await.unwrap()
+    svc.submit_draft(&id, user, None).await.unwrap()
 }
 
 async fn require_approvals(db: &TestDb, n: u8) {
@@ -583,7 +583,7 @@ async fn bad_input_is_rejected_and_writes_nothing(db: &TestDb) {
         cases += 1;
     }
     assert!(matches!(
-        svc.submit_draft(&draft.id, ALICE).await,
+        svc.submit_draft(&draft.id, ALICE, None).await,
         Err(ServiceError::Wizard(_))
     ));
     assert!(matches!(
@@ -803,8 +803,8 @@ async fn names_are_unique_per_guild_ignoring_case(db: &TestDb) {
     // Two drafts with the same name can both reach review; the second Submit loses.
     let a = draft_to_review(svc, BOB, "Twin").await;
     let b = draft_to_review(svc, CAROL, "TWIN").await;
-    svc.submit_draft(&a, BOB).await.unwrap();
-    match svc.submit_draft(&b, CAROL).await {
+    svc.submit_draft(&a, BOB, None).await.unwrap();
+    match svc.submit_draft(&b, CAROL, None).await {
         Err(ServiceError::Validation(e)) => {
             assert!(e.to_string().contains("already exists"), "{e}")
         }
@@ -849,29 +849,41 @@ async fn audit_log_is_append_only_and_outbox_posts_once(db: &TestDb) {
     submit(svc, ALICE, "Loud").await;
 
     let mut tx = db.store.begin().await.unwrap();
-    let due = tx.due_outbox(db.clock.now(), 100).await.unwrap();
+    let now = db.clock.now();
+    let due = tx.unposted_outbox(100).await.unwrap();
     let kinds: Vec<_> = due.iter().map(|e| e.event.kind).collect();
     assert_eq!(
         kinds,
         vec![AuditKind::SettingsChanged, AuditKind::DraftSubmitted]
     );
-    let first = due[0].event.id;
-    assert!(tx.mark_audit_posted(first, db.clock.now()).await.unwrap());
     assert!(
-        !tx.mark_audit_posted(first, db.clock.now()).await.unwrap(),
+        due.iter()
+            .all(|e| e.next_attempt_at <= now && e.attempts == 0)
+    );
+    let first = due[0].event.id;
+    let lease = now + chrono::TimeDelta::seconds(30);
+    assert!(tx.claim_audit_post(first, now, lease).await.unwrap());
+    assert!(
+        !tx.claim_audit_post(first, now, lease).await.unwrap(),
+        "one poster at a time"
+    );
+    assert!(tx.mark_audit_posted(first, now).await.unwrap());
+    assert!(
+        !tx.mark_audit_posted(first, now).await.unwrap(),
         "posted once"
     );
     let second = due[1].event.id;
-    tx.defer_audit_post(second, db.clock.now() + chrono::TimeDelta::seconds(30))
-        .await
-        .unwrap();
-    assert!(tx.due_outbox(db.clock.now(), 100).await.unwrap().is_empty());
-    let later = tx
-        .due_outbox(db.clock.now() + chrono::TimeDelta::seconds(30), 100)
-        .await
-        .unwrap();
-    assert_eq!(later.len(), 1);
-    assert_eq!(later[0].attempts, 1);
+    tx.defer_audit_post(second, lease).await.unwrap();
+    let left = tx.unposted_outbox(100).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(
+        (left[0].event.id, left[0].attempts, left[0].next_attempt_at),
+        (second, 1, lease)
+    );
+    assert!(
+        !tx.claim_audit_post(second, now, lease).await.unwrap(),
+        "not due yet"
+    );
     let all = tx.audit_events(GUILD, None, 100).await.unwrap();
     assert_eq!(all.len(), 3);
     assert!(all.windows(2).all(|w| w[0].id > w[1].id), "newest first");

@@ -1,8 +1,9 @@
 //! Slash commands: `/app create`, `/app list`, `/app show`.
 
-use super::Context;
+use super::custom_id::CustomId;
 use super::reply::{FIELD_MAX, UserError, clip, no_pings};
 use super::wizard::{self, code};
+use super::{Bot, Context, approvals};
 use crate::domain::application::Application;
 use crate::domain::credentials::{APP_ID_PREFIX, ApplicationId};
 use crate::domain::ids::{GuildId, UserId};
@@ -21,7 +22,7 @@ fn guild_of(ctx: &Context<'_>) -> anyhow::Result<GuildId> {
 #[poise::command(
     slash_command,
     guild_only,
-    subcommands("create", "list", "show"),
+    subcommands("create", "list", "show", "history", "withdraw"),
     subcommand_required
 )]
 pub async fn app(_ctx: Context<'_>) -> anyhow::Result<()> {
@@ -143,6 +144,22 @@ async fn matching_apps(ctx: Context<'_>, partial: &str) -> Vec<serenity::Autocom
     }
 }
 
+/// The guild's application named by an autocomplete choice (its ID) or by a
+/// name typed by hand.
+async fn resolve(ctx: &Context<'_>, guild: GuildId, app: &str) -> anyhow::Result<Application> {
+    let service = &ctx.data().service;
+    let found = match ApplicationId::parse(app) {
+        Ok(id) if app.starts_with(APP_ID_PREFIX) => service.app(guild, &id).await,
+        _ => service.app_by_name(guild, app).await,
+    };
+    match found {
+        Err(ServiceError::AppNotFound) => {
+            Err(UserError(format!("no application named {} in this server", code(app))).into())
+        }
+        other => Ok(other?),
+    }
+}
+
 /// Show one application (never its secrets).
 #[poise::command(slash_command, guild_only)]
 pub async fn show(
@@ -153,21 +170,7 @@ pub async fn show(
 ) -> anyhow::Result<()> {
     let guild = guild_of(&ctx)?;
     let service = &ctx.data().service;
-    // Autocomplete sends the ID; a name typed by hand works too.
-    let found = match ApplicationId::parse(&app) {
-        Ok(id) if app.starts_with(APP_ID_PREFIX) => service.app(guild, &id).await,
-        _ => service.app_by_name(guild, &app).await,
-    };
-    let app = match found {
-        Err(ServiceError::AppNotFound) => {
-            return Err(UserError(format!(
-                "no application named {} in this server",
-                code(&app)
-            ))
-            .into());
-        }
-        other => other?,
-    };
+    let app = resolve(&ctx, guild, &app).await?;
     let urls = |list: &[String]| {
         if list.is_empty() {
             "—".to_owned()
@@ -238,6 +241,141 @@ pub async fn show(
         CreateReply::default()
             .ephemeral(true)
             .embed(embed)
+            .allowed_mentions(no_pings()),
+    )
+    .await?;
+    Ok(())
+}
+
+const HISTORY_PAGE: u32 = 10;
+
+async fn history_message(
+    bot: &Bot,
+    guild: GuildId,
+    app: &Application,
+    page: u32,
+) -> anyhow::Result<(CreateEmbed, Vec<serenity::CreateActionRow>)> {
+    let history = bot
+        .service
+        .history(guild, &app.id, page, HISTORY_PAGE)
+        .await?;
+    let lines: Vec<String> = history
+        .events
+        .iter()
+        .map(|e| {
+            let actor = e
+                .actor_id
+                .map_or_else(|| "keygate".to_owned(), |u| format!("<@{u}>"));
+            format!(
+                "<t:{}:f> **{}** by {actor}: {}",
+                e.created_at.timestamp(),
+                e.kind.label(),
+                e.summary
+            )
+        })
+        .collect();
+    let text = if lines.is_empty() {
+        "No events.".to_owned()
+    } else {
+        lines.join("\n")
+    };
+    let embed = CreateEmbed::new()
+        .title(clip(&format!("History of {}", app.details.name), 256))
+        .description(clip(&text, 4096))
+        .footer(serenity::CreateEmbedFooter::new(format!(
+            "Page {}",
+            page + 1
+        )))
+        .colour(0x5865F2);
+    let mut buttons = Vec::new();
+    if page > 0 {
+        buttons.push(
+            serenity::CreateButton::new(CustomId::history(app.id.as_str(), page - 1).to_string())
+                .label("Newer")
+                .style(serenity::ButtonStyle::Secondary),
+        );
+    }
+    if history.has_more {
+        buttons.push(
+            serenity::CreateButton::new(CustomId::history(app.id.as_str(), page + 1).to_string())
+                .label("Older")
+                .style(serenity::ButtonStyle::Secondary),
+        );
+    }
+    let rows = if buttons.is_empty() {
+        vec![]
+    } else {
+        vec![serenity::CreateActionRow::Buttons(buttons)]
+    };
+    Ok((embed, rows))
+}
+
+/// An application's audit events, newest first.
+#[poise::command(slash_command, guild_only)]
+pub async fn history(
+    ctx: Context<'_>,
+    #[description = "The application"]
+    #[autocomplete = "app_choices"]
+    app: String,
+) -> anyhow::Result<()> {
+    let guild = guild_of(&ctx)?;
+    let app = resolve(&ctx, guild, &app).await?;
+    let (embed, rows) = history_message(ctx.data(), guild, &app, 0).await?;
+    ctx.send(
+        CreateReply::default()
+            .ephemeral(true)
+            .embed(embed)
+            .components(rows)
+            .allowed_mentions(no_pings()),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Newer / Older on a history message.
+pub async fn on_history_page(
+    ctx: &serenity::Context,
+    bot: &Bot,
+    component: &serenity::ComponentInteraction,
+    cid: &CustomId,
+) -> anyhow::Result<()> {
+    let (page, app_id) = cid
+        .history_page()
+        .ok_or_else(|| UserError("this button is no longer valid".into()))?;
+    let guild = component
+        .guild_id
+        .ok_or_else(|| UserError("use this in a server".into()))?;
+    let guild = GuildId(guild.get());
+    let id = ApplicationId::parse(app_id)
+        .map_err(|_| UserError("this button is no longer valid".into()))?;
+    let app = bot.service.app(guild, &id).await?;
+    let (embed, rows) = history_message(bot, guild, &app, page).await?;
+    let message = serenity::CreateInteractionResponseMessage::new()
+        .embed(embed)
+        .components(rows)
+        .allowed_mentions(no_pings());
+    component
+        .create_response(&ctx.http, CreateInteractionResponse::UpdateMessage(message))
+        .await?;
+    Ok(())
+}
+
+/// Withdraw your pending request.
+#[poise::command(slash_command, guild_only)]
+pub async fn withdraw(
+    ctx: Context<'_>,
+    #[description = "The application"]
+    #[autocomplete = "app_choices"]
+    app: String,
+) -> anyhow::Result<()> {
+    let guild = guild_of(&ctx)?;
+    let app = resolve(&ctx, guild, &app).await?;
+    let user = UserId(ctx.author().id.get());
+    let app = approvals::withdraw(ctx.http(), ctx.data(), guild, &app.id, user).await?;
+    ctx.send(
+        CreateReply::default()
+            .ephemeral(true)
+            .content(format!("↩️ You withdrew {}.", code(&app.details.name)))
             .allowed_mentions(no_pings()),
     )
     .await?;

@@ -9,6 +9,8 @@ pub enum Kind {
     Draft,
     /// A registered application; the id is its Application ID.
     App,
+    /// A page of an application's history; the id is `<page>_<Application ID>`.
+    History,
 }
 
 /// What the component does.
@@ -30,9 +32,17 @@ pub enum Action {
     Submit,
     GenerateKey,
     Finish,
+    Approve,
+    Deny,
+    /// The Deny modal (its submit).
+    DenyReason,
+    Withdraw,
+    Reveal,
+    /// Show a page of `/app history`.
+    Page,
 }
 
-const ACTIONS: [(Action, &str); 14] = [
+const ACTIONS: [(Action, &str); 20] = [
     (Action::Details, "details"),
     (Action::Edit, "edit"),
     (Action::Resume, "resume"),
@@ -47,6 +57,12 @@ const ACTIONS: [(Action, &str); 14] = [
     (Action::Submit, "submit"),
     (Action::GenerateKey, "genkey"),
     (Action::Finish, "finish"),
+    (Action::Approve, "approve"),
+    (Action::Deny, "deny"),
+    (Action::DenyReason, "denyreason"),
+    (Action::Withdraw, "withdraw"),
+    (Action::Reveal, "reveal"),
+    (Action::Page, "page"),
 ];
 
 impl Action {
@@ -78,6 +94,20 @@ impl CustomId {
         }
     }
 
+    pub fn history(app: &str, page: u32) -> Self {
+        Self {
+            kind: Kind::History,
+            id: format!("{page}_{app}"),
+            action: Action::Page,
+        }
+    }
+
+    /// The page and Application ID of a history custom_id.
+    pub fn history_page(&self) -> Option<(u32, &str)> {
+        let (page, app) = self.id.split_once('_')?;
+        Some((page.parse().ok()?, app))
+    }
+
     pub fn app(id: &str, action: Action) -> Self {
         Self {
             kind: Kind::App,
@@ -95,6 +125,7 @@ impl CustomId {
         let kind = match parts.next()? {
             "draft" => Kind::Draft,
             "app" => Kind::App,
+            "history" => Kind::History,
             _ => return None,
         };
         let id = parts.next()?;
@@ -118,6 +149,7 @@ impl fmt::Display for CustomId {
         let kind = match self.kind {
             Kind::Draft => "draft",
             Kind::App => "app",
+            Kind::History => "history",
         };
         write!(f, "kg:{kind}:{}:{}", self.id, self.action.as_str())
     }

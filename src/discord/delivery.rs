@@ -127,6 +127,70 @@ pub async fn deliver(
     Ok(())
 }
 
+/// Puts the ID and Secret into a DM the bot already sent (the approval note)
+/// and schedules its redaction.
+pub async fn fill_dm(
+    http: &Http,
+    bot: &Bot,
+    creds: &IssuedCredentials,
+    channel: serenity::ChannelId,
+    message: serenity::MessageId,
+) -> anyhow::Result<()> {
+    let app = &creds.app;
+    let settings = bot.service.settings(app.guild_id).await?;
+    let edit = EditMessage::new()
+        .content(credentials_text(
+            app,
+            creds.secret.expose(),
+            settings.dm_lifetime,
+        ))
+        .components(buttons(&app.id, true))
+        .allowed_mentions(no_pings());
+    channel.edit_message(http, message, edit).await?;
+    bot.service
+        .schedule_redaction(
+            app,
+            app.owner_id,
+            ChannelId(channel.get()),
+            MessageId(message.get()),
+        )
+        .await?;
+    Ok(())
+}
+
+/// The Reveal button: the credentials in a reply only the requester sees, and
+/// the public message loses its button.
+pub async fn reveal(
+    ctx: &serenity::Context,
+    bot: &Bot,
+    component: &ComponentInteraction,
+    creds: &IssuedCredentials,
+) -> anyhow::Result<()> {
+    let app = &creds.app;
+    let settings = bot.service.settings(app.guild_id).await?;
+    let shown = private(credentials_text(
+        app,
+        creds.secret.expose(),
+        settings.dm_lifetime,
+    ))
+    .components(buttons(&app.id, true));
+    component
+        .create_response(&ctx.http, CreateInteractionResponse::Message(shown))
+        .await?;
+    let done = EditMessage::new()
+        .content(format!(
+            "{} was approved; its credentials were revealed to the requester.",
+            code(&app.details.name)
+        ))
+        .components(vec![])
+        .allowed_mentions(no_pings());
+    component
+        .channel_id
+        .edit_message(&ctx.http, component.message.id, done)
+        .await?;
+    Ok(())
+}
+
 /// Generate API Key and Finish, on a delivery message (DM or ephemeral).
 pub async fn on_component(
     ctx: &serenity::Context,

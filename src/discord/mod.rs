@@ -4,10 +4,13 @@
 //! selects and modals are routed by their custom_id and load their state from
 //! the database, so they keep working across restarts and processes.
 
+mod approvals;
+mod audit_poster;
 mod commands;
 mod custom_id;
 mod delivery;
 mod reply;
+mod setup;
 mod wizard;
 
 use crate::config::Config;
@@ -72,11 +75,11 @@ fn is_manager(member: &serenity::Member) -> bool {
         .is_some_and(|p| p.manage_guild() || p.administrator())
 }
 
-/// A running bot: its shards and the redaction worker.
+/// A running bot: its shards and its workers (redactions, approvals, audit posts).
 pub struct BotHandle {
     shard_manager: Arc<serenity::ShardManager>,
     client: JoinHandle<Result<(), serenity::Error>>,
-    worker: JoinHandle<()>,
+    workers: Vec<JoinHandle<()>>,
     stop: watch::Sender<bool>,
 }
 
@@ -85,7 +88,9 @@ impl BotHandle {
     pub async fn shutdown(self) {
         self.shard_manager.shutdown_all().await;
         let _ = self.stop.send(true);
-        let _ = self.worker.await;
+        for worker in self.workers {
+            let _ = worker.await;
+        }
         // A shard waiting out serenity's reconnect pause would hold the join;
         // past a grace period the task is dropped.
         let mut client = self.client;
@@ -122,7 +127,7 @@ pub async fn start(config: &Config, service: Service) -> anyhow::Result<BotHandl
     let bot = Bot::new(service.clone());
     let framework = poise::Framework::builder()
         .options(poise::FrameworkOptions {
-            commands: vec![commands::app()],
+            commands: vec![commands::app(), setup::keygate()],
             event_handler: |fw, event| Box::pin(on_event(fw, event)),
             on_error: |err| Box::pin(on_error(err)),
             allowed_mentions: Some(reply::no_pings()),
@@ -152,16 +157,25 @@ pub async fn start(config: &Config, service: Service) -> anyhow::Result<BotHandl
         .context("cannot build the Discord client")?;
     let shard_manager = client.shard_manager.clone();
     let (stop, stopped) = watch::channel(false);
-    let worker = tokio::spawn(delivery::redaction_worker(
-        client.http.clone(),
-        service,
-        stopped,
-    ));
+    let http = client.http.clone();
+    let workers = vec![
+        tokio::spawn(delivery::redaction_worker(
+            http.clone(),
+            service.clone(),
+            stopped.clone(),
+        )),
+        tokio::spawn(approvals::worker(
+            http.clone(),
+            service.clone(),
+            stopped.clone(),
+        )),
+        tokio::spawn(audit_poster::worker(http, service, stopped)),
+    ];
     let client = tokio::spawn(async move { client.start().await });
     Ok(BotHandle {
         shard_manager,
         client,
-        worker,
+        workers,
         stop,
     })
 }
@@ -174,7 +188,9 @@ pub async fn run(config: &Config, service: Service) -> anyhow::Result<()> {
         ended = &mut handle.client => {
             // The client stopped by itself (a bad token, say): nothing to shut down.
             let _ = handle.stop.send(true);
-            let _ = handle.worker.await;
+            for worker in handle.workers {
+                let _ = worker.await;
+            }
             return match ended {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => Err(e).context("the Discord connection failed"),
@@ -245,9 +261,14 @@ async fn on_event(
             let Some(cid) = CustomId::parse(&component.data.custom_id) else {
                 return Ok(());
             };
-            let result = match cid.kind {
-                Kind::Draft => wizard::on_component(ctx, bot, component, &cid).await,
-                Kind::App => delivery::on_component(ctx, bot, component, &cid).await,
+            use custom_id::Action;
+            let result = match (cid.kind, cid.action) {
+                (Kind::Draft, _) => wizard::on_component(ctx, bot, component, &cid).await,
+                (Kind::App, Action::GenerateKey | Action::Finish) => {
+                    delivery::on_component(ctx, bot, component, &cid).await
+                }
+                (Kind::App, _) => approvals::on_component(ctx, bot, component, &cid).await,
+                (Kind::History, _) => commands::on_history_page(ctx, bot, component, &cid).await,
             };
             if let Err(e) = result {
                 reply::report(&ctx.http, component.id, &component.token, e).await;
@@ -260,6 +281,9 @@ async fn on_event(
             let result = match (cid.kind, cid.action) {
                 (Kind::Draft, custom_id::Action::Details) => {
                     wizard::on_details(ctx, bot, modal, &cid.id).await
+                }
+                (Kind::App, custom_id::Action::DenyReason) => {
+                    approvals::on_deny_reason(ctx, bot, modal, &cid.id).await
                 }
                 _ => Ok(()),
             };

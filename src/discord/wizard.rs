@@ -1,18 +1,18 @@
 //! The `/app create` wizard on Discord: the modal, the step messages and their components.
 
 use super::custom_id::{Action, CustomId};
-use super::delivery;
 use super::reply::{FIELD_MAX, UserError, clip, private};
 use super::{Bot, is_manager};
-use crate::domain::application::{Application, LoginUserType, SourceApp};
+use super::{approvals, delivery};
+use crate::domain::application::{LoginUserType, SourceApp};
 use crate::domain::catalog::{ApiGroup, ScopeCatalog};
-use crate::domain::ids::UserId;
+use crate::domain::ids::{ChannelId, UserId};
 use crate::domain::validation::{
     AppForm, DESCRIPTION_MAX_CHARS, NAME_MAX_CHARS, REDIRECT_FIELD_MAX_CHARS, URI_MAX_CHARS,
     ValidationErrors,
 };
 use crate::domain::wizard::{SavedDraft, WizardStep};
-use crate::service::{DraftInput, ServiceError};
+use crate::service::{DraftInput, ServiceError, Submitted};
 use poise::serenity_prelude as serenity;
 use serenity::{
     ActionRowComponent, ButtonStyle, ComponentInteraction, ComponentInteractionDataKind,
@@ -493,18 +493,12 @@ pub async fn on_component(
             )
         }
         Action::Submit => {
-            let submitted = service.submit_draft(id, user).await?;
+            let origin = ChannelId(component.channel_id.get());
+            let submitted = service.submit_draft(id, user, Some(origin)).await?;
             bot.forget_rejected(id);
-            return on_submitted(
-                ctx,
-                bot,
-                component,
-                submitted.app,
-                submitted.request.is_some(),
-            )
-            .await;
+            return on_submitted(ctx, bot, component, submitted).await;
         }
-        Action::Details | Action::GenerateKey | Action::Finish => {
+        _ => {
             return Err(UserError("this button is no longer valid".into()).into());
         }
     };
@@ -530,16 +524,14 @@ async fn on_submitted(
     ctx: &serenity::Context,
     bot: &Bot,
     component: &ComponentInteraction,
-    app: Application,
-    pending: bool,
+    submitted: Submitted,
 ) -> anyhow::Result<()> {
-    if pending {
-        let text = format!(
-            "📨 {} was submitted for approval. You will get its credentials by DM once it is approved.",
-            code(&app.details.name)
-        );
+    let app = submitted.app;
+    if let Some(request) = submitted.request {
+        let posted = approvals::post_request(&ctx.http, bot, &app, &request).await?;
+        let waiting = approvals::waiting_message(&app, &request, posted);
         component
-            .create_response(&ctx.http, update(private(text).components(vec![])))
+            .create_response(&ctx.http, update(waiting))
             .await?;
         return Ok(());
     }

@@ -1,7 +1,7 @@
 //! Approval requests and the rules for voting on them.
 
 use crate::domain::credentials::ApplicationId;
-use crate::domain::ids::{GuildId, UserId};
+use crate::domain::ids::{ChannelId, GuildId, MessageId, UserId};
 use chrono::{DateTime, Utc};
 
 pub const DENY_REASON_MAX_CHARS: usize = 500;
@@ -53,6 +53,11 @@ pub struct ApprovalRequest {
     pub expires_at: DateTime<Utc>,
     pub decided_by: Option<UserId>,
     pub deny_reason: Option<String>,
+    /// The channel the wizard ran in.
+    pub origin_channel: Option<ChannelId>,
+    /// The request's message in the approvals channel, once posted.
+    pub message: Option<(ChannelId, MessageId)>,
+    pub reminded_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +115,13 @@ impl ApprovalRequest {
         }
     }
 
+    /// Half of its lifetime gone: approvers get a reminder.
+    pub fn reminder_due(&self, now: DateTime<Utc>) -> bool {
+        self.status == RequestStatus::Pending
+            && self.reminded_at.is_none()
+            && now >= self.created_at + (self.expires_at - self.created_at) / 2
+    }
+
     /// Checks a denial and returns the cleaned-up reason.
     pub fn deny(
         &self,
@@ -147,7 +159,20 @@ mod tests {
             expires_at: now + TimeDelta::hours(72),
             decided_by: None,
             deny_reason: None,
+            origin_channel: None,
+            message: None,
+            reminded_at: None,
         }
+    }
+
+    #[test]
+    fn the_reminder_falls_due_at_half_time_once() {
+        let mut r = request(1);
+        let half = r.created_at + TimeDelta::hours(36);
+        assert!(!r.reminder_due(half - TimeDelta::seconds(1)));
+        assert!(r.reminder_due(half));
+        r.reminded_at = Some(half);
+        assert!(!r.reminder_due(half + TimeDelta::hours(1)));
     }
 
     #[test]

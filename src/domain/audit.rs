@@ -59,6 +59,24 @@ impl AuditKind {
     pub fn parse(value: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|k| k.as_str() == value)
     }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::DraftSubmitted => "Submitted",
+            Self::ApprovalVote => "Approval vote",
+            Self::Approved => "Approved",
+            Self::Denied => "Denied",
+            Self::Withdrawn => "Withdrawn",
+            Self::Expired => "Expired",
+            Self::CredentialsIssued => "Credentials issued",
+            Self::KeyGenerated => "API key generated",
+            Self::Finished => "Finished",
+            Self::DmRedacted => "DM redacted",
+            Self::KeyRotated => "Key rotated",
+            Self::KeyRevoked => "Key revoked",
+            Self::SettingsChanged => "Settings changed",
+        }
+    }
 }
 
 /// An event about to be recorded.

@@ -1,13 +1,18 @@
 //! Use cases: one function per action, each in one transaction with its audit event.
 
 mod apps;
+mod audit;
 mod clock;
 mod delivery;
+mod requests;
+mod settings;
 mod verify;
 mod wizard;
 
 pub use apps::{ApproveOutcome, IssuedCredentials, IssuedKey, Submitted};
+pub use audit::{AuditPost, HistoryPage};
 pub use clock::Clock;
+pub use settings::SettingsChange;
 pub use verify::{Verification, VerifiedKey, VerifyFailure};
 pub use wizard::{DraftInput, DraftStart};
 
@@ -95,6 +100,8 @@ pub enum ServiceError {
     CredentialsNotIssued,
     #[error("an API key was already generated for this application; each application gets one")]
     KeyAlreadyGenerated,
+    #[error("{0}")]
+    InvalidSetting(String),
     #[error("internal error: {0}")]
     Store(#[from] StoreError),
 }

@@ -5,7 +5,7 @@ use crate::domain::application::{AppStatus, Application, LoginUserType, SourceAp
 use crate::domain::approval::{ApprovalRequest, RequestStatus};
 use crate::domain::audit::{AuditKind, NewAuditEvent};
 use crate::domain::credentials::ApplicationId;
-use crate::domain::ids::{GuildId, UserId};
+use crate::domain::ids::{ChannelId, GuildId, UserId};
 use crate::domain::validation::{
     AppForm, Field, ValidationErrors, name_key, validate_form, validate_scopes,
 };
@@ -156,7 +156,12 @@ impl Service {
 
     /// Turns the reviewed draft into an application: approved at once when the
     /// guild requires no approval, else pending with an approval request.
-    pub async fn submit_draft(&self, id: &str, actor: UserId) -> ServiceResult<Submitted> {
+    pub async fn submit_draft(
+        &self,
+        id: &str,
+        actor: UserId,
+        origin: Option<ChannelId>,
+    ) -> ServiceResult<Submitted> {
         let now = self.clock.now();
         let mut tx = self.store.begin().await?;
         let saved = self.owned_draft(&mut tx, id, actor).await?;
@@ -201,6 +206,9 @@ impl Service {
                 expires_at: now + settings.request_expiry,
                 decided_by: None,
                 deny_reason: None,
+                origin_channel: origin,
+                message: None,
+                reminded_at: None,
             };
             tx.insert_approval_request(&request).await?;
             Some(request)

@@ -3,7 +3,7 @@
 use super::{StoreError, StoreResult, Tx, from_ms, on_conn, to_ms};
 use crate::domain::approval::{ApprovalRequest, RequestStatus};
 use crate::domain::credentials::ApplicationId;
-use crate::domain::ids::{GuildId, UserId};
+use crate::domain::ids::{ChannelId, GuildId, MessageId, UserId};
 use chrono::{DateTime, Utc};
 
 const TABLE: &str = "approval_requests";
@@ -18,13 +18,17 @@ struct RequestRow {
     expires_at: i64,
     decided_by: Option<i64>,
     deny_reason: Option<String>,
+    origin_channel_id: Option<i64>,
+    channel_id: Option<i64>,
+    message_id: Option<i64>,
+    reminded_at: Option<i64>,
 }
 
 impl Tx {
     pub async fn insert_approval_request(&mut self, r: &ApprovalRequest) -> StoreResult<()> {
         on_conn!(self, c => sqlx::query(
             "INSERT INTO approval_requests (app_id, guild_id, requester_id, approvals_required, \
-             status, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+             status, created_at, expires_at, origin_channel_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
             .bind(r.app_id.as_str())
             .bind(r.guild_id.to_db())
             .bind(r.requester_id.to_db())
@@ -32,6 +36,7 @@ impl Tx {
             .bind(r.status.as_str())
             .bind(to_ms(r.created_at))
             .bind(to_ms(r.expires_at))
+            .bind(r.origin_channel.map(ChannelId::to_db))
             .execute(&mut *c)
             .await?
             .rows_affected());
@@ -60,7 +65,8 @@ impl Tx {
     ) -> StoreResult<Option<ApprovalRequest>> {
         let row: Option<RequestRow> = on_conn!(self, c => sqlx::query_as(
             "SELECT guild_id, requester_id, approvals_required, status, created_at, \
-             expires_at, decided_by, deny_reason FROM approval_requests WHERE app_id = $1")
+             expires_at, decided_by, deny_reason, origin_channel_id, channel_id, message_id, reminded_at \
+             FROM approval_requests WHERE app_id = $1")
             .bind(app.as_str())
             .fetch_optional(&mut *c)
             .await?);
@@ -83,6 +89,12 @@ impl Tx {
             expires_at: from_ms(TABLE, r.expires_at)?,
             decided_by: r.decided_by.map(UserId::from_db),
             deny_reason: r.deny_reason,
+            origin_channel: r.origin_channel_id.map(ChannelId::from_db),
+            message: r
+                .channel_id
+                .zip(r.message_id)
+                .map(|(c, m)| (ChannelId::from_db(c), MessageId::from_db(m))),
+            reminded_at: r.reminded_at.map(|t| from_ms(TABLE, t)).transpose()?,
         }))
     }
 
@@ -120,6 +132,80 @@ impl Tx {
             .bind(status.as_str())
             .bind(decided_by.map(UserId::to_db))
             .bind(deny_reason)
+            .bind(to_ms(now))
+            .bind(app.as_str())
+            .execute(&mut *c)
+            .await?
+            .rows_affected());
+        Ok(n == 1)
+    }
+
+    pub async fn set_request_message(
+        &mut self,
+        app: &ApplicationId,
+        channel: ChannelId,
+        message: MessageId,
+    ) -> StoreResult<()> {
+        on_conn!(self, c => sqlx::query(
+            "UPDATE approval_requests SET channel_id = $1, message_id = $2 WHERE app_id = $3")
+            .bind(channel.to_db())
+            .bind(message.to_db())
+            .bind(app.as_str())
+            .execute(&mut *c)
+            .await?
+            .rows_affected());
+        Ok(())
+    }
+
+    /// Pending requests past their expiry.
+    pub async fn expired_requests(
+        &mut self,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<ApplicationId>> {
+        self.request_ids(
+            "SELECT app_id FROM approval_requests WHERE status = 'pending' AND expires_at <= $1 ORDER BY expires_at",
+            now,
+        )
+        .await
+    }
+
+    /// Pending requests past half their lifetime whose approvers were not reminded.
+    pub async fn requests_to_remind(
+        &mut self,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<ApplicationId>> {
+        self.request_ids(
+            "SELECT app_id FROM approval_requests WHERE status = 'pending' AND reminded_at IS NULL \
+             AND created_at + (expires_at - created_at) / 2 <= $1 ORDER BY created_at",
+            now,
+        )
+        .await
+    }
+
+    async fn request_ids(
+        &mut self,
+        sql: &'static str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<ApplicationId>> {
+        let ids: Vec<String> = on_conn!(self, c => sqlx::query_scalar(sql)
+            .bind(to_ms(now))
+            .fetch_all(&mut *c)
+            .await?);
+        ids.iter()
+            .map(|id| {
+                ApplicationId::parse(id).map_err(|e| StoreError::corrupt(TABLE, e.to_string()))
+            })
+            .collect()
+    }
+
+    /// False if another process reminded first.
+    pub async fn mark_reminded(
+        &mut self,
+        app: &ApplicationId,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let n = on_conn!(self, c => sqlx::query(
+            "UPDATE approval_requests SET reminded_at = $1 WHERE app_id = $2 AND reminded_at IS NULL AND status = 'pending'")
             .bind(to_ms(now))
             .bind(app.as_str())
             .execute(&mut *c)

@@ -44,6 +44,7 @@ impl TryFrom<EventRow> for AuditEvent {
 pub struct OutboxEntry {
     pub event: AuditEvent,
     pub attempts: u32,
+    pub next_attempt_at: DateTime<Utc>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -51,6 +52,7 @@ struct OutboxRow {
     #[sqlx(flatten)]
     event: EventRow,
     attempts: i64,
+    next_attempt_at: i64,
 }
 
 const EVENT_COLUMNS: &str =
@@ -108,19 +110,15 @@ impl Tx {
         rows.into_iter().map(AuditEvent::try_from).collect()
     }
 
-    /// Unposted events whose next attempt is due, oldest first per guild.
-    pub async fn due_outbox(
-        &mut self,
-        now: DateTime<Utc>,
-        limit: u32,
-    ) -> StoreResult<Vec<OutboxEntry>> {
+    /// Unposted events, oldest first, due or not: posting keeps each guild's
+    /// order, so a deferred event holds back the ones after it.
+    pub async fn unposted_outbox(&mut self, limit: u32) -> StoreResult<Vec<OutboxEntry>> {
         let sql = sqlx::AssertSqlSafe(format!(
-            "SELECT {EVENT_COLUMNS}, o.attempts FROM audit_outbox o \
+            "SELECT {EVENT_COLUMNS}, o.attempts, o.next_attempt_at FROM audit_outbox o \
              JOIN audit_events e ON e.id = o.event_id \
-             WHERE o.posted_at IS NULL AND o.next_attempt_at <= $1 ORDER BY o.event_id LIMIT $2"
+             WHERE o.posted_at IS NULL ORDER BY o.event_id LIMIT $1"
         ));
         let rows: Vec<OutboxRow> = on_conn!(self, c => sqlx::query_as(sql)
-            .bind(to_ms(now))
             .bind(i64::from(limit))
             .fetch_all(&mut *c)
             .await?);
@@ -129,9 +127,30 @@ impl Tx {
                 Ok(OutboxEntry {
                     event: AuditEvent::try_from(r.event)?,
                     attempts: u32::try_from(r.attempts).unwrap_or(u32::MAX),
+                    next_attempt_at: from_ms(TABLE, r.next_attempt_at)?,
                 })
             })
             .collect()
+    }
+
+    /// Takes the event for one poster until `lease_until`; false if another
+    /// poster holds it or it is posted, so no two processes post it at once.
+    pub async fn claim_audit_post(
+        &mut self,
+        event_id: i64,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let n = on_conn!(self, c => sqlx::query(
+            "UPDATE audit_outbox SET next_attempt_at = $1 \
+             WHERE event_id = $2 AND posted_at IS NULL AND next_attempt_at <= $3")
+            .bind(to_ms(lease_until))
+            .bind(event_id)
+            .bind(to_ms(now))
+            .execute(&mut *c)
+            .await?
+            .rows_affected());
+        Ok(n == 1)
     }
 
     /// False if it was already marked: a second poster must not post it again.
@@ -148,6 +167,22 @@ impl Tx {
             .await?
             .rows_affected());
         Ok(n == 1)
+    }
+
+    /// Gives a claimed event back, untried, for the next pass.
+    pub async fn release_audit_post(
+        &mut self,
+        event_id: i64,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        on_conn!(self, c => sqlx::query(
+            "UPDATE audit_outbox SET next_attempt_at = $1 WHERE event_id = $2 AND posted_at IS NULL")
+            .bind(to_ms(now))
+            .bind(event_id)
+            .execute(&mut *c)
+            .await?
+            .rows_affected());
+        Ok(())
     }
 
     pub async fn defer_audit_post(

@@ -87,6 +87,15 @@ fn bot_permissions() -> u64 {
         .bits()
 }
 
+/// The bot's managed role "keygate": what an invite with these permissions gives it.
+fn bot_role_permissions() -> u64 {
+    (Permissions::VIEW_CHANNEL
+        | Permissions::SEND_MESSAGES
+        | Permissions::EMBED_LINKS
+        | Permissions::READ_MESSAGE_HISTORY)
+        .bits()
+}
+
 /// One REST call as the bot made it.
 #[derive(Clone, Debug)]
 pub struct Recorded {
@@ -136,6 +145,14 @@ struct Inter {
     /// What `@original` refers to.
     original: Option<u64>,
     followups: Vec<u64>,
+}
+
+/// A guild text channel.
+struct Chan {
+    name: String,
+    position: u64,
+    /// `(target id, type (0 role, 1 member), allow, deny)`.
+    overwrites: Vec<(u64, u8, u64, u64)>,
 }
 
 struct Failure {
@@ -189,6 +206,10 @@ struct St {
     failures: Vec<Failure>,
     members: HashMap<u64, TestUser>,
     roles: BTreeMap<u64, (String, u64)>,
+    /// The guild's text channels.
+    channels: BTreeMap<u64, Chan>,
+    /// `(channel, nonce)` to the message first created with it.
+    nonces: HashMap<(u64, String), u64>,
     app_permissions: u64,
 }
 
@@ -199,6 +220,8 @@ impl FakeDiscord {
     /// Owns the guild and the application.
     pub const OWNER_ID: u64 = 5_000_000_000_000_001;
     pub const BOT_NAME: &str = "keygate";
+    /// The bot's own role, which the bot's member has.
+    pub const BOT_ROLE_ID: u64 = 6_000_000_000_000_001;
 
     /// HELLO announces a 1000 ms heartbeat interval.
     pub async fn start() -> Self {
@@ -215,6 +238,19 @@ impl FakeDiscord {
         roles.insert(
             Self::GUILD_ID,
             ("@everyone".to_owned(), member_permissions()),
+        );
+        roles.insert(
+            Self::BOT_ROLE_ID,
+            (Self::BOT_NAME.to_owned(), bot_role_permissions()),
+        );
+        let mut channels = BTreeMap::new();
+        channels.insert(
+            Self::CHANNEL_ID,
+            Chan {
+                name: "general".to_owned(),
+                position: 0,
+                overwrites: Vec::new(),
+            },
         );
         let st = St {
             base_url: base_url.clone(),
@@ -240,6 +276,8 @@ impl FakeDiscord {
             failures: Vec::new(),
             members: HashMap::new(),
             roles,
+            channels,
+            nonces: HashMap::new(),
             app_permissions: bot_permissions(),
         };
         let fake = Self {
@@ -408,6 +446,36 @@ impl FakeDiscord {
     /// A role the guild's `GET /roles` lists; `@everyone` (id = guild id) always exists.
     pub fn add_role(&self, id: u64, name: &str, permissions: u64) {
         self.lock().roles.insert(id, (name.to_owned(), permissions));
+    }
+
+    /// A guild text channel (type 0) that `GET /channels/{id}` and `GET /guilds/{g}/channels`
+    /// return; [`Self::CHANNEL_ID`] ("general") always exists.
+    pub fn add_channel(&self, id: u64, name: &str) {
+        let mut st = self.lock();
+        let position = st.channels.len() as u64;
+        let chan = st.channels.entry(id).or_insert(Chan {
+            name: String::new(),
+            position,
+            overwrites: Vec::new(),
+        });
+        chan.name = name.to_owned();
+    }
+
+    /// A member overwrite for the bot on the channel (added as `channel-{id}` if unknown) that
+    /// denies these permission bits. Denying `SEND_MESSAGES` also makes posting there fail with
+    /// 403 50013, as Discord does; `app_permissions` of interactions is not affected (see
+    /// [`Self::set_app_permissions`]).
+    pub fn deny_bot_in_channel(&self, channel_id: u64, deny_bits: u64) {
+        let mut st = self.lock();
+        let chan = st.chan_mut(channel_id);
+        let bot = FakeDiscord::APPLICATION_ID;
+        match chan.overwrites.iter_mut().find(|o| o.0 == bot && o.1 == 1) {
+            Some(o) => {
+                o.2 &= !deny_bits;
+                o.3 |= deny_bits;
+            }
+            None => chan.overwrites.push((bot, 1, 0, deny_bits)),
+        }
     }
 
     /// Known to `GET /guilds/{g}/members/{u}` (users of guild interactions are added too).
@@ -891,7 +959,7 @@ fn member_json(user: &TestUser, with_user: bool) -> Value {
 }
 
 fn role_json(id: u64, name: &str, permissions: u64) -> Value {
-    json!({
+    let mut r = json!({
         "id": id.to_string(),
         "name": name,
         "color": 0,
@@ -904,24 +972,12 @@ fn role_json(id: u64, name: &str, permissions: u64) -> Value {
         "managed": false,
         "mentionable": false,
         "flags": 0,
-    })
-}
-
-fn text_channel_json(id: u64) -> Value {
-    json!({
-        "id": id.to_string(),
-        "type": 0,
-        "guild_id": FakeDiscord::GUILD_ID.to_string(),
-        "name": if id == FakeDiscord::CHANNEL_ID { "general".to_owned() } else { format!("channel-{id}") },
-        "position": 0,
-        "permission_overwrites": [],
-        "topic": null,
-        "nsfw": false,
-        "last_message_id": null,
-        "rate_limit_per_user": 0,
-        "parent_id": null,
-        "flags": 0,
-    })
+    });
+    if id == FakeDiscord::BOT_ROLE_ID {
+        r["managed"] = json!(true);
+        r["tags"] = json!({ "bot_id": FakeDiscord::APPLICATION_ID.to_string() });
+    }
+    r
 }
 
 fn infer_option_type(v: &Value) -> u64 {
@@ -1076,11 +1132,17 @@ impl St {
                     add("members", member_json(u, false));
                 }
             }
-            7 => add(
-                "channels",
-                json!({ "id": id.to_string(), "name": format!("channel-{id}"), "type": 0,
-                        "permissions": self.app_permissions.to_string() }),
-            ),
+            7 => {
+                let name = self
+                    .channels
+                    .get(&id)
+                    .map_or_else(|| format!("channel-{id}"), |c| c.name.clone());
+                add(
+                    "channels",
+                    json!({ "id": id.to_string(), "name": name, "type": 0,
+                            "permissions": self.app_permissions.to_string() }),
+                );
+            }
             _ => {
                 let (name, perms) = self
                     .roles
@@ -1156,6 +1218,140 @@ impl St {
         out
     }
 
+    fn chan_mut(&mut self, id: u64) -> &mut Chan {
+        let position = self.channels.len() as u64;
+        self.channels.entry(id).or_insert_with(|| Chan {
+            name: format!("channel-{id}"),
+            position,
+            overwrites: Vec::new(),
+        })
+    }
+
+    /// The serenity `GuildChannel` of a guild text channel; unknown ids are text channels too.
+    fn channel_json(&self, id: u64) -> Value {
+        let (name, position, overwrites) = match self.channels.get(&id) {
+            Some(c) => (c.name.clone(), c.position, c.overwrites.as_slice()),
+            None => (format!("channel-{id}"), 0, &[][..]),
+        };
+        let overwrites: Vec<Value> = overwrites
+            .iter()
+            .map(|(target, kind, allow, deny)| {
+                json!({
+                    "id": target.to_string(),
+                    "type": kind,
+                    "allow": allow.to_string(),
+                    "deny": deny.to_string(),
+                })
+            })
+            .collect();
+        json!({
+            "id": id.to_string(),
+            "type": 0,
+            "guild_id": FakeDiscord::GUILD_ID.to_string(),
+            "name": name,
+            "position": position,
+            "permission_overwrites": overwrites,
+            "topic": null,
+            "nsfw": false,
+            "last_message_id": null,
+            "rate_limit_per_user": 0,
+            "parent_id": null,
+            "flags": 0,
+        })
+    }
+
+    /// The bot's roles in the guild.
+    fn bot_roles(&self) -> Vec<u64> {
+        vec![FakeDiscord::BOT_ROLE_ID]
+    }
+
+    /// The bot's member, as `GET /guilds/{g}/members/{bot}` answers it.
+    fn bot_member_json(&self) -> Value {
+        json!({
+            "user": bot_user(),
+            "roles": self.bot_roles().iter().map(u64::to_string).collect::<Vec<_>>(),
+            "joined_at": "2024-01-01T00:00:00.000000+00:00",
+            "premium_since": null,
+            "nick": null,
+            "avatar": null,
+            "deaf": false,
+            "mute": false,
+            "flags": 0,
+            "pending": false,
+            "communication_disabled_until": null,
+            "guild_id": FakeDiscord::GUILD_ID.to_string(),
+        })
+    }
+
+    /// The bot's permissions in a guild channel, computed as Discord does: @everyone and the
+    /// bot's roles, then the @everyone, role and member overwrites of the channel.
+    fn bot_permissions_in(&self, channel_id: u64) -> Permissions {
+        let role = |id: u64| self.roles.get(&id).map_or(0, |r| r.1);
+        let roles = self.bot_roles();
+        let mut perms = roles
+            .iter()
+            .fold(role(FakeDiscord::GUILD_ID), |p, r| p | role(*r));
+        if perms & Permissions::ADMINISTRATOR.bits() != 0 {
+            return Permissions::all();
+        }
+        let overwrites = self
+            .channels
+            .get(&channel_id)
+            .map_or(&[][..], |c| c.overwrites.as_slice());
+        let bot = FakeDiscord::APPLICATION_ID;
+        let find = |pred: &dyn Fn(u64, u8) -> bool| {
+            overwrites
+                .iter()
+                .filter(|o| pred(o.0, o.1))
+                .fold((0, 0), |(a, d), o| (a | o.2, d | o.3))
+        };
+        for (allow, deny) in [
+            find(&|id, kind| kind == 0 && id == FakeDiscord::GUILD_ID),
+            find(&|id, kind| kind == 0 && id != FakeDiscord::GUILD_ID && roles.contains(&id)),
+            find(&|id, kind| kind == 1 && id == bot),
+        ] {
+            perms = (perms & !deny) | allow;
+        }
+        Permissions::from_bits_truncate(perms)
+    }
+
+    /// `POST /channels/{c}/messages`.
+    fn create_message(&mut self, channel_id: u64, body: &Value, files: &[FilePart]) -> Reply {
+        if let Some(u) = self.dm_recipient(channel_id) {
+            if self.closed_dms.contains(&u) {
+                return error(403, 50007, "Cannot send messages to this user");
+            }
+        } else {
+            let perms = self.bot_permissions_in(channel_id);
+            if !perms.contains(Permissions::VIEW_CHANNEL) {
+                return error(403, 50001, "Missing Access");
+            }
+            if !perms.contains(Permissions::SEND_MESSAGES) {
+                return error(403, 50013, "Missing Permissions");
+            }
+        }
+        let nonce = match &body["nonce"] {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        };
+        if let Some(nonce) = &nonce
+            && body["enforce_nonce"] == json!(true)
+            && let Some(existing) = self
+                .nonces
+                .get(&(channel_id, nonce.clone()))
+                .and_then(|id| self.messages.get(id))
+        {
+            return Reply::Json(200, existing.clone());
+        }
+        let m = self.new_message(channel_id, body, files, false);
+        if let Some(nonce) = nonce {
+            let id = snowflake(&m["id"]).expect("id");
+            self.nonces.insert((channel_id, nonce), id);
+        }
+        Reply::Json(200, m)
+    }
+
     fn new_message(
         &mut self,
         channel_id: u64,
@@ -1183,6 +1379,9 @@ impl St {
             "flags": body["flags"].as_u64().unwrap_or(0) & (EPHEMERAL | LOADING | SUPPRESS_EMBEDS),
             "components": [],
         });
+        if let Some(nonce) = body.get("nonce").filter(|n| !n.is_null()) {
+            m["nonce"] = nonce.clone();
+        }
         if webhook {
             m["webhook_id"] = json!(FakeDiscord::APPLICATION_ID.to_string());
             m["application_id"] = json!(FakeDiscord::APPLICATION_ID.to_string());
@@ -1527,7 +1726,7 @@ impl St {
             ("GET", ["channels", c]) => match c.parse::<u64>() {
                 Ok(c) => match self.dm_recipient(c) {
                     Some(u) => Reply::Json(200, self.dm_channel_json(c, u)),
-                    None => Reply::Json(200, text_channel_json(c)),
+                    None => Reply::Json(200, self.channel_json(c)),
                 },
                 Err(_) => error(404, 10003, "Unknown Channel"),
             },
@@ -1535,13 +1734,7 @@ impl St {
                 let Ok(c) = c.parse::<u64>() else {
                     return error(404, 10003, "Unknown Channel");
                 };
-                if self
-                    .dm_recipient(c)
-                    .is_some_and(|u| self.closed_dms.contains(&u))
-                {
-                    return error(403, 50007, "Cannot send messages to this user");
-                }
-                Reply::Json(200, self.new_message(c, body, files, false))
+                self.create_message(c, body, files)
             }
             ("GET", ["channels", c, "messages"]) => {
                 let c = c.parse().unwrap_or(0);
@@ -1580,9 +1773,20 @@ impl St {
                 match rest {
                     [] => Reply::Json(200, self.guild_json()),
                     ["channels"] => {
-                        Reply::Json(200, json!([text_channel_json(FakeDiscord::CHANNEL_ID)]))
+                        let mut ids: Vec<(u64, u64)> = self
+                            .channels
+                            .iter()
+                            .map(|(id, c)| (c.position, *id))
+                            .collect();
+                        ids.sort_unstable();
+                        let list: Vec<Value> =
+                            ids.iter().map(|(_, id)| self.channel_json(*id)).collect();
+                        Reply::Json(200, json!(list))
                     }
                     ["roles"] => Reply::Json(200, self.guild_json()["roles"].clone()),
+                    ["members", u] if u.parse::<u64>() == Ok(FakeDiscord::APPLICATION_ID) => {
+                        Reply::Json(200, self.bot_member_json())
+                    }
                     ["members", u] => match u.parse().ok().and_then(|u| self.members.get(&u)) {
                         Some(user) => {
                             let mut mj = member_json(user, true);

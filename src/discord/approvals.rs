@@ -1,0 +1,517 @@
+//! Approval requests on Discord: the approvals-channel message, Approve/Deny,
+//! Withdraw, the Reveal fallback, and reminders and expiry over time.
+
+use super::custom_id::{Action, CustomId};
+use super::delivery;
+use super::reply::{FIELD_MAX, UserError, clip, no_pings, private};
+use super::wizard::code;
+use super::{Bot, is_manager};
+use crate::domain::application::Application;
+use crate::domain::approval::{ApprovalRequest, DENY_REASON_MAX_CHARS, RequestStatus};
+use crate::domain::credentials::ApplicationId;
+use crate::domain::ids::{ChannelId, GuildId, MessageId, UserId};
+use crate::service::{Actor, ApproveOutcome, Service};
+use poise::serenity_prelude as serenity;
+use serenity::{
+    ActionRowComponent, ButtonStyle, ComponentInteraction, CreateActionRow, CreateButton,
+    CreateEmbed, CreateInputText, CreateInteractionResponse, CreateInteractionResponseMessage,
+    CreateMessage, CreateModal, EditMessage, Http, InputTextStyle, ModalInteraction,
+};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+const TICK: Duration = Duration::from_millis(500);
+
+/// Holds the guild's approver role, or Manage Server when none is set;
+/// judged on the member as the interaction shows them now.
+pub async fn is_approver(
+    bot: &Bot,
+    guild: GuildId,
+    member: Option<&serenity::Member>,
+) -> anyhow::Result<bool> {
+    let Some(member) = member else {
+        return Ok(false);
+    };
+    let settings = bot.service.settings(guild).await?;
+    Ok(match settings.approver_role {
+        Some(role) => member.roles.iter().any(|r| r.get() == role.0),
+        None => is_manager(member),
+    })
+}
+
+pub fn message_link(guild: GuildId, (channel, message): (ChannelId, MessageId)) -> String {
+    format!("https://discord.com/channels/{guild}/{channel}/{message}")
+}
+
+fn mention_list(users: &[UserId]) -> String {
+    users
+        .iter()
+        .map(|u| format!("<@{u}>"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The request as approvers see it: every field, the requester and the count.
+fn request_embed(
+    app: &Application,
+    request: &ApprovalRequest,
+    catalog: &crate::domain::catalog::ScopeCatalog,
+) -> CreateEmbed {
+    let d = &app.details;
+    let (state, colour) = match request.status {
+        RequestStatus::Pending => (
+            format!(
+                "Waiting: {}/{} approval(s). Expires <t:{}:R>.",
+                request.approvers.len(),
+                request.approvals_required,
+                request.expires_at.timestamp()
+            ),
+            0xF1C40F,
+        ),
+        RequestStatus::Approved => (
+            format!("✅ Approved by {}.", mention_list(&request.approvers)),
+            0x2ECC71,
+        ),
+        RequestStatus::Denied => (
+            format!(
+                "⛔ Denied by {}: {}",
+                request
+                    .decided_by
+                    .map_or_else(String::new, |u| format!("<@{u}>")),
+                request.deny_reason.as_deref().unwrap_or("")
+            ),
+            0xE74C3C,
+        ),
+        RequestStatus::Withdrawn => ("↩️ Withdrawn by the requester.".to_owned(), 0x95A5A6),
+        RequestStatus::Expired => ("⌛ Expired without a decision.".to_owned(), 0x95A5A6),
+    };
+    let urls = |list: &[String]| {
+        if list.is_empty() {
+            "—".to_owned()
+        } else {
+            list.join("\n")
+        }
+    };
+    let scopes = app
+        .scopes
+        .iter()
+        .map(|k| {
+            catalog
+                .group(k)
+                .map_or_else(|| k.clone(), |g| g.label.clone())
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let source = match app.source_app.booking_marker() {
+        Some(m) => format!("{} ({m})", app.source_app.label()),
+        None => app.source_app.label().to_owned(),
+    };
+    let mut embed = CreateEmbed::new()
+        .title(clip(&format!("Application request: {}", d.name), 256))
+        .description(clip(&state, 4096))
+        .colour(colour)
+        .field("Requester", format!("<@{}>", request.requester_id), true)
+        .field("Application ID", format!("`{}`", app.id), true)
+        .field("Login User Type", app.user_type.label(), true)
+        .field("Source App", source, true)
+        .field("URI", clip(&d.uri, FIELD_MAX), false);
+    if !d.description.is_empty() {
+        embed = embed.field("Description", clip(&d.description, FIELD_MAX), false);
+    }
+    embed
+        .field(
+            "Post-login redirect URLs",
+            clip(&urls(&d.post_login_urls), FIELD_MAX),
+            false,
+        )
+        .field(
+            "Post-logout redirect URLs",
+            clip(&urls(&d.post_logout_urls), FIELD_MAX),
+            false,
+        )
+        .field("Scopes", clip(&scopes, FIELD_MAX), false)
+}
+
+fn decision_buttons(app: &ApplicationId, request: &ApprovalRequest) -> Vec<CreateActionRow> {
+    if request.status != RequestStatus::Pending {
+        return Vec::new();
+    }
+    vec![CreateActionRow::Buttons(vec![
+        CreateButton::new(CustomId::app(app.as_str(), Action::Approve).to_string())
+            .label("Approve")
+            .style(ButtonStyle::Success),
+        CreateButton::new(CustomId::app(app.as_str(), Action::Deny).to_string())
+            .label("Deny")
+            .style(ButtonStyle::Danger),
+    ])]
+}
+
+/// Posts a new request to the approvals channel and remembers the message.
+pub async fn post_request(
+    http: &Http,
+    bot: &Bot,
+    app: &Application,
+    request: &ApprovalRequest,
+) -> anyhow::Result<(ChannelId, MessageId)> {
+    let settings = bot.service.settings(app.guild_id).await?;
+    let channel = settings
+        .approvals_channel
+        .ok_or_else(|| UserError("this server requires approvals but has no approvals channel; ask an admin to run /keygate setup".into()))?;
+    let message = CreateMessage::new()
+        .embed(request_embed(app, request, bot.service.catalog()))
+        .components(decision_buttons(&app.id, request))
+        .allowed_mentions(no_pings());
+    let sent = serenity::ChannelId::new(channel.0)
+        .send_message(http, message)
+        .await?;
+    let posted = (channel, MessageId(sent.id.get()));
+    bot.service
+        .record_request_message(&app.id, posted.0, posted.1)
+        .await?;
+    Ok(posted)
+}
+
+/// Shows the request's current state on its approvals message.
+async fn refresh_request_message(
+    http: &Http,
+    service: &Service,
+    app: &Application,
+) -> anyhow::Result<()> {
+    let Some(request) = service.approval_request(&app.id).await? else {
+        return Ok(());
+    };
+    let Some((channel, message)) = request.message else {
+        return Ok(());
+    };
+    let edit = EditMessage::new()
+        .embed(request_embed(app, &request, service.catalog()))
+        .components(decision_buttons(&app.id, &request))
+        .allowed_mentions(no_pings());
+    serenity::ChannelId::new(channel.0)
+        .edit_message(http, serenity::MessageId::new(message.0), edit)
+        .await?;
+    Ok(())
+}
+
+/// The requester's wizard message after Submit: waiting, with a link and Withdraw.
+pub fn waiting_message(
+    app: &Application,
+    request: &ApprovalRequest,
+    posted: (ChannelId, MessageId),
+) -> CreateInteractionResponseMessage {
+    private(format!(
+        "📨 {} was submitted and waits for {} approval(s): [the request]({}). You will get its credentials by DM once it is approved.",
+        code(&app.details.name),
+        request.approvals_required,
+        message_link(app.guild_id, posted)
+    ))
+    .components(vec![CreateActionRow::Buttons(vec![
+        CreateButton::new(CustomId::app(app.id.as_str(), Action::Withdraw).to_string())
+            .label("Withdraw")
+            .style(ButtonStyle::Secondary),
+    ])])
+}
+
+/// Sends a short note to the requester by DM; closed DMs are not an error here.
+async fn tell_requester(http: &Http, user: UserId, text: String) {
+    let sent = async {
+        let dm = serenity::UserId::new(user.0)
+            .create_dm_channel(http)
+            .await?;
+        dm.send_message(
+            http,
+            CreateMessage::new()
+                .content(text)
+                .allowed_mentions(no_pings()),
+        )
+        .await
+    }
+    .await;
+    if let Err(e) = sent {
+        tracing::info!(user = %user, error = %e, "could not DM the requester");
+    }
+}
+
+/// Approved: the credentials go to the requester by DM. The DM is opened
+/// before the secret exists, so closed DMs cost nothing: the bot then posts a
+/// Reveal button in the wizard's channel, and the secret is issued when the
+/// requester presses it.
+async fn deliver_after_approval(http: &Http, bot: &Bot, app: &Application) -> anyhow::Result<()> {
+    let request = bot.service.approval_request(&app.id).await?;
+    let opened = async {
+        let dm = serenity::UserId::new(app.owner_id.0)
+            .create_dm_channel(http)
+            .await?;
+        let note = format!(
+            "✅ {} was approved. Its credentials follow in this message…",
+            code(&app.details.name)
+        );
+        dm.send_message(
+            http,
+            CreateMessage::new()
+                .content(note)
+                .allowed_mentions(no_pings()),
+        )
+        .await
+    }
+    .await;
+    match opened {
+        Ok(sent) => {
+            let creds = bot.service.issue_credentials(app.guild_id, &app.id).await?;
+            delivery::fill_dm(http, bot, &creds, sent.channel_id, sent.id).await
+        }
+        Err(e) => {
+            tracing::info!(app = %app.id, error = %e, "DMs closed after approval; posting a Reveal button");
+            let Some(channel) = request.and_then(|r| r.origin_channel) else {
+                return Err(anyhow::anyhow!(
+                    "no channel to post the Reveal button in for {}",
+                    app.id
+                ));
+            };
+            let message = CreateMessage::new()
+                .content(format!(
+                    "<@{}>, {} was approved. Your DMs are closed: press **Reveal** to see its credentials (only you can, once).",
+                    app.owner_id,
+                    code(&app.details.name)
+                ))
+                .components(vec![CreateActionRow::Buttons(vec![
+                    CreateButton::new(CustomId::app(app.id.as_str(), Action::Reveal).to_string())
+                        .label("Reveal")
+                        .style(ButtonStyle::Primary),
+                ])])
+                // The requester, and no one else, is pinged.
+                .allowed_mentions(no_pings().users(vec![serenity::UserId::new(app.owner_id.0)]));
+            serenity::ChannelId::new(channel.0)
+                .send_message(http, message)
+                .await?;
+            Ok(())
+        }
+    }
+}
+
+fn deny_modal(app: &ApplicationId) -> CreateModal {
+    CreateModal::new(
+        CustomId::app(app.as_str(), Action::DenyReason).to_string(),
+        "Deny request",
+    )
+    .components(vec![CreateActionRow::InputText(
+        CreateInputText::new(
+            InputTextStyle::Paragraph,
+            "Reason (the requester reads it)",
+            "reason",
+        )
+        .max_length(DENY_REASON_MAX_CHARS as u16)
+        .required(true),
+    )])
+}
+
+fn actor_of(bot_user: &serenity::User) -> UserId {
+    UserId(bot_user.id.get())
+}
+
+/// Approve, Deny, Withdraw and Reveal buttons.
+pub async fn on_component(
+    ctx: &serenity::Context,
+    bot: &Bot,
+    component: &ComponentInteraction,
+    cid: &CustomId,
+) -> anyhow::Result<()> {
+    let id = ApplicationId::parse(&cid.id)
+        .map_err(|_| UserError("this button is no longer valid".into()))?;
+    let user = actor_of(&component.user);
+    let app = bot.service.app_by_id(&id).await?;
+    let guild = app.guild_id;
+    match cid.action {
+        Action::Approve => {
+            let actor = Actor {
+                user_id: user,
+                is_approver: is_approver(bot, guild, component.member.as_ref()).await?,
+            };
+            let outcome = bot.service.approve(guild, &id, actor).await?;
+            let request = bot
+                .service
+                .approval_request(&id)
+                .await?
+                .ok_or(UserError("no such request".into()))?;
+            let update = CreateInteractionResponseMessage::new()
+                .embed(request_embed(&app, &request, bot.service.catalog()))
+                .components(decision_buttons(&id, &request))
+                .allowed_mentions(no_pings());
+            component
+                .create_response(&ctx.http, CreateInteractionResponse::UpdateMessage(update))
+                .await?;
+            if let ApproveOutcome::Approved(app) = outcome {
+                deliver_after_approval(&ctx.http, bot, &app).await?;
+            }
+        }
+        Action::Deny => {
+            if !is_approver(bot, guild, component.member.as_ref()).await? {
+                return Err(crate::service::ServiceError::NotApprover.into());
+            }
+            let request = bot
+                .service
+                .approval_request(&id)
+                .await?
+                .ok_or(UserError("no such request".into()))?;
+            // Refuse before asking for a reason that could not be used.
+            if request.requester_id == user {
+                return Err(crate::domain::approval::ApprovalError::OwnRequest.into());
+            }
+            if request.status != RequestStatus::Pending {
+                return Err(
+                    crate::domain::approval::ApprovalError::NotPending(request.status).into(),
+                );
+            }
+            component
+                .create_response(&ctx.http, CreateInteractionResponse::Modal(deny_modal(&id)))
+                .await?;
+        }
+        Action::Withdraw => {
+            let app = bot
+                .service
+                .withdraw(guild, &id, Actor::member(user))
+                .await?;
+            let update =
+                private(format!("↩️ You withdrew {}.", code(&app.details.name))).components(vec![]);
+            component
+                .create_response(&ctx.http, CreateInteractionResponse::UpdateMessage(update))
+                .await?;
+            refresh_request_message(&ctx.http, &bot.service, &app).await?;
+        }
+        Action::Reveal => {
+            if app.owner_id != user {
+                return Err(
+                    UserError("only the requester can reveal these credentials".into()).into(),
+                );
+            }
+            let creds = bot.service.issue_credentials(guild, &id).await?;
+            delivery::reveal(ctx, bot, component, &creds).await?;
+        }
+        _ => return Err(UserError("this button is no longer valid".into()).into()),
+    }
+    Ok(())
+}
+
+/// The Deny modal's reason.
+pub async fn on_deny_reason(
+    ctx: &serenity::Context,
+    bot: &Bot,
+    modal: &ModalInteraction,
+    app_id: &str,
+) -> anyhow::Result<()> {
+    let id = ApplicationId::parse(app_id)
+        .map_err(|_| UserError("this form is no longer valid".into()))?;
+    let app = bot.service.app_by_id(&id).await?;
+    let reason = modal
+        .data
+        .components
+        .iter()
+        .flat_map(|row| &row.components)
+        .find_map(|c| match c {
+            ActionRowComponent::InputText(t) if t.custom_id == "reason" => t.value.clone(),
+            _ => None,
+        })
+        .unwrap_or_default();
+    let actor = Actor {
+        user_id: UserId(modal.user.id.get()),
+        is_approver: is_approver(bot, app.guild_id, modal.member.as_ref()).await?,
+    };
+    let (app, reason) = bot.service.deny(app.guild_id, &id, actor, &reason).await?;
+    let request = bot
+        .service
+        .approval_request(&id)
+        .await?
+        .ok_or(UserError("no such request".into()))?;
+    let update = CreateInteractionResponseMessage::new()
+        .embed(request_embed(&app, &request, bot.service.catalog()))
+        .components(vec![])
+        .allowed_mentions(no_pings());
+    let response = if modal.message.is_some() {
+        CreateInteractionResponse::UpdateMessage(update)
+    } else {
+        CreateInteractionResponse::Message(private("Denied."))
+    };
+    modal.create_response(&ctx.http, response).await?;
+    tell_requester(
+        &ctx.http,
+        app.owner_id,
+        format!(
+            "⛔ Your request for {} was denied by <@{}>: {reason}",
+            code(&app.details.name),
+            actor.user_id
+        ),
+    )
+    .await;
+    Ok(())
+}
+
+/// `/app withdraw`: the same as the Withdraw button.
+pub async fn withdraw(
+    http: &Http,
+    bot: &Bot,
+    guild: GuildId,
+    id: &ApplicationId,
+    user: UserId,
+) -> anyhow::Result<Application> {
+    let app = bot.service.withdraw(guild, id, Actor::member(user)).await?;
+    refresh_request_message(http, &bot.service, &app).await?;
+    Ok(app)
+}
+
+/// Expires requests and sends half-time reminders, from the database, so both
+/// happen on time across restarts.
+pub async fn worker(http: Arc<Http>, service: Service, mut stop: watch::Receiver<bool>) {
+    loop {
+        if let Err(e) = tick(&http, &service).await {
+            tracing::warn!(error = format!("{e:#}"), "approvals pass failed; retrying");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(TICK) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+async fn tick(http: &Http, service: &Service) -> anyhow::Result<()> {
+    for (app, _) in service.expire_due_requests().await? {
+        if let Err(e) = refresh_request_message(http, service, &app).await {
+            tracing::warn!(app = %app.id, error = %e, "could not mark the request expired");
+        }
+        tell_requester(
+            http,
+            app.owner_id,
+            format!(
+                "⌛ Your request for {} expired without a decision. Run /app create to ask again.",
+                code(&app.details.name)
+            ),
+        )
+        .await;
+    }
+    for (app, request) in service.due_reminders().await? {
+        let settings = service.settings(app.guild_id).await?;
+        let Some(channel) = settings.approvals_channel else {
+            continue;
+        };
+        let link = request
+            .message
+            .map(|m| format!(" [Open the request]({}).", message_link(app.guild_id, m)))
+            .unwrap_or_default();
+        let text = format!(
+            "⏰ Reminder: {} from <@{}> still needs {} approval(s) and expires <t:{}:R>.{link}",
+            code(&app.details.name),
+            request.requester_id,
+            usize::from(request.approvals_required).saturating_sub(request.approvers.len()),
+            request.expires_at.timestamp()
+        );
+        serenity::ChannelId::new(channel.0)
+            .send_message(
+                http,
+                CreateMessage::new()
+                    .content(text)
+                    .allowed_mentions(no_pings()),
+            )
+            .await?;
+    }
+    Ok(())
+}

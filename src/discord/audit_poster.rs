@@ -1,0 +1,112 @@
+//! Posts the audit outbox to each guild's audit channel, in order, once each.
+
+use super::approvals::message_link;
+use super::reply::{clip, no_pings};
+use crate::domain::audit::AuditKind;
+use crate::service::{AuditPost, Service};
+use poise::serenity_prelude as serenity;
+use serenity::{CreateEmbed, CreateMessage, Http, Nonce};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+const TICK: Duration = Duration::from_millis(250);
+const BATCH: u32 = 100;
+
+fn colour(kind: AuditKind) -> u32 {
+    match kind {
+        AuditKind::Approved | AuditKind::CredentialsIssued | AuditKind::KeyGenerated => 0x2ECC71,
+        AuditKind::Denied | AuditKind::KeyRevoked | AuditKind::Expired => 0xE74C3C,
+        AuditKind::DraftSubmitted | AuditKind::ApprovalVote => 0xF1C40F,
+        AuditKind::SettingsChanged | AuditKind::KeyRotated => 0x5865F2,
+        AuditKind::Withdrawn | AuditKind::Finished | AuditKind::DmRedacted => 0x95A5A6,
+    }
+}
+
+fn message(post: &AuditPost) -> CreateMessage {
+    let e = &post.event;
+    let actor = e
+        .actor_id
+        .map_or_else(|| "keygate".to_owned(), |u| format!("<@{u}>"));
+    let mut embed = CreateEmbed::new()
+        .title(e.kind.label())
+        .description(clip(&e.summary, 4096))
+        .colour(colour(e.kind))
+        .field("By", actor, true)
+        .timestamp(
+            serenity::Timestamp::from_unix_timestamp(e.created_at.timestamp())
+                .unwrap_or_else(|_| serenity::Timestamp::now()),
+        );
+    if let Some(app) = &post.app {
+        embed = embed.field(
+            "Application",
+            clip(&format!("{} (`{}`)", app.details.name, app.id), 1024),
+            true,
+        );
+    }
+    if let Some(m) = post.request_message {
+        embed = embed.field(
+            "Request",
+            format!("[approvals message]({})", message_link(e.guild_id, m)),
+            true,
+        );
+    }
+    CreateMessage::new()
+        .embed(embed)
+        .allowed_mentions(no_pings())
+        // Discord drops a second message with the same nonce, so an event
+        // posted just before a crash, and posted again after, shows once.
+        .nonce(Nonce::String(format!("kga{}", e.id)))
+        .enforce_nonce(true)
+}
+
+pub async fn worker(http: Arc<Http>, service: Service, mut stop: watch::Receiver<bool>) {
+    loop {
+        if let Err(e) = post_due(&http, &service).await {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "audit posting pass failed; retrying"
+            );
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(TICK) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+async fn post_due(http: &Http, service: &Service) -> anyhow::Result<()> {
+    let posts = service.due_audit_posts(BATCH).await?;
+    // A failure holds back the rest of that guild's events, to keep their order.
+    let mut failed = std::collections::HashSet::new();
+    for post in posts {
+        let guild = post.event.guild_id;
+        if failed.contains(&guild) {
+            service
+                .audit_post_failed(post.event.id, post.attempts, Some(Duration::ZERO))
+                .await?;
+            continue;
+        }
+        let Some(channel) = post.channel else {
+            // The audit channel was unset since: the event stays in the database only.
+            service.audit_posted(post.event.id).await?;
+            continue;
+        };
+        match serenity::ChannelId::new(channel.0)
+            .send_message(http, message(&post))
+            .await
+        {
+            Ok(_) => {
+                service.audit_posted(post.event.id).await?;
+            }
+            Err(e) => {
+                failed.insert(guild);
+                let next = service
+                    .audit_post_failed(post.event.id, post.attempts, None)
+                    .await?;
+                tracing::warn!(event = post.event.id, error = %e, retry_at = %next, "could not post an audit event");
+            }
+        }
+    }
+    Ok(())
+}

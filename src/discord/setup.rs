@@ -1,0 +1,196 @@
+//! `/keygate setup` and `/keygate settings`: a guild's configuration.
+
+use super::Context;
+use super::reply::{UserError, no_pings};
+use crate::domain::ids::{ChannelId, GuildId, RoleId, UserId};
+use crate::domain::settings::GuildSettings;
+use crate::service::{Actor, SettingsChange};
+use poise::CreateReply;
+use poise::serenity_prelude as serenity;
+use serenity::{CreateEmbed, Permissions};
+
+/// What the bot needs in a channel it posts embeds to.
+const POSTING: Permissions = Permissions::VIEW_CHANNEL
+    .union(Permissions::SEND_MESSAGES)
+    .union(Permissions::EMBED_LINKS);
+
+fn guild_of(ctx: &Context<'_>) -> anyhow::Result<GuildId> {
+    ctx.guild_id()
+        .map(|g| GuildId(g.get()))
+        .ok_or_else(|| UserError("use this command in a server".into()).into())
+}
+
+/// Configure keygate for this server.
+#[poise::command(
+    slash_command,
+    guild_only,
+    subcommands("setup", "settings"),
+    subcommand_required,
+    default_member_permissions = "MANAGE_GUILD"
+)]
+pub async fn keygate(_ctx: Context<'_>) -> anyhow::Result<()> {
+    Ok(())
+}
+
+/// The permissions the bot has in `channel`, from the guild's roles, the
+/// bot's member and the channel's overwrites.
+async fn bot_permissions(
+    ctx: &Context<'_>,
+    guild: serenity::GuildId,
+    channel: serenity::ChannelId,
+) -> anyhow::Result<Option<Permissions>> {
+    let http = ctx.http();
+    let partial = http.get_guild(guild).await?;
+    let serenity::Channel::Guild(channel) = http.get_channel(channel).await? else {
+        return Ok(None);
+    };
+    if channel.guild_id != guild {
+        return Ok(None);
+    }
+    let me = http.get_member(guild, ctx.framework().bot_id).await?;
+    Ok(Some(partial.user_permissions_in(&channel, &me)))
+}
+
+async fn check_channel(
+    ctx: &Context<'_>,
+    guild: serenity::GuildId,
+    channel: serenity::ChannelId,
+    what: &str,
+) -> anyhow::Result<()> {
+    match bot_permissions(ctx, guild, channel).await? {
+        None => Err(UserError(format!("{what} must be a text channel of this server")).into()),
+        Some(p) if !p.contains(POSTING) => Err(UserError(format!(
+            "I cannot post in <#{channel}> (I need View Channel, Send Messages and Embed Links there), so the {what} was not changed"
+        ))
+        .into()),
+        Some(_) => Ok(()),
+    }
+}
+
+fn is_manager(ctx: &Context<'_>) -> bool {
+    let poise::Context::Application(actx) = ctx else {
+        return false;
+    };
+    actx.interaction
+        .member
+        .as_ref()
+        .and_then(|m| m.permissions)
+        .is_some_and(|p| p.manage_guild() || p.administrator())
+}
+
+/// Change keygate's settings; each option changes only itself.
+#[allow(clippy::too_many_arguments)]
+#[poise::command(slash_command, guild_only)]
+pub async fn setup(
+    ctx: Context<'_>,
+    #[description = "Channel that receives every audit event"] audit_channel: Option<
+        serenity::ChannelId,
+    >,
+    #[description = "Channel where approvers decide requests"] approvals_channel: Option<
+        serenity::ChannelId,
+    >,
+    #[description = "Role whose members approve requests"] approver_role: Option<serenity::RoleId>,
+    #[description = "Role whose members may create applications"] creator_role: Option<
+        serenity::RoleId,
+    >,
+    #[description = "Approvals needed before credentials are issued (0 = none)"]
+    #[min = 0]
+    #[max = 5]
+    approvals_required: Option<i64>,
+    #[description = "Minutes before delivered secrets are removed from DMs"]
+    #[min = 1]
+    #[max = 1440]
+    dm_lifetime_minutes: Option<i64>,
+    #[description = "Hours a request waits for approvers"]
+    #[min = 1]
+    #[max = 720]
+    request_expiry_hours: Option<i64>,
+) -> anyhow::Result<()> {
+    // Discord hides the command from others by default, but a server can
+    // change that: the permission is checked here too.
+    if !is_manager(&ctx) {
+        return Err(UserError(
+            "you need the Manage Server permission to change keygate's settings".into(),
+        )
+        .into());
+    }
+    let guild = guild_of(&ctx)?;
+    let discord_guild = serenity::GuildId::new(guild.0);
+    for (channel, what) in [
+        (audit_channel, "audit channel"),
+        (approvals_channel, "approvals channel"),
+    ] {
+        if let Some(c) = channel {
+            check_channel(&ctx, discord_guild, c, what).await?;
+        }
+    }
+    let change = SettingsChange {
+        audit_channel: audit_channel.map(|c| ChannelId(c.get())),
+        approvals_channel: approvals_channel.map(|c| ChannelId(c.get())),
+        approver_role: approver_role.map(|r| RoleId(r.get())),
+        creator_role: creator_role.map(|r| RoleId(r.get())),
+        approvals_required,
+        dm_lifetime_minutes,
+        request_expiry_hours,
+    };
+    let actor = Actor::member(UserId(ctx.author().id.get()));
+    let settings = ctx
+        .data()
+        .service
+        .update_settings(guild, actor, &change)
+        .await?;
+    ctx.send(
+        CreateReply::default()
+            .ephemeral(true)
+            .content("Settings saved.")
+            .embed(settings_embed(&settings))
+            .allowed_mentions(no_pings()),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Show keygate's settings for this server.
+#[poise::command(slash_command, guild_only)]
+pub async fn settings(ctx: Context<'_>) -> anyhow::Result<()> {
+    let guild = guild_of(&ctx)?;
+    let settings = ctx.data().service.settings(guild).await?;
+    ctx.send(
+        CreateReply::default()
+            .ephemeral(true)
+            .embed(settings_embed(&settings))
+            .allowed_mentions(no_pings()),
+    )
+    .await?;
+    Ok(())
+}
+
+fn settings_embed(s: &GuildSettings) -> CreateEmbed {
+    let channel =
+        |c: Option<ChannelId>| c.map_or_else(|| "not set".to_owned(), |c| format!("<#{c}>"));
+    let role = |r: Option<RoleId>, default: &str| {
+        r.map_or_else(|| default.to_owned(), |r| format!("<@&{r}>"))
+    };
+    CreateEmbed::new()
+        .title("keygate settings")
+        .colour(0x5865F2)
+        .field("Audit channel", channel(s.audit_channel), true)
+        .field("Approvals channel", channel(s.approvals_channel), true)
+        .field("Approvals required", s.approvals_required.to_string(), true)
+        .field(
+            "Approver role",
+            role(s.approver_role, "Manage Server"),
+            true,
+        )
+        .field("Creator role", role(s.creator_role, "Manage Server"), true)
+        .field(
+            "DM lifetime",
+            format!("{} min", s.dm_lifetime.num_minutes()),
+            true,
+        )
+        .field(
+            "Request expiry",
+            format!("{} h", s.request_expiry.num_hours()),
+            true,
+        )
+}

@@ -1,0 +1,105 @@
+//! Pending approval requests over time: their message, reminders and expiry.
+
+use super::{Service, ServiceResult, audit};
+use crate::domain::application::{AppStatus, Application, Transition};
+use crate::domain::approval::{ApprovalRequest, RequestStatus};
+use crate::domain::audit::{AuditKind, NewAuditEvent};
+use crate::domain::credentials::ApplicationId;
+use crate::domain::ids::{ChannelId, MessageId};
+
+impl Service {
+    /// Remembers where the request was posted, to edit it as it is decided.
+    pub async fn record_request_message(
+        &self,
+        app: &ApplicationId,
+        channel: ChannelId,
+        message: MessageId,
+    ) -> ServiceResult<()> {
+        let mut tx = self.store.begin().await?;
+        tx.set_request_message(app, channel, message).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Expires every pending request past its time, each in its own
+    /// transaction; a request decided meanwhile is left alone.
+    pub async fn expire_due_requests(&self) -> ServiceResult<Vec<(Application, ApprovalRequest)>> {
+        let now = self.clock.now();
+        let due = {
+            let mut tx = self.store.read().await?;
+            let ids = tx.expired_requests(now).await?;
+            tx.rollback().await?;
+            ids
+        };
+        let mut expired = Vec::new();
+        for id in due {
+            let mut tx = self.store.begin().await?;
+            let Some(request) = tx.lock_approval_request(&id).await? else {
+                continue;
+            };
+            if request.status != RequestStatus::Pending || request.expires_at > now {
+                tx.rollback().await?;
+                continue;
+            }
+            let Some(mut app) = tx.app(request.guild_id, &id).await? else {
+                continue;
+            };
+            tx.close_approval_request(&id, RequestStatus::Expired, None, None, now)
+                .await?;
+            let to = app.status.apply(Transition::Expire)?;
+            if !tx
+                .transition_app(&id, AppStatus::PendingApproval, to, now)
+                .await?
+            {
+                tx.rollback().await?;
+                continue;
+            }
+            app.status = to;
+            let event = NewAuditEvent {
+                guild_id: app.guild_id,
+                app_id: Some(id.clone()),
+                actor_id: None,
+                kind: AuditKind::Expired,
+                summary: format!(
+                    "the request for `{}` expired without a decision",
+                    app.details.name
+                ),
+            };
+            audit(&mut tx, event, now).await?;
+            let request = tx.approval_request(&id).await?.unwrap_or(request);
+            tx.commit().await?;
+            expired.push((app, request));
+        }
+        Ok(expired)
+    }
+
+    /// Pending requests at half their lifetime, each claimed so approvers are
+    /// reminded once, whichever process gets there first.
+    pub async fn due_reminders(&self) -> ServiceResult<Vec<(Application, ApprovalRequest)>> {
+        let now = self.clock.now();
+        let due = {
+            let mut tx = self.store.read().await?;
+            let ids = tx.requests_to_remind(now).await?;
+            tx.rollback().await?;
+            ids
+        };
+        let mut reminders = Vec::new();
+        for id in due {
+            let mut tx = self.store.begin().await?;
+            if !tx.mark_reminded(&id, now).await? {
+                tx.rollback().await?;
+                continue;
+            }
+            let request = tx.approval_request(&id).await?;
+            let app = match &request {
+                Some(r) => tx.app(r.guild_id, &id).await?,
+                None => None,
+            };
+            tx.commit().await?;
+            if let (Some(app), Some(request)) = (app, request) {
+                reminders.push((app, request));
+            }
+        }
+        Ok(reminders)
+    }
+}

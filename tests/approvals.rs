@@ -1,0 +1,755 @@
+//! End to end: approvals, the audit-log channel and `/keygate setup`, against a fake Discord.
+
+mod support;
+
+use keygate::domain::ids::{ChannelId, GuildId, RoleId, UserId};
+use keygate::domain::settings::GuildSettings;
+use keygate::service::{Actor, SettingsChange, Verification};
+use serde_json::{Value, json};
+use support::bot::{Harness, alice, component, token};
+use support::fake_discord::{FakeDiscord, Interaction, TestUser};
+
+const GUILD: GuildId = GuildId(FakeDiscord::GUILD_ID);
+const APPROVALS: u64 = 4_000_000_000_000_002;
+const AUDIT: u64 = 4_000_000_000_000_003;
+const APPROVER_ROLE: u64 = 6_000_000_000_000_002;
+const EPHEMERAL: u64 = 1 << 6;
+const SEND_MESSAGES: u64 = 1 << 11;
+
+fn approver(id: u64, name: &str) -> TestUser {
+    TestUser::member(id, name).with_roles(&[APPROVER_ROLE])
+}
+
+fn bob() -> TestUser {
+    approver(2_000_000_000_000_002, "bob")
+}
+
+fn carol() -> TestUser {
+    approver(2_000_000_000_000_003, "carol")
+}
+
+fn outsider() -> TestUser {
+    TestUser::member(2_000_000_000_000_004, "dave")
+}
+
+/// A harness whose guild requires `n` approvals from the approver role.
+async fn with_approvals(n: u8) -> Harness {
+    let h = Harness::start().await;
+    h.fake.add_channel(APPROVALS, "approvals");
+    h.fake.add_channel(AUDIT, "audit");
+    let settings = GuildSettings {
+        approvals_required: n,
+        approvals_channel: Some(ChannelId(APPROVALS)),
+        audit_channel: Some(ChannelId(AUDIT)),
+        approver_role: Some(RoleId(APPROVER_ROLE)),
+        ..GuildSettings::defaults(GUILD)
+    };
+    h.service
+        .save_settings(Actor::member(UserId(alice().id)), &settings)
+        .await
+        .unwrap();
+    h
+}
+
+async fn shown(fake: &FakeDiscord, i: &Interaction, kind: u64) -> Value {
+    let r = fake.response(i).await;
+    assert_eq!(r["type"], kind, "response: {r:#}");
+    fake.message_of(i).expect("a message")
+}
+
+fn text(v: &Value) -> String {
+    v["content"].as_str().unwrap_or("").to_owned()
+}
+
+/// `/app create` through Submit; returns the requester's wizard message.
+async fn submit_request(fake: &FakeDiscord, user: &TestUser, name: &str) -> Value {
+    let i = fake
+        .slash_command(user, "app", Some("create"), vec![])
+        .await;
+    let modal = fake.response(&i).await["data"]["custom_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let fields = [
+        ("name", name),
+        ("uri", "https://spa.example.com"),
+        ("description", "needs approval"),
+        ("login_urls", "https://spa.example.com/cb"),
+        ("logout_urls", ""),
+    ];
+    let i = fake.submit_modal(user, &modal, &fields, None).await;
+    let m = shown(fake, &i, 4).await;
+    let i = fake
+        .select(user, &m, &component(&m, "usertype"), &["employee"])
+        .await;
+    let m = shown(fake, &i, 7).await;
+    let i = fake
+        .select(user, &m, &component(&m, "source"), &["client_app"])
+        .await;
+    let m = shown(fake, &i, 7).await;
+    let i = fake.press_button(user, &m, &component(&m, "next")).await;
+    let m = shown(fake, &i, 7).await;
+    let i = fake
+        .select(user, &m, &component(&m, "scopes"), &["invoices"])
+        .await;
+    let m = shown(fake, &i, 7).await;
+    let i = fake.press_button(user, &m, &component(&m, "next")).await;
+    let m = shown(fake, &i, 7).await;
+    let i = fake.press_button(user, &m, &component(&m, "submit")).await;
+    shown(fake, &i, 7).await
+}
+
+/// The newest message in the approvals channel.
+fn request_message(fake: &FakeDiscord) -> Value {
+    fake.channel_messages(APPROVALS)
+        .pop()
+        .expect("a request in the approvals channel")
+}
+
+fn embed_text(message: &Value) -> String {
+    message["embeds"].to_string()
+}
+
+/// Presses a button and returns (response type, the message the user sees or the ephemeral text).
+async fn press(fake: &FakeDiscord, user: &TestUser, message: &Value, action: &str) -> (u64, Value) {
+    let i = fake
+        .press_button(user, message, &component(message, action))
+        .await;
+    let r = fake.response(&i).await;
+    let kind = r["type"].as_u64().unwrap();
+    let shown = if kind == 7 {
+        fake.message_of(&i).unwrap()
+    } else {
+        r["data"].clone()
+    };
+    (kind, shown)
+}
+
+/// Every body the bot sent to a channel, with its path.
+fn bodies_to(fake: &FakeDiscord, channel: u64) -> Vec<Value> {
+    let prefix = format!("/channels/{channel}/");
+    fake.requests()
+        .into_iter()
+        .filter(|r| r.path.starts_with(&prefix) && r.method != "GET")
+        .map(|r| r.body)
+        .collect()
+}
+
+/// Nothing the bot posts to a shared channel may ping anyone.
+fn assert_no_pings(fake: &FakeDiscord, channel: u64) {
+    for body in bodies_to(fake, channel) {
+        let allowed = &body["allowed_mentions"];
+        assert_eq!(allowed["parse"], json!([]), "pings possible: {body}");
+        assert!(
+            allowed["users"].as_array().is_none_or(|u| u.is_empty()),
+            "{body}"
+        );
+        assert!(
+            allowed["roles"].as_array().is_none_or(|u| u.is_empty()),
+            "{body}"
+        );
+    }
+}
+
+async fn dm_with_credentials(fake: &FakeDiscord, user: u64) -> Value {
+    fake.wait_until("credentials in the requester's DM", |f| {
+        f.dm_messages(user).iter().any(|m| text(m).contains("kgs_"))
+    })
+    .await;
+    fake.dm_messages(user)
+        .into_iter()
+        .find(|m| text(m).contains("kgs_"))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_approver_end_to_end() {
+    let h = with_approvals(1).await;
+    let waiting = submit_request(&h.fake, &alice(), "Back Office").await;
+    assert!(
+        text(&waiting).contains("waits for 1 approval"),
+        "{waiting:#}"
+    );
+    assert!(text(&waiting).contains(&format!(
+        "https://discord.com/channels/{}/{APPROVALS}/",
+        FakeDiscord::GUILD_ID
+    )));
+    component(&waiting, "withdraw");
+    let request = request_message(&h.fake);
+    for part in [
+        "Back Office",
+        "Employee",
+        "Client App",
+        "Invoices",
+        "https://spa.example.com/cb",
+        "0/1",
+    ] {
+        assert!(
+            embed_text(&request).contains(part),
+            "{part} missing: {request:#}"
+        );
+    }
+    assert!(
+        h.fake.dm_messages(alice().id).is_empty(),
+        "no credentials before approval"
+    );
+
+    let (kind, decided) = press(&h.fake, &bob(), &request, "approve").await;
+    assert_eq!(kind, 7);
+    assert!(
+        embed_text(&decided).contains(&format!("Approved by <@{}>", bob().id)),
+        "{decided:#}"
+    );
+    assert_eq!(decided["components"], json!([]));
+
+    let dm = dm_with_credentials(&h.fake, alice().id).await;
+    let secret = token(&text(&dm), "kgs_").unwrap();
+    let i = h
+        .fake
+        .press_button_in_dm(&alice(), &dm, &component(&dm, "genkey"))
+        .await;
+    let with_key = shown(&h.fake, &i, 7).await;
+    let key = token(&text(&with_key), "kg_").unwrap();
+    assert!(matches!(
+        h.service.verify_key(&key).await.unwrap(),
+        Verification::Valid(_)
+    ));
+    for channel in [APPROVALS, AUDIT] {
+        for body in bodies_to(&h.fake, channel) {
+            assert!(
+                !body.to_string().contains(&secret) && !body.to_string().contains(&key),
+                "{body}"
+            );
+        }
+    }
+    h.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_approvers_each_counted_once_and_rules_enforced() {
+    let h = with_approvals(2).await;
+    submit_request(&h.fake, &alice(), "Two Keys").await;
+    let request = request_message(&h.fake);
+
+    // The requester (an admin, but it is their own request) and a non-approver are refused.
+    let (kind, refused) = press(
+        &h.fake,
+        &alice().with_roles(&[APPROVER_ROLE]),
+        &request,
+        "approve",
+    )
+    .await;
+    assert_eq!(kind, 4);
+    assert!(
+        refused["content"]
+            .as_str()
+            .unwrap()
+            .contains("your own request"),
+        "{refused:#}"
+    );
+    assert_eq!(refused["flags"].as_u64().unwrap() & EPHEMERAL, EPHEMERAL);
+    let (_, refused) = press(&h.fake, &outsider(), &request, "approve").await;
+    assert!(
+        refused["content"]
+            .as_str()
+            .unwrap()
+            .contains("only approvers"),
+        "{refused:#}"
+    );
+
+    let (kind, counted) = press(&h.fake, &bob(), &request, "approve").await;
+    assert_eq!(kind, 7);
+    assert!(embed_text(&counted).contains("1/2"), "{counted:#}");
+    component(&counted, "approve");
+    let (kind, again) = press(&h.fake, &bob(), &counted, "approve").await;
+    assert_eq!(kind, 4);
+    assert!(
+        again["content"]
+            .as_str()
+            .unwrap()
+            .contains("already approved"),
+        "{again:#}"
+    );
+    assert!(h.fake.dm_messages(alice().id).is_empty());
+
+    // An approver who lost the role since cannot approve.
+    let demoted = TestUser::member(carol().id, "carol");
+    let (_, refused) = press(&h.fake, &demoted, &counted, "approve").await;
+    assert!(
+        refused["content"]
+            .as_str()
+            .unwrap()
+            .contains("only approvers")
+    );
+
+    let (kind, approved) = press(&h.fake, &carol(), &counted, "approve").await;
+    assert_eq!(kind, 7);
+    assert!(
+        embed_text(&approved).contains(&format!("<@{}>, <@{}>", bob().id, carol().id)),
+        "{approved:#}"
+    );
+    dm_with_credentials(&h.fake, alice().id).await;
+    h.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deny_with_a_reason_reaches_the_requester() {
+    let h = with_approvals(1).await;
+    submit_request(&h.fake, &alice(), "Denied App").await;
+    let request = request_message(&h.fake);
+    let i = h
+        .fake
+        .press_button(&bob(), &request, &component(&request, "deny"))
+        .await;
+    let modal = h.fake.response(&i).await;
+    assert_eq!(modal["type"], 9);
+    let modal_id = modal["data"]["custom_id"].as_str().unwrap().to_owned();
+    let i = h
+        .fake
+        .submit_modal(
+            &bob(),
+            &modal_id,
+            &[("reason", "use the existing Back Office app")],
+            Some(&request),
+        )
+        .await;
+    let denied = shown(&h.fake, &i, 7).await;
+    assert!(embed_text(&denied).contains("Denied by"), "{denied:#}");
+    assert!(embed_text(&denied).contains("use the existing Back Office app"));
+    assert_eq!(denied["components"], json!([]));
+    h.fake
+        .wait_until("the requester is told", |f| {
+            f.dm_messages(alice().id)
+                .iter()
+                .any(|m| text(m).contains("use the existing Back Office app"))
+        })
+        .await;
+    let (_, late) = press(&h.fake, &carol(), &request, "approve").await;
+    assert!(
+        late["content"].as_str().unwrap().contains("already denied"),
+        "{late:#}"
+    );
+    h.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approve_and_deny_at_once_make_one_decision() {
+    let h = with_approvals(1).await;
+    for round in 0..3 {
+        submit_request(&h.fake, &alice(), &format!("Raced {round}")).await;
+        let request = request_message(&h.fake);
+        let modal_id = component(&request, "deny").replace(":deny", ":denyreason");
+        let (b, c) = (bob(), carol());
+        let approve_id = component(&request, "approve");
+        let (approve, deny) = tokio::join!(
+            h.fake.press_button(&b, &request, &approve_id),
+            h.fake
+                .submit_modal(&c, &modal_id, &[("reason", "no")], Some(&request))
+        );
+        let outcomes = [
+            h.fake.response(&approve).await,
+            h.fake.response(&deny).await,
+        ];
+        let decided = outcomes.iter().filter(|r| r["type"] == 7).count();
+        assert_eq!(decided, 1, "round {round}: {outcomes:#?}");
+        let loser = outcomes.iter().find(|r| r["type"] == 4).unwrap();
+        assert!(
+            loser["data"]["content"]
+                .as_str()
+                .unwrap()
+                .contains("already"),
+            "{loser:#}"
+        );
+    }
+    h.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn withdraw_closes_the_request() {
+    let h = with_approvals(1).await;
+    let waiting = submit_request(&h.fake, &alice(), "Changed My Mind").await;
+    let (kind, withdrawn) = press(&h.fake, &alice(), &waiting, "withdraw").await;
+    assert_eq!(kind, 7);
+    assert!(text(&withdrawn).contains("withdrew"));
+    h.fake
+        .wait_until("the approvals message shows the withdrawal", |f| {
+            embed_text(&request_message(f)).contains("Withdrawn")
+        })
+        .await;
+    let request = request_message(&h.fake);
+    assert!(embed_text(&request).contains("Withdrawn"), "{request:#}");
+    assert_eq!(request["components"], json!([]));
+    let (_, late) = press(
+        &h.fake,
+        &bob(),
+        &waiting_request_buttons(&h, &request),
+        "approve",
+    )
+    .await;
+    assert!(
+        late["content"].as_str().unwrap().contains("withdrawn"),
+        "{late:#}"
+    );
+    h.close().await;
+}
+
+/// The request message as it was before its buttons were removed (a stale client).
+fn waiting_request_buttons(h: &Harness, request: &Value) -> Value {
+    let first = h
+        .fake
+        .requests()
+        .into_iter()
+        .find(|r| r.path == format!("/channels/{APPROVALS}/messages") && r.method == "POST")
+        .unwrap();
+    let mut stale = request.clone();
+    stale["components"] = first.body["components"].clone();
+    stale
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_expire_with_a_reminder_also_across_a_restart() {
+    let mut h = with_approvals(1).await;
+    let mut settings = h.service.settings(GUILD).await.unwrap();
+    settings.request_expiry = chrono::TimeDelta::seconds(2);
+    h.service
+        .save_settings(Actor::member(UserId(alice().id)), &settings)
+        .await
+        .unwrap();
+
+    submit_request(&h.fake, &alice(), "Soon Expired").await;
+    h.fake
+        .wait_until("a reminder at half-time", |f| {
+            f.channel_messages(APPROVALS)
+                .iter()
+                .any(|m| text(m).contains("Reminder"))
+        })
+        .await;
+    h.fake
+        .wait_until("the request expires", |f| {
+            f.channel_messages(APPROVALS)
+                .iter()
+                .any(|m| m["embeds"].to_string().contains("Expired"))
+        })
+        .await;
+    h.fake
+        .wait_until("the requester is told", |f| {
+            f.dm_messages(alice().id)
+                .iter()
+                .any(|m| text(m).contains("expired"))
+        })
+        .await;
+
+    // The bot is down through the half-time and the expiry of the next one.
+    submit_request(&h.fake, &alice(), "Expires While Down").await;
+    h.stop_bot().await;
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    h.restart().await;
+    h.fake
+        .wait_until("the overdue request expires after the restart", |f| {
+            f.channel_messages(APPROVALS)
+                .iter()
+                .filter(|m| m["embeds"].to_string().contains("Expired"))
+                .count()
+                == 2
+        })
+        .await;
+    let reminders = h
+        .fake
+        .channel_messages(APPROVALS)
+        .iter()
+        .filter(|m| text(m).contains("Reminder"))
+        .count();
+    assert!(reminders >= 1);
+    let request = request_message(&h.fake);
+    let (_, late) = press(
+        &h.fake,
+        &bob(),
+        &waiting_request_buttons(&h, &request),
+        "approve",
+    )
+    .await;
+    assert!(
+        late["content"].as_str().unwrap().contains("expired"),
+        "{late:#}"
+    );
+    assert_no_pings(&h.fake, APPROVALS);
+    h.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_dms_after_approval_reveal_once_for_the_requester_only() {
+    let h = with_approvals(1).await;
+    h.fake.close_dms_of(alice().id);
+    submit_request(&h.fake, &alice(), "Revealed").await;
+    let request = request_message(&h.fake);
+    press(&h.fake, &bob(), &request, "approve").await;
+    h.fake
+        .wait_until("a Reveal button in the wizard's channel", |f| {
+            f.channel_messages(FakeDiscord::CHANNEL_ID)
+                .iter()
+                .any(|m| text(m).contains("Reveal"))
+        })
+        .await;
+    let reveal = h
+        .fake
+        .channel_messages(FakeDiscord::CHANNEL_ID)
+        .into_iter()
+        .find(|m| text(m).contains("Reveal"))
+        .unwrap();
+    assert!(!text(&reveal).contains("kgs_"));
+    // The requester, and only them, is mentioned.
+    let post = bodies_to(&h.fake, FakeDiscord::CHANNEL_ID)
+        .into_iter()
+        .find(|b| b.to_string().contains("Reveal"))
+        .unwrap();
+    assert_eq!(
+        post["allowed_mentions"]["users"],
+        json!([alice().id.to_string()])
+    );
+    assert_eq!(post["allowed_mentions"]["parse"], json!([]));
+
+    let (kind, refused) = press(&h.fake, &bob(), &reveal, "reveal").await;
+    assert_eq!(kind, 4);
+    assert!(
+        refused["content"]
+            .as_str()
+            .unwrap()
+            .contains("only the requester"),
+        "{refused:#}"
+    );
+    let (kind, revealed) = press(&h.fake, &alice(), &reveal, "reveal").await;
+    assert_eq!(kind, 4);
+    assert_eq!(revealed["flags"].as_u64().unwrap() & EPHEMERAL, EPHEMERAL);
+    let secret = token(revealed["content"].as_str().unwrap(), "kgs_").expect("the secret, once");
+    let (_, again) = press(&h.fake, &alice(), &reveal, "reveal").await;
+    assert!(
+        again["content"]
+            .as_str()
+            .unwrap()
+            .contains("already issued"),
+        "{again:#}"
+    );
+    for body in bodies_to(&h.fake, FakeDiscord::CHANNEL_ID) {
+        assert!(!body.to_string().contains(&secret), "{body}");
+    }
+    h.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_channel_gets_every_event_in_order_through_failures_and_a_restart() {
+    let mut h = with_approvals(0).await;
+    let path = format!("/channels/{AUDIT}/messages");
+    h.fake.fail(
+        "POST",
+        &path,
+        500,
+        json!({ "message": "Internal Server Error", "code": 0 }),
+        3,
+    );
+    h.fake.fail(
+        "POST",
+        &path,
+        429,
+        json!({ "message": "You are being rate limited.", "retry_after": 0.2, "global": false }),
+        2,
+    );
+    let actor = Actor::member(UserId(alice().id));
+    let mut expected = vec!["changed keygate settings".to_owned()];
+    for n in 1..=100 {
+        let change = SettingsChange {
+            dm_lifetime_minutes: Some(n),
+            ..SettingsChange::default()
+        };
+        h.service
+            .update_settings(GUILD, actor, &change)
+            .await
+            .unwrap();
+        expected.push(format!("set DM lifetime {n} min"));
+        if n == 50 {
+            h.restart().await;
+        }
+    }
+    let total = expected.len();
+    h.fake
+        .wait_until("every event in the audit channel", |f| {
+            f.channel_messages(AUDIT).len() >= total
+        })
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let posted: Vec<String> = h
+        .fake
+        .channel_messages(AUDIT)
+        .iter()
+        .map(|m| {
+            m["embeds"][0]["description"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(posted.len(), total, "no duplicates");
+    for (got, want) in posted.iter().zip(&expected) {
+        assert!(
+            got.starts_with(want.as_str()),
+            "out of order: {got} vs {want}"
+        );
+    }
+    assert_no_pings(&h.fake, AUDIT);
+    h.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_is_for_managers_and_checks_the_channels() {
+    let h = Harness::start().await;
+    h.fake.add_channel(APPROVALS, "approvals");
+    h.fake.add_channel(AUDIT, "audit");
+    let i = h
+        .fake
+        .slash_command(
+            &outsider(),
+            "keygate",
+            Some("setup"),
+            vec![("approvals_required", json!(1))],
+        )
+        .await;
+    let refused = h.fake.response(&i).await;
+    assert!(
+        refused["data"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("Manage Server"),
+        "{refused:#}"
+    );
+
+    h.fake.deny_bot_in_channel(AUDIT, SEND_MESSAGES);
+    let i = h
+        .fake
+        .slash_command(
+            &alice(),
+            "keygate",
+            Some("setup"),
+            vec![("audit_channel", json!(AUDIT.to_string()))],
+        )
+        .await;
+    let refused = h.fake.response(&i).await;
+    assert!(
+        refused["data"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("cannot post"),
+        "{refused:#}"
+    );
+    assert_eq!(
+        h.service.settings(GUILD).await.unwrap().audit_channel,
+        None,
+        "nothing changed"
+    );
+
+    let i = h
+        .fake
+        .slash_command(
+            &alice(),
+            "keygate",
+            Some("setup"),
+            vec![
+                ("approvals_channel", json!(APPROVALS.to_string())),
+                ("approver_role", json!(APPROVER_ROLE.to_string())),
+                ("approvals_required", json!(2)),
+            ],
+        )
+        .await;
+    let saved = h.fake.response(&i).await;
+    assert_eq!(
+        saved["data"]["flags"].as_u64().unwrap() & EPHEMERAL,
+        EPHEMERAL
+    );
+    let s = h.service.settings(GUILD).await.unwrap();
+    assert_eq!(
+        (s.approvals_required, s.approvals_channel, s.approver_role),
+        (2, Some(ChannelId(APPROVALS)), Some(RoleId(APPROVER_ROLE)))
+    );
+    assert_eq!(
+        s.dm_lifetime,
+        chrono::TimeDelta::minutes(15),
+        "what was not named is unchanged"
+    );
+
+    let i = h
+        .fake
+        .slash_command(&alice(), "keygate", Some("settings"), vec![])
+        .await;
+    let shown = h.fake.response(&i).await.to_string();
+    assert!(
+        shown.contains(&format!("<#{APPROVALS}>")) && shown.contains("Approvals required"),
+        "{shown}"
+    );
+    h.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_lists_an_apps_events_newest_first_in_pages() {
+    let h = with_approvals(0).await;
+    // Built through the service for speed: the history is what matters here.
+    let guild_app = {
+        use keygate::domain::application::{LoginUserType, SourceApp};
+        use keygate::service::{DraftInput, DraftStart};
+        let user = UserId(alice().id);
+        let DraftStart::New(d) = h.service.start_draft(GUILD, user).await.unwrap() else {
+            panic!("a new draft")
+        };
+        let form = keygate::domain::validation::AppForm {
+            name: "Storied".into(),
+            uri: "https://storied.example.com".into(),
+            ..Default::default()
+        };
+        for input in [
+            DraftInput::Details(form),
+            DraftInput::UserType(LoginUserType::Guest),
+            DraftInput::SourceApp(SourceApp::Bot),
+            DraftInput::Next,
+            DraftInput::Scopes(vec!["guests".into()]),
+            DraftInput::Next,
+        ] {
+            h.service.advance_draft(&d.id, user, input).await.unwrap();
+        }
+        h.service.submit_draft(&d.id, user, None).await.unwrap().app
+    };
+    h.service
+        .issue_credentials(GUILD, &guild_app.id)
+        .await
+        .unwrap();
+    for _ in 0..12 {
+        h.service
+            .finish(GUILD, &guild_app.id, Actor::member(UserId(alice().id)))
+            .await
+            .unwrap();
+    }
+    let i = h
+        .fake
+        .slash_command(
+            &alice(),
+            "app",
+            Some("history"),
+            vec![("app", json!(guild_app.id.to_string()))],
+        )
+        .await;
+    let first = h.fake.response(&i).await;
+    let page1 = first["data"]["embeds"][0]["description"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(page1.lines().count(), 10);
+    assert!(
+        page1.lines().all(|l| l.contains("Finished")),
+        "newest first: {page1}"
+    );
+    let message = h.fake.message_of(&i).unwrap();
+    let (kind, older) = press(&h.fake, &alice(), &message, "page").await;
+    assert_eq!(kind, 7);
+    let page2 = older["embeds"][0]["description"].as_str().unwrap();
+    assert!(
+        page2.contains("Submitted") && page2.contains("Credentials issued"),
+        "{page2}"
+    );
+    h.close().await;
+}
