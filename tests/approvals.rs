@@ -215,6 +215,7 @@ async fn one_approver_end_to_end() {
         Verification::Valid(_)
     ));
     for channel in [APPROVALS, AUDIT] {
+        assert_no_pings(&h.fake, channel);
         for body in bodies_to(&h.fake, channel) {
             assert!(
                 !body.to_string().contains(&secret) && !body.to_string().contains(&key),
