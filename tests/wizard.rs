@@ -425,15 +425,33 @@ async fn a_restarted_bot_continues_the_wizard() {
     let resumed = shown(&h.fake, &i, 7).await;
     assert!(resumed["content"].as_str().unwrap().contains("Step 3 of 4"));
     // Start over drops the draft and opens an empty form.
-    let i = h.fake.slash_command(&alice(), "app", Some("create"), vec![]).await;
+    let i = h
+        .fake
+        .slash_command(&alice(), "app", Some("create"), vec![])
+        .await;
     let prompt = shown(&h.fake, &i, 4).await;
-    let i = h.fake.press_button(&alice(), &prompt, &component(&prompt, "restart")).await;
+    let i = h
+        .fake
+        .press_button(&alice(), &prompt, &component(&prompt, "restart"))
+        .await;
     let fresh = h.fake.response(&i).await;
     assert_eq!(fresh["type"], 9);
-    assert!(fresh["data"]["components"][0]["components"][0]["value"].is_null(), "{fresh:#}");
-    let i = h.fake.press_button(&alice(), &step3, &component(&step3, "next")).await;
+    assert!(
+        fresh["data"]["components"][0]["components"][0]["value"].is_null(),
+        "{fresh:#}"
+    );
+    let i = h
+        .fake
+        .press_button(&alice(), &step3, &component(&step3, "next"))
+        .await;
     let stale = shown(&h.fake, &i, 4).await;
-    assert!(stale["content"].as_str().unwrap().contains("expired or was closed"), "{stale:#}");
+    assert!(
+        stale["content"]
+            .as_str()
+            .unwrap()
+            .contains("expired or was closed"),
+        "{stale:#}"
+    );
     h.close().await;
 }
 
