@@ -715,10 +715,6 @@ async fn history_lists_an_apps_events_newest_first_in_pages() {
         }
         h.service.submit_draft(&d.id, user, None).await.unwrap().app
     };
-    h.service
-        .issue_credentials(GUILD, &guild_app.id)
-        .await
-        .unwrap();
     for _ in 0..12 {
         h.service
             .finish(GUILD, &guild_app.id, Actor::member(UserId(alice().id)))

@@ -71,7 +71,6 @@ async fn require_approvals(db: &TestDb, n: u8) {
 /// An app with its credentials issued and its key generated.
 async fn active_app(db: &TestDb, name: &str) -> (ApplicationId, ApiKey) {
     let app = submit(&db.service, ALICE, name).await.app;
-    db.service.issue_credentials(GUILD, &app.id).await.unwrap();
     let key = db
         .service
         .generate_api_key(GUILD, &app.id, Actor::member(ALICE))
@@ -91,12 +90,13 @@ async fn whole_flow_without_approval(db: &TestDb) {
     let svc = &db.service;
     let submitted = submit(svc, ALICE, "Spa Mobile").await;
     assert!(submitted.request.is_none());
-    let app = submitted.app;
+    let app = submitted.app.clone();
     assert_eq!(app.status, AppStatus::Approved);
     assert_eq!(app.scopes, vec!["appointments", "guests"]);
     assert!(app.id.as_str().starts_with("app_"));
 
-    let creds = svc.issue_credentials(GUILD, &app.id).await.unwrap();
+    // With no approval required, Submit issues the credentials, once.
+    let creds = submitted.credentials.expect("credentials at submit");
     assert!(creds.secret.expose().starts_with("kgs_"));
     assert!(matches!(
         svc.issue_credentials(GUILD, &app.id).await,
@@ -162,7 +162,6 @@ async fn whole_flow_without_approval(db: &TestDb) {
 
 async fn fifty_concurrent_key_generations_make_one_key(db: &TestDb) {
     let app = submit(&db.service, ALICE, "Race").await.app;
-    db.service.issue_credentials(GUILD, &app.id).await.unwrap();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..50 {
         let svc = db.service.clone();
@@ -854,7 +853,11 @@ async fn audit_log_is_append_only_and_outbox_posts_once(db: &TestDb) {
     let kinds: Vec<_> = due.iter().map(|e| e.event.kind).collect();
     assert_eq!(
         kinds,
-        vec![AuditKind::SettingsChanged, AuditKind::DraftSubmitted]
+        vec![
+            AuditKind::SettingsChanged,
+            AuditKind::DraftSubmitted,
+            AuditKind::CredentialsIssued
+        ]
     );
     assert!(
         due.iter()
@@ -875,7 +878,7 @@ async fn audit_log_is_append_only_and_outbox_posts_once(db: &TestDb) {
     let second = due[1].event.id;
     tx.defer_audit_post(second, lease).await.unwrap();
     let left = tx.unposted_outbox(100).await.unwrap();
-    assert_eq!(left.len(), 1);
+    assert_eq!(left.len(), 2);
     assert_eq!(
         (left[0].event.id, left[0].attempts, left[0].next_attempt_at),
         (second, 1, lease)
@@ -885,7 +888,11 @@ async fn audit_log_is_append_only_and_outbox_posts_once(db: &TestDb) {
         "not due yet"
     );
     let all = tx.audit_events(GUILD, None, 100).await.unwrap();
-    assert_eq!(all.len(), 3);
+    assert_eq!(
+        all.len(),
+        5,
+        "two submits with their credentials, one settings change"
+    );
     assert!(all.windows(2).all(|w| w[0].id > w[1].id), "newest first");
     tx.commit().await.unwrap();
 

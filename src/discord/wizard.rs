@@ -526,17 +526,22 @@ async fn on_submitted(
     component: &ComponentInteraction,
     submitted: Submitted,
 ) -> anyhow::Result<()> {
-    let app = submitted.app;
-    if let Some(request) = submitted.request {
-        let posted = approvals::post_request(&ctx.http, bot, &app, &request).await?;
-        let waiting = approvals::waiting_message(&app, &request, posted);
-        component
-            .create_response(&ctx.http, update(waiting))
-            .await?;
-        return Ok(());
+    match (submitted.request, submitted.credentials) {
+        (Some(request), _) => {
+            let app = submitted.app;
+            let posted = approvals::post_request(&ctx.http, bot, &app, &request).await?;
+            let waiting = approvals::waiting_message(&app, &request, posted);
+            component
+                .create_response(&ctx.http, update(waiting))
+                .await?;
+            Ok(())
+        }
+        (None, Some(creds)) => delivery::deliver(ctx, bot, component, &creds).await,
+        (None, None) => Err(anyhow::anyhow!(
+            "submit of {} returned neither a request nor credentials",
+            submitted.app.id
+        )),
     }
-    let creds = bot.service.issue_credentials(app.guild_id, &app.id).await?;
-    delivery::deliver(ctx, bot, component, &creds).await
 }
 
 /// The member behind a guild interaction may create applications.

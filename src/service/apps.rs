@@ -10,11 +10,14 @@ use crate::domain::validation::name_key;
 use crate::store::{ApiKeyRecord, StoreError, Tx};
 use chrono::{DateTime, Utc};
 
-/// The application Submit created, and its approval request if it needs one.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What Submit produced: the application and either its approval request or,
+/// when the guild requires no approval, its credentials (issued in the same
+/// transaction, returned this once).
+#[derive(Debug)]
 pub struct Submitted {
     pub app: Application,
     pub request: Option<ApprovalRequest>,
+    pub credentials: Option<IssuedCredentials>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +60,29 @@ async fn record_event(
         summary,
     };
     audit(tx, event, now).await
+}
+
+/// Creates the approved application's Secret in the caller's transaction;
+/// only its hash is stored.
+pub(super) async fn issue_secret(
+    tx: &mut Tx,
+    app: &Application,
+    now: DateTime<Utc>,
+) -> ServiceResult<ClientSecret> {
+    let secret = ClientSecret::generate();
+    match tx
+        .insert_secret(&app.id, &secret.hash(), &secret.display_prefix(), now)
+        .await
+    {
+        Err(StoreError::Conflict("secret")) => return Err(ServiceError::CredentialsAlreadyIssued),
+        other => other?,
+    }
+    let summary = format!(
+        "issued the Application ID and Secret of `{}`",
+        app.details.name
+    );
+    record_event(tx, app, None, AuditKind::CredentialsIssued, summary, now).await?;
+    Ok(secret)
 }
 
 impl Service {
@@ -247,29 +273,7 @@ impl Service {
                 ServiceError::NotApproved(app.status)
             });
         }
-        let secret = ClientSecret::generate();
-        match tx
-            .insert_secret(id, &secret.hash(), &secret.display_prefix(), now)
-            .await
-        {
-            Err(StoreError::Conflict("secret")) => {
-                return Err(ServiceError::CredentialsAlreadyIssued);
-            }
-            other => other?,
-        }
-        let summary = format!(
-            "issued the Application ID and Secret of `{}`",
-            app.details.name
-        );
-        record_event(
-            &mut tx,
-            &app,
-            None,
-            AuditKind::CredentialsIssued,
-            summary,
-            now,
-        )
-        .await?;
+        let secret = issue_secret(&mut tx, &app, now).await?;
         tx.commit().await?;
         Ok(IssuedCredentials { app, secret })
     }

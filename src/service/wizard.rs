@@ -13,7 +13,7 @@ use crate::domain::wizard::{SavedDraft, WizardAction, WizardDraft};
 use crate::store::{StoreError, Tx};
 use rand::distr::{Alphanumeric, SampleString};
 
-use super::apps::Submitted;
+use super::apps::{IssuedCredentials, Submitted};
 
 /// What `/app create` found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -237,8 +237,21 @@ impl Service {
             now,
         )
         .await?;
+        let credentials = if request.is_none() {
+            let secret = super::apps::issue_secret(&mut tx, &app, now).await?;
+            Some(IssuedCredentials {
+                app: app.clone(),
+                secret,
+            })
+        } else {
+            None
+        };
         tx.commit().await?;
-        Ok(Submitted { app, request })
+        Ok(Submitted {
+            app,
+            request,
+            credentials,
+        })
     }
 
     /// Drops drafts nobody touched within their lifetime.
