@@ -917,9 +917,7 @@ async fn audit_log_is_append_only_and_outbox_posts_once(db: &TestDb) {
         kind: AuditKind::DmRedacted,
         summary: "redacted a DM".into(),
     };
-    tx.append_audit(&event, false, db.clock.now())
-        .await
-        .unwrap();
+    tx.append_audit(&event, db.clock.now()).await.unwrap();
     let back = tx.audit_events(GUILD, None, 1).await.unwrap().remove(0);
     tx.commit().await.unwrap();
     assert_eq!(

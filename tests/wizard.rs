@@ -598,13 +598,39 @@ async fn short_dm_lifetime_redacts_also_across_a_restart() {
         .await
         .unwrap();
     let review = to_review(&h.fake, &alice(), "Short Lived").await;
-    let (_, _, secret) = submit_and_get_dm(&h, &alice(), &review).await;
+    let (dm, _, secret) = submit_and_get_dm(&h, &alice(), &review).await;
     let user = alice().id;
     h.fake
         .wait_until("the DM is redacted", |f| {
             f.dm_messages(user)
                 .iter()
                 .all(|m| !m["content"].as_str().unwrap_or("").contains(&secret))
+        })
+        .await;
+
+    // Generate pressed on the DM as it was before the redaction: the key is
+    // shown, the Secret does not come back, and the key gets its own lifetime.
+    let redacted = h.fake.dm_messages(user).remove(0);
+    assert!(
+        component(&redacted, "genkey").contains(":genkey"),
+        "Generate stays: no key yet"
+    );
+    let i = h
+        .fake
+        .press_button_in_dm(&alice(), &dm, &component(&dm, "genkey"))
+        .await;
+    let with_key = shown(&h.fake, &i, 7).await;
+    let shown_text = with_key["content"].as_str().unwrap().to_owned();
+    let key = token(&shown_text, "kg_").expect("the key");
+    assert!(
+        !shown_text.contains(&secret),
+        "the Secret came back: {shown_text}"
+    );
+    h.fake
+        .wait_until("the key is redacted too", |f| {
+            f.dm_messages(user)
+                .iter()
+                .all(|m| !m["content"].as_str().unwrap_or("").contains(&key))
         })
         .await;
 

@@ -322,6 +322,10 @@ pub async fn on_component(
     let user = actor_of(&component.user);
     let app = bot.service.app_by_id(&id).await?;
     let guild = app.guild_id;
+    // Rights are judged on the member of the interaction's guild: it must be the app's.
+    if component.guild_id.map(|g| g.get()) != Some(guild.0) {
+        return Err(UserError("this button belongs to another server".into()).into());
+    }
     match cid.action {
         Action::Approve => {
             let actor = Actor {
@@ -386,7 +390,7 @@ pub async fn on_component(
                 );
             }
             let creds = bot.service.issue_credentials(guild, &id).await?;
-            delivery::reveal(ctx, bot, component, &creds).await?;
+            delivery::reveal(ctx, component, &creds).await?;
         }
         _ => return Err(UserError("this button is no longer valid".into()).into()),
     }
@@ -403,6 +407,9 @@ pub async fn on_deny_reason(
     let id = ApplicationId::parse(app_id)
         .map_err(|_| UserError("this form is no longer valid".into()))?;
     let app = bot.service.app_by_id(&id).await?;
+    if modal.guild_id.map(|g| g.get()) != Some(app.guild_id.0) {
+        return Err(UserError("this form belongs to another server".into()).into());
+    }
     let reason = modal
         .data
         .components
@@ -462,7 +469,13 @@ pub async fn withdraw(
 /// Expires requests and sends half-time reminders, from the database, so both
 /// happen on time across restarts.
 pub async fn worker(http: Arc<Http>, service: Service, mut stop: watch::Receiver<bool>) {
-    loop {
+    for pass in 0u64.. {
+        // Drafts nobody finished are dropped about once a minute.
+        if pass % 120 == 0
+            && let Err(e) = service.purge_expired_drafts().await
+        {
+            tracing::warn!(error = %e, "could not purge expired drafts");
+        }
         if let Err(e) = tick(&http, &service).await {
             tracing::warn!(error = format!("{e:#}"), "approvals pass failed; retrying");
         }
@@ -504,14 +517,16 @@ async fn tick(http: &Http, service: &Service) -> anyhow::Result<()> {
             usize::from(request.approvals_required).saturating_sub(request.approvers.len()),
             request.expires_at.timestamp()
         );
-        serenity::ChannelId::new(channel.0)
-            .send_message(
-                http,
-                CreateMessage::new()
-                    .content(text)
-                    .allowed_mentions(no_pings()),
-            )
-            .await?;
+        // One failed post must not cost the reminders after it.
+        let message = CreateMessage::new()
+            .content(text)
+            .allowed_mentions(no_pings());
+        if let Err(e) = serenity::ChannelId::new(channel.0)
+            .send_message(http, message)
+            .await
+        {
+            tracing::warn!(app = %app.id, error = %e, "could not post a reminder");
+        }
     }
     Ok(())
 }

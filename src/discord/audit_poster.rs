@@ -82,9 +82,7 @@ async fn post_due(http: &Http, service: &Service) -> anyhow::Result<()> {
     for post in posts {
         let guild = post.event.guild_id;
         if failed.contains(&guild) {
-            service
-                .audit_post_failed(post.event.id, post.attempts, Some(Duration::ZERO))
-                .await?;
+            service.release_audit_post(post.event.id).await?;
             continue;
         }
         let Some(channel) = post.channel else {

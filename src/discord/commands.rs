@@ -18,6 +18,26 @@ fn guild_of(ctx: &Context<'_>) -> anyhow::Result<GuildId> {
         .ok_or_else(|| UserError("use this command in a server".into()).into())
 }
 
+/// The guild's applications are for its creators and approvers to see.
+async fn viewer_guild(ctx: &Context<'_>) -> anyhow::Result<GuildId> {
+    let guild = guild_of(ctx)?;
+    let member = match ctx {
+        poise::Context::Application(actx) => actx.interaction.member.as_deref(),
+        poise::Context::Prefix(_) => None,
+    };
+    let bot = ctx.data();
+    if wizard::can_create(bot, guild, member).await?
+        || approvals::is_approver(bot, guild, member).await?
+    {
+        Ok(guild)
+    } else {
+        Err(UserError(
+            "only application creators and approvers can see this server's applications".into(),
+        )
+        .into())
+    }
+}
+
 /// Register and manage your API applications.
 #[poise::command(
     slash_command,
@@ -82,7 +102,7 @@ fn summary_line(app: &Application) -> String {
 /// List this server's applications.
 #[poise::command(slash_command, guild_only)]
 pub async fn list(ctx: Context<'_>) -> anyhow::Result<()> {
-    let guild = guild_of(&ctx)?;
+    let guild = viewer_guild(&ctx).await?;
     let apps = ctx.data().service.list_apps(guild).await?;
     let text = if apps.is_empty() {
         "No applications yet. Run `/app create` to register one.".to_owned()
@@ -168,7 +188,7 @@ pub async fn show(
     #[autocomplete = "app_choices"]
     app: String,
 ) -> anyhow::Result<()> {
-    let guild = guild_of(&ctx)?;
+    let guild = viewer_guild(&ctx).await?;
     let service = &ctx.data().service;
     let app = resolve(&ctx, guild, &app).await?;
     let urls = |list: &[String]| {
@@ -318,7 +338,7 @@ pub async fn history(
     #[autocomplete = "app_choices"]
     app: String,
 ) -> anyhow::Result<()> {
-    let guild = guild_of(&ctx)?;
+    let guild = viewer_guild(&ctx).await?;
     let app = resolve(&ctx, guild, &app).await?;
     let (embed, rows) = history_message(ctx.data(), guild, &app, 0).await?;
     ctx.send(

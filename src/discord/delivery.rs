@@ -4,8 +4,8 @@ use super::Bot;
 use super::custom_id::{Action, CustomId};
 use super::reply::{UserError, no_pings, private};
 use super::wizard::code;
-use crate::domain::application::Application;
-use crate::domain::credentials::ApplicationId;
+use crate::domain::application::{AppStatus, Application};
+use crate::domain::credentials::{ApplicationId, SECRET_PREFIX};
 use crate::domain::ids::{ChannelId, MessageId, UserId};
 use crate::service::{Actor, IssuedCredentials, Service};
 use chrono::TimeDelta;
@@ -57,6 +57,19 @@ fn credentials_text(app: &Application, secret: &str, lifetime: TimeDelta) -> Str
     )
 }
 
+/// A redacted message keeps Generate API Key while the app has no key: the
+/// button needs no secret, and without it no key could ever be made.
+fn redacted_buttons(app: &Application) -> Vec<CreateActionRow> {
+    if app.status != AppStatus::Approved {
+        return Vec::new();
+    }
+    vec![CreateActionRow::Buttons(vec![
+        CreateButton::new(CustomId::app(app.id.as_str(), Action::GenerateKey).to_string())
+            .label("Generate API Key")
+            .style(ButtonStyle::Primary),
+    ])]
+}
+
 /// What is left of a delivery message once its secrets are removed.
 pub fn redacted_text(app: &Application) -> String {
     format!(
@@ -77,8 +90,7 @@ pub async fn deliver(
     creds: &IssuedCredentials,
 ) -> anyhow::Result<()> {
     let app = &creds.app;
-    let settings = bot.service.settings(app.guild_id).await?;
-    let text = credentials_text(app, creds.secret.expose(), settings.dm_lifetime);
+    let text = credentials_text(app, creds.secret.expose(), creds.dm_lifetime);
     let dm = async {
         let channel = component.user.create_dm_channel(&ctx.http).await?;
         let message = CreateMessage::new()
@@ -91,14 +103,29 @@ pub async fn deliver(
     let name = code(&app.details.name);
     match dm {
         Ok(sent) => {
-            bot.service
+            let scheduled = bot
+                .service
                 .schedule_redaction(
                     app,
                     UserId(component.user.id.get()),
                     ChannelId(sent.channel_id.get()),
                     MessageId(sent.id.get()),
                 )
-                .await?;
+                .await;
+            if let Err(e) = scheduled {
+                // Unscheduled, the Secret would stay in the DM for good: take
+                // it out now, and let the user know delivery failed.
+                let edit = EditMessage::new()
+                    .content(redacted_text(app))
+                    .components(redacted_buttons(app))
+                    .allowed_mentions(no_pings());
+                if let Err(edit_error) =
+                    sent.channel_id.edit_message(&ctx.http, sent.id, edit).await
+                {
+                    tracing::error!(app = %app.id, error = %edit_error, "a DM holding a secret could not be redacted");
+                }
+                return Err(e.into());
+            }
             let done = private(format!(
                 "✅ {name} is registered. Its Application ID and Secret were **sent to your DMs**; generate the API key there."
             ))
@@ -137,16 +164,7 @@ pub async fn fill_dm(
     message: serenity::MessageId,
 ) -> anyhow::Result<()> {
     let app = &creds.app;
-    let settings = bot.service.settings(app.guild_id).await?;
-    let edit = EditMessage::new()
-        .content(credentials_text(
-            app,
-            creds.secret.expose(),
-            settings.dm_lifetime,
-        ))
-        .components(buttons(&app.id, true))
-        .allowed_mentions(no_pings());
-    channel.edit_message(http, message, edit).await?;
+    // Scheduled before the Secret is written, so no crash can leave it there.
     bot.service
         .schedule_redaction(
             app,
@@ -155,6 +173,15 @@ pub async fn fill_dm(
             MessageId(message.get()),
         )
         .await?;
+    let edit = EditMessage::new()
+        .content(credentials_text(
+            app,
+            creds.secret.expose(),
+            creds.dm_lifetime,
+        ))
+        .components(buttons(&app.id, true))
+        .allowed_mentions(no_pings());
+    channel.edit_message(http, message, edit).await?;
     Ok(())
 }
 
@@ -162,16 +189,14 @@ pub async fn fill_dm(
 /// the public message loses its button.
 pub async fn reveal(
     ctx: &serenity::Context,
-    bot: &Bot,
     component: &ComponentInteraction,
     creds: &IssuedCredentials,
 ) -> anyhow::Result<()> {
     let app = &creds.app;
-    let settings = bot.service.settings(app.guild_id).await?;
     let shown = private(credentials_text(
         app,
         creds.secret.expose(),
-        settings.dm_lifetime,
+        creds.dm_lifetime,
     ))
     .components(buttons(&app.id, true));
     component
@@ -208,13 +233,39 @@ pub async fn on_component(
                 .service
                 .generate_api_key(app.guild_id, &app_id, actor)
                 .await?;
-            // The message still shows the ID and Secret; the key joins them.
+            let ephemeral = component
+                .message
+                .flags
+                .is_some_and(|f| f.contains(serenity::MessageFlags::EPHEMERAL));
+            // The key joins the ID and Secret while they are still shown; a
+            // message already redacted never gets the Secret back.
+            let shown = (
+                ChannelId(component.channel_id.get()),
+                MessageId(component.message.id.get()),
+            );
+            let redacted = bot.service.redaction_done(shown.0, shown.1).await? == Some(true);
+            let base = if component.message.content.contains(SECRET_PREFIX) && !redacted {
+                component.message.content.clone()
+            } else {
+                redacted_text(&issued.app)
+            };
             let content = format!(
-                "{}\n\nAPI key: `{}`\nIt works only for this application and expires on {}.",
-                component.message.content,
+                "{base}\n\nAPI key: `{}`\nIt works only for this application and expires on {}.",
                 issued.key.expose(),
                 issued.expires_at.format("%Y-%m-%d")
             );
+            if !ephemeral {
+                // The key gets a lifetime of its own in this DM, scheduled
+                // before it is shown (a press racing the redaction included).
+                bot.service
+                    .schedule_redaction(
+                        &issued.app,
+                        actor.user_id,
+                        ChannelId(component.channel_id.get()),
+                        MessageId(component.message.id.get()),
+                    )
+                    .await?;
+            }
             let message = serenity::CreateInteractionResponseMessage::new()
                 .content(content)
                 .components(buttons(&app_id, false))
@@ -227,7 +278,7 @@ pub async fn on_component(
             let app = bot.service.finish(app.guild_id, &app_id, actor).await?;
             let message = serenity::CreateInteractionResponseMessage::new()
                 .content(redacted_text(&app))
-                .components(vec![])
+                .components(redacted_buttons(&app))
                 .allowed_mentions(no_pings());
             component
                 .create_response(&ctx.http, CreateInteractionResponse::UpdateMessage(message))
@@ -264,7 +315,7 @@ async fn redact_due(http: &Http, service: &Service) -> anyhow::Result<()> {
         let app = service.app_by_id(&due.app_id).await?;
         let edit = EditMessage::new()
             .content(redacted_text(&app))
-            .components(vec![])
+            .components(redacted_buttons(&app))
             .allowed_mentions(no_pings());
         let channel = serenity::ChannelId::new(due.channel_id.0);
         match channel

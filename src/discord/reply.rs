@@ -22,6 +22,9 @@ pub fn private(content: impl Into<String>) -> CreateInteractionResponseMessage {
         .content(content)
 }
 
+/// What a message's content holds.
+pub const MESSAGE_MAX: usize = 2000;
+
 /// What an embed field holds.
 pub const FIELD_MAX: usize = 1024;
 

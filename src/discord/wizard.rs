@@ -1,7 +1,7 @@
 //! The `/app create` wizard on Discord: the modal, the step messages and their components.
 
 use super::custom_id::{Action, CustomId};
-use super::reply::{FIELD_MAX, UserError, clip, private};
+use super::reply::{FIELD_MAX, MESSAGE_MAX, UserError, clip, private};
 use super::{Bot, is_manager};
 use super::{approvals, delivery};
 use crate::domain::application::{LoginUserType, SourceApp};
@@ -28,10 +28,7 @@ const FIELD_DESCRIPTION: &str = "description";
 const FIELD_LOGIN_URLS: &str = "login_urls";
 const FIELD_LOGOUT_URLS: &str = "logout_urls";
 
-/// Text shown inside backticks: a backtick typed by the user would end the span.
-pub fn code(text: &str) -> String {
-    format!("`{}`", text.replace('`', "ˋ"))
-}
+pub use crate::domain::application::quoted as code;
 
 fn limit(n: usize) -> u16 {
     u16::try_from(n).unwrap_or(u16::MAX)
@@ -353,13 +350,18 @@ fn invalid_form(draft_id: &str, errors: &ValidationErrors) -> CreateInteractionR
     let list: String = errors
         .0
         .iter()
-        .map(|e| format!("\n• **{}**: {}", e.field.label(), e.message))
+        // A problem quotes what was typed, which may be thousands of characters.
+        .map(|e| format!("\n• **{}**: {}", e.field.label(), clip(&e.message, 300)))
         .collect();
-    private(format!("**The form needs a few fixes:**{list}\n\nNothing was saved. Press *Edit form* to correct it; what you typed is kept."))
-        .components(vec![CreateActionRow::Buttons(vec![
+    let intro = "**The form needs a few fixes:**";
+    let outro = "\n\nNothing was saved. Press *Edit form* to correct it; what you typed is kept.";
+    let room = MESSAGE_MAX - intro.chars().count() - outro.chars().count();
+    private(format!("{intro}{}{outro}", clip(&list, room))).components(vec![
+        CreateActionRow::Buttons(vec![
             button(draft_id, Action::Edit, "Edit form", ButtonStyle::Primary),
             button(draft_id, Action::Cancel, "Cancel", ButtonStyle::Danger),
-        ])])
+        ]),
+    ])
 }
 
 fn apis_message(group: &ApiGroup) -> CreateInteractionResponseMessage {
@@ -368,7 +370,10 @@ fn apis_message(group: &ApiGroup) -> CreateInteractionResponseMessage {
         .iter()
         .map(|api| format!("\n`{} {}` — {}", api.method, api.path, api.summary))
         .collect();
-    private(format!("**{}** — {}{list}", group.label, group.description))
+    private(clip(
+        &format!("**{}** — {}{list}", group.label, group.description),
+        MESSAGE_MAX,
+    ))
 }
 
 fn update(message: CreateInteractionResponseMessage) -> CreateInteractionResponse {

@@ -6,6 +6,12 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+/// A name in a code span, for messages and audit summaries: a backtick typed
+/// into the name would otherwise end the span and let the rest be markdown.
+pub fn quoted(text: &str) -> String {
+    format!("`{}`", text.replace('`', "ˋ"))
+}
+
 /// Who signs in to the application.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

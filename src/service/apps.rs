@@ -1,6 +1,7 @@
 //! Application use cases after Submit: decisions, credentials, keys, look-ups.
 
 use super::{Actor, Service, ServiceError, ServiceResult, audit};
+use crate::domain::application::quoted;
 use crate::domain::application::{AppStatus, Application, LifecycleError, Transition};
 use crate::domain::approval::{ApprovalError, ApprovalRequest, RequestStatus, VoteOutcome};
 use crate::domain::audit::{AuditKind, NewAuditEvent};
@@ -33,6 +34,8 @@ pub enum ApproveOutcome {
 pub struct IssuedCredentials {
     pub app: Application,
     pub secret: ClientSecret,
+    /// How long the guild lets a message holding them live.
+    pub dm_lifetime: chrono::TimeDelta,
 }
 
 /// A new API key, in clear, returned exactly once.
@@ -78,8 +81,8 @@ pub(super) async fn issue_secret(
         other => other?,
     }
     let summary = format!(
-        "issued the Application ID and Secret of `{}`",
-        app.details.name
+        "issued the Application ID and Secret of {}",
+        quoted(&app.details.name)
     );
     record_event(tx, app, None, AuditKind::CredentialsIssued, summary, now).await?;
     Ok(secret)
@@ -142,7 +145,10 @@ impl Service {
         }
         let result = match outcome {
             VoteOutcome::Counted { given, required } => {
-                let summary = format!("approved `{}` ({given}/{required})", app.details.name);
+                let summary = format!(
+                    "approved {} ({given}/{required})",
+                    quoted(&app.details.name)
+                );
                 record_event(
                     &mut tx,
                     &app,
@@ -166,7 +172,10 @@ impl Service {
                 self.transition(&mut tx, &mut app, Transition::Approve, now)
                     .await?;
                 let required = request.approvals_required;
-                let summary = format!("approved `{}` ({required}/{required})", app.details.name);
+                let summary = format!(
+                    "approved {} ({required}/{required})",
+                    quoted(&app.details.name)
+                );
                 record_event(
                     &mut tx,
                     &app,
@@ -212,7 +221,7 @@ impl Service {
         .await?;
         self.transition(&mut tx, &mut app, Transition::Deny, now)
             .await?;
-        let summary = format!("denied `{}`", app.details.name);
+        let summary = format!("denied {}", quoted(&app.details.name));
         record_event(&mut tx, &app, Some(&actor), AuditKind::Denied, summary, now).await?;
         tx.commit().await?;
         Ok((app, reason))
@@ -242,7 +251,7 @@ impl Service {
             .await?;
         self.transition(&mut tx, &mut app, Transition::Withdraw, now)
             .await?;
-        let summary = format!("withdrew `{}`", app.details.name);
+        let summary = format!("withdrew {}", quoted(&app.details.name));
         record_event(
             &mut tx,
             &app,
@@ -274,8 +283,13 @@ impl Service {
             });
         }
         let secret = issue_secret(&mut tx, &app, now).await?;
+        let dm_lifetime = tx.guild_settings(guild).await?.dm_lifetime;
         tx.commit().await?;
-        Ok(IssuedCredentials { app, secret })
+        Ok(IssuedCredentials {
+            app,
+            secret,
+            dm_lifetime,
+        })
     }
 
     /// Generates the application's one API key, for its owner. Of any number of
@@ -320,8 +334,9 @@ impl Service {
         tx.insert_api_key(&record).await?;
         app.key_prefix = Some(record.key_prefix.clone());
         let summary = format!(
-            "generated API key {}… for `{}`",
-            record.key_prefix, app.details.name
+            "generated API key {}… for {}",
+            record.key_prefix,
+            quoted(&app.details.name)
         );
         record_event(
             &mut tx,
@@ -354,7 +369,7 @@ impl Service {
             return Err(ServiceError::NotOwner);
         }
         tx.hasten_redactions(id, now).await?;
-        let summary = format!("finished setting up `{}`", app.details.name);
+        let summary = format!("finished setting up {}", quoted(&app.details.name));
         record_event(
             &mut tx,
             &app,
@@ -384,7 +399,7 @@ impl Service {
         self.transition(&mut tx, &mut app, Transition::Revoke, now)
             .await?;
         tx.revoke_api_keys(id, now).await?;
-        let summary = format!("revoked `{}`", app.details.name);
+        let summary = format!("revoked {}", quoted(&app.details.name));
         record_event(
             &mut tx,
             &app,

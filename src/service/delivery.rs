@@ -2,6 +2,7 @@
 
 use super::{Service, ServiceError, ServiceResult, audit};
 use crate::domain::application::Application;
+use crate::domain::application::quoted;
 use crate::domain::audit::{AuditKind, NewAuditEvent};
 use crate::domain::credentials::ApplicationId;
 use crate::domain::ids::{ChannelId, MessageId, UserId};
@@ -40,6 +41,18 @@ impl Service {
         Ok(redaction)
     }
 
+    /// Whether a delivery DM was redacted already (None: not a scheduled DM).
+    pub async fn redaction_done(
+        &self,
+        channel: ChannelId,
+        message: MessageId,
+    ) -> ServiceResult<Option<bool>> {
+        let mut tx = self.store.read().await?;
+        let done = tx.redaction_done(channel, message).await?;
+        tx.rollback().await?;
+        Ok(done)
+    }
+
     pub async fn due_redactions(&self) -> ServiceResult<Vec<DmRedaction>> {
         let mut tx = self.store.read().await?;
         let due = tx.due_redactions(self.clock.now()).await?;
@@ -67,8 +80,8 @@ impl Service {
             actor_id: None,
             kind: AuditKind::DmRedacted,
             summary: format!(
-                "removed the delivered secrets of `{}` from a DM",
-                app.details.name
+                "removed the delivered secrets of {} from a DM",
+                quoted(&app.details.name)
             ),
         };
         audit(&mut tx, event, now).await?;

@@ -177,16 +177,13 @@ impl Service {
     }
 }
 
-/// Records an audit event in the caller's transaction, queued for the audit
-/// channel only if the guild has one (a channel set later is not flooded with
-/// old events).
+/// Records an audit event in the caller's transaction (queued for the audit
+/// channel if the guild has one).
 async fn audit(
     tx: &mut Tx,
     event: NewAuditEvent,
     now: chrono::DateTime<chrono::Utc>,
 ) -> ServiceResult<()> {
-    let settings = tx.guild_settings(event.guild_id).await?;
-    tx.append_audit(&event, settings.audit_channel.is_some(), now)
-        .await?;
+    tx.append_audit(&event, now).await?;
     Ok(())
 }

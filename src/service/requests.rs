@@ -1,6 +1,7 @@
 //! Pending approval requests over time: their message, reminders and expiry.
 
 use super::{Service, ServiceResult, audit};
+use crate::domain::application::quoted;
 use crate::domain::application::{AppStatus, Application, Transition};
 use crate::domain::approval::{ApprovalRequest, RequestStatus};
 use crate::domain::audit::{AuditKind, NewAuditEvent};
@@ -61,8 +62,8 @@ impl Service {
                 actor_id: None,
                 kind: AuditKind::Expired,
                 summary: format!(
-                    "the request for `{}` expired without a decision",
-                    app.details.name
+                    "the request for {} expired without a decision",
+                    quoted(&app.details.name)
                 ),
             };
             audit(&mut tx, event, now).await?;

@@ -1,6 +1,7 @@
 //! Wizard drafts: start, advance, cancel, submit.
 
 use super::{Service, ServiceError, ServiceResult, audit};
+use crate::domain::application::quoted;
 use crate::domain::application::{AppStatus, Application, LoginUserType, SourceApp, Transition};
 use crate::domain::approval::{ApprovalRequest, RequestStatus};
 use crate::domain::audit::{AuditKind, NewAuditEvent};
@@ -42,7 +43,10 @@ fn draft_id() -> String {
 fn name_taken(name: &str) -> ValidationErrors {
     ValidationErrors::single(
         Field::Name,
-        format!("an application named `{name}` already exists in this server"),
+        format!(
+            "an application named {} already exists in this server",
+            quoted(name)
+        ),
     )
 }
 
@@ -217,12 +221,13 @@ impl Service {
         };
         let summary = match &request {
             Some(r) => format!(
-                "submitted `{}` for approval ({} needed)",
-                app.details.name, r.approvals_required
+                "submitted {} for approval ({} needed)",
+                quoted(&app.details.name),
+                r.approvals_required
             ),
             None => format!(
-                "submitted `{}`; approved (no approval required)",
-                app.details.name
+                "submitted {}; approved (no approval required)",
+                quoted(&app.details.name)
             ),
         };
         audit(
@@ -242,6 +247,7 @@ impl Service {
             Some(IssuedCredentials {
                 app: app.clone(),
                 secret,
+                dm_lifetime: settings.dm_lifetime,
             })
         } else {
             None

@@ -59,11 +59,11 @@ const EVENT_COLUMNS: &str =
     "e.id, e.guild_id, e.app_id, e.actor_id, e.kind, e.summary, e.created_at";
 
 impl Tx {
-    /// Records the event; with `post`, also queues it for the audit channel.
+    /// Records the event and, if the guild has an audit channel now, queues it
+    /// for posting there: a channel set later is not flooded with old events.
     pub async fn append_audit(
         &mut self,
         event: &NewAuditEvent,
-        post: bool,
         now: DateTime<Utc>,
     ) -> StoreResult<i64> {
         let id: i64 = on_conn!(self, c => sqlx::query_scalar(
@@ -77,16 +77,18 @@ impl Tx {
             .bind(to_ms(now))
             .fetch_one(&mut *c)
             .await?);
-        if post {
-            on_conn!(self, c => sqlx::query(
-                "INSERT INTO audit_outbox (event_id, guild_id, next_attempt_at) VALUES ($1, $2, $3)")
-                .bind(id)
-                .bind(event.guild_id.to_db())
-                .bind(to_ms(now))
-                .execute(&mut *c)
-                .await?
-                .rows_affected());
-        }
+        // One statement decides and queues, inside the caller's transaction,
+        // so it sees settings the same transaction just changed.
+        on_conn!(self, c => sqlx::query(
+            "INSERT INTO audit_outbox (event_id, guild_id, next_attempt_at) \
+             SELECT $1, $2, $3 WHERE EXISTS (SELECT 1 FROM guild_settings \
+             WHERE guild_id = $2 AND audit_channel_id IS NOT NULL)")
+            .bind(id)
+            .bind(event.guild_id.to_db())
+            .bind(to_ms(now))
+            .execute(&mut *c)
+            .await?
+            .rows_affected());
         Ok(id)
     }
 
@@ -110,13 +112,17 @@ impl Tx {
         rows.into_iter().map(AuditEvent::try_from).collect()
     }
 
-    /// Unposted events, oldest first, due or not: posting keeps each guild's
+    /// Unposted events, oldest first, due or not, at most `limit` per guild so
+    /// one guild's backlog cannot starve the others: posting keeps each guild's
     /// order, so a deferred event holds back the ones after it.
     pub async fn unposted_outbox(&mut self, limit: u32) -> StoreResult<Vec<OutboxEntry>> {
         let sql = sqlx::AssertSqlSafe(format!(
-            "SELECT {EVENT_COLUMNS}, o.attempts, o.next_attempt_at FROM audit_outbox o \
+            "SELECT {EVENT_COLUMNS}, o.attempts, o.next_attempt_at FROM \
+             (SELECT event_id, attempts, next_attempt_at, ROW_NUMBER() OVER \
+              (PARTITION BY guild_id ORDER BY event_id) AS rank \
+              FROM audit_outbox WHERE posted_at IS NULL) o \
              JOIN audit_events e ON e.id = o.event_id \
-             WHERE o.posted_at IS NULL ORDER BY o.event_id LIMIT $1"
+             WHERE o.rank <= $1 ORDER BY o.event_id"
         ));
         let rows: Vec<OutboxRow> = on_conn!(self, c => sqlx::query_as(sql)
             .bind(i64::from(limit))

@@ -30,7 +30,7 @@ impl Tx {
     pub async fn schedule_redaction(&mut self, r: &DmRedaction) -> StoreResult<()> {
         on_conn!(self, c => sqlx::query(
             "INSERT INTO dm_redactions (channel_id, message_id, app_id, user_id, due_at) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (channel_id, message_id) DO UPDATE SET due_at = excluded.due_at")
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (channel_id, message_id) DO UPDATE SET due_at = excluded.due_at, done_at = NULL")
             .bind(r.channel_id.to_db())
             .bind(r.message_id.to_db())
             .bind(r.app_id.as_str())
@@ -94,5 +94,20 @@ impl Tx {
             .await?
             .rows_affected());
         Ok(n == 1)
+    }
+
+    /// Whether that DM was redacted already; None if it holds no scheduled secret.
+    pub async fn redaction_done(
+        &mut self,
+        channel: ChannelId,
+        message: MessageId,
+    ) -> StoreResult<Option<bool>> {
+        let done: Option<Option<i64>> = on_conn!(self, c => sqlx::query_scalar(
+            "SELECT done_at FROM dm_redactions WHERE channel_id = $1 AND message_id = $2")
+            .bind(channel.to_db())
+            .bind(message.to_db())
+            .fetch_optional(&mut *c)
+            .await?);
+        Ok(done.map(|d| d.is_some()))
     }
 }
