@@ -3,6 +3,7 @@
 
 use super::custom_id::{Action, CustomId};
 use super::delivery;
+use super::render::{detail_fields, scope_labels, source_label};
 use super::reply::{FIELD_MAX, UserError, clip, no_pings, private};
 use super::wizard::code;
 use super::{Bot, is_manager};
@@ -17,11 +18,9 @@ use serenity::{
     CreateEmbed, CreateInputText, CreateInteractionResponse, CreateInteractionResponseMessage,
     CreateMessage, CreateModal, EditMessage, Http, InputTextStyle, ModalInteraction,
 };
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
 
-const TICK: Duration = Duration::from_millis(500);
+pub const TICK: Duration = Duration::from_millis(500);
 
 /// Holds the guild's approver role, or Manage Server when none is set;
 /// judged on the member as the interaction shows them now.
@@ -86,51 +85,19 @@ fn request_embed(
         RequestStatus::Withdrawn => ("↩️ Withdrawn by the requester.".to_owned(), 0x95A5A6),
         RequestStatus::Expired => ("⌛ Expired without a decision.".to_owned(), 0x95A5A6),
     };
-    let urls = |list: &[String]| {
-        if list.is_empty() {
-            "—".to_owned()
-        } else {
-            list.join("\n")
-        }
-    };
-    let scopes = app
-        .scopes
-        .iter()
-        .map(|k| {
-            catalog
-                .group(k)
-                .map_or_else(|| k.clone(), |g| g.label.clone())
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
-    let source = match app.source_app.booking_marker() {
-        Some(m) => format!("{} ({m})", app.source_app.label()),
-        None => app.source_app.label().to_owned(),
-    };
-    let mut embed = CreateEmbed::new()
+    let embed = CreateEmbed::new()
         .title(clip(&format!("Application request: {}", d.name), 256))
         .description(clip(&state, 4096))
         .colour(colour)
         .field("Requester", format!("<@{}>", request.requester_id), true)
         .field("Application ID", format!("`{}`", app.id), true)
         .field("Login User Type", app.user_type.label(), true)
-        .field("Source App", source, true)
-        .field("URI", clip(&d.uri, FIELD_MAX), false);
-    if !d.description.is_empty() {
-        embed = embed.field("Description", clip(&d.description, FIELD_MAX), false);
-    }
-    embed
-        .field(
-            "Post-login redirect URLs",
-            clip(&urls(&d.post_login_urls), FIELD_MAX),
-            false,
-        )
-        .field(
-            "Post-logout redirect URLs",
-            clip(&urls(&d.post_logout_urls), FIELD_MAX),
-            false,
-        )
-        .field("Scopes", clip(&scopes, FIELD_MAX), false)
+        .field("Source App", source_label(app.source_app), true);
+    detail_fields(embed, d).field(
+        "Scopes",
+        clip(&scope_labels(&app.scopes, catalog), FIELD_MAX),
+        false,
+    )
 }
 
 fn decision_buttons(app: &ApplicationId, request: &ApprovalRequest) -> Vec<CreateActionRow> {
@@ -466,27 +433,9 @@ pub async fn withdraw(
     Ok(app)
 }
 
-/// Expires requests and sends half-time reminders, from the database, so both
-/// happen on time across restarts.
-pub async fn worker(http: Arc<Http>, service: Service, mut stop: watch::Receiver<bool>) {
-    for pass in 0u64.. {
-        // Drafts nobody finished are dropped about once a minute.
-        if pass % 120 == 0
-            && let Err(e) = service.purge_expired_drafts().await
-        {
-            tracing::warn!(error = %e, "could not purge expired drafts");
-        }
-        if let Err(e) = tick(&http, &service).await {
-            tracing::warn!(error = format!("{e:#}"), "approvals pass failed; retrying");
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(TICK) => {}
-            _ = stop.changed() => return,
-        }
-    }
-}
-
-async fn tick(http: &Http, service: &Service) -> anyhow::Result<()> {
+/// One pass: expires requests and sends half-time reminders. It runs from
+/// the database, so both happen on time across restarts.
+pub async fn tick(http: &Http, service: &Service) -> anyhow::Result<()> {
     for (app, _) in service.expire_due_requests().await? {
         if let Err(e) = refresh_request_message(http, service, &app).await {
             tracing::warn!(app = %app.id, error = %e, "could not mark the request expired");

@@ -6,11 +6,10 @@ use crate::domain::audit::AuditKind;
 use crate::service::{AuditPost, Service};
 use poise::serenity_prelude as serenity;
 use serenity::{CreateEmbed, CreateMessage, Http, Nonce};
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
 
-const TICK: Duration = Duration::from_millis(250);
+/// How often the outbox is looked at.
+pub const TICK: Duration = Duration::from_millis(250);
 const BATCH: u32 = 100;
 
 fn colour(kind: AuditKind) -> u32 {
@@ -60,22 +59,8 @@ fn message(post: &AuditPost) -> CreateMessage {
         .enforce_nonce(true)
 }
 
-pub async fn worker(http: Arc<Http>, service: Service, mut stop: watch::Receiver<bool>) {
-    loop {
-        if let Err(e) = post_due(&http, &service).await {
-            tracing::warn!(
-                error = format!("{e:#}"),
-                "audit posting pass failed; retrying"
-            );
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(TICK) => {}
-            _ = stop.changed() => return,
-        }
-    }
-}
-
-async fn post_due(http: &Http, service: &Service) -> anyhow::Result<()> {
+/// One pass: posts what is due.
+pub async fn post_due(http: &Http, service: &Service) -> anyhow::Result<()> {
     let posts = service.due_audit_posts(BATCH).await?;
     // A failure holds back the rest of that guild's events, to keep their order.
     let mut failed = std::collections::HashSet::new();

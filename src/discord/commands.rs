@@ -1,6 +1,7 @@
 //! Slash commands: `/app create`, `/app list`, `/app show`.
 
 use super::custom_id::CustomId;
+use super::render::{detail_fields, scope_labels, source_label};
 use super::reply::{FIELD_MAX, UserError, clip, no_pings};
 use super::wizard::{self, code};
 use super::{Bot, Context, approvals};
@@ -191,59 +192,19 @@ pub async fn show(
     let guild = viewer_guild(&ctx).await?;
     let service = &ctx.data().service;
     let app = resolve(&ctx, guild, &app).await?;
-    let urls = |list: &[String]| {
-        if list.is_empty() {
-            "—".to_owned()
-        } else {
-            list.join("\n")
-        }
-    };
-    let scopes = app
-        .scopes
-        .iter()
-        .map(|k| {
-            service
-                .catalog()
-                .group(k)
-                .map_or_else(|| k.clone(), |g| g.label.clone())
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
-    let source = match app.source_app.booking_marker() {
-        Some(m) => format!("{} ({m})", app.source_app.label()),
-        None => app.source_app.label().to_owned(),
-    };
     let embed = CreateEmbed::new()
         .title(app.details.name.clone())
         .colour(0x5865F2)
         .field("Application ID", format!("`{}`", app.id), false)
         .field("Status", app.status.label(), true)
         .field("Login User Type", app.user_type.label(), true)
-        .field("Source App", source, true)
-        .field("URI", clip(&app.details.uri, FIELD_MAX), false)
+        .field("Source App", source_label(app.source_app), true);
+    let embed = detail_fields(embed, &app.details)
         .field(
-            "Description",
-            clip(
-                &if app.details.description.is_empty() {
-                    "—".to_owned()
-                } else {
-                    app.details.description.clone()
-                },
-                FIELD_MAX,
-            ),
+            "Scopes",
+            clip(&scope_labels(&app.scopes, service.catalog()), FIELD_MAX),
             false,
         )
-        .field(
-            "Post-login redirect URLs",
-            clip(&urls(&app.details.post_login_urls), FIELD_MAX),
-            false,
-        )
-        .field(
-            "Post-logout redirect URLs",
-            clip(&urls(&app.details.post_logout_urls), FIELD_MAX),
-            false,
-        )
-        .field("Scopes", clip(&scopes, FIELD_MAX), false)
         .field(
             "API key",
             app.key_prefix

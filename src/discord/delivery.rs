@@ -14,12 +14,10 @@ use serenity::{
     ButtonStyle, ComponentInteraction, CreateActionRow, CreateButton, CreateInteractionResponse,
     CreateInteractionResponseFollowup, CreateMessage, EditMessage, Http,
 };
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
 
 /// How often due redactions are looked for: the finest DM lifetime is a second.
-const REDACTION_TICK: Duration = Duration::from_millis(500);
+pub const REDACTION_TICK: Duration = Duration::from_millis(500);
 
 fn buttons(app: &ApplicationId, with_generate: bool) -> Vec<CreateActionRow> {
     let mut row = Vec::new();
@@ -296,21 +294,9 @@ pub async fn on_component(
     Ok(())
 }
 
-/// Redacts DMs whose lifetime ran out, from the database, so redactions due
-/// while the bot was down happen as soon as it is back.
-pub async fn redaction_worker(http: Arc<Http>, service: Service, mut stop: watch::Receiver<bool>) {
-    loop {
-        if let Err(e) = redact_due(&http, &service).await {
-            tracing::warn!(error = format!("{e:#}"), "redaction pass failed; retrying");
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(REDACTION_TICK) => {}
-            _ = stop.changed() => return,
-        }
-    }
-}
-
-async fn redact_due(http: &Http, service: &Service) -> anyhow::Result<()> {
+/// One pass: redacts DMs whose lifetime ran out. It runs from the database,
+/// so redactions due while the bot was down happen as soon as it is back.
+pub async fn redact_due(http: &Http, service: &Service) -> anyhow::Result<()> {
     for due in service.due_redactions().await? {
         let app = service.app_by_id(&due.app_id).await?;
         let edit = EditMessage::new()

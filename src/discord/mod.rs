@@ -9,6 +9,7 @@ mod audit_poster;
 mod commands;
 mod custom_id;
 mod delivery;
+mod render;
 mod reply;
 mod setup;
 mod wizard;
@@ -22,6 +23,7 @@ use poise::serenity_prelude as serenity;
 use secrecy::ExposeSecret;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -105,6 +107,34 @@ impl BotHandle {
     }
 }
 
+/// Drafts nobody finished are dropped this often.
+const DRAFT_PURGE_TICK: Duration = Duration::from_secs(60);
+
+/// Spawns `pass` every `tick` until stopped. The work lives in the database,
+/// so a failed pass is logged and simply runs again on the next tick.
+fn every<F, Fut>(
+    what: &'static str,
+    tick: Duration,
+    mut stop: watch::Receiver<bool>,
+    mut pass: F,
+) -> JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send,
+{
+    tokio::spawn(async move {
+        loop {
+            if let Err(e) = pass().await {
+                tracing::warn!(error = format!("{e:#}"), "{what} pass failed; retrying");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(tick) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    })
+}
+
 /// Builds the REST client; with `DISCORD_API_URL` every call goes there.
 fn http(config: &Config) -> anyhow::Result<serenity::Http> {
     let token = config.require_token()?.expose_secret();
@@ -159,17 +189,31 @@ pub async fn start(config: &Config, service: Service) -> anyhow::Result<BotHandl
     let (stop, stopped) = watch::channel(false);
     let http = client.http.clone();
     let workers = vec![
-        tokio::spawn(delivery::redaction_worker(
-            http.clone(),
-            service.clone(),
-            stopped.clone(),
-        )),
-        tokio::spawn(approvals::worker(
-            http.clone(),
-            service.clone(),
-            stopped.clone(),
-        )),
-        tokio::spawn(audit_poster::worker(http, service, stopped)),
+        every("redaction", delivery::REDACTION_TICK, stopped.clone(), {
+            let (http, service) = (http.clone(), service.clone());
+            move || {
+                let (http, service) = (http.clone(), service.clone());
+                async move { delivery::redact_due(&http, &service).await }
+            }
+        }),
+        every("approvals", approvals::TICK, stopped.clone(), {
+            let (http, service) = (http.clone(), service.clone());
+            move || {
+                let (http, service) = (http.clone(), service.clone());
+                async move { approvals::tick(&http, &service).await }
+            }
+        }),
+        every("audit posting", audit_poster::TICK, stopped.clone(), {
+            let (http, service) = (http.clone(), service.clone());
+            move || {
+                let (http, service) = (http.clone(), service.clone());
+                async move { audit_poster::post_due(&http, &service).await }
+            }
+        }),
+        every("draft purge", DRAFT_PURGE_TICK, stopped, move || {
+            let service = service.clone();
+            async move { Ok(service.purge_expired_drafts().await.map(drop)?) }
+        }),
     ];
     let client = tokio::spawn(async move { client.start().await });
     Ok(BotHandle {

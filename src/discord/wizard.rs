@@ -1,6 +1,7 @@
 //! The `/app create` wizard on Discord: the modal, the step messages and their components.
 
 use super::custom_id::{Action, CustomId};
+use super::render::{detail_fields, scope_labels, source_label};
 use super::reply::{FIELD_MAX, MESSAGE_MAX, UserError, clip, private};
 use super::{Bot, is_manager};
 use super::{approvals, delivery};
@@ -149,33 +150,6 @@ fn nav(draft_id: &str, forward: Option<(Action, &str)>) -> CreateActionRow {
     CreateActionRow::Buttons(buttons)
 }
 
-fn source_label(source: SourceApp) -> String {
-    match source.booking_marker() {
-        Some(marker) => format!("{} ({marker})", source.label()),
-        None => source.label().to_owned(),
-    }
-}
-
-fn lines_or_none(urls: &[String]) -> String {
-    if urls.is_empty() {
-        "—".to_owned()
-    } else {
-        urls.iter().map(|u| code(u)).collect::<Vec<_>>().join("\n")
-    }
-}
-
-fn scope_labels(scopes: &[String], catalog: &ScopeCatalog) -> String {
-    scopes
-        .iter()
-        .map(|key| {
-            catalog
-                .group(key)
-                .map_or_else(|| key.clone(), |g| g.label.clone())
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// The wizard message for the draft's current step.
 pub fn step_message(
     saved: &SavedDraft,
@@ -282,26 +256,7 @@ pub fn step_message(
         WizardStep::Review => {
             let mut embed = CreateEmbed::new().title("Review").colour(0x5865F2);
             if let Some(det) = &d.details {
-                let description = if det.description.is_empty() {
-                    "—"
-                } else {
-                    det.description.as_str()
-                };
-                embed = embed
-                    .field("Name", det.name.as_str(), true)
-                    .field("URI", clip(&det.uri, FIELD_MAX), true)
-                    .field("Description", clip(description, FIELD_MAX), false);
-                embed = embed
-                    .field(
-                        "Post-login redirect URLs",
-                        clip(&lines_or_none(&det.post_login_urls), FIELD_MAX),
-                        false,
-                    )
-                    .field(
-                        "Post-logout redirect URLs",
-                        clip(&lines_or_none(&det.post_logout_urls), FIELD_MAX),
-                        false,
-                    );
+                embed = detail_fields(embed.field("Name", det.name.as_str(), true), det);
             }
             if let Some(t) = d.user_type {
                 embed = embed.field("Login User Type", t.label(), true);

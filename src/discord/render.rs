@@ -1,0 +1,60 @@
+//! How an application's fields read in embeds: the review, the approvals request and `/app show`.
+
+use super::reply::{FIELD_MAX, clip};
+use crate::domain::application::{AppDetails, SourceApp, quoted};
+use crate::domain::catalog::ScopeCatalog;
+use poise::serenity_prelude::CreateEmbed;
+
+/// "External CMA (Mobile Booking)": the source with its booking marker.
+pub fn source_label(source: SourceApp) -> String {
+    match source.booking_marker() {
+        Some(marker) => format!("{} ({marker})", source.label()),
+        None => source.label().to_owned(),
+    }
+}
+
+/// The chosen API groups by their labels.
+pub fn scope_labels(scopes: &[String], catalog: &ScopeCatalog) -> String {
+    scopes
+        .iter()
+        .map(|key| {
+            catalog
+                .group(key)
+                .map_or_else(|| key.clone(), |g| g.label.clone())
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn url_lines(urls: &[String]) -> String {
+    if urls.is_empty() {
+        "—".to_owned()
+    } else {
+        urls.iter()
+            .map(|u| quoted(u))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// URI, Description and the redirect URLs, each cut to what a field holds.
+pub fn detail_fields(embed: CreateEmbed, d: &AppDetails) -> CreateEmbed {
+    let description = if d.description.is_empty() {
+        "—"
+    } else {
+        d.description.as_str()
+    };
+    embed
+        .field("URI", clip(&d.uri, FIELD_MAX), false)
+        .field("Description", clip(description, FIELD_MAX), false)
+        .field(
+            "Post-login redirect URLs",
+            clip(&url_lines(&d.post_login_urls), FIELD_MAX),
+            false,
+        )
+        .field(
+            "Post-logout redirect URLs",
+            clip(&url_lines(&d.post_logout_urls), FIELD_MAX),
+            false,
+        )
+}
