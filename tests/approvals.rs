@@ -750,3 +750,53 @@ async fn history_lists_an_apps_events_newest_first_in_pages() {
     );
     h.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_post_or_delivery_is_retried_from_the_database() {
+    let h = with_approvals(1).await;
+    // The approvals channel fails once: the requester still hears it is waiting,
+    // and the request is posted by the worker soon after.
+    let path = format!("/channels/{APPROVALS}/messages");
+    h.fake.fail(
+        "POST",
+        &path,
+        500,
+        json!({ "message": "Internal Server Error", "code": 0 }),
+        1,
+    );
+    let waiting = submit_request(&h.fake, &alice(), "Posted Later").await;
+    assert!(
+        text(&waiting).contains("waits for 1 approval"),
+        "{waiting:#}"
+    );
+    h.fake
+        .wait_until("the request is posted by the worker", |f| {
+            !f.channel_messages(APPROVALS).is_empty()
+        })
+        .await;
+
+    // Delivery fails entirely on approval (no DM, no Reveal post): the approval
+    // stands, and the worker delivers the credentials by DM later.
+    let request = request_message(&h.fake);
+    h.fake.fail(
+        "POST",
+        "/users/@me/channels",
+        500,
+        json!({ "message": "boom", "code": 0 }),
+        1,
+    );
+    let origin = format!("/channels/{}/messages", FakeDiscord::CHANNEL_ID);
+    h.fake.fail(
+        "POST",
+        &origin,
+        500,
+        json!({ "message": "boom", "code": 0 }),
+        1,
+    );
+    let (kind, approved) = press(&h.fake, &bob(), &request, "approve").await;
+    assert_eq!(kind, 7);
+    assert!(embed_text(&approved).contains("Approved by"));
+    let dm = dm_with_credentials(&h.fake, alice().id).await;
+    assert!(token(&text(&dm), "kgs_").is_some());
+    h.close().await;
+}

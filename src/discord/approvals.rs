@@ -11,7 +11,7 @@ use crate::domain::application::Application;
 use crate::domain::approval::{ApprovalRequest, DENY_REASON_MAX_CHARS, RequestStatus};
 use crate::domain::credentials::ApplicationId;
 use crate::domain::ids::{ChannelId, GuildId, MessageId, UserId};
-use crate::service::{Actor, ApproveOutcome, Service};
+use crate::service::{Actor, ApproveOutcome, Service, ServiceError};
 use poise::serenity_prelude as serenity;
 use serenity::{
     ActionRowComponent, ButtonStyle, ComponentInteraction, CreateActionRow, CreateButton,
@@ -117,23 +117,23 @@ fn decision_buttons(app: &ApplicationId, request: &ApprovalRequest) -> Vec<Creat
 /// Posts a new request to the approvals channel and remembers the message.
 pub async fn post_request(
     http: &Http,
-    bot: &Bot,
+    service: &Service,
     app: &Application,
     request: &ApprovalRequest,
 ) -> anyhow::Result<(ChannelId, MessageId)> {
-    let settings = bot.service.settings(app.guild_id).await?;
+    let settings = service.settings(app.guild_id).await?;
     let channel = settings
         .approvals_channel
         .ok_or_else(|| UserError("this server requires approvals but has no approvals channel; ask an admin to run /keygate setup".into()))?;
     let message = CreateMessage::new()
-        .embed(request_embed(app, request, bot.service.catalog()))
+        .embed(request_embed(app, request, service.catalog()))
         .components(decision_buttons(&app.id, request))
         .allowed_mentions(no_pings());
     let sent = serenity::ChannelId::new(channel.0)
         .send_message(http, message)
         .await?;
     let posted = (channel, MessageId(sent.id.get()));
-    bot.service
+    service
         .record_request_message(&app.id, posted.0, posted.1)
         .await?;
     Ok(posted)
@@ -165,13 +165,16 @@ async fn refresh_request_message(
 pub fn waiting_message(
     app: &Application,
     request: &ApprovalRequest,
-    posted: (ChannelId, MessageId),
+    posted: Option<(ChannelId, MessageId)>,
 ) -> CreateInteractionResponseMessage {
+    // Unposted (the post failed), the worker posts it shortly: no link yet.
+    let link = posted.map_or_else(String::new, |p| {
+        format!(": [the request]({})", message_link(app.guild_id, p))
+    });
     private(format!(
-        "📨 {} was submitted and waits for {} approval(s): [the request]({}). You will get its credentials by DM once it is approved.",
+        "📨 {} was submitted and waits for {} approval(s){link}. You will get its credentials by DM once it is approved.",
         code(&app.details.name),
         request.approvals_required,
-        message_link(app.guild_id, posted)
     ))
     .components(vec![CreateActionRow::Buttons(vec![
         CreateButton::new(CustomId::app(app.id.as_str(), Action::Withdraw).to_string())
@@ -204,8 +207,12 @@ async fn tell_requester(http: &Http, user: UserId, text: String) {
 /// before the secret exists, so closed DMs cost nothing: the bot then posts a
 /// Reveal button in the wizard's channel, and the secret is issued when the
 /// requester presses it.
-async fn deliver_after_approval(http: &Http, bot: &Bot, app: &Application) -> anyhow::Result<()> {
-    let request = bot.service.approval_request(&app.id).await?;
+async fn deliver_after_approval(
+    http: &Http,
+    service: &Service,
+    app: &Application,
+) -> anyhow::Result<()> {
+    let request = service.approval_request(&app.id).await?;
     let opened = async {
         let dm = serenity::UserId::new(app.owner_id.0)
             .create_dm_channel(http)
@@ -225,8 +232,20 @@ async fn deliver_after_approval(http: &Http, bot: &Bot, app: &Application) -> an
     .await;
     match opened {
         Ok(sent) => {
-            let creds = bot.service.issue_credentials(app.guild_id, &app.id).await?;
-            delivery::fill_dm(http, bot, &creds, sent.channel_id, sent.id).await
+            let creds = match service.issue_credentials(app.guild_id, &app.id).await {
+                Ok(creds) => creds,
+                // A retry after a crash between issuing and filling the DM:
+                // that Secret is lost, and retrying cannot bring it back.
+                Err(ServiceError::CredentialsAlreadyIssued) => {
+                    tracing::error!(app = %app.id, "approved credentials were issued but never delivered");
+                    service.approval_delivered(&app.id).await?;
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
+            };
+            delivery::fill_dm(http, service, &creds, sent.channel_id, sent.id).await?;
+            service.approval_delivered(&app.id).await?;
+            Ok(())
         }
         Err(e) => {
             tracing::info!(app = %app.id, error = %e, "DMs closed after approval; posting a Reveal button");
@@ -252,6 +271,7 @@ async fn deliver_after_approval(http: &Http, bot: &Bot, app: &Application) -> an
             serenity::ChannelId::new(channel.0)
                 .send_message(http, message)
                 .await?;
+            service.approval_delivered(&app.id).await?;
             Ok(())
         }
     }
@@ -312,8 +332,11 @@ pub async fn on_component(
             component
                 .create_response(&ctx.http, CreateInteractionResponse::UpdateMessage(update))
                 .await?;
-            if let ApproveOutcome::Approved(app) = outcome {
-                deliver_after_approval(&ctx.http, bot, &app).await?;
+            if let ApproveOutcome::Approved(app) = outcome
+                && let Err(e) = deliver_after_approval(&ctx.http, &bot.service, &app).await
+            {
+                // The approval stands; the approvals worker delivers later.
+                tracing::warn!(app = %app.id, error = format!("{e:#}"), "could not deliver approved credentials yet");
             }
         }
         Action::Deny => {
@@ -436,6 +459,17 @@ pub async fn withdraw(
 /// One pass: expires requests and sends half-time reminders. It runs from
 /// the database, so both happen on time across restarts.
 pub async fn tick(http: &Http, service: &Service) -> anyhow::Result<()> {
+    let stalled = service.stalled_requests().await?;
+    for (app, request) in stalled.unposted {
+        if let Err(e) = post_request(http, service, &app, &request).await {
+            tracing::warn!(app = %app.id, error = format!("{e:#}"), "could not post a request; will retry");
+        }
+    }
+    for app in stalled.undelivered {
+        if let Err(e) = deliver_after_approval(http, service, &app).await {
+            tracing::warn!(app = %app.id, error = format!("{e:#}"), "could not deliver approved credentials; will retry");
+        }
+    }
     for (app, _) in service.expire_due_requests().await? {
         if let Err(e) = refresh_request_message(http, service, &app).await {
             tracing::warn!(app = %app.id, error = %e, "could not mark the request expired");

@@ -156,14 +156,14 @@ pub async fn deliver(
 /// and schedules its redaction.
 pub async fn fill_dm(
     http: &Http,
-    bot: &Bot,
+    service: &Service,
     creds: &IssuedCredentials,
     channel: serenity::ChannelId,
     message: serenity::MessageId,
 ) -> anyhow::Result<()> {
     let app = &creds.app;
     // Scheduled before the Secret is written, so no crash can leave it there.
-    bot.service
+    service
         .schedule_redaction(
             app,
             app.owner_id,

@@ -489,7 +489,16 @@ async fn on_submitted(
     match (submitted.request, submitted.credentials) {
         (Some(request), _) => {
             let app = submitted.app;
-            let posted = approvals::post_request(&ctx.http, bot, &app, &request).await?;
+            let posted = match approvals::post_request(&ctx.http, &bot.service, &app, &request)
+                .await
+            {
+                Ok(posted) => Some(posted),
+                // The request is saved; the approvals worker posts it later.
+                Err(e) => {
+                    tracing::warn!(app = %app.id, error = format!("{e:#}"), "could not post a request yet");
+                    None
+                }
+            };
             let waiting = approvals::waiting_message(&app, &request, posted);
             component
                 .create_response(&ctx.http, update(waiting))

@@ -12,6 +12,7 @@ mod wizard;
 pub use apps::{ApproveOutcome, IssuedCredentials, IssuedKey, Submitted};
 pub use audit::{AuditPost, HistoryPage};
 pub use clock::Clock;
+pub use requests::Stalled;
 pub use settings::SettingsChange;
 pub use verify::{Verification, VerifiedKey, VerifyFailure};
 pub use wizard::{DraftInput, DraftStart};
@@ -35,6 +36,9 @@ pub struct Policy {
     pub draft_ttl: TimeDelta,
     /// A new API key works this long.
     pub key_lifetime: TimeDelta,
+    /// How long a request may go unposted, or an approval undelivered, before
+    /// the approvals worker takes over from the interaction that should have.
+    pub stall_grace: TimeDelta,
 }
 
 impl Default for Policy {
@@ -42,6 +46,7 @@ impl Default for Policy {
         Self {
             draft_ttl: TimeDelta::hours(1),
             key_lifetime: TimeDelta::days(365),
+            stall_grace: TimeDelta::seconds(30),
         }
     }
 }

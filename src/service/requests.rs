@@ -103,4 +103,44 @@ impl Service {
         }
         Ok(reminders)
     }
+
+    /// Requests and approvals whose Discord side did not happen (a failed
+    /// post, a crash): what the approvals worker retries. Only those older
+    /// than the policy's grace, so the interaction that made them finishes first.
+    pub async fn stalled_requests(&self) -> ServiceResult<Stalled> {
+        let before = self.clock.now() - self.policy.stall_grace;
+        let mut tx = self.store.read().await?;
+        let mut stalled = Stalled::default();
+        for id in tx.unposted_requests(before).await? {
+            if let Some(r) = tx.approval_request(&id).await?
+                && let Some(app) = tx.app(r.guild_id, &id).await?
+            {
+                stalled.unposted.push((app, r));
+            }
+        }
+        for id in tx.undelivered_approvals(before).await? {
+            if let Some(r) = tx.approval_request(&id).await?
+                && let Some(app) = tx.app(r.guild_id, &id).await?
+            {
+                stalled.undelivered.push(app);
+            }
+        }
+        tx.rollback().await?;
+        Ok(stalled)
+    }
+
+    /// The approved credentials reached the requester (by DM, or a Reveal button).
+    pub async fn approval_delivered(&self, app: &ApplicationId) -> ServiceResult<()> {
+        let mut tx = self.store.begin().await?;
+        tx.mark_delivered(app, self.clock.now()).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// See [`Service::stalled_requests`].
+#[derive(Debug, Default)]
+pub struct Stalled {
+    pub unposted: Vec<(Application, ApprovalRequest)>,
+    pub undelivered: Vec<Application>,
 }

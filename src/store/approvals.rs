@@ -169,6 +169,48 @@ impl Tx {
         .await
     }
 
+    /// Pending requests never posted to the approvals channel, created before `before`.
+    pub async fn unposted_requests(
+        &mut self,
+        before: DateTime<Utc>,
+    ) -> StoreResult<Vec<ApplicationId>> {
+        self.request_ids(
+            "SELECT app_id FROM approval_requests WHERE status = 'pending' AND message_id IS NULL \
+             AND created_at <= $1 ORDER BY created_at",
+            before,
+        )
+        .await
+    }
+
+    /// Requests approved before `before` whose credentials never reached the requester.
+    pub async fn undelivered_approvals(
+        &mut self,
+        before: DateTime<Utc>,
+    ) -> StoreResult<Vec<ApplicationId>> {
+        self.request_ids(
+            "SELECT app_id FROM approval_requests WHERE status = 'approved' AND delivered_at IS NULL \
+             AND decided_at <= $1 ORDER BY decided_at",
+            before,
+        )
+        .await
+    }
+
+    /// False if it was marked already.
+    pub async fn mark_delivered(
+        &mut self,
+        app: &ApplicationId,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let n = on_conn!(self, c => sqlx::query(
+            "UPDATE approval_requests SET delivered_at = $1 WHERE app_id = $2 AND delivered_at IS NULL")
+            .bind(to_ms(now))
+            .bind(app.as_str())
+            .execute(&mut *c)
+            .await?
+            .rows_affected());
+        Ok(n == 1)
+    }
+
     /// Pending requests past half their lifetime whose approvers were not reminded.
     pub async fn requests_to_remind(
         &mut self,

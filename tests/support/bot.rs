@@ -5,7 +5,7 @@ use super::fake_discord::{FakeDiscord, TestUser};
 use keygate::config::Config;
 use keygate::discord::{self, BotHandle};
 use keygate::domain::catalog::ScopeCatalog;
-use keygate::service::Service;
+use keygate::service::{Policy, Service};
 use serde_json::Value;
 use std::sync::Arc;
 
@@ -32,7 +32,13 @@ impl Harness {
     pub async fn start() -> Self {
         let fake = FakeDiscord::start().await;
         let db = TestDb::sqlite().await;
-        let service = Service::new(db.store.clone(), Arc::new(ScopeCatalog::builtin()));
+        // A short grace, so tests see stalled requests retried in seconds.
+        let policy = Policy {
+            stall_grace: chrono::TimeDelta::seconds(1),
+            ..Policy::default()
+        };
+        let service =
+            Service::new(db.store.clone(), Arc::new(ScopeCatalog::builtin())).with_policy(policy);
         let mut h = Self {
             fake,
             db,
