@@ -1,5 +1,6 @@
 //! Component custom_ids (`kg:<kind>:<id>:<action>`), built and parsed in this one place.
 
+use crate::domain::credentials::ApplicationId;
 use std::fmt;
 
 /// What a component belongs to.
@@ -106,6 +107,16 @@ impl CustomId {
     pub fn history_page(&self) -> Option<(u32, &str)> {
         let (page, app) = self.id.split_once('_')?;
         Some((page.parse().ok()?, app))
+    }
+
+    /// The Application ID an `app` or `history` custom_id names, if well formed.
+    pub fn app_id(&self) -> Option<ApplicationId> {
+        let id = match self.kind {
+            Kind::App => self.id.as_str(),
+            Kind::History => self.history_page()?.1,
+            Kind::Draft => return None,
+        };
+        ApplicationId::parse(id).ok()
     }
 
     pub fn app(id: &str, action: Action) -> Self {

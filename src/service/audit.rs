@@ -6,7 +6,7 @@ use crate::domain::audit::AuditEvent;
 use crate::domain::credentials::ApplicationId;
 use crate::domain::ids::{ChannelId, GuildId, MessageId};
 use chrono::{DateTime, TimeDelta, Utc};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 /// How long a poster holds an event it is posting before another may try.
 const POST_LEASE: TimeDelta = TimeDelta::seconds(30);
@@ -48,6 +48,7 @@ impl Service {
         }
         let mut tx = self.store.begin().await?;
         let mut blocked: HashSet<GuildId> = HashSet::new();
+        let mut channels: HashMap<GuildId, Option<ChannelId>> = HashMap::new();
         let mut posts = Vec::new();
         for entry in unposted {
             let guild = entry.event.guild_id;
@@ -62,7 +63,15 @@ impl Service {
                 blocked.insert(guild);
                 continue;
             }
-            let settings = tx.guild_settings(guild).await?;
+            // Read once per guild and pass, not once per event.
+            let channel = match channels.get(&guild) {
+                Some(channel) => *channel,
+                None => {
+                    let channel = tx.guild_settings(guild).await?.audit_channel;
+                    channels.insert(guild, channel);
+                    channel
+                }
+            };
             let (app, request_message) = match &entry.event.app_id {
                 Some(id) => (
                     tx.app(guild, id).await?,
@@ -73,7 +82,7 @@ impl Service {
             posts.push(AuditPost {
                 event: entry.event,
                 attempts: entry.attempts,
-                channel: settings.audit_channel,
+                channel,
                 app,
                 request_message,
             });

@@ -136,3 +136,16 @@ pub fn token(text: &str, prefix: &str) -> Option<String> {
             .collect(),
     )
 }
+
+/// Waits for the response of `i`, checks its type, and returns the message the
+/// user now sees.
+pub async fn shown(fake: &FakeDiscord, i: &super::fake_discord::Interaction, kind: u64) -> Value {
+    let r = fake.response(i).await;
+    assert_eq!(r["type"], kind, "response: {r:#}");
+    fake.message_of(i).expect("a message")
+}
+
+/// A message's text content.
+pub fn text(message: &Value) -> String {
+    message["content"].as_str().unwrap_or("").to_owned()
+}
