@@ -5,10 +5,17 @@ use secrecy::SecretString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 use url::Url;
 
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://keygate.db";
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
+pub const DEFAULT_VERIFY_CACHE_TTL: Duration = Duration::from_secs(5);
+/// Past this, a revocation on SQLite (no notifications) would take too long to
+/// reach another process.
+pub const MAX_VERIFY_CACHE_TTL: Duration = Duration::from_secs(60);
+/// Shorter bearer tokens are guessable.
+const MIN_VERIFY_TOKEN_LEN: usize = 16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -32,6 +39,11 @@ pub struct Config {
     pub discord_guild_id: Option<u64>,
     /// None: the verify API is disabled.
     pub http_addr: Option<SocketAddr>,
+    /// Bearer tokens accepted on `/v1/*`; empty means none is required
+    /// (allowed only on a loopback `http_addr`).
+    pub verify_tokens: Vec<SecretString>,
+    /// How long a verified credential's record is trusted; zero turns the cache off.
+    pub verify_cache_ttl: Duration,
     pub scope_catalog: Arc<ScopeCatalog>,
     pub catalog_source: CatalogSource,
     pub log_format: LogFormat,
@@ -123,6 +135,59 @@ impl Config {
         })
         .transpose()?;
 
+        let verify_tokens: Vec<SecretString> = match set("VERIFY_TOKEN") {
+            None => Vec::new(),
+            Some(list) => list
+                .split(',')
+                .map(str::trim)
+                .enumerate()
+                .map(|(i, t)| {
+                    let n = i + 1;
+                    if t.chars().count() < MIN_VERIFY_TOKEN_LEN
+                        || t.chars().any(|c| c.is_whitespace() || c.is_control())
+                    {
+                        Err(invalid(
+                            "VERIFY_TOKEN",
+                            format!(
+                                "token {n} of the comma-separated list must be at least \
+                                 {MIN_VERIFY_TOKEN_LEN} characters with no spaces"
+                            ),
+                        ))
+                    } else {
+                        Ok(SecretString::from(t.to_owned()))
+                    }
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        if let Some(addr) = http_addr
+            && !addr.ip().is_loopback()
+            && verify_tokens.is_empty()
+        {
+            return Err(invalid(
+                "VERIFY_TOKEN",
+                format!(
+                    "must be set when HTTP_ADDR ({addr}) is not a loopback address, \
+                     so that only your services can ask about keys"
+                ),
+            ));
+        }
+
+        let verify_cache_ttl = match set("VERIFY_CACHE_TTL") {
+            None => DEFAULT_VERIFY_CACHE_TTL,
+            Some(v) => match v.parse::<u64>().map(Duration::from_secs) {
+                Ok(ttl) if ttl <= MAX_VERIFY_CACHE_TTL => ttl,
+                _ => {
+                    return Err(invalid(
+                        "VERIFY_CACHE_TTL",
+                        format!(
+                            "`{v}` is not a number of seconds from 0 (no cache) to {}",
+                            MAX_VERIFY_CACHE_TTL.as_secs()
+                        ),
+                    ));
+                }
+            },
+        };
+
         let (scope_catalog, catalog_source) = match set("SCOPE_CATALOG") {
             None => (ScopeCatalog::builtin(), CatalogSource::Builtin),
             Some(path) => {
@@ -150,6 +215,8 @@ impl Config {
             discord_api_url,
             discord_guild_id,
             http_addr,
+            verify_tokens,
+            verify_cache_ttl,
             scope_catalog: Arc::new(scope_catalog),
             catalog_source,
             log_format,
@@ -241,6 +308,59 @@ mod tests {
         let missing = problem(&[("SCOPE_CATALOG", "/nonexistent/scopes.toml")]);
         assert!(missing.starts_with("SCOPE_CATALOG is invalid"), "{missing}");
         assert!(missing.contains("/nonexistent/scopes.toml"), "{missing}");
+    }
+
+    #[test]
+    fn verify_tokens_are_a_list_and_required_off_loopback() {
+        let c = config(&[(
+            "VERIFY_TOKEN",
+            "first-token-0123456789, second-token-0123456789",
+        )])
+        .unwrap();
+        let tokens: Vec<&str> = c.verify_tokens.iter().map(|t| t.expose_secret()).collect();
+        assert_eq!(
+            tokens,
+            ["first-token-0123456789", "second-token-0123456789"]
+        );
+        assert!(
+            !format!("{c:?}").contains("first-token"),
+            "tokens never print"
+        );
+
+        let open = problem(&[("HTTP_ADDR", "0.0.0.0:8080")]);
+        assert!(
+            open.contains("VERIFY_TOKEN") && open.contains("HTTP_ADDR"),
+            "{open}"
+        );
+        assert!(
+            config(&[
+                ("HTTP_ADDR", "0.0.0.0:8080"),
+                ("VERIFY_TOKEN", "a-long-enough-token-42")
+            ])
+            .is_ok()
+        );
+        assert!(config(&[("HTTP_ADDR", "[::1]:8080")]).is_ok());
+        assert!(problem(&[("VERIFY_TOKEN", "short")]).starts_with("VERIFY_TOKEN"));
+        assert!(
+            problem(&[("VERIFY_TOKEN", "a-long-enough-token-42,")]).starts_with("VERIFY_TOKEN"),
+            "an empty item is a typo, not a token"
+        );
+    }
+
+    #[test]
+    fn the_verify_cache_lifetime_is_bounded() {
+        assert_eq!(
+            config(&[]).unwrap().verify_cache_ttl,
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            config(&[("VERIFY_CACHE_TTL", "0")])
+                .unwrap()
+                .verify_cache_ttl,
+            Duration::ZERO
+        );
+        assert!(problem(&[("VERIFY_CACHE_TTL", "61")]).starts_with("VERIFY_CACHE_TTL"));
+        assert!(problem(&[("VERIFY_CACHE_TTL", "-1")]).starts_with("VERIFY_CACHE_TTL"));
     }
 
     #[test]

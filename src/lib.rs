@@ -3,6 +3,8 @@
 pub mod config;
 pub mod discord;
 pub mod domain;
+pub mod http;
+pub mod runtime;
 pub mod service;
 pub mod store;
 pub mod telemetry;

@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use keygate::config::{CatalogSource, Config, LogFormat};
-use keygate::service::Service;
+use keygate::service::{Policy, Service};
 use keygate::store::Store;
 use tracing_subscriber::EnvFilter;
 
@@ -19,8 +19,10 @@ struct Cli {
 
 #[derive(Subcommand, Clone, Copy)]
 enum Command {
-    /// Run the bot (the default).
+    /// Run the bot and the verify API (the default).
     Run,
+    /// Serve the verify API alone, without Discord (verify replicas).
+    Serve,
     /// Apply database migrations and exit.
     Migrate,
 }
@@ -59,8 +61,25 @@ async fn main() -> anyhow::Result<()> {
     store.migrate().await?;
     tracing::info!(backend = ?store.backend(), "database ready");
 
+    let service = Service::new(store.clone(), config.scope_catalog.clone()).with_policy(Policy {
+        verify_cache_ttl: config.verify_cache_ttl,
+        ..Policy::default()
+    });
     match command {
         Command::Migrate => {}
+        Command::Serve => {
+            let Some(addr) = config.http_addr else {
+                anyhow::bail!("HTTP_ADDR is empty, so `keygate serve` has nothing to serve");
+            };
+            let mut http = keygate::http::start(addr, &config.verify_tokens, service).await?;
+            let ended = tokio::select! {
+                _ = keygate::runtime::shutdown_signal() => Ok(()),
+                ended = http.stopped() => ended,
+            };
+            tracing::info!("shutting down");
+            http.shutdown().await;
+            ended?;
+        }
         Command::Run => {
             let catalog = match &config.catalog_source {
                 CatalogSource::Builtin => "built-in".to_owned(),
@@ -71,8 +90,17 @@ async fn main() -> anyhow::Result<()> {
                 groups = config.scope_catalog.groups().len(),
                 "scope catalog loaded"
             );
-            let service = Service::new(store.clone(), config.scope_catalog.clone());
-            keygate::discord::run(&config, service).await?;
+            let http = match config.http_addr {
+                Some(addr) => {
+                    Some(keygate::http::start(addr, &config.verify_tokens, service.clone()).await?)
+                }
+                None => None,
+            };
+            let ended = keygate::discord::run(&config, service).await;
+            if let Some(http) = http {
+                http.shutdown().await;
+            }
+            ended?;
         }
     }
     store.close().await;

@@ -4,10 +4,12 @@ mod support;
 
 use keygate::domain::ids::{ChannelId, GuildId, RoleId, UserId};
 use keygate::domain::settings::GuildSettings;
-use keygate::service::{Actor, SettingsChange, Verification};
+use keygate::domain::verification::VerifyCode;
+use keygate::service::{Actor, SettingsChange};
 use serde_json::{Value, json};
-use support::bot::{Harness, alice, component, token};
-use support::fake_discord::{FakeDiscord, Interaction, TestUser};
+use support::bot::{Harness, alice, component, shown, text, token};
+use support::fake_discord::{FakeDiscord, TestUser};
+use support::verify;
 
 const GUILD: GuildId = GuildId(FakeDiscord::GUILD_ID);
 const APPROVALS: u64 = 4_000_000_000_000_002;
@@ -49,16 +51,6 @@ async fn with_approvals(n: u8) -> Harness {
         .await
         .unwrap();
     h
-}
-
-async fn shown(fake: &FakeDiscord, i: &Interaction, kind: u64) -> Value {
-    let r = fake.response(i).await;
-    assert_eq!(r["type"], kind, "response: {r:#}");
-    fake.message_of(i).expect("a message")
-}
-
-fn text(v: &Value) -> String {
-    v["content"].as_str().unwrap_or("").to_owned()
 }
 
 /// `/app create` through Submit; returns the requester's wizard message.
@@ -210,10 +202,7 @@ async fn one_approver_end_to_end() {
         .await;
     let with_key = shown(&h.fake, &i, 7).await;
     let key = token(&text(&with_key), "kg_").unwrap();
-    assert!(matches!(
-        h.service.verify_key(&key).await.unwrap(),
-        Verification::Valid(_)
-    ));
+    assert_eq!(verify(&h.service, &key).await, VerifyCode::Valid);
     for channel in [APPROVALS, AUDIT] {
         assert_no_pings(&h.fake, channel);
         for body in bodies_to(&h.fake, channel) {

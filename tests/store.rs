@@ -5,15 +5,17 @@ mod support;
 use keygate::domain::application::{AppStatus, LoginUserType, SourceApp};
 use keygate::domain::approval::{ApprovalError, RequestStatus};
 use keygate::domain::audit::{AuditKind, NewAuditEvent};
-use keygate::domain::credentials::{API_KEY_PREFIX, ApiKey, ApplicationId};
-use keygate::domain::ids::{ChannelId, MessageId};
+use keygate::domain::catalog::ScopeCatalog;
+use keygate::domain::credentials::{API_KEY_PREFIX, ApiKey, ApplicationId, ClientSecret};
+use keygate::domain::ids::{ChannelId, GuildId, MessageId};
 use keygate::domain::settings::GuildSettings;
 use keygate::domain::validation::{AppForm, Field};
+use keygate::domain::verification::{Expectations, VerifyCode};
 use keygate::domain::wizard::WizardStep;
 use keygate::service::{
-    Actor, ApproveOutcome, DraftInput, DraftStart, Service, ServiceError, Submitted, Verification,
-    VerifyFailure,
+    Actor, ApproveOutcome, DraftInput, DraftStart, Policy, Service, ServiceError,
 };
+use keygate::store::Backend;
 use keygate::store::DmRedaction;
 use support::*;
 
@@ -25,7 +27,12 @@ on_both_stores!(
     approval_rules_hold,
     bad_input_is_rejected_and_writes_nothing,
     no_clear_secret_is_ever_stored,
-    verify_tells_each_outcome,
+    verify_tells_each_code_in_order,
+    authenticate_checks_the_secret,
+    changes_reach_the_cache_at_once_in_process,
+    another_process_sees_a_revocation,
+    last_used_is_written_at_most_once_a_minute,
+    readiness_follows_the_database,
     drafts_belong_to_one_user_and_survive_a_restart,
     names_are_unique_per_guild_ignoring_case,
     audit_log_is_append_only_and_outbox_posts_once,
@@ -33,29 +40,6 @@ on_both_stores!(
     settings_round_trip,
     list_and_show_apps,
 );
-
-async fn draft_to_review(svc: &Service, user: keygate::domain::ids::UserId, name: &str) -> String {
-    let id = match svc.start_draft(GUILD, user).await.unwrap() {
-        DraftStart::New(d) => d.id,
-        DraftStart::Existing(d) => panic!("unexpected open draft {}", d.id),
-    };
-    for input in [
-        DraftInput::Details(form(name)),
-        DraftInput::UserType(LoginUserType::Guest),
-        DraftInput::SourceApp(SourceApp::ExternalCma),
-        DraftInput::Next,
-        DraftInput::Scopes(vec!["appointments".into(), "guests".into()]),
-        DraftInput::Next,
-    ] {
-        svc.advance_draft(&id, user, input).await.unwrap();
-    }
-    id
-}
-
-async fn submit(svc: &Service, user: keygate::domain::ids::UserId, name: &str) -> Submitted {
-    let id = draft_to_review(svc, user, name).await;
-    svc.submit_draft(&id, user, None).await.unwrap()
-}
 
 async fn require_approvals(db: &TestDb, n: u8) {
     let settings = GuildSettings {
@@ -66,17 +50,6 @@ async fn require_approvals(db: &TestDb, n: u8) {
         .save_settings(Actor::member(ALICE), &settings)
         .await
         .unwrap();
-}
-
-/// An app with its credentials issued and its key generated.
-async fn active_app(db: &TestDb, name: &str) -> (ApplicationId, ApiKey) {
-    let app = submit(&db.service, ALICE, name).await.app;
-    let key = db
-        .service
-        .generate_api_key(GUILD, &app.id, Actor::member(ALICE))
-        .await
-        .unwrap();
-    (app.id, key.key)
 }
 
 async fn migrations_are_idempotent_and_start_empty(db: &TestDb) {
@@ -123,10 +96,12 @@ async fn whole_flow_without_approval(db: &TestDb) {
         .await
         .unwrap();
 
-    let Verification::Valid(v) = svc.verify_key(issued.key.expose()).await.unwrap() else {
-        panic!("the new key must verify")
-    };
-    assert_eq!(v.app_id, app.id);
+    let verdict = svc
+        .verify_key(issued.key.expose(), &Expectations::default())
+        .await
+        .unwrap();
+    let v = &verdict.credential.expect("the new key must verify").app;
+    assert_eq!(v.id, app.id);
     assert_eq!(v.guild_id, GUILD);
     assert_eq!(v.scopes, vec!["appointments", "guests"]);
     assert_eq!(v.user_type, LoginUserType::Guest);
@@ -180,10 +155,10 @@ async fn fifty_concurrent_key_generations_make_one_key(db: &TestDb) {
     assert_eq!(refused, 49);
     let counts = db.row_counts().await;
     assert!(counts.contains(&("api_keys", 1)), "{counts:?}");
-    assert!(matches!(
-        db.service.verify_key(keys[0].expose()).await.unwrap(),
-        Verification::Valid(_)
-    ));
+    assert_eq!(
+        verify(&db.service, keys[0].expose()).await,
+        VerifyCode::Valid
+    );
 }
 
 async fn concurrent_decisions_record_one_outcome(db: &TestDb) {
@@ -677,42 +652,380 @@ fn one_typo(key: &str) -> String {
     chars.into_iter().collect()
 }
 
-async fn verify_tells_each_outcome(db: &TestDb) {
+fn expect(app: Option<&ApplicationId>, guild: Option<GuildId>, scopes: &[&str]) -> Expectations {
+    Expectations {
+        app_id: app.cloned(),
+        guild_id: guild,
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+async fn verify_tells_each_code_in_order(db: &TestDb) {
     let svc = &db.service;
-    let (_, good) = active_app(db, "Good").await;
+    let (good_app, good) = active_app(db, "Good").await;
     let (revoked_app, revoked) = active_app(db, "Revoked").await;
     svc.revoke(GUILD, &revoked_app, Actor::approver(BOB))
         .await
         .unwrap();
+    let other_guild = GuildId(GUILD.0 + 1);
 
-    let valid = svc.verify_key(good.expose()).await.unwrap();
-    assert!(matches!(valid, Verification::Valid(_)), "{valid:?}");
-    for (presented, expected) in [
-        ("".to_owned(), VerifyFailure::Malformed),
-        ("hello".to_owned(), VerifyFailure::Malformed),
-        (one_typo(good.expose()), VerifyFailure::Malformed),
+    let valid = svc
+        .verify_key(
+            good.expose(),
+            &expect(Some(&good_app), Some(GUILD), &["guests"]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(valid.code, VerifyCode::Valid);
+    let standing = valid.credential.expect("a valid key names its app");
+    assert_eq!(standing.app.id, good_app);
+    assert_eq!(standing.app.scopes, vec!["appointments", "guests"]);
+    assert_eq!(
+        standing.expires_at,
+        db.clock.now() + chrono::TimeDelta::days(365)
+    );
+    assert!(standing.key_id.starts_with("key_"));
+    assert_eq!(standing.start, &good.expose()[..7]);
+
+    let long = format!("kg_{}", "a".repeat(600));
+    let cases: Vec<(&str, String, Expectations, VerifyCode)> = vec![
         (
-            ApiKey::generate().expose().to_owned(),
-            VerifyFailure::Unknown,
+            "empty",
+            String::new(),
+            expect(None, None, &[]),
+            VerifyCode::Malformed,
         ),
-        (revoked.expose().to_owned(), VerifyFailure::Revoked),
-    ] {
-        assert_eq!(
-            svc.verify_key(&presented).await.unwrap(),
-            Verification::Invalid(expected),
-            "{expected:?}"
+        (
+            "not a key",
+            "hello".into(),
+            expect(None, None, &[]),
+            VerifyCode::Malformed,
+        ),
+        (
+            "one typo",
+            one_typo(good.expose()),
+            expect(None, None, &[]),
+            VerifyCode::Malformed,
+        ),
+        (
+            "over-long",
+            long,
+            expect(None, None, &[]),
+            VerifyCode::Malformed,
+        ),
+        (
+            "never issued",
+            ApiKey::generate().expose().to_owned(),
+            expect(None, None, &[]),
+            VerifyCode::NotFound,
+        ),
+        (
+            "another server pinned beats everything else",
+            revoked.expose().to_owned(),
+            expect(Some(&good_app), Some(other_guild), &["nope"]),
+            VerifyCode::NotFound,
+        ),
+        (
+            "another app pinned beats revoked",
+            revoked.expose().to_owned(),
+            expect(Some(&good_app), None, &["nope"]),
+            VerifyCode::WrongApp,
+        ),
+        (
+            "this key works only for its app",
+            good.expose().to_owned(),
+            expect(Some(&revoked_app), Some(GUILD), &[]),
+            VerifyCode::WrongApp,
+        ),
+        (
+            "revoked beats a missing scope",
+            revoked.expose().to_owned(),
+            expect(Some(&revoked_app), Some(GUILD), &["nope"]),
+            VerifyCode::Revoked,
+        ),
+        (
+            "an ungranted scope",
+            good.expose().to_owned(),
+            expect(None, None, &["appointments", "payroll"]),
+            VerifyCode::InsufficientScope,
+        ),
+    ];
+    for (case, presented, expectations, code) in cases {
+        let verdict = svc.verify_key(&presented, &expectations).await.unwrap();
+        assert_eq!(verdict.code, code, "{case}");
+        assert!(
+            verdict.credential.is_none(),
+            "{case}: an invalid key names no app"
         );
     }
-    db.clock.advance(chrono::TimeDelta::days(366));
+    let short = svc
+        .verify_key(good.expose(), &expect(None, None, &["payroll"]))
+        .await
+        .unwrap();
+    assert_eq!(short.missing_scopes, vec!["payroll"]);
+
+    // Expiry is computed from the clock on every request, cache or not.
+    db.clock
+        .advance(chrono::TimeDelta::days(365) - chrono::TimeDelta::seconds(1));
+    assert_eq!(verify(svc, good.expose()).await, VerifyCode::Valid);
+    db.clock.advance(chrono::TimeDelta::seconds(1));
+    assert_eq!(verify(svc, good.expose()).await, VerifyCode::Expired);
+    let expired_and_scoped = svc
+        .verify_key(good.expose(), &expect(None, None, &["payroll"]))
+        .await
+        .unwrap();
     assert_eq!(
-        svc.verify_key(good.expose()).await.unwrap(),
-        Verification::Invalid(VerifyFailure::Expired)
+        expired_and_scoped.code,
+        VerifyCode::Expired,
+        "expired beats scopes"
     );
     // Revoked outranks expired: the stronger statement.
+    assert_eq!(verify(svc, revoked.expose()).await, VerifyCode::Revoked);
+}
+
+async fn authenticate_checks_the_secret(db: &TestDb) {
+    let svc = &db.service;
+    let submitted = submit(svc, ALICE, "Booking site").await;
+    let app = submitted.app.id.clone();
+    let secret = submitted.credentials.expect("issued at once").secret;
+    let secret = secret.expose().to_owned();
+    let other = submit(svc, ALICE, "Other").await;
+    let other_secret = other.credentials.unwrap().secret.expose().to_owned();
+    let none = Expectations::default();
+
+    let ok = svc
+        .authenticate_app(app.as_str(), &secret, &none)
+        .await
+        .unwrap();
+    assert_eq!(ok.code, VerifyCode::Valid);
+    let standing = ok.credential.unwrap();
+    assert_eq!(standing.app.id, app);
+    assert!(standing.secret_id.starts_with("sec_"));
+    assert_eq!(standing.start, &secret[..8]);
+
+    let cases = [
+        (
+            "bad app id",
+            "app_nope".to_owned(),
+            secret.clone(),
+            none.clone(),
+            VerifyCode::Malformed,
+        ),
+        (
+            "bad secret",
+            app.to_string(),
+            "kgs_short".into(),
+            none.clone(),
+            VerifyCode::Malformed,
+        ),
+        (
+            "a key is not a secret",
+            app.to_string(),
+            ApiKey::generate().expose().into(),
+            none.clone(),
+            VerifyCode::Malformed,
+        ),
+        (
+            "wrong secret",
+            app.to_string(),
+            other_secret.clone(),
+            none.clone(),
+            VerifyCode::NotFound,
+        ),
+        (
+            "unknown app",
+            ApplicationId::generate().to_string(),
+            secret.clone(),
+            none.clone(),
+            VerifyCode::NotFound,
+        ),
+        (
+            "another server pinned",
+            app.to_string(),
+            secret.clone(),
+            expect(None, Some(GuildId(GUILD.0 + 1)), &[]),
+            VerifyCode::NotFound,
+        ),
+        (
+            "an ungranted scope",
+            app.to_string(),
+            secret.clone(),
+            expect(None, Some(GUILD), &["payroll"]),
+            VerifyCode::InsufficientScope,
+        ),
+    ];
+    for (case, id, presented, expectations, code) in cases {
+        let verdict = svc
+            .authenticate_app(&id, &presented, &expectations)
+            .await
+            .unwrap();
+        assert_eq!(verdict.code, code, "{case}");
+        assert!(verdict.credential.is_none(), "{case}");
+    }
+    svc.revoke(GUILD, &app, Actor::approver(BOB)).await.unwrap();
+    let after = svc
+        .authenticate_app(app.as_str(), &secret, &none)
+        .await
+        .unwrap();
+    assert_eq!(after.code, VerifyCode::Revoked);
+}
+
+/// A service whose cache would keep a stale answer for a minute.
+fn long_cache(service: Service) -> Service {
+    service.with_policy(Policy {
+        verify_cache_ttl: std::time::Duration::from_secs(60),
+        ..Policy::default()
+    })
+}
+
+async fn changes_reach_the_cache_at_once_in_process(db: &TestDb) {
+    let svc = long_cache(db.service.clone());
+    require_approvals(db, 1).await;
+    let id = draft_to_review(&svc, ALICE, "Cached").await;
+    let app = svc.submit_draft(&id, ALICE, None).await.unwrap().app.id;
+    let made_up = ClientSecret::generate();
+    let none = Expectations::default();
+    // "No Secret yet" is cached...
+    let before = svc
+        .authenticate_app(app.as_str(), made_up.expose(), &none)
+        .await
+        .unwrap();
+    assert_eq!(before.code, VerifyCode::NotFound);
+    // ...and forgotten the moment one is issued.
+    assert!(matches!(
+        svc.approve(GUILD, &app, Actor::approver(BOB))
+            .await
+            .unwrap(),
+        ApproveOutcome::Approved(_)
+    ));
+    let issued = svc.issue_credentials(GUILD, &app).await.unwrap();
+    let after = svc
+        .authenticate_app(app.as_str(), issued.secret.expose(), &none)
+        .await
+        .unwrap();
+    assert_eq!(after.code, VerifyCode::Valid);
+
+    let key = svc
+        .generate_api_key(GUILD, &app, Actor::member(ALICE))
+        .await
+        .unwrap()
+        .key;
+    assert_eq!(verify(&svc, key.expose()).await, VerifyCode::Valid);
+    svc.revoke(GUILD, &app, Actor::approver(BOB)).await.unwrap();
+    assert_eq!(verify(&svc, key.expose()).await, VerifyCode::Revoked);
+    let secret_after = svc
+        .authenticate_app(app.as_str(), issued.secret.expose(), &none)
+        .await
+        .unwrap();
+    assert_eq!(secret_after.code, VerifyCode::Revoked);
+}
+
+/// Another process learns of a revocation: on PostgreSQL through a
+/// notification (its cache would otherwise hold the answer for a minute), on
+/// SQLite, which has none, once its cache's lifetime runs out.
+async fn another_process_sees_a_revocation(db: &TestDb) {
+    let (app, key) = active_app(db, "Shared").await;
+    let postgres = db.store.backend() == Backend::Postgres;
+    let ttl = if postgres { 60 } else { 1 };
+    let peer = Service::new(
+        db.peer_store().await,
+        std::sync::Arc::new(ScopeCatalog::builtin()),
+    )
+    .with_policy(Policy {
+        verify_cache_ttl: std::time::Duration::from_secs(ttl),
+        ..Policy::default()
+    });
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let follower = tokio::spawn({
+        let peer = peer.clone();
+        async move { peer.follow_credential_changes(stopped).await }
+    });
+    if postgres {
+        // A notification sent before LISTEN took effect would be lost (the
+        // connect-time flush covers that in real use, not in this test).
+        let started = std::time::Instant::now();
+        while !peer.is_following_credential_changes() {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "never listened"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
     assert_eq!(
-        svc.verify_key(revoked.expose()).await.unwrap(),
-        Verification::Invalid(VerifyFailure::Revoked)
+        verify(&peer, key.expose()).await,
+        VerifyCode::Valid,
+        "now cached"
     );
+
+    db.service
+        .revoke(GUILD, &app, Actor::approver(BOB))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let limit = std::time::Duration::from_secs(ttl + 10);
+    while verify(&peer, key.expose()).await != VerifyCode::Revoked {
+        assert!(
+            started.elapsed() < limit,
+            "the peer still says VALID after {limit:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let _ = stop.send(true);
+    follower.await.unwrap();
+    peer.store().close().await;
+}
+
+async fn last_used_is_written_at_most_once_a_minute(db: &TestDb) {
+    let svc = &db.service;
+    let (app, key) = active_app(db, "Busy").await;
+    let stamp = |db: &TestDb| {
+        let store = db.store.clone();
+        let app = app.clone();
+        async move {
+            let mut tx = store.read().await.unwrap();
+            let keys = tx.api_keys_of(&app).await.unwrap();
+            tx.rollback().await.unwrap();
+            keys[0].last_used_at
+        }
+    };
+    assert_eq!(stamp(db).await, None);
+    assert_eq!(svc.flush_last_used().await.unwrap(), 0, "nothing to write");
+    for _ in 0..5 {
+        assert_eq!(verify(svc, key.expose()).await, VerifyCode::Valid);
+    }
+    assert_eq!(svc.flush_last_used().await.unwrap(), 1);
+    let first = db.clock.now();
+    assert_eq!(stamp(db).await, Some(first));
+
+    db.clock.advance(chrono::TimeDelta::seconds(30));
+    verify(svc, key.expose()).await;
+    assert_eq!(svc.flush_last_used().await.unwrap(), 0, "the same minute");
+    assert_eq!(stamp(db).await, Some(first));
+
+    db.clock.advance(chrono::TimeDelta::seconds(31));
+    // A key refused for a wrong scope was still used.
+    svc.verify_key(key.expose(), &expect(None, None, &["payroll"]))
+        .await
+        .unwrap();
+    assert_eq!(svc.flush_last_used().await.unwrap(), 1);
+    assert_eq!(stamp(db).await, Some(db.clock.now()));
+    // A key presented for another app is not its owner's use.
+    db.clock.advance(chrono::TimeDelta::minutes(2));
+    svc.verify_key(
+        key.expose(),
+        &expect(Some(&ApplicationId::generate()), None, &[]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(svc.flush_last_used().await.unwrap(), 0);
+}
+
+async fn readiness_follows_the_database(db: &TestDb) {
+    assert!(db.store.is_ready().await.unwrap());
+    let peer = db.peer_store().await;
+    peer.close().await;
+    assert!(peer.is_ready().await.is_err(), "a closed pool is not ready");
 }
 
 async fn drafts_belong_to_one_user_and_survive_a_restart(db: &TestDb) {

@@ -4,43 +4,20 @@ mod support;
 
 use keygate::domain::ids::GuildId;
 use keygate::domain::settings::GuildSettings;
-use keygate::service::{Actor, ServiceError, Verification};
+use keygate::domain::verification::{Expectations, VerifyCode};
+use keygate::service::{Actor, ServiceError};
 use serde_json::{Value, json};
-use std::sync::{Arc, Mutex, OnceLock};
-use support::bot::{Harness, alice, bob, component, selected, token};
+use std::sync::{Arc, Mutex};
+use support::bot::{Harness, alice, bob, component, selected, shown, token};
 use support::fake_discord::{FakeDiscord, Interaction, TestUser};
+use support::verify;
 
 const GUILD: GuildId = GuildId(FakeDiscord::GUILD_ID);
 const EPHEMERAL: u64 = 1 << 6;
 
 /// Every log line of this test binary, at debug level, to check for secrets.
 fn logs() -> Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buffer = Arc::new(Mutex::new(Vec::new()));
-        let sink = buffer.clone();
-        let writer = move || Capture(sink.clone());
-        keygate::telemetry::init(
-            keygate::config::LogFormat::Pretty,
-            tracing_subscriber::EnvFilter::new("debug"),
-            writer,
-        )
-        .expect("install the log capture");
-        buffer
-    })
-    .clone()
-}
-
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+    support::captured_logs("debug")
 }
 
 fn form_fields(name: &str) -> Vec<(&'static str, String)> {
@@ -77,12 +54,6 @@ async fn open_wizard(fake: &FakeDiscord, user: &TestUser) -> String {
 }
 
 /// Answers the response of `i` and returns the message the user now sees.
-async fn shown(fake: &FakeDiscord, i: &Interaction, kind: u64) -> Value {
-    let r = fake.response(i).await;
-    assert_eq!(r["type"], kind, "response: {r:#}");
-    fake.message_of(i).expect("a message")
-}
-
 /// From `/app create` to the review step.
 async fn to_review(fake: &FakeDiscord, user: &TestUser, name: &str) -> Value {
     let modal = open_wizard(fake, user).await;
@@ -158,6 +129,24 @@ async fn submit_and_get_dm(
     (dm, app_id, secret)
 }
 
+/// The whole wizard, then Generate API Key: the DM now showing the key, the
+/// Application ID, the Secret and the key.
+async fn wizard_to_key(
+    h: &Harness,
+    user: &TestUser,
+    name: &str,
+) -> (Value, String, String, String) {
+    let review = to_review(&h.fake, user, name).await;
+    let (dm, app_id, secret) = submit_and_get_dm(h, user, &review).await;
+    let i = h
+        .fake
+        .press_button_in_dm(user, &dm, &component(&dm, "genkey"))
+        .await;
+    let with_key = shown(&h.fake, &i, 7).await;
+    let key = token(with_key["content"].as_str().unwrap(), "kg_").expect("the key");
+    (with_key, app_id, secret, key)
+}
+
 /// Every body the bot sent to the guild's channels (not DMs, not ephemeral).
 fn guild_channel_bodies(fake: &FakeDiscord) -> Vec<String> {
     let dm_channels: Vec<String> = [alice().id, bob().id]
@@ -197,10 +186,13 @@ async fn whole_wizard_to_the_key_then_finish_redacts() {
         with_key["content"].as_str().unwrap().contains(&secret),
         "the key joins the secret"
     );
-    let Verification::Valid(v) = h.service.verify_key(&key).await.unwrap() else {
-        panic!("the delivered key verifies")
-    };
-    assert_eq!(v.app_id.as_str(), app_id);
+    let verdict = h
+        .service
+        .verify_key(&key, &Expectations::default())
+        .await
+        .unwrap();
+    let v = &verdict.credential.expect("the delivered key verifies").app;
+    assert_eq!(v.id.as_str(), app_id);
     assert_eq!(v.scopes, vec!["appointments", "guests"]);
 
     let i = h
@@ -517,10 +509,7 @@ async fn closed_dms_fall_back_to_an_ephemeral_reply() {
         .await;
     let with_key = shown(&h.fake, &g, 7).await;
     let key = token(with_key["content"].as_str().unwrap(), "kg_").expect("the key");
-    assert!(matches!(
-        h.service.verify_key(&key).await.unwrap(),
-        Verification::Valid(_)
-    ));
+    assert_eq!(verify(&h.service, &key).await, VerifyCode::Valid);
     let f = h
         .fake
         .press_button(&alice(), &with_key, &component(&with_key, "finish"))
@@ -709,13 +698,7 @@ async fn user_text_never_pings() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_show_and_autocomplete() {
     let h = Harness::start().await;
-    let review = to_review(&h.fake, &alice(), "Listed App").await;
-    let (dm, app_id, secret) = submit_and_get_dm(&h, &alice(), &review).await;
-    let i = h
-        .fake
-        .press_button_in_dm(&alice(), &dm, &component(&dm, "genkey"))
-        .await;
-    shown(&h.fake, &i, 7).await;
+    let (_, app_id, secret, _) = wizard_to_key(&h, &alice(), "Listed App").await;
 
     let i = h
         .fake
@@ -827,5 +810,79 @@ async fn only_creators_may_start_the_wizard() {
         h.service.app_by_name(GUILD, "x").await,
         Err(ServiceError::AppNotFound)
     ));
+    h.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wizard_key_verifies_over_http_for_its_app_only() {
+    let h = Harness::start().await;
+    let (_, app_id, secret, key) = wizard_to_key(&h, &alice(), "Verified App").await;
+    let review = to_review(&h.fake, &bob(), "Another App").await;
+    let (_, other_app, _) = submit_and_get_dm(&h, &bob(), &review).await;
+
+    let api = keygate::http::start("127.0.0.1:0".parse().unwrap(), &[], h.service.clone())
+        .await
+        .unwrap();
+    let client = reqwest::Client::new();
+    let verify = |body: Value| {
+        let request = client
+            .post(format!("http://{}/v1/keys/verify", api.addr()))
+            .json(&body);
+        async move { request.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let valid = verify(json!({ "key": key, "app_id": app_id })).await;
+    assert_eq!(valid["code"], "VALID", "{valid}");
+    assert_eq!(valid["app"]["name"], "Verified App");
+    assert_eq!(valid["app"]["guild_id"], FakeDiscord::GUILD_ID.to_string());
+    assert_eq!(valid["scopes"], json!(["appointments", "guests"]));
+    assert!(valid["key"]["expires_at"].as_str().unwrap().ends_with('Z'));
+    let wrong = verify(json!({ "key": key, "app_id": other_app })).await;
+    assert_eq!(
+        wrong["code"], "WRONG_APP",
+        "this key works only for its app"
+    );
+    let scoped = verify(json!({ "key": key, "scopes": ["payroll"] })).await;
+    assert_eq!(scoped["code"], "INSUFFICIENT_SCOPE");
+    let mut typo = key.clone().into_bytes();
+    typo[5] = if typo[5] == b'a' { b'b' } else { b'a' };
+    let typo = String::from_utf8(typo).unwrap();
+    assert_eq!(verify(json!({ "key": typo })).await["code"], "MALFORMED");
+    let auth = client
+        .post(format!("http://{}/v1/apps/authenticate", api.addr()))
+        .basic_auth(&app_id, Some(&secret))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(
+        auth["code"], "VALID",
+        "the delivered ID and Secret authenticate"
+    );
+
+    // The use shows in /app show once stamped.
+    assert_eq!(h.service.flush_last_used().await.unwrap(), 1);
+    let i = h
+        .fake
+        .slash_command(&alice(), "app", Some("show"), vec![("app", json!(app_id))])
+        .await;
+    let show = h.fake.response(&i).await;
+    let embed = show["data"]["embeds"][0].to_string();
+    assert!(embed.contains("last used <t:"), "{embed}");
+
+    let metrics = client
+        .get(format!("http://{}/metrics", api.addr()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"keygate_discord_interactions_total{kind="component"}"#),
+        "{metrics}"
+    );
+    api.shutdown().await;
     h.close().await;
 }

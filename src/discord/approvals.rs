@@ -4,7 +4,9 @@
 use super::custom_id::{Action, CustomId};
 use super::delivery;
 use super::render::{detail_fields, scope_labels, source_label};
-use super::reply::{FIELD_MAX, UserError, clip, no_pings, private};
+use super::reply::{
+    FIELD_MAX, UserError, clip, count_rest_error, count_rest_error_in, no_pings, private, stale,
+};
 use super::wizard::code;
 use super::{Bot, is_manager};
 use crate::domain::application::Application;
@@ -304,8 +306,7 @@ pub async fn on_component(
     component: &ComponentInteraction,
     cid: &CustomId,
 ) -> anyhow::Result<()> {
-    let id = ApplicationId::parse(&cid.id)
-        .map_err(|_| UserError("this button is no longer valid".into()))?;
+    let id = cid.app_id().ok_or_else(stale)?;
     let user = actor_of(&component.user);
     let app = bot.service.app_by_id(&id).await?;
     let guild = app.guild_id;
@@ -336,6 +337,7 @@ pub async fn on_component(
                 && let Err(e) = deliver_after_approval(&ctx.http, &bot.service, &app).await
             {
                 // The approval stands; the approvals worker delivers later.
+                count_rest_error_in(&e);
                 tracing::warn!(app = %app.id, error = format!("{e:#}"), "could not deliver approved credentials yet");
             }
         }
@@ -382,7 +384,7 @@ pub async fn on_component(
             let creds = bot.service.issue_credentials(guild, &id).await?;
             delivery::reveal(ctx, component, &creds).await?;
         }
-        _ => return Err(UserError("this button is no longer valid".into()).into()),
+        _ => return Err(stale().into()),
     }
     Ok(())
 }
@@ -392,10 +394,9 @@ pub async fn on_deny_reason(
     ctx: &serenity::Context,
     bot: &Bot,
     modal: &ModalInteraction,
-    app_id: &str,
+    cid: &CustomId,
 ) -> anyhow::Result<()> {
-    let id = ApplicationId::parse(app_id)
-        .map_err(|_| UserError("this form is no longer valid".into()))?;
+    let id = cid.app_id().ok_or_else(stale)?;
     let app = bot.service.app_by_id(&id).await?;
     if modal.guild_id.map(|g| g.get()) != Some(app.guild_id.0) {
         return Err(UserError("this form belongs to another server".into()).into());
@@ -462,11 +463,13 @@ pub async fn tick(http: &Http, service: &Service) -> anyhow::Result<()> {
     let stalled = service.stalled_requests().await?;
     for (app, request) in stalled.unposted {
         if let Err(e) = post_request(http, service, &app, &request).await {
+            count_rest_error_in(&e);
             tracing::warn!(app = %app.id, error = format!("{e:#}"), "could not post a request; will retry");
         }
     }
     for app in stalled.undelivered {
         if let Err(e) = deliver_after_approval(http, service, &app).await {
+            count_rest_error_in(&e);
             tracing::warn!(app = %app.id, error = format!("{e:#}"), "could not deliver approved credentials; will retry");
         }
     }
@@ -508,6 +511,7 @@ pub async fn tick(http: &Http, service: &Service) -> anyhow::Result<()> {
             .send_message(http, message)
             .await
         {
+            count_rest_error(&e);
             tracing::warn!(app = %app.id, error = %e, "could not post a reminder");
         }
     }

@@ -1,7 +1,7 @@
 //! Posts the audit outbox to each guild's audit channel, in order, once each.
 
 use super::approvals::message_link;
-use super::reply::{clip, no_pings};
+use super::reply::{clip, count_rest_error, no_pings};
 use crate::domain::audit::AuditKind;
 use crate::service::{AuditPost, Service};
 use poise::serenity_prelude as serenity;
@@ -87,6 +87,7 @@ pub async fn post_due(http: &Http, service: &Service) -> anyhow::Result<()> {
                 let next = service
                     .audit_post_failed(post.event.id, post.attempts, None)
                     .await?;
+                count_rest_error(&e);
                 tracing::warn!(event = post.event.id, error = %e, retry_at = %next, "could not post an audit event");
             }
         }

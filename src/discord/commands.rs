@@ -1,8 +1,8 @@
 //! Slash commands: `/app create`, `/app list`, `/app show`.
 
 use super::custom_id::CustomId;
-use super::render::{detail_fields, scope_labels, source_label};
-use super::reply::{FIELD_MAX, UserError, clip, no_pings};
+use super::render::{detail_fields, key_line, scope_labels, source_label};
+use super::reply::{FIELD_MAX, UserError, clip, no_pings, stale};
 use super::wizard::{self, code};
 use super::{Bot, Context, approvals};
 use crate::domain::application::Application;
@@ -192,6 +192,7 @@ pub async fn show(
     let guild = viewer_guild(&ctx).await?;
     let service = &ctx.data().service;
     let app = resolve(&ctx, guild, &app).await?;
+    let keys = service.api_keys(guild, &app.id).await?;
     let embed = CreateEmbed::new()
         .title(app.details.name.clone())
         .colour(0x5865F2)
@@ -207,10 +208,8 @@ pub async fn show(
         )
         .field(
             "API key",
-            app.key_prefix
-                .as_deref()
-                .map_or_else(|| "none yet".to_owned(), |p| format!("`{p}…`")),
-            true,
+            keys.first().map_or_else(|| "none yet".to_owned(), key_line),
+            false,
         )
         .field("Owner", format!("<@{}>", app.owner_id), true)
         .field(
@@ -320,15 +319,12 @@ pub async fn on_history_page(
     component: &serenity::ComponentInteraction,
     cid: &CustomId,
 ) -> anyhow::Result<()> {
-    let (page, app_id) = cid
-        .history_page()
-        .ok_or_else(|| UserError("this button is no longer valid".into()))?;
+    let (page, _) = cid.history_page().ok_or_else(stale)?;
+    let id = cid.app_id().ok_or_else(stale)?;
     let guild = component
         .guild_id
         .ok_or_else(|| UserError("use this in a server".into()))?;
     let guild = GuildId(guild.get());
-    let id = ApplicationId::parse(app_id)
-        .map_err(|_| UserError("this button is no longer valid".into()))?;
     let app = bot.service.app(guild, &id).await?;
     let (embed, rows) = history_message(bot, guild, &app, page).await?;
     let message = serenity::CreateInteractionResponseMessage::new()

@@ -2,7 +2,7 @@
 
 use super::Bot;
 use super::custom_id::{Action, CustomId};
-use super::reply::{UserError, no_pings, private};
+use super::reply::{count_rest_error, no_pings, private, stale};
 use super::wizard::code;
 use crate::domain::application::{AppStatus, Application};
 use crate::domain::credentials::{ApplicationId, SECRET_PREFIX};
@@ -133,6 +133,7 @@ pub async fn deliver(
                 .await?;
         }
         Err(e) => {
+            count_rest_error(&e);
             tracing::warn!(app = %app.id, error = %e, "could not DM the credentials; showing them ephemerally");
             let done = private(format!(
                 "✅ {name} is registered. Your DMs are closed, so its credentials are below, visible only to you."
@@ -221,8 +222,7 @@ pub async fn on_component(
     component: &ComponentInteraction,
     cid: &CustomId,
 ) -> anyhow::Result<()> {
-    let app_id = ApplicationId::parse(&cid.id)
-        .map_err(|_| UserError("this button is no longer valid".into()))?;
+    let app_id = cid.app_id().ok_or_else(stale)?;
     let actor = Actor::member(UserId(component.user.id.get()));
     let app = bot.service.app_by_id(&app_id).await?;
     match cid.action {
@@ -289,7 +289,7 @@ pub async fn on_component(
                 )
                 .await?;
         }
-        _ => return Err(UserError("this button is no longer valid".into()).into()),
+        _ => return Err(stale().into()),
     }
     Ok(())
 }
@@ -313,6 +313,7 @@ pub async fn redact_due(http: &Http, service: &Service) -> anyhow::Result<()> {
             Err(serenity::Error::Http(serenity::HttpError::UnsuccessfulRequest(r)))
                 if r.error.code == 10008 => {}
             Err(e) => {
+                count_rest_error(&e);
                 tracing::warn!(app = %app.id, error = %e, "could not redact a DM; will retry");
                 continue;
             }

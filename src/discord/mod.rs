@@ -16,6 +16,7 @@ mod wizard;
 
 use crate::config::Config;
 use crate::domain::validation::AppForm;
+use crate::runtime::every;
 use crate::service::Service;
 use anyhow::Context as _;
 use custom_id::{CustomId, Kind};
@@ -110,31 +111,6 @@ impl BotHandle {
 /// Drafts nobody finished are dropped this often.
 const DRAFT_PURGE_TICK: Duration = Duration::from_secs(60);
 
-/// Spawns `pass` every `tick` until stopped. The work lives in the database,
-/// so a failed pass is logged and simply runs again on the next tick.
-fn every<F, Fut>(
-    what: &'static str,
-    tick: Duration,
-    mut stop: watch::Receiver<bool>,
-    mut pass: F,
-) -> JoinHandle<()>
-where
-    F: FnMut() -> Fut + Send + 'static,
-    Fut: Future<Output = anyhow::Result<()>> + Send,
-{
-    tokio::spawn(async move {
-        loop {
-            if let Err(e) = pass().await {
-                tracing::warn!(error = format!("{e:#}"), "{what} pass failed; retrying");
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(tick) => {}
-                _ = stop.changed() => return,
-            }
-        }
-    })
-}
-
 /// Builds the REST client; with `DISCORD_API_URL` every call goes there.
 fn http(config: &Config) -> anyhow::Result<serenity::Http> {
     let token = config.require_token()?.expose_secret();
@@ -152,6 +128,7 @@ fn http(config: &Config) -> anyhow::Result<serenity::Http> {
 
 /// Connects to Discord, registers the commands and starts serving.
 pub async fn start(config: &Config, service: Service) -> anyhow::Result<BotHandle> {
+    crate::telemetry::metrics();
     let http = http(config)?;
     let guild = config.discord_guild_id;
     let bot = Bot::new(service.clone());
@@ -228,7 +205,7 @@ pub async fn start(config: &Config, service: Service) -> anyhow::Result<BotHandl
 pub async fn run(config: &Config, service: Service) -> anyhow::Result<()> {
     let mut handle = start(config, service).await?;
     tokio::select! {
-        _ = shutdown_signal() => tracing::info!("shutting down"),
+        _ = crate::runtime::shutdown_signal() => tracing::info!("shutting down"),
         ended = &mut handle.client => {
             // The client stopped by itself (a bad token, say): nothing to shut down.
             let _ = handle.stop.send(true);
@@ -244,28 +221,6 @@ pub async fn run(config: &Config, service: Service) -> anyhow::Result<()> {
     }
     handle.shutdown().await;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
 
 /// Errors from slash commands: the user's shown to them, ours logged with a reference.
@@ -298,6 +253,14 @@ async fn on_event(
     let serenity::FullEvent::InteractionCreate { interaction } = event else {
         return Ok(());
     };
+    let kind = match interaction {
+        serenity::Interaction::Command(_) => "command",
+        serenity::Interaction::Autocomplete(_) => "autocomplete",
+        serenity::Interaction::Component(_) => "component",
+        serenity::Interaction::Modal(_) => "modal",
+        _ => "other",
+    };
+    metrics::counter!("keygate_discord_interactions_total", "kind" => kind).increment(1);
     let ctx = fw.serenity_context;
     let bot = fw.user_data;
     match interaction {
@@ -327,7 +290,7 @@ async fn on_event(
                     wizard::on_details(ctx, bot, modal, &cid.id).await
                 }
                 (Kind::App, custom_id::Action::DenyReason) => {
-                    approvals::on_deny_reason(ctx, bot, modal, &cid.id).await
+                    approvals::on_deny_reason(ctx, bot, modal, &cid).await
                 }
                 _ => Ok(()),
             };

@@ -3,6 +3,7 @@
 use super::reply::{FIELD_MAX, clip};
 use crate::domain::application::{AppDetails, SourceApp, quoted};
 use crate::domain::catalog::ScopeCatalog;
+use crate::store::ApiKeyRecord;
 use poise::serenity_prelude::CreateEmbed;
 
 /// "External CMA (Mobile Booking)": the source with its booking marker.
@@ -24,6 +25,20 @@ pub fn scope_labels(scopes: &[String], catalog: &ScopeCatalog) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// "`kg_AbCd…` · expires in 11 months · last used 2 minutes ago": one key as
+/// `/app show` lists it (Discord renders the times in the reader's zone).
+pub fn key_line(key: &ApiKeyRecord) -> String {
+    let expiry = match key.revoked_at {
+        Some(t) => format!("revoked <t:{}:R>", t.timestamp()),
+        None => format!("expires <t:{}:R>", key.expires_at.timestamp()),
+    };
+    let used = key.last_used_at.map_or_else(
+        || "never used".to_owned(),
+        |t| format!("last used <t:{}:R>", t.timestamp()),
+    );
+    format!("`{}…` · {expiry} · {used}", key.key_prefix)
 }
 
 fn url_lines(urls: &[String]) -> String {

@@ -45,6 +45,34 @@ pub fn clip(text: &str, max: usize) -> String {
 #[error("{0}")]
 pub struct UserError(pub String);
 
+/// A component or form that no longer means anything (built by an older
+/// version, or for something gone).
+pub fn stale() -> UserError {
+    UserError("this button is no longer valid".into())
+}
+
+/// Counts a failed Discord REST call by its HTTP status, for `/metrics`.
+pub fn count_rest_error(err: &serenity::Error) {
+    let status = match err {
+        serenity::Error::Http(serenity::HttpError::UnsuccessfulRequest(r)) => {
+            r.status_code.as_str().to_owned()
+        }
+        serenity::Error::Http(_) => "transport".to_owned(),
+        _ => return,
+    };
+    metrics::counter!("keygate_discord_rest_errors_total", "status" => status).increment(1);
+}
+
+/// Counts the Discord REST failure somewhere in `err`'s chain, if any.
+pub fn count_rest_error_in(err: &anyhow::Error) {
+    if let Some(e) = err
+        .chain()
+        .find_map(|c| c.downcast_ref::<serenity::Error>())
+    {
+        count_rest_error(e);
+    }
+}
+
 /// The message a user may see for `err`, if it is theirs to fix.
 pub fn user_message(err: &anyhow::Error) -> Option<String> {
     if let Some(e) = err.downcast_ref::<ServiceError>() {
@@ -61,6 +89,7 @@ pub async fn report(
     token: &str,
     err: anyhow::Error,
 ) {
+    count_rest_error_in(&err);
     let text = match user_message(&err) {
         Some(message) => format!("⚠️ {message}"),
         None => {
@@ -80,6 +109,7 @@ pub async fn report(
             .allowed_mentions(no_pings())
             .content(text);
         if let Err(e) = followup.execute(http, (None, token)).await {
+            count_rest_error(&e);
             tracing::warn!(error = %e, "could not tell the user about an error");
         }
     }

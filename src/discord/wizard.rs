@@ -2,7 +2,7 @@
 
 use super::custom_id::{Action, CustomId};
 use super::render::{detail_fields, scope_labels, source_label};
-use super::reply::{FIELD_MAX, MESSAGE_MAX, UserError, clip, private};
+use super::reply::{FIELD_MAX, MESSAGE_MAX, UserError, clip, count_rest_error_in, private, stale};
 use super::{Bot, is_manager};
 use super::{approvals, delivery};
 use crate::domain::application::{LoginUserType, SourceApp};
@@ -459,7 +459,7 @@ pub async fn on_component(
             return on_submitted(ctx, bot, component, submitted).await;
         }
         _ => {
-            return Err(UserError("this button is no longer valid".into()).into());
+            return Err(stale().into());
         }
     };
     component.create_response(&ctx.http, response).await?;
@@ -495,6 +495,7 @@ async fn on_submitted(
                 Ok(posted) => Some(posted),
                 // The request is saved; the approvals worker posts it later.
                 Err(e) => {
+                    count_rest_error_in(&e);
                     tracing::warn!(app = %app.id, error = format!("{e:#}"), "could not post a request yet");
                     None
                 }

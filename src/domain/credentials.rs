@@ -12,15 +12,20 @@ use subtle::ConstantTimeEq;
 pub const APP_ID_PREFIX: &str = "app_";
 pub const SECRET_PREFIX: &str = "kgs_";
 pub const API_KEY_PREFIX: &str = "kg_";
+pub const KEY_ID_PREFIX: &str = "key_";
+pub const SECRET_ID_PREFIX: &str = "sec_";
 
 /// 22 base62 characters carry 131 bits: unguessable, yet short enough to read.
 const APP_ID_CHARS: usize = 22;
 /// 44 base62 characters carry 262 bits (≥ 256).
 const SECRET_CHARS: usize = 44;
+/// Ids of a key or Secret are public handles, unique, not secrets.
+const CREDENTIAL_ID_CHARS: usize = 16;
 /// 30 base62 characters carry 178 bits (≥ 160).
 const KEY_RANDOM_CHARS: usize = 30;
 /// 62^6 > 2^32, so six characters hold any CRC32.
 const KEY_CHECKSUM_CHARS: usize = 6;
+pub const SECRET_LEN: usize = SECRET_PREFIX.len() + SECRET_CHARS;
 pub const API_KEY_LEN: usize = API_KEY_PREFIX.len() + KEY_RANDOM_CHARS + KEY_CHECKSUM_CHARS;
 /// How much of a secret may be shown to tell keys apart: the prefix and 4
 /// random characters (24 bits), far too little to help a guess.
@@ -94,6 +99,12 @@ impl From<ApplicationId> for String {
     fn from(id: ApplicationId) -> String {
         id.0
     }
+}
+
+/// A new public id for a stored key (`key_…`) or Secret (`sec_…`): what the
+/// verify API and `/app show` name it by, since the hash is not for showing.
+pub fn credential_id(prefix: &str) -> String {
+    format!("{prefix}{}", random_base62(CREDENTIAL_ID_CHARS))
 }
 
 /// Why a string is not a well-formed credential.
@@ -200,6 +211,20 @@ impl ClientSecret {
     }
 }
 
+/// Checks a presented Secret's shape without touching the database.
+pub fn parse_client_secret(value: &str) -> Result<ClientSecret, CredentialFormatError> {
+    let rest = value
+        .strip_prefix(SECRET_PREFIX)
+        .ok_or(CredentialFormatError::MissingPrefix(SECRET_PREFIX))?;
+    if value.len() != SECRET_LEN {
+        return Err(CredentialFormatError::WrongLength);
+    }
+    if !rest.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(CredentialFormatError::InvalidCharacter);
+    }
+    Ok(ClientSecret(value.to_owned().into()))
+}
+
 impl ApiKey {
     pub fn generate() -> Self {
         let body = format!("{API_KEY_PREFIX}{}", random_base62(KEY_RANDOM_CHARS));
@@ -245,6 +270,29 @@ mod tests {
         assert!(key.expose().starts_with("kg_"));
         assert_eq!(key.expose().len(), API_KEY_LEN);
         assert!(parse_api_key(key.expose()).is_ok());
+        assert!(parse_client_secret(secret.expose()).is_ok());
+        assert!(credential_id(KEY_ID_PREFIX).starts_with("key_"));
+        assert_ne!(credential_id(KEY_ID_PREFIX), credential_id(KEY_ID_PREFIX));
+    }
+
+    #[test]
+    fn malformed_secrets_say_why() {
+        let secret = ClientSecret::generate();
+        let clear = secret.expose();
+        assert_eq!(
+            parse_client_secret(&clear.replacen("kgs_", "kgx_", 1)).unwrap_err(),
+            CredentialFormatError::MissingPrefix("kgs_")
+        );
+        assert_eq!(
+            parse_client_secret(&clear[..clear.len() - 1]).unwrap_err(),
+            CredentialFormatError::WrongLength
+        );
+        let mut bad = clear.to_owned();
+        bad.replace_range(6..7, "-");
+        assert_eq!(
+            parse_client_secret(&bad).unwrap_err(),
+            CredentialFormatError::InvalidCharacter
+        );
     }
 
     #[test]

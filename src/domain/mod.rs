@@ -8,4 +8,5 @@ pub mod credentials;
 pub mod ids;
 pub mod settings;
 pub mod validation;
+pub mod verification;
 pub mod wizard;

@@ -5,7 +5,9 @@ use crate::domain::application::quoted;
 use crate::domain::application::{AppStatus, Application, LifecycleError, Transition};
 use crate::domain::approval::{ApprovalError, ApprovalRequest, RequestStatus, VoteOutcome};
 use crate::domain::audit::{AuditKind, NewAuditEvent};
-use crate::domain::credentials::{ApiKey, ApplicationId, ClientSecret};
+use crate::domain::credentials::{
+    ApiKey, ApplicationId, ClientSecret, KEY_ID_PREFIX, credential_id,
+};
 use crate::domain::ids::GuildId;
 use crate::domain::validation::name_key;
 use crate::store::{ApiKeyRecord, StoreError, Tx};
@@ -85,6 +87,8 @@ pub(super) async fn issue_secret(
         quoted(&app.details.name)
     );
     record_event(tx, app, None, AuditKind::CredentialsIssued, summary, now).await?;
+    // A verifier may hold "no Secret yet" for this app.
+    tx.notify_credentials_changed(&app.id).await?;
     Ok(secret)
 }
 
@@ -285,6 +289,7 @@ impl Service {
         let secret = issue_secret(&mut tx, &app, now).await?;
         let dm_lifetime = tx.guild_settings(guild).await?.dm_lifetime;
         tx.commit().await?;
+        self.verify.invalidate();
         Ok(IssuedCredentials {
             app,
             secret,
@@ -324,12 +329,14 @@ impl Service {
         }
         let key = ApiKey::generate();
         let record = ApiKeyRecord {
+            id: credential_id(KEY_ID_PREFIX),
             app_id: app.id.clone(),
             key_hash: key.hash(),
             key_prefix: key.display_prefix(),
             created_at: now,
             expires_at: now + self.policy.key_lifetime,
             revoked_at: None,
+            last_used_at: None,
         };
         tx.insert_api_key(&record).await?;
         app.key_prefix = Some(record.key_prefix.clone());
@@ -409,7 +416,9 @@ impl Service {
             now,
         )
         .await?;
+        tx.notify_credentials_changed(id).await?;
         tx.commit().await?;
+        self.verify.invalidate();
         Ok(app)
     }
 
@@ -418,6 +427,19 @@ impl Service {
         let app = self.load_app(&mut tx, guild, id).await?;
         tx.rollback().await?;
         Ok(app)
+    }
+
+    /// The application's keys (hashes and standing only), newest first.
+    pub async fn api_keys(
+        &self,
+        guild: GuildId,
+        id: &ApplicationId,
+    ) -> ServiceResult<Vec<ApiKeyRecord>> {
+        let mut tx = self.store.read().await?;
+        self.load_app(&mut tx, guild, id).await?;
+        let keys = tx.api_keys_of(id).await?;
+        tx.rollback().await?;
+        Ok(keys)
     }
 
     /// The guild's live application with this name, ignoring case.

@@ -14,7 +14,7 @@ pub use audit::{AuditPost, HistoryPage};
 pub use clock::Clock;
 pub use requests::Stalled;
 pub use settings::SettingsChange;
-pub use verify::{Verification, VerifiedKey, VerifyFailure};
+pub use verify::{LAST_USED_GRANULARITY, Verdict};
 pub use wizard::{DraftInput, DraftStart};
 
 use crate::domain::application::{AppStatus, LifecycleError};
@@ -39,6 +39,9 @@ pub struct Policy {
     /// How long a request may go unposted, or an approval undelivered, before
     /// the approvals worker takes over from the interaction that should have.
     pub stall_grace: TimeDelta,
+    /// How long the verify API trusts a cached credential record when no
+    /// notification says otherwise; zero turns the cache off.
+    pub verify_cache_ttl: std::time::Duration,
 }
 
 impl Default for Policy {
@@ -47,6 +50,7 @@ impl Default for Policy {
             draft_ttl: TimeDelta::hours(1),
             key_lifetime: TimeDelta::days(365),
             stall_grace: TimeDelta::seconds(30),
+            verify_cache_ttl: std::time::Duration::from_secs(5),
         }
     }
 }
@@ -127,6 +131,7 @@ pub struct Service {
     catalog: Arc<ScopeCatalog>,
     clock: Clock,
     policy: Policy,
+    verify: Arc<verify::VerifyCache>,
 }
 
 impl Service {
@@ -136,6 +141,7 @@ impl Service {
             catalog,
             clock: Clock::System,
             policy: Policy::default(),
+            verify: Arc::new(verify::VerifyCache::new(Policy::default().verify_cache_ttl)),
         }
     }
 
@@ -145,8 +151,15 @@ impl Service {
     }
 
     pub fn with_policy(mut self, policy: Policy) -> Self {
+        if policy.verify_cache_ttl != self.policy.verify_cache_ttl {
+            self.verify = Arc::new(verify::VerifyCache::new(policy.verify_cache_ttl));
+        }
         self.policy = policy;
         self
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
     }
 
     pub fn store(&self) -> &Store {

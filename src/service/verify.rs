@@ -1,89 +1,316 @@
-//! Key verification: what the organization's services ask of a presented key.
+//! Key and Secret verification for the organization's services, behind a short-lived cache.
 
 use super::{Service, ServiceResult};
-use crate::domain::application::{AppStatus, LoginUserType, SourceApp};
-use crate::domain::credentials::{ApplicationId, parse_api_key};
-use crate::domain::ids::GuildId;
-use chrono::{DateTime, Utc};
+use crate::domain::credentials::{ApplicationId, parse_api_key, parse_client_secret};
+use crate::domain::verification::{
+    Assessment, Expectations, KeyStanding, SecretStanding, VerifyCode,
+};
+use crate::store::CredentialChange;
+use chrono::{DateTime, TimeDelta, Utc};
+use moka::sync::Cache;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tokio::sync::watch;
 
-/// Why a key does not work. Deliberately coarse: enough for a caller to act
-/// on, nothing that helps someone probing for keys.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VerifyFailure {
-    /// Not a keygate key at all, or mistyped (checksum).
-    Malformed,
-    /// Well-formed, but never issued.
-    Unknown,
-    Revoked,
-    Expired,
+/// A key's `last_used_at` is written at most this often.
+pub const LAST_USED_GRANULARITY: TimeDelta = TimeDelta::minutes(1);
+/// Entries each cache holds at most; a verified key costs well under 1 KiB.
+const CACHE_CAPACITY: u64 = 100_000;
+/// Keys awaiting their last-used stamp at most; past that a stamp waits for
+/// the next minute rather than growing memory under a flood of distinct keys.
+const PENDING_USES_MAX: usize = 100_000;
+
+/// The answer for one presented credential: its code and, only when valid,
+/// what it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict<T> {
+    pub code: VerifyCode,
+    pub missing_scopes: Vec<String>,
+    /// Some only for `VALID`: an invalid credential's answer says nothing
+    /// about any application.
+    pub credential: Option<Arc<T>>,
 }
 
-impl VerifyFailure {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Malformed => "malformed",
-            Self::Unknown => "unknown",
-            Self::Revoked => "revoked",
-            Self::Expired => "expired",
+impl<T> Verdict<T> {
+    fn invalid(code: VerifyCode) -> Self {
+        Self {
+            code,
+            missing_scopes: Vec::new(),
+            credential: None,
+        }
+    }
+
+    fn from_assessment(a: Assessment, standing: Arc<T>) -> Self {
+        Self {
+            credential: a.is_valid().then_some(standing),
+            code: a.code,
+            missing_scopes: a.missing_scopes,
+        }
+    }
+
+    pub fn is_valid(&self) -> bool {
+        self.code == VerifyCode::Valid
+    }
+}
+
+/// A cached key and when this process last queued its last-used stamp.
+struct CachedKey {
+    standing: Arc<KeyStanding>,
+    noted_ms: AtomicI64,
+}
+
+impl CachedKey {
+    fn new(standing: KeyStanding) -> Self {
+        let noted_ms = standing
+            .last_used_at
+            .map_or(i64::MIN, |t| t.timestamp_millis());
+        Self {
+            standing: Arc::new(standing),
+            noted_ms: AtomicI64::new(noted_ms),
         }
     }
 }
 
-/// What a valid key grants.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VerifiedKey {
-    pub app_id: ApplicationId,
-    pub guild_id: GuildId,
-    pub scopes: Vec<String>,
-    pub user_type: LoginUserType,
-    pub source_app: SourceApp,
-    pub expires_at: DateTime<Utc>,
+type KeyEntry = Option<Arc<CachedKey>>;
+type SecretEntry = Option<Arc<SecretStanding>>;
+
+/// Stored credentials by lookup, positive and negative entries alike. The
+/// code is never cached: it is computed from the record and the clock on
+/// every request, so an expiry is exact.
+pub(super) struct VerifyCache {
+    /// None when the cache is off (every request reads the database).
+    keys: Option<Cache<String, KeyEntry>>,
+    secrets: Option<Cache<ApplicationId, SecretEntry>>,
+    /// Bumped by every invalidation: a load that began before one must not
+    /// store what it read, which may predate the change.
+    epoch: AtomicU64,
+    /// Last-used stamps waiting to be written, by key id.
+    pending_uses: Mutex<HashMap<String, DateTime<Utc>>>,
+    /// Whether this process currently hears other processes' changes.
+    following: AtomicBool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verification {
-    Valid(VerifiedKey),
-    Invalid(VerifyFailure),
+impl VerifyCache {
+    pub(super) fn new(ttl: Duration) -> Self {
+        fn build<K, V>(ttl: Duration) -> Option<Cache<K, V>>
+        where
+            K: std::hash::Hash + Eq + Send + Sync + 'static,
+            V: Clone + Send + Sync + 'static,
+        {
+            (!ttl.is_zero()).then(|| {
+                Cache::builder()
+                    .max_capacity(CACHE_CAPACITY)
+                    .time_to_live(ttl)
+                    .build()
+            })
+        }
+        Self {
+            keys: build(ttl),
+            secrets: build(ttl),
+            epoch: AtomicU64::new(0),
+            pending_uses: Mutex::new(HashMap::new()),
+            following: AtomicBool::new(false),
+        }
+    }
+
+    /// Forgets everything: credentials changed somewhere. Changes are rare
+    /// (revocations, rotations, new Secrets), so dropping every entry is
+    /// cheaper to get right than tracking which entries an app owns.
+    pub(super) fn invalidate(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        if let Some(c) = &self.keys {
+            c.invalidate_all();
+        }
+        if let Some(c) = &self.secrets {
+            c.invalidate_all();
+        }
+    }
+
+    fn note_use(&self, key: &CachedKey, now: DateTime<Utc>) {
+        let now_ms = now.timestamp_millis();
+        let noted = key.noted_ms.load(Ordering::Relaxed);
+        if now_ms.saturating_sub(noted) < LAST_USED_GRANULARITY.num_milliseconds() {
+            return;
+        }
+        // One request per key and minute wins the stamp; the rest move on.
+        if key
+            .noted_ms
+            .compare_exchange(noted, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return;
+        }
+        let mut pending = self
+            .pending_uses
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if pending.len() < PENDING_USES_MAX || pending.contains_key(&key.standing.key_id) {
+            pending.insert(key.standing.key_id.clone(), now);
+        }
+    }
+
+    fn take_uses(&self) -> Vec<(String, DateTime<Utc>)> {
+        let mut pending = self
+            .pending_uses
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        pending.drain().collect()
+    }
+}
+
+fn cache_outcome(hit: bool) {
+    let result = if hit { "hit" } else { "miss" };
+    metrics::counter!("keygate_verify_cache_total", "result" => result).increment(1);
 }
 
 impl Service {
-    /// Checks a presented API key. Malformed keys never reach the database.
-    pub async fn verify_key(&self, presented: &str) -> ServiceResult<Verification> {
+    /// Checks a presented API key against what the caller expects of it.
+    /// Malformed keys (prefix, length, checksum) never reach the cache or the
+    /// database, and are never hashed.
+    pub async fn verify_key(
+        &self,
+        presented: &str,
+        expect: &Expectations,
+    ) -> ServiceResult<Verdict<KeyStanding>> {
         let Ok(key) = parse_api_key(presented) else {
-            return Ok(Verification::Invalid(VerifyFailure::Malformed));
+            return Ok(Verdict::invalid(VerifyCode::Malformed));
         };
         let hash = key.hash();
+        let cache = &self.verify;
+        let cached = cache.keys.as_ref().and_then(|c| c.get(hash.as_str()));
+        cache_outcome(cached.is_some());
+        let entry = match cached {
+            Some(entry) => entry,
+            None => {
+                let epoch = cache.epoch.load(Ordering::Acquire);
+                let entry = self
+                    .store
+                    .key_standing(&hash)
+                    .await?
+                    .map(|s| Arc::new(CachedKey::new(s)));
+                if let Some(c) = &cache.keys
+                    && cache.epoch.load(Ordering::Acquire) == epoch
+                {
+                    c.insert(hash.as_str().to_owned(), entry.clone());
+                }
+                entry
+            }
+        };
+        let Some(entry) = entry else {
+            return Ok(Verdict::invalid(VerifyCode::NotFound));
+        };
         let now = self.clock.now();
-        let mut tx = self.store.read().await?;
-        let record = tx.api_key_by_hash(&hash).await?;
-        // The look-up was by hash; the constant-time comparison guards against
-        // a database collation or index returning a near miss.
-        let Some(record) = record.filter(|r| r.key_hash.matches(&hash)) else {
-            tx.rollback().await?;
-            return Ok(Verification::Invalid(VerifyFailure::Unknown));
+        let assessment = entry.standing.assess(expect, now);
+        // A key that exists was used, even when refused: a revoked key still
+        // being presented is what its owner most needs to know.
+        if assessment.code != VerifyCode::NotFound && assessment.code != VerifyCode::WrongApp {
+            cache.note_use(&entry, now);
+        }
+        Ok(Verdict::from_assessment(assessment, entry.standing.clone()))
+    }
+
+    /// Checks an application's ID and Secret. A wrong Secret is `NOT_FOUND`,
+    /// like an unknown application: the answer tells a prober nothing.
+    pub async fn authenticate_app(
+        &self,
+        app_id: &str,
+        secret: &str,
+        expect: &Expectations,
+    ) -> ServiceResult<Verdict<SecretStanding>> {
+        let (Ok(app_id), Ok(secret)) = (ApplicationId::parse(app_id), parse_client_secret(secret))
+        else {
+            return Ok(Verdict::invalid(VerifyCode::Malformed));
         };
-        let app = tx.app_by_id(&record.app_id).await?;
-        tx.rollback().await?;
-        let Some(app) = app else {
-            return Ok(Verification::Invalid(VerifyFailure::Unknown));
+        let cache = &self.verify;
+        let cached = cache.secrets.as_ref().and_then(|c| c.get(&app_id));
+        cache_outcome(cached.is_some());
+        let entry = match cached {
+            Some(entry) => entry,
+            None => {
+                let epoch = cache.epoch.load(Ordering::Acquire);
+                let entry = self.store.secret_standing(&app_id).await?.map(Arc::new);
+                if let Some(c) = &cache.secrets
+                    && cache.epoch.load(Ordering::Acquire) == epoch
+                {
+                    c.insert(app_id.clone(), entry.clone());
+                }
+                entry
+            }
         };
-        let failure = if record.revoked_at.is_some() || app.status == AppStatus::Revoked {
-            Some(VerifyFailure::Revoked)
-        } else if record.expires_at <= now {
-            Some(VerifyFailure::Expired)
-        } else {
-            None
+        // Constant time: how much of a wrong Secret matched stays unknown.
+        let Some(standing) = entry.filter(|s| s.hash.matches(&secret.hash())) else {
+            return Ok(Verdict::invalid(VerifyCode::NotFound));
         };
-        Ok(match failure {
-            Some(f) => Verification::Invalid(f),
-            None => Verification::Valid(VerifiedKey {
-                app_id: app.id,
-                guild_id: app.guild_id,
-                scopes: app.scopes,
-                user_type: app.user_type,
-                source_app: app.source_app,
-                expires_at: record.expires_at,
-            }),
-        })
+        let assessment = standing.assess(expect, self.clock.now());
+        Ok(Verdict::from_assessment(assessment, standing))
+    }
+
+    /// Writes the last-used stamps gathered since the previous call, in one
+    /// transaction. Returns how many keys were stamped.
+    pub async fn flush_last_used(&self) -> ServiceResult<u64> {
+        let uses = self.verify.take_uses();
+        if uses.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.store.begin().await?;
+        let written = tx.mark_keys_used(&uses, LAST_USED_GRANULARITY).await?;
+        tx.commit().await?;
+        Ok(written)
+    }
+
+    /// True while `follow_credential_changes` is connected and listening.
+    pub fn is_following_credential_changes(&self) -> bool {
+        self.verify.following.load(Ordering::Acquire)
+    }
+
+    /// Drops cached credentials whenever any process changes some, until
+    /// `stop`. Only PostgreSQL carries notifications; on SQLite this returns
+    /// at once and the cache's lifetime bounds staleness across processes.
+    pub async fn follow_credential_changes(&self, mut stop: watch::Receiver<bool>) {
+        const RETRY: Duration = Duration::from_secs(1);
+        loop {
+            let mut changes = match self.store.credential_changes().await {
+                Ok(Some(changes)) => changes,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for credential changes; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(RETRY) => continue,
+                        _ = stop.changed() => return,
+                    }
+                }
+            };
+            // What changed while nobody listened is unknown.
+            self.verify.invalidate();
+            self.verify.following.store(true, Ordering::Release);
+            tracing::debug!("listening for credential changes");
+            loop {
+                let change = tokio::select! {
+                    change = changes.next() => change,
+                    _ = stop.changed() => {
+                        self.verify.following.store(false, Ordering::Release);
+                        return;
+                    }
+                };
+                match change {
+                    Ok(CredentialChange::App(app)) => {
+                        tracing::debug!(%app, "credentials changed elsewhere");
+                        self.verify.invalidate();
+                    }
+                    Ok(CredentialChange::Resync) => {
+                        tracing::info!("credential listener reconnected; cache flushed");
+                        self.verify.invalidate();
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "credential listener failed; reconnecting");
+                        self.verify.following.store(false, Ordering::Release);
+                        self.verify.invalidate();
+                        break;
+                    }
+                }
+            }
+        }
     }
 }

@@ -253,6 +253,9 @@ impl Service {
             None
         };
         tx.commit().await?;
+        if credentials.is_some() {
+            self.verify.invalidate();
+        }
         Ok(Submitted {
             app,
             request,

@@ -9,10 +9,12 @@ mod audit;
 mod drafts;
 mod redactions;
 mod settings;
+mod verification;
 
 pub use apps::ApiKeyRecord;
 pub use audit::OutboxEntry;
 pub use redactions::DmRedaction;
+pub use verification::{CredentialChange, CredentialChanges, Gauges};
 
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -189,11 +191,18 @@ impl Store {
         }
     }
 
+    fn migrator(&self) -> &'static sqlx::migrate::Migrator {
+        match self {
+            Self::Sqlite(..) => &SQLITE_MIGRATIONS,
+            Self::Postgres(_) => &POSTGRES_MIGRATIONS,
+        }
+    }
+
     /// Applies the backend's pending migrations.
     pub async fn migrate(&self) -> StoreResult<()> {
         match self {
-            Self::Sqlite(pool, _) => SQLITE_MIGRATIONS.run(pool).await?,
-            Self::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await?,
+            Self::Sqlite(pool, _) => self.migrator().run(pool).await?,
+            Self::Postgres(pool) => self.migrator().run(pool).await?,
         }
         Ok(())
     }

@@ -5,10 +5,12 @@ pub mod fake_discord;
 pub mod ping_bot;
 
 use chrono::{TimeZone, Utc};
+use keygate::domain::application::{LoginUserType, SourceApp};
 use keygate::domain::catalog::ScopeCatalog;
+use keygate::domain::credentials::{ApiKey, ApplicationId};
 use keygate::domain::ids::{GuildId, UserId};
 use keygate::domain::validation::AppForm;
-use keygate::service::{Clock, Service};
+use keygate::service::{Actor, Clock, DraftInput, DraftStart, Service, Submitted};
 use keygate::store::{Store, TABLES};
 use rand::distr::{Alphanumeric, SampleString};
 use sqlx::postgres::PgConnectOptions;
@@ -92,6 +94,36 @@ impl TestDb {
             service,
             clock,
             cleanup,
+        }
+    }
+
+    /// A store of its own (its own pool and connections) on the same
+    /// database: what another keygate process would open.
+    pub async fn peer_store(&self) -> Store {
+        match &self.cleanup {
+            Cleanup::Sqlite(dir) => Store::connect_sqlite(
+                SqliteConnectOptions::new().filename(dir.path().join("keygate.db")),
+            )
+            .await
+            .expect("open sqlite again"),
+            Cleanup::Postgres { admin_url, schema } => Store::connect_postgres(
+                PgConnectOptions::from_str(admin_url)
+                    .expect("TEST_POSTGRES_URL")
+                    .options([("search_path", schema.as_str())]),
+            )
+            .await
+            .expect("open postgres again"),
+        }
+    }
+
+    /// The URL another process would be given for this database.
+    pub fn database_url(&self) -> String {
+        match &self.cleanup {
+            Cleanup::Sqlite(dir) => format!("sqlite://{}", dir.path().join("keygate.db").display()),
+            Cleanup::Postgres { admin_url, schema } => {
+                let sep = if admin_url.contains('?') { '&' } else { '?' };
+                format!("{admin_url}{sep}options[search_path]={schema}")
+            }
         }
     }
 
@@ -220,4 +252,81 @@ macro_rules! on_both_stores {
             )*
         }
     };
+}
+
+/// The code a key gets when nothing is pinned.
+pub async fn verify(service: &Service, key: &str) -> keygate::domain::verification::VerifyCode {
+    service
+        .verify_key(key, &Default::default())
+        .await
+        .expect("verify")
+        .code
+}
+
+pub async fn draft_to_review(svc: &Service, user: UserId, name: &str) -> String {
+    let id = match svc.start_draft(GUILD, user).await.unwrap() {
+        DraftStart::New(d) => d.id,
+        DraftStart::Existing(d) => panic!("unexpected open draft {}", d.id),
+    };
+    for input in [
+        DraftInput::Details(form(name)),
+        DraftInput::UserType(LoginUserType::Guest),
+        DraftInput::SourceApp(SourceApp::ExternalCma),
+        DraftInput::Next,
+        DraftInput::Scopes(vec!["appointments".into(), "guests".into()]),
+        DraftInput::Next,
+    ] {
+        svc.advance_draft(&id, user, input).await.unwrap();
+    }
+    id
+}
+
+pub async fn submit(svc: &Service, user: UserId, name: &str) -> Submitted {
+    let id = draft_to_review(svc, user, name).await;
+    svc.submit_draft(&id, user, None).await.unwrap()
+}
+
+/// An app with its credentials issued and its key generated.
+pub async fn active_app(db: &TestDb, name: &str) -> (ApplicationId, ApiKey) {
+    let app = submit(&db.service, ALICE, name).await.app;
+    let key = db
+        .service
+        .generate_api_key(GUILD, &app.id, Actor::member(ALICE))
+        .await
+        .unwrap();
+    (app.id, key.key)
+}
+
+/// Every log line of this test binary at `filter`, to check for secrets.
+/// The first call in a binary installs the capture; later calls share it.
+pub fn captured_logs(filter: &str) -> Arc<std::sync::Mutex<Vec<u8>>> {
+    static LOGS: std::sync::OnceLock<Arc<std::sync::Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buffer = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = buffer.clone();
+        let writer = move || Capture(sink.clone());
+        keygate::telemetry::init(
+            keygate::config::LogFormat::Pretty,
+            tracing_subscriber::EnvFilter::new(filter),
+            writer,
+        )
+        .expect("install the log capture");
+        buffer
+    })
+    .clone()
+}
+
+struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }

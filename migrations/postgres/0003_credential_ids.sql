@@ -1,0 +1,12 @@
+-- Public ids for keys and Secrets (the verify API names them; a hash is not for
+-- showing), and when each key was last presented to the verify API.
+ALTER TABLE api_keys ADD COLUMN id TEXT;
+ALTER TABLE api_keys ADD COLUMN last_used_at BIGINT;
+UPDATE api_keys SET id = 'key_' || substr(md5(random()::text || key_hash), 1, 16);
+ALTER TABLE api_keys ALTER COLUMN id SET NOT NULL;
+CREATE UNIQUE INDEX api_keys_id ON api_keys (id);
+
+ALTER TABLE app_secrets ADD COLUMN id TEXT;
+UPDATE app_secrets SET id = 'sec_' || substr(md5(random()::text || secret_hash), 1, 16);
+ALTER TABLE app_secrets ALTER COLUMN id SET NOT NULL;
+CREATE UNIQUE INDEX app_secrets_id ON app_secrets (id);

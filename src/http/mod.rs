@@ -1,0 +1,232 @@
+//! The HTTP side: the key verification API, health, readiness and Prometheus metrics.
+
+mod error;
+mod verify;
+
+pub use error::ApiError;
+pub use verify::{BODY_LIMIT, KEY_EXPIRATION};
+
+use crate::service::Service;
+use anyhow::Context as _;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::header;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use subtle::ConstantTimeEq;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Last-used stamps are written this often (each key at most once a minute).
+const LAST_USED_FLUSH: Duration = Duration::from_secs(10);
+/// Histogram samples are folded in this often, so memory stays flat between scrapes.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct ApiState {
+    service: Service,
+    /// SHA-256 of each accepted bearer token: comparing fixed-size digests in
+    /// constant time leaks neither content nor length.
+    tokens: Arc<[[u8; 32]]>,
+}
+
+impl ApiState {
+    pub fn new(service: Service, tokens: &[SecretString]) -> Self {
+        let tokens = tokens
+            .iter()
+            .map(|t| Sha256::digest(t.expose_secret().as_bytes()).into())
+            .collect();
+        Self { service, tokens }
+    }
+
+    fn accepts(&self, presented: &str) -> bool {
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        // Every token is compared, so timing does not tell which one matched.
+        self.tokens
+            .iter()
+            .fold(subtle::Choice::from(0), |any, t| any | t.ct_eq(&digest))
+            .into()
+    }
+}
+
+/// `/v1/*` requires one of the bearer tokens when any is configured.
+async fn require_token(
+    State(state): State<ApiState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if !state.tokens.is_empty() {
+        let bearer = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim());
+        if !bearer.is_some_and(|t| state.accepts(t)) {
+            metrics::counter!("keygate_http_unauthorized_total").increment(1);
+            return Err(ApiError::Unauthorized);
+        }
+    }
+    Ok(next.run(request).await)
+}
+
+async fn healthz() -> impl IntoResponse {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn readyz(State(state): State<ApiState>) -> Result<Json<serde_json::Value>, ApiError> {
+    match state.service.store().is_ready().await {
+        Ok(true) => Ok(Json(json!({ "status": "ready" }))),
+        Ok(false) => {
+            tracing::warn!("not ready: the database lacks this build's migrations");
+            Err(ApiError::NotReady)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready: the database does not answer");
+            Err(ApiError::NotReady)
+        }
+    }
+}
+
+async fn metrics_text(State(state): State<ApiState>) -> Response {
+    // Gauges are counted at scrape time from the database, which every
+    // process shares; counters are this process's own.
+    match state.service.store().gauges().await {
+        Ok(g) => {
+            for (status, n) in g.apps_by_status {
+                metrics::gauge!("keygate_applications", "status" => status.as_str()).set(n as f64);
+            }
+            metrics::gauge!("keygate_pending_approval_requests").set(g.pending_requests as f64);
+            metrics::gauge!("keygate_audit_outbox_backlog").set(g.outbox_backlog as f64);
+        }
+        Err(e) => tracing::warn!(error = %e, "metrics: cannot count rows; gauges are stale"),
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::telemetry::metrics().render(),
+    )
+        .into_response()
+}
+
+/// The whole HTTP API over `state`.
+pub fn router(state: ApiState) -> Router {
+    let v1 = Router::new()
+        .route("/keys/verify", post(verify::verify_key))
+        .route("/apps/authenticate", post(verify::authenticate_app))
+        .fallback(|| async { ApiError::NotFound })
+        .layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .nest("/v1", v1)
+        .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+/// A running HTTP server and the workers that keep its cache honest.
+pub struct HttpHandle {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    server: JoinHandle<std::io::Result<()>>,
+    workers: Vec<JoinHandle<()>>,
+    service: Service,
+}
+
+impl HttpHandle {
+    /// The address actually bound (useful with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Resolves if the server stops by itself (an I/O error on the listener).
+    pub async fn stopped(&mut self) -> anyhow::Result<()> {
+        match (&mut self.server).await {
+            Ok(r) => r.context("the HTTP server failed"),
+            Err(e) => Err(e).context("the HTTP server task failed"),
+        }
+    }
+
+    /// Stops accepting, lets in-flight requests finish, stops the workers and
+    /// writes the last-used stamps still pending.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        if !self.server.is_finished() {
+            match self.server.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "the HTTP server stopped with an error"),
+                Err(e) => tracing::warn!(error = %e, "the HTTP server task failed"),
+            }
+        }
+        for worker in self.workers {
+            let _ = worker.await;
+        }
+        if let Err(e) = self.service.flush_last_used().await {
+            tracing::warn!(error = %e, "could not write the last-used stamps");
+        }
+    }
+}
+
+/// Binds `addr` and serves the API until `shutdown`.
+pub async fn start(
+    addr: SocketAddr,
+    tokens: &[SecretString],
+    service: Service,
+) -> anyhow::Result<HttpHandle> {
+    crate::telemetry::metrics();
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on HTTP_ADDR {addr}"))?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = watch::channel(false);
+    let app = router(ApiState::new(service.clone(), tokens));
+    let server = tokio::spawn({
+        let mut stopped = stopped.clone();
+        async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+                .await
+        }
+    });
+    let workers = vec![
+        tokio::spawn({
+            let (service, stopped) = (service.clone(), stopped.clone());
+            async move { service.follow_credential_changes(stopped).await }
+        }),
+        crate::runtime::every("last-used stamps", LAST_USED_FLUSH, stopped.clone(), {
+            let service = service.clone();
+            move || {
+                let service = service.clone();
+                async move { Ok(service.flush_last_used().await.map(drop)?) }
+            }
+        }),
+        crate::runtime::every("metrics upkeep", METRICS_UPKEEP, stopped, || async {
+            crate::telemetry::metrics().run_upkeep();
+            Ok(())
+        }),
+    ];
+    tracing::info!(%addr, tokens = tokens.len(), "verify API listening");
+    Ok(HttpHandle {
+        addr,
+        stop,
+        server,
+        workers,
+        service,
+    })
+}

@@ -1,0 +1,275 @@
+//! The verify API's reads (straight on the pool: no transaction on the hot path),
+//! last-used stamps, readiness, gauges, and credential-change notifications.
+
+use super::{ApiKeyRecord, Store, StoreError, StoreResult, Tx, from_ms, on_conn, to_ms};
+use crate::domain::application::{AppStatus, LoginUserType, SourceApp};
+use crate::domain::credentials::{ApplicationId, CredentialHash};
+use crate::domain::ids::GuildId;
+use crate::domain::verification::{AppCard, KeyStanding, SecretStanding};
+use chrono::{DateTime, Utc};
+use sqlx::postgres::PgListener;
+
+/// Runs `$body` with `$pool` bound to the store's pool, whichever backend it is.
+macro_rules! on_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match $store {
+            Store::Sqlite($pool, _) => $body,
+            Store::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// The channel that carries "this application's credentials changed".
+const CHANNEL: &str = "keygate_credentials";
+
+#[derive(sqlx::FromRow)]
+struct CardRow {
+    app_id: String,
+    guild_id: i64,
+    name: String,
+    login_user_type: String,
+    source_app: String,
+    status: String,
+}
+
+/// A key's row (its `app_id` read from the joined application) and its app.
+#[derive(sqlx::FromRow)]
+struct KeyRow {
+    #[sqlx(flatten)]
+    key: super::apps::KeyRow,
+    #[sqlx(flatten)]
+    card: CardRow,
+}
+
+#[derive(sqlx::FromRow)]
+struct SecretRow {
+    id: String,
+    secret_hash: String,
+    secret_prefix: String,
+    created_at: i64,
+    #[sqlx(flatten)]
+    card: CardRow,
+}
+
+const CARD_COLUMNS: &str =
+    "a.id AS app_id, a.guild_id, a.name, a.login_user_type, a.source_app, a.status";
+
+impl CardRow {
+    fn into_card(self, table: &'static str, scopes: Vec<String>) -> StoreResult<AppCard> {
+        let corrupt = |what: &str, v: &str| StoreError::corrupt(table, format!("{what} `{v}`"));
+        Ok(AppCard {
+            id: ApplicationId::parse(&self.app_id).map_err(|_| corrupt("app id", &self.app_id))?,
+            guild_id: GuildId::from_db(self.guild_id),
+            user_type: LoginUserType::parse(&self.login_user_type)
+                .ok_or_else(|| corrupt("login_user_type", &self.login_user_type))?,
+            source_app: SourceApp::parse(&self.source_app)
+                .ok_or_else(|| corrupt("source_app", &self.source_app))?,
+            status: AppStatus::parse(&self.status)
+                .ok_or_else(|| corrupt("status", &self.status))?,
+            name: self.name,
+            scopes,
+        })
+    }
+}
+
+/// A change notification, or word that some may have been missed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CredentialChange {
+    /// This application's keys or Secret changed (revoked, rotated).
+    App(ApplicationId),
+    /// The connection dropped and was re-established: notifications sent
+    /// meanwhile are lost.
+    Resync,
+}
+
+/// Listens for credential changes made by any process (PostgreSQL only).
+pub struct CredentialChanges(PgListener);
+
+impl CredentialChanges {
+    /// The next change. sqlx reconnects a dropped listener by itself; that
+    /// shows here as `Resync`.
+    pub async fn next(&mut self) -> StoreResult<CredentialChange> {
+        loop {
+            match self.0.try_recv().await? {
+                None => return Ok(CredentialChange::Resync),
+                Some(n) => match ApplicationId::parse(n.payload()) {
+                    Ok(id) => return Ok(CredentialChange::App(id)),
+                    Err(_) => {
+                        tracing::warn!(
+                            payload = n.payload(),
+                            "ignoring a malformed credential notification"
+                        );
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// Row counts the metrics endpoint reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Gauges {
+    pub apps_by_status: Vec<(AppStatus, i64)>,
+    pub pending_requests: i64,
+    pub outbox_backlog: i64,
+}
+
+impl Store {
+    /// An API key by its hash, with its application and scopes: two queries,
+    /// no transaction (a key's row and its app's scopes do not change together
+    /// in a way a verification could observe half of).
+    pub async fn key_standing(&self, hash: &CredentialHash) -> StoreResult<Option<KeyStanding>> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT k.id, k.key_hash, k.key_prefix, k.created_at, k.expires_at, k.revoked_at, \
+             k.last_used_at, {CARD_COLUMNS} \
+             FROM api_keys k JOIN applications a ON a.id = k.app_id WHERE k.key_hash = $1"
+        ));
+        let row: Option<KeyRow> = on_pool!(self, p => sqlx::query_as(sql)
+            .bind(hash.as_str())
+            .fetch_optional(p)
+            .await?);
+        let Some(KeyRow { key, card }) = row else {
+            return Ok(None);
+        };
+        let key = ApiKeyRecord::try_from(key)?;
+        // The look-up was by hash; the constant-time comparison guards against
+        // a collation or an index returning a near miss.
+        if !hash.matches(&key.key_hash) {
+            return Ok(None);
+        }
+        let scopes = self.scopes_of(&card.app_id).await?;
+        Ok(Some(KeyStanding {
+            key_id: key.id,
+            start: key.key_prefix,
+            created_at: key.created_at,
+            expires_at: key.expires_at,
+            revoked_at: key.revoked_at,
+            last_used_at: key.last_used_at,
+            app: card.into_card("api_keys", scopes)?,
+        }))
+    }
+
+    /// An application's Secret (its hash) with the application and scopes.
+    pub async fn secret_standing(
+        &self,
+        app: &ApplicationId,
+    ) -> StoreResult<Option<SecretStanding>> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "SELECT s.id, s.secret_hash, s.secret_prefix, s.created_at, {CARD_COLUMNS} \
+             FROM app_secrets s JOIN applications a ON a.id = s.app_id WHERE s.app_id = $1"
+        ));
+        let row: Option<SecretRow> = on_pool!(self, p => sqlx::query_as(sql)
+            .bind(app.as_str())
+            .fetch_optional(p)
+            .await?);
+        let Some(r) = row else {
+            return Ok(None);
+        };
+        let scopes = self.scopes_of(&r.card.app_id).await?;
+        const T: &str = "app_secrets";
+        Ok(Some(SecretStanding {
+            secret_id: r.id,
+            hash: CredentialHash::from_stored(r.secret_hash),
+            start: r.secret_prefix,
+            created_at: from_ms(T, r.created_at)?,
+            app: r.card.into_card(T, scopes)?,
+        }))
+    }
+
+    async fn scopes_of(&self, app: &str) -> StoreResult<Vec<String>> {
+        Ok(on_pool!(self, p => sqlx::query_scalar(
+            "SELECT scope FROM app_scopes WHERE app_id = $1 ORDER BY position")
+            .bind(app)
+            .fetch_all(p)
+            .await?))
+    }
+
+    /// True when the database answers and every migration this build knows
+    /// of has been applied.
+    pub async fn is_ready(&self) -> StoreResult<bool> {
+        let latest = self.migrator().iter().map(|m| m.version).max().unwrap_or(0);
+        let applied: Option<i64> = on_pool!(self, p => sqlx::query_scalar(
+            "SELECT MAX(version) FROM _sqlx_migrations WHERE success")
+            .fetch_one(p)
+            .await?);
+        Ok(applied.unwrap_or(0) >= latest)
+    }
+
+    pub async fn gauges(&self) -> StoreResult<Gauges> {
+        let (by_status, pending, backlog): (Vec<(String, i64)>, i64, i64) = on_pool!(self, p => (
+            sqlx::query_as("SELECT status, COUNT(*) FROM applications GROUP BY status")
+                .fetch_all(p)
+                .await?,
+            sqlx::query_scalar("SELECT COUNT(*) FROM approval_requests WHERE status = 'pending'")
+                .fetch_one(p)
+                .await?,
+            sqlx::query_scalar("SELECT COUNT(*) FROM audit_outbox WHERE posted_at IS NULL")
+                .fetch_one(p)
+                .await?,
+        ));
+        let apps_by_status = AppStatus::ALL
+            .into_iter()
+            .map(|status| {
+                let n = by_status
+                    .iter()
+                    .find(|(s, _)| s == status.as_str())
+                    .map_or(0, |(_, n)| *n);
+                (status, n)
+            })
+            .collect();
+        Ok(Gauges {
+            apps_by_status,
+            pending_requests: pending,
+            outbox_backlog: backlog,
+        })
+    }
+
+    /// Starts listening for credential changes; None on SQLite, which has no
+    /// notifications (its readers rely on the cache's short lifetime).
+    pub async fn credential_changes(&self) -> StoreResult<Option<CredentialChanges>> {
+        let Store::Postgres(pool) = self else {
+            return Ok(None);
+        };
+        let mut listener = PgListener::connect_with(pool).await?;
+        listener.listen(CHANNEL).await?;
+        Ok(Some(CredentialChanges(listener)))
+    }
+}
+
+impl Tx {
+    /// Tells every process that `app`'s credentials changed, when (and only
+    /// if) this transaction commits. A no-op on SQLite.
+    pub async fn notify_credentials_changed(&mut self, app: &ApplicationId) -> StoreResult<()> {
+        if let super::TxInner::Postgres(t) = &mut self.inner {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANNEL)
+                .bind(app.as_str())
+                .execute(&mut **t)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Stamps keys as used at the given times, never moving a stamp back, and
+    /// only where the stored one is at least `min_gap` older (so several
+    /// processes together write a key at most about once per `min_gap`).
+    pub async fn mark_keys_used(
+        &mut self,
+        uses: &[(String, DateTime<Utc>)],
+        min_gap: chrono::TimeDelta,
+    ) -> StoreResult<u64> {
+        let mut written = 0;
+        for (key_id, at) in uses {
+            written += on_conn!(self, c => sqlx::query(
+                "UPDATE api_keys SET last_used_at = $1 \
+                 WHERE id = $2 AND (last_used_at IS NULL OR last_used_at <= $3)")
+                .bind(to_ms(*at))
+                .bind(key_id)
+                .bind(to_ms(*at - min_gap))
+                .execute(&mut *c)
+                .await?
+                .rows_affected());
+        }
+        Ok(written)
+    }
+}
