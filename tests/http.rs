@@ -344,6 +344,21 @@ async fn bad_input_gets_a_json_error(db: &TestDb) {
         );
     }
     assert_eq!(db.row_counts().await, before, "bad input writes nothing");
+    // An error never quotes what was sent, which may be a credential.
+    let r = api
+        .post("/v1/keys/verify")
+        .json(&json!({ "key": key.expose(), "scopes": key.expose() }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let error = r.text().await.unwrap();
+    assert!(!error.contains(&key.expose()[3..]), "{error}");
+    let r = raw(r#"{"app_id": "app_x"}"#, Some("application/json"))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.text().await.unwrap().contains("missing field `key`"));
     api.stop().await;
     assert_not_logged(&[key.expose()]);
 }

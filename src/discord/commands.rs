@@ -192,7 +192,7 @@ pub async fn show(
     let guild = viewer_guild(&ctx).await?;
     let service = &ctx.data().service;
     let app = resolve(&ctx, guild, &app).await?;
-    let keys = service.api_keys(guild, &app.id).await?;
+    let keys = service.api_keys(&app).await?;
     let embed = CreateEmbed::new()
         .title(app.details.name.clone())
         .colour(0x5865F2)

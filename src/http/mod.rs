@@ -28,6 +28,13 @@ use tokio::task::JoinHandle;
 const LAST_USED_FLUSH: Duration = Duration::from_secs(10);
 /// Histogram samples are folded in this often, so memory stays flat between scrapes.
 const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+/// A request (body included) that takes longer is cut off: a slow client must
+/// not hold a connection, or a shutdown, for ever.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// In-flight requests get this long to finish at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
+/// Probes and scrapes answer within this even when the database does not.
+const DATABASE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -84,14 +91,19 @@ async fn healthz() -> impl IntoResponse {
 }
 
 async fn readyz(State(state): State<ApiState>) -> Result<Json<serde_json::Value>, ApiError> {
-    match state.service.store().is_ready().await {
-        Ok(true) => Ok(Json(json!({ "status": "ready" }))),
-        Ok(false) => {
+    let probe = tokio::time::timeout(DATABASE_PROBE_TIMEOUT, state.service.store().is_ready());
+    match probe.await {
+        Ok(Ok(true)) => Ok(Json(json!({ "status": "ready" }))),
+        Ok(Ok(false)) => {
             tracing::warn!("not ready: the database lacks this build's migrations");
             Err(ApiError::NotReady)
         }
-        Err(e) => {
+        Ok(Err(e)) => {
             tracing::warn!(error = %e, "not ready: the database does not answer");
+            Err(ApiError::NotReady)
+        }
+        Err(_) => {
+            tracing::warn!("not ready: the database did not answer in time");
             Err(ApiError::NotReady)
         }
     }
@@ -100,15 +112,17 @@ async fn readyz(State(state): State<ApiState>) -> Result<Json<serde_json::Value>
 async fn metrics_text(State(state): State<ApiState>) -> Response {
     // Gauges are counted at scrape time from the database, which every
     // process shares; counters are this process's own.
-    match state.service.store().gauges().await {
-        Ok(g) => {
+    let gauges = tokio::time::timeout(DATABASE_PROBE_TIMEOUT, state.service.store().gauges());
+    match gauges.await {
+        Ok(Ok(g)) => {
             for (status, n) in g.apps_by_status {
                 metrics::gauge!("keygate_applications", "status" => status.as_str()).set(n as f64);
             }
             metrics::gauge!("keygate_pending_approval_requests").set(g.pending_requests as f64);
             metrics::gauge!("keygate_audit_outbox_backlog").set(g.outbox_backlog as f64);
         }
-        Err(e) => tracing::warn!(error = %e, "metrics: cannot count rows; gauges are stale"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "metrics: cannot count rows; gauges are stale"),
+        Err(_) => tracing::warn!("metrics: the database did not answer in time; gauges are stale"),
     }
     (
         [(
@@ -135,6 +149,13 @@ pub fn router(state: ApiState) -> Router {
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            REQUEST_TIMEOUT,
+        ))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
         .with_state(state)
 }
 
@@ -165,11 +186,14 @@ impl HttpHandle {
     /// writes the last-used stamps still pending.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
-        if !self.server.is_finished() {
-            match self.server.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "the HTTP server stopped with an error"),
-                Err(e) => tracing::warn!(error = %e, "the HTTP server task failed"),
+        let mut server = self.server;
+        match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "the HTTP server stopped with an error"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "the HTTP server task failed"),
+            Err(_) => {
+                tracing::warn!("requests still open after the shutdown grace; dropping them");
+                server.abort();
             }
         }
         for worker in self.workers {

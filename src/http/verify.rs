@@ -96,8 +96,37 @@ fn json_body<T: DeserializeOwned>(
     if !is_json {
         return Err(ApiError::UnsupportedMediaType);
     }
-    // serde's message names the field or position, never echoes a value.
-    serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid JSON: {e}")))
+    serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(json_problem(&e)))
+}
+
+/// What is wrong with a body, without serde's own message: that can quote
+/// the value it choked on, which may be a key or a Secret.
+fn json_problem(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let what = match e.classify() {
+        Category::Syntax | Category::Eof | Category::Io => "the body is not valid JSON",
+        Category::Data => {
+            let text = e.to_string();
+            // "missing field `key`" names a field, never a value.
+            return match text.find("missing field `") {
+                Some(_) => format!(
+                    "{} (line {}, column {})",
+                    text.split(" at line")
+                        .next()
+                        .unwrap_or("a required field is missing"),
+                    e.line(),
+                    e.column()
+                ),
+                None => format!(
+                    "a field has the wrong type: key, app_id and secret are strings, \
+                     scopes a list of strings, guild_id a string (line {}, column {})",
+                    e.line(),
+                    e.column()
+                ),
+            };
+        }
+    };
+    format!("{what} (line {}, column {})", e.line(), e.column())
 }
 
 #[derive(Serialize)]

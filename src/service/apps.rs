@@ -429,15 +429,11 @@ impl Service {
         Ok(app)
     }
 
-    /// The application's keys (hashes and standing only), newest first.
-    pub async fn api_keys(
-        &self,
-        guild: GuildId,
-        id: &ApplicationId,
-    ) -> ServiceResult<Vec<ApiKeyRecord>> {
+    /// The keys (hashes and standing only) of an application the caller
+    /// already loaded for its guild, newest first.
+    pub async fn api_keys(&self, app: &Application) -> ServiceResult<Vec<ApiKeyRecord>> {
         let mut tx = self.store.read().await?;
-        self.load_app(&mut tx, guild, id).await?;
-        let keys = tx.api_keys_of(id).await?;
+        let keys = tx.api_keys_of(&app.id).await?;
         tx.rollback().await?;
         Ok(keys)
     }

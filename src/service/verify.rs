@@ -21,6 +21,11 @@ const CACHE_CAPACITY: u64 = 100_000;
 /// Keys awaiting their last-used stamp at most; past that a stamp waits for
 /// the next minute rather than growing memory under a flood of distinct keys.
 const PENDING_USES_MAX: usize = 100_000;
+/// Last-used stamps written per transaction.
+const LAST_USED_CHUNK: usize = 500;
+/// A lost credential listener is re-opened after this, doubling up to `LISTEN_RETRY_MAX`.
+const LISTEN_RETRY: Duration = Duration::from_secs(1);
+const LISTEN_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// The answer for one presented credential: its code and, only when valid,
 /// what it belongs to.
@@ -119,12 +124,29 @@ impl VerifyCache {
     /// (revocations, rotations, new Secrets), so dropping every entry is
     /// cheaper to get right than tracking which entries an app owns.
     pub(super) fn invalidate(&self) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.epoch.fetch_add(1, Ordering::SeqCst);
         if let Some(c) = &self.keys {
             c.invalidate_all();
         }
         if let Some(c) = &self.secrets {
             c.invalidate_all();
+        }
+    }
+
+    /// Caches what a load read, unless an invalidation came since the load
+    /// began (`epoch`): its record may predate the change. An invalidation
+    /// landing between the check and the insert is caught by the check after.
+    fn store<K, V>(&self, cache: &Cache<K, V>, key: K, value: V, epoch: u64)
+    where
+        K: std::hash::Hash + Eq + Send + Sync + Clone + 'static,
+        V: Clone + Send + Sync + 'static,
+    {
+        if self.epoch.load(Ordering::SeqCst) != epoch {
+            return;
+        }
+        cache.insert(key.clone(), value);
+        if self.epoch.load(Ordering::SeqCst) != epoch {
+            cache.invalidate(&key);
         }
     }
 
@@ -158,6 +180,20 @@ impl VerifyCache {
             .unwrap_or_else(PoisonError::into_inner);
         pending.drain().collect()
     }
+
+    /// Puts back stamps a failed write could not store, unless newer ones came.
+    fn restore_uses(&self, uses: &[(String, DateTime<Utc>)]) {
+        let mut pending = self
+            .pending_uses
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (id, at) in uses {
+            if pending.len() >= PENDING_USES_MAX {
+                break;
+            }
+            pending.entry(id.clone()).or_insert(*at);
+        }
+    }
 }
 
 fn cache_outcome(hit: bool) {
@@ -184,16 +220,14 @@ impl Service {
         let entry = match cached {
             Some(entry) => entry,
             None => {
-                let epoch = cache.epoch.load(Ordering::Acquire);
+                let epoch = cache.epoch.load(Ordering::SeqCst);
                 let entry = self
                     .store
                     .key_standing(&hash)
                     .await?
                     .map(|s| Arc::new(CachedKey::new(s)));
-                if let Some(c) = &cache.keys
-                    && cache.epoch.load(Ordering::Acquire) == epoch
-                {
-                    c.insert(hash.as_str().to_owned(), entry.clone());
+                if let Some(c) = &cache.keys {
+                    cache.store(c, hash.as_str().to_owned(), entry.clone(), epoch);
                 }
                 entry
             }
@@ -229,12 +263,10 @@ impl Service {
         let entry = match cached {
             Some(entry) => entry,
             None => {
-                let epoch = cache.epoch.load(Ordering::Acquire);
+                let epoch = cache.epoch.load(Ordering::SeqCst);
                 let entry = self.store.secret_standing(&app_id).await?.map(Arc::new);
-                if let Some(c) = &cache.secrets
-                    && cache.epoch.load(Ordering::Acquire) == epoch
-                {
-                    c.insert(app_id.clone(), entry.clone());
+                if let Some(c) = &cache.secrets {
+                    cache.store(c, app_id.clone(), entry.clone(), epoch);
                 }
                 entry
             }
@@ -251,11 +283,24 @@ impl Service {
     /// transaction. Returns how many keys were stamped.
     pub async fn flush_last_used(&self) -> ServiceResult<u64> {
         let uses = self.verify.take_uses();
-        if uses.is_empty() {
-            return Ok(0);
+        let mut written = 0;
+        // Short transactions: on SQLite each holds the one write lock the
+        // bot's own writes wait for.
+        for (i, chunk) in uses.chunks(LAST_USED_CHUNK).enumerate() {
+            match self.mark_used(chunk).await {
+                Ok(n) => written += n,
+                Err(e) => {
+                    self.verify.restore_uses(&uses[i * LAST_USED_CHUNK..]);
+                    return Err(e);
+                }
+            }
         }
+        Ok(written)
+    }
+
+    async fn mark_used(&self, uses: &[(String, DateTime<Utc>)]) -> ServiceResult<u64> {
         let mut tx = self.store.begin().await?;
-        let written = tx.mark_keys_used(&uses, LAST_USED_GRANULARITY).await?;
+        let written = tx.mark_keys_used(uses, LAST_USED_GRANULARITY).await?;
         tx.commit().await?;
         Ok(written)
     }
@@ -269,19 +314,26 @@ impl Service {
     /// `stop`. Only PostgreSQL carries notifications; on SQLite this returns
     /// at once and the cache's lifetime bounds staleness across processes.
     pub async fn follow_credential_changes(&self, mut stop: watch::Receiver<bool>) {
-        const RETRY: Duration = Duration::from_secs(1);
+        let mut retry = LISTEN_RETRY;
         loop {
-            let mut changes = match self.store.credential_changes().await {
+            let connected = tokio::select! {
+                connected = self.store.credential_changes() => connected,
+                _ = stop.changed() => return,
+            };
+            let mut changes = match connected {
                 Ok(Some(changes)) => changes,
                 Ok(None) => return,
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot listen for credential changes; retrying");
+                    tracing::warn!(error = %e, retry_in = ?retry, "cannot listen for credential changes");
                     tokio::select! {
-                        _ = tokio::time::sleep(RETRY) => continue,
+                        _ = tokio::time::sleep(retry) => {}
                         _ = stop.changed() => return,
                     }
+                    retry = (retry * 2).min(LISTEN_RETRY_MAX);
+                    continue;
                 }
             };
+            let connected_at = tokio::time::Instant::now();
             // What changed while nobody listened is unknown.
             self.verify.invalidate();
             self.verify.following.store(true, Ordering::Release);
@@ -304,9 +356,18 @@ impl Service {
                         self.verify.invalidate();
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "credential listener failed; reconnecting");
+                        tracing::warn!(error = %e, retry_in = ?retry, "credential listener failed");
                         self.verify.following.store(false, Ordering::Release);
                         self.verify.invalidate();
+                        // A listener that fails as soon as it connects must not spin.
+                        if connected_at.elapsed() > LISTEN_RETRY_MAX {
+                            retry = LISTEN_RETRY;
+                        }
+                        tokio::select! {
+                            _ = tokio::time::sleep(retry) => {}
+                            _ = stop.changed() => return,
+                        }
+                        retry = (retry * 2).min(LISTEN_RETRY_MAX);
                         break;
                     }
                 }

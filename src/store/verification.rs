@@ -231,6 +231,9 @@ impl Store {
             return Ok(None);
         };
         let mut listener = PgListener::connect_with(pool).await?;
+        // Re-LISTEN before reporting a lost connection, so the cache flush
+        // that follows `Resync` cannot precede the new subscription.
+        listener.eager_reconnect(true);
         listener.listen(CHANNEL).await?;
         Ok(Some(CredentialChanges(listener)))
     }
