@@ -133,6 +133,28 @@ struct Stats {
     connections: usize,
     per_second: f64,
     sorted: Vec<Duration>,
+    /// Share of the machine's CPU used by other processes during the round.
+    others: f64,
+}
+
+/// Jiffies the machine spent in all and busy, and this process used (Linux
+/// /proc; zeros elsewhere).
+fn cpu_jiffies() -> [u64; 3] {
+    let fields = |path| -> Vec<u64> {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let line = text.lines().next().unwrap_or_default();
+        // In /proc/self/stat, past the command's ")"; anything not a count
+        // ("cpu", the state letter, a -1) reads as 0 so positions hold.
+        let line = line.rsplit_once(')').map_or(line, |(_, rest)| rest);
+        line.split_whitespace()
+            .map(|v| v.parse().unwrap_or(0))
+            .collect()
+    };
+    let (all, own) = (fields("/proc/stat"), fields("/proc/self/stat"));
+    let total: u64 = all.iter().skip(1).take(8).sum(); // user … steal
+    let idle: u64 = all.iter().skip(4).take(2).sum(); // idle, iowait
+    // Own fields start at the 3rd; utime and stime are the 14th and 15th.
+    [total, total - idle, own.iter().skip(11).take(2).sum()]
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -200,10 +222,8 @@ async fn issue_keys(svc: &Service) -> anyhow::Result<Vec<String>> {
     let mut keys = Vec::with_capacity(APPS);
     for n in 0..APPS {
         let (_, key) = issue_key(svc, &format!("Bench {n}")).await?;
-        ensure!(
-            code(svc, &key).await? == VerifyCode::Valid,
-            "a new key is not VALID"
-        );
+        let fresh = code(svc, &key).await?;
+        ensure!(fresh == VerifyCode::Valid, "a new key is {fresh:?}");
         keys.push(key);
     }
     Ok(keys)
@@ -240,23 +260,31 @@ struct Bench {
 
 impl Bench {
     /// A server over `svc`; each scenario gets a warm-up, then the measured
-    /// round, at each connection count.
+    /// round, at each connection count. Scenarios alternate within a count, so
+    /// the ones compared with each other run seconds apart, under the same
+    /// background load.
     async fn measure(&mut self, svc: &Service, scenarios: &[(&'static str, &Load)]) -> Outcome {
         let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
         let server = keygate::http::start(loopback, &[], svc.clone()).await?;
-        for &(scenario, load) in scenarios {
-            for &connections in &self.connections {
+        for &connections in &self.connections {
+            for &(scenario, load) in scenarios {
                 eprintln!("measuring {scenario} at {connections} connection(s)…");
                 round(server.addr(), load, connections, WARMUP).await?;
+                let before = cpu_jiffies();
                 let (sorted, elapsed) =
                     round(server.addr(), load, connections, self.length).await?;
+                let after = cpu_jiffies();
+                let [total, busy, mine] = [0, 1, 2].map(|i| after[i].saturating_sub(before[i]));
+                let others = busy.saturating_sub(mine) as f64 * 100.0 / total.max(1) as f64;
                 let per_second = sorted.len() as f64 / elapsed.as_secs_f64();
-                self.stats.push(Stats {
+                let stats = Stats {
                     scenario,
                     connections,
                     per_second,
                     sorted,
-                });
+                    others,
+                };
+                self.stats.push(stats);
             }
         }
         server.shutdown().await;
@@ -316,14 +344,12 @@ impl Bench {
             .map_or(0, |d| d.subsec_nanos());
         let schema = format!("kg_bench_{}_{nanos}", std::process::id());
         let sql = |verb: &str, tail: &str| sqlx::AssertSqlSafe(format!("{verb} {schema}{tail}"));
-        sqlx::query(sql("CREATE SCHEMA", ""))
-            .execute(&admin)
-            .await?;
+        let create = sql("CREATE SCHEMA", "");
+        sqlx::query(create).execute(&admin).await?;
         let options = PgConnectOptions::from_str(url)?.options([("search_path", schema.as_str())]);
         let result = self.on_postgres(&options).await;
-        let dropped = sqlx::query(sql("DROP SCHEMA", " CASCADE"))
-            .execute(&admin)
-            .await;
+        let drop = sql("DROP SCHEMA", " CASCADE");
+        let dropped = sqlx::query(drop).execute(&admin).await;
         admin.close().await;
         let propagation = result?;
         dropped.with_context(|| format!("drop schema {schema}"))?;
@@ -350,10 +376,7 @@ impl Bench {
         let listening = Instant::now();
         while !b.is_following_credential_changes() {
             let waited = listening.elapsed();
-            ensure!(
-                waited < Duration::from_secs(10),
-                "B never listens for changes"
-            );
+            ensure!(waited < Duration::from_secs(10), "B does not listen");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         eprintln!("measuring revocation propagation, {} rounds…", self.rounds);
@@ -390,14 +413,21 @@ impl Bench {
         };
         let (length, warmup) = (self.length.as_secs_f64(), WARMUP.as_millis());
         println!("\nkeygate verify API (axum on 127.0.0.1, load generator in-process, 2 tokio");
-        println!("workers for both; {length:.1} s per round after {warmup} ms warm-up; ms)\n");
+        println!("workers for both; {length:.1} s per round after {warmup} ms warm-up; ms)");
+        println!("others = CPU the rest of the machine used meanwhile, % of all cores:");
+        println!("other work shares the cores and skews every number (PostgreSQL is in it)\n");
+        let (name, conns, rate, others) = ("scenario", "conns", "req/s", "others");
         let (p50, p99, p999) = ("p50", "p99", "p99.9");
-        let (name, conns, rate) = ("scenario", "conns", "req/s");
-        println!("{name:<34}{conns:>6}{rate:>12}{p50:>9}{p99:>9}{p999:>9}");
-        for s in &self.stats {
+        println!("{name:<34}{conns:>6}{rate:>10}{p50:>8}{p99:>8}{p999:>8}{others:>8}");
+        // By scenario, in the order they first ran, then by connections.
+        let first = |s: &Stats| self.stats.iter().position(|t| t.scenario == s.scenario);
+        let mut rows: Vec<&Stats> = self.stats.iter().collect();
+        rows.sort_by_key(|s| (first(s), s.connections));
+        for s in rows {
             let (name, conns, rate) = (s.scenario, s.connections, s.per_second);
             let [p50, p99, p999] = [50.0, 99.0, 99.9].map(|p| ms(percentile(&s.sorted, p)));
-            println!("{name:<34}{conns:>6}{rate:>12.0}{p50:>9.3}{p99:>9.3}{p999:>9.3}");
+            let others = format!("{:.0}%", s.others);
+            println!("{name:<34}{conns:>6}{rate:>10.0}{p50:>8.3}{p99:>8.3}{p999:>8.3}{others:>8}");
         }
         println!();
         let hi = self.connections.iter().copied().max().unwrap_or(1);
@@ -420,11 +450,8 @@ impl Bench {
             let text = format!("warm verify p99 at {lo} connection(s) = {latency:.3} ms");
             line(text, "≤ 1 ms", p99(w) <= Duration::from_millis(1));
         }
-        for c in [COLD_SQLITE, COLD_POSTGRES]
-            .map(|s| find(s, hi))
-            .into_iter()
-            .flatten()
-        {
+        let cold = [COLD_SQLITE, COLD_POSTGRES].map(|s| find(s, hi));
+        for c in cold.into_iter().flatten() {
             let name = c.scenario.trim_start_matches("verify, ");
             let text = format!("{name} at {hi} = {:.0}/s", c.per_second);
             line(text, "≥ 5,000/s", c.per_second >= 5000.0);
@@ -447,10 +474,8 @@ type Propagation = (Vec<Duration>, usize);
 
 fn main() -> Outcome {
     let counts = env_or("BENCH_CONNECTIONS", "1,64".to_owned());
-    let counts = counts
-        .split(',')
-        .map(|n| n.trim().parse().ok().filter(|&n| n > 0));
-    let connections: Option<Vec<usize>> = counts.collect();
+    let count = |n: &str| n.trim().parse().ok().filter(|&n| n > 0);
+    let connections: Option<Vec<usize>> = counts.split(',').map(count).collect();
     let mut bench = Bench {
         connections: connections.context("BENCH_CONNECTIONS must be counts like 1,64")?,
         length: Duration::from_secs_f64(env_or("BENCH_SECONDS", 3.0)),
