@@ -8,6 +8,10 @@
 //! (default 50), `TEST_POSTGRES_URL` (the PostgreSQL parts are skipped, with a
 //! note, when it does not answer).
 
+mod latency;
+
+use latency::{ms, percentile};
+
 use anyhow::{Context as _, bail, ensure};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -155,18 +159,6 @@ fn cpu_jiffies() -> [u64; 3] {
     let idle: u64 = all.iter().skip(4).take(2).sum(); // idle, iowait
     // Own fields start at the 3rd; utime and stime are the 14th and 15th.
     [total, total - idle, own.iter().skip(11).take(2).sum()]
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 /// `connections` generators for `length`: the latencies, sorted, and the wall

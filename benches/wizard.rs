@@ -5,6 +5,10 @@
 //! Run: `cargo bench --bench wizard` (N defaults to 1, 50, 200; set
 //! `BENCH_USERS=1,10` for others).
 
+mod latency;
+
+use latency::{ms, percentile};
+
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -29,18 +33,6 @@ const STEPS: [&str; 10] = [
 ];
 
 type Samples = BTreeMap<&'static str, Vec<Duration>>;
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
 
 /// Dispatch-to-callback time of one interaction, as the fake recorded it.
 async fn timed(fake: &FakeDiscord, i: &Interaction) -> (Duration, Value) {
