@@ -378,7 +378,9 @@ impl Bench {
             let fresh = code(&b, &key).await?;
             ensure!(fresh == VerifyCode::Valid, "B: a new key is {fresh:?}");
             let started = Instant::now();
-            a.revoke(GUILD, &app, Actor::approver(APPROVER)).await?;
+            let name = a.app(GUILD, &app).await?.details.name;
+            a.revoke(GUILD, &app, Actor::approver(APPROVER), &name)
+                .await?;
             // Bounded: a lost notification must not hang the benchmark.
             loop {
                 if code(&b, &key).await? == VerifyCode::Revoked {

@@ -7,7 +7,7 @@ use keygate::domain::settings::GuildSettings;
 use keygate::domain::verification::VerifyCode;
 use keygate::service::{Actor, SettingsChange};
 use serde_json::{Value, json};
-use support::bot::{Harness, alice, component, shown, text, token};
+use support::bot::{Harness, alice, component, generate_key_in_dm, shown, text, token};
 use support::fake_discord::{FakeDiscord, TestUser};
 use support::verify;
 
@@ -196,12 +196,7 @@ async fn one_approver_end_to_end() {
 
     let dm = dm_with_credentials(&h.fake, alice().id).await;
     let secret = token(&text(&dm), "kgs_").unwrap();
-    let i = h
-        .fake
-        .press_button_in_dm(&alice(), &dm, &component(&dm, "genkey"))
-        .await;
-    let with_key = shown(&h.fake, &i, 7).await;
-    let key = token(&text(&with_key), "kg_").unwrap();
+    let (_, key) = generate_key_in_dm(&h.fake, &alice(), &dm).await;
     assert_eq!(verify(&h.service, &key).await, VerifyCode::Valid);
     for channel in [APPROVALS, AUDIT] {
         assert_no_pings(&h.fake, channel);

@@ -263,14 +263,14 @@ async fn a_revocation_reaches_another_process_through_postgres() {
     serve.wait_for("listening for credential changes");
     assert_eq!(post_verify(&api, key.expose()).await["code"], "VALID");
     let started = std::time::Instant::now();
-    db.service
-        .revoke(
-            support::GUILD,
-            &app,
-            keygate::service::Actor::approver(support::BOB),
-        )
-        .await
-        .unwrap();
+    support::revoke(
+        &db.service,
+        support::GUILD,
+        &app,
+        keygate::service::Actor::approver(support::BOB),
+    )
+    .await
+    .unwrap();
     loop {
         let code = post_verify(&api, key.expose()).await["code"].clone();
         if code == "REVOKED" {

@@ -133,8 +133,7 @@ fn one_typo(key: &str) -> String {
 async fn each_code_over_http_says_nothing_about_other_apps(db: &TestDb) {
     let (app, key) = active_app(db, "Good").await;
     let (other_app, other) = active_app(db, "Other").await;
-    db.service
-        .revoke(GUILD, &other_app, Actor::approver(BOB))
+    support::revoke(&db.service, GUILD, &other_app, Actor::approver(BOB))
         .await
         .unwrap();
     let api = Api::start(db, &[]).await;

@@ -73,6 +73,11 @@ async fn whole_flow_without_approval(db: &TestDb) {
     assert!(creds.secret.expose().starts_with("kgs_"));
     assert!(matches!(
         svc.issue_credentials(GUILD, &app.id).await,
+        Err(ServiceError::CredentialsBeingDelivered)
+    ));
+    svc.credential_shown(&creds.secret_id).await.unwrap();
+    assert!(matches!(
+        svc.issue_credentials(GUILD, &app.id).await,
         Err(ServiceError::CredentialsAlreadyIssued)
     ));
     // Only the owner generates the key.
@@ -606,7 +611,7 @@ async fn no_clear_secret_is_ever_stored(db: &TestDb) {
     .await
     .unwrap();
     tx.commit().await.unwrap();
-    svc.revoke(GUILD, &app.id, Actor::member(ALICE))
+    support::revoke(svc, GUILD, &app.id, Actor::member(ALICE))
         .await
         .unwrap();
 
@@ -664,7 +669,7 @@ async fn verify_tells_each_code_in_order(db: &TestDb) {
     let svc = &db.service;
     let (good_app, good) = active_app(db, "Good").await;
     let (revoked_app, revoked) = active_app(db, "Revoked").await;
-    svc.revoke(GUILD, &revoked_app, Actor::approver(BOB))
+    support::revoke(svc, GUILD, &revoked_app, Actor::approver(BOB))
         .await
         .unwrap();
     let other_guild = GuildId(GUILD.0 + 1);
@@ -862,7 +867,9 @@ async fn authenticate_checks_the_secret(db: &TestDb) {
         assert_eq!(verdict.code, code, "{case}");
         assert!(verdict.credential.is_none(), "{case}");
     }
-    svc.revoke(GUILD, &app, Actor::approver(BOB)).await.unwrap();
+    support::revoke(svc, GUILD, &app, Actor::approver(BOB))
+        .await
+        .unwrap();
     let after = svc
         .authenticate_app(app.as_str(), &secret, &none)
         .await
@@ -911,7 +918,9 @@ async fn changes_reach_the_cache_at_once_in_process(db: &TestDb) {
         .unwrap()
         .key;
     assert_eq!(verify(&svc, key.expose()).await, VerifyCode::Valid);
-    svc.revoke(GUILD, &app, Actor::approver(BOB)).await.unwrap();
+    support::revoke(&svc, GUILD, &app, Actor::approver(BOB))
+        .await
+        .unwrap();
     assert_eq!(verify(&svc, key.expose()).await, VerifyCode::Revoked);
     let secret_after = svc
         .authenticate_app(app.as_str(), issued.secret.expose(), &none)
@@ -958,8 +967,7 @@ async fn another_process_sees_a_revocation(db: &TestDb) {
         "now cached"
     );
 
-    db.service
-        .revoke(GUILD, &app, Actor::approver(BOB))
+    support::revoke(&db.service, GUILD, &app, Actor::approver(BOB))
         .await
         .unwrap();
     let started = std::time::Instant::now();
@@ -986,7 +994,10 @@ async fn last_used_is_written_at_most_once_a_minute(db: &TestDb) {
         let app = app.clone();
         async move {
             let mut tx = store.read().await.unwrap();
-            let keys = tx.api_keys_of(&app).await.unwrap();
+            let keys = tx
+                .credentials_of(&app, keygate::domain::lifecycle::CredentialKind::Key)
+                .await
+                .unwrap();
             tx.rollback().await.unwrap();
             keys[0].last_used_at
         }

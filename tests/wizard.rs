@@ -8,7 +8,9 @@ use keygate::domain::verification::{Expectations, VerifyCode};
 use keygate::service::{Actor, ServiceError};
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
-use support::bot::{Harness, alice, bob, component, selected, shown, token};
+use support::bot::{
+    Harness, alice, bob, component, generate_key_in_dm, selected, shown, text, token,
+};
 use support::fake_discord::{FakeDiscord, Interaction, TestUser};
 use support::verify;
 
@@ -129,7 +131,7 @@ async fn submit_and_get_dm(
     (dm, app_id, secret)
 }
 
-/// The whole wizard, then Generate API Key: the DM now showing the key, the
+/// The whole wizard, then Generate API Key: the DM showing the key, the
 /// Application ID, the Secret and the key.
 async fn wizard_to_key(
     h: &Harness,
@@ -138,13 +140,8 @@ async fn wizard_to_key(
 ) -> (Value, String, String, String) {
     let review = to_review(&h.fake, user, name).await;
     let (dm, app_id, secret) = submit_and_get_dm(h, user, &review).await;
-    let i = h
-        .fake
-        .press_button_in_dm(user, &dm, &component(&dm, "genkey"))
-        .await;
-    let with_key = shown(&h.fake, &i, 7).await;
-    let key = token(with_key["content"].as_str().unwrap(), "kg_").expect("the key");
-    (with_key, app_id, secret, key)
+    let (key_dm, key) = generate_key_in_dm(&h.fake, user, &dm).await;
+    (key_dm, app_id, secret, key)
 }
 
 /// Every body the bot sent to the guild's channels (not DMs, not ephemeral).
@@ -176,15 +173,23 @@ async fn whole_wizard_to_the_key_then_finish_redacts() {
     assert_eq!(secret.len(), 48);
     assert!(dm["content"].as_str().unwrap().contains("Shown once"));
 
-    let i = h
-        .fake
-        .press_button_in_dm(&alice(), &dm, &component(&dm, "genkey"))
-        .await;
-    let with_key = shown(&h.fake, &i, 7).await;
-    let key = token(with_key["content"].as_str().unwrap(), "kg_").expect("the key");
+    let (with_key, key) = generate_key_in_dm(&h.fake, &alice(), &dm).await;
     assert!(
-        with_key["content"].as_str().unwrap().contains(&secret),
-        "the key joins the secret"
+        !text(&with_key).contains(&secret),
+        "the key comes in a DM of its own"
+    );
+    let credentials = h.fake.dm_messages(alice().id).remove(0);
+    assert!(
+        text(&credentials).contains(&secret),
+        "the Secret keeps its own lifetime"
+    );
+    assert_eq!(
+        credentials["components"][0]["components"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1,
+        "only Finish is left: {credentials:#}"
     );
     let verdict = h
         .service
@@ -200,12 +205,19 @@ async fn whole_wizard_to_the_key_then_finish_redacts() {
         .press_button_in_dm(&alice(), &with_key, &component(&with_key, "finish"))
         .await;
     let finished = shown(&h.fake, &i, 7).await;
-    let text = finished["content"].as_str().unwrap();
-    assert!(text.contains("removed"), "{text}");
-    assert!(!text.contains(&secret) && !text.contains(&key), "{text}");
+    let left = text(&finished);
+    assert!(left.contains("removed"), "{left}");
+    assert!(!left.contains(&secret) && !left.contains(&key), "{left}");
     assert_eq!(finished["components"], json!([]));
-    let dm_now = h.fake.dm_messages(alice().id).remove(0);
-    assert!(!dm_now["content"].as_str().unwrap().contains(&secret));
+    // Finish removes the Secret's DM too, at once.
+    let user = alice().id;
+    h.fake
+        .wait_until("every delivered credential is removed", |f| {
+            f.dm_messages(user)
+                .iter()
+                .all(|m| !text(m).contains(&secret) && !text(m).contains(&key))
+        })
+        .await;
 
     // Secrets went to the requester only: never a guild channel, the database or a log line.
     for body in guild_channel_bodies(&h.fake) {
@@ -459,25 +471,26 @@ async fn double_and_concurrent_generate_presses_make_one_key() {
         h.fake.press_button_in_dm(&user, &dm, &genkey)
     );
     let later = h.fake.press_button_in_dm(&user, &dm, &genkey).await;
-    let responses = [
-        h.fake.response(&a).await,
-        h.fake.response(&b).await,
-        h.fake.response(&later).await,
-    ];
-    let keys: Vec<&Value> = responses.iter().filter(|r| r["type"] == 7).collect();
-    assert_eq!(keys.len(), 1, "{responses:#?}");
-    for refused in responses.iter().filter(|r| r["type"] == 4) {
-        assert!(
-            refused["data"]["content"]
-                .as_str()
-                .unwrap()
-                .contains("already generated"),
-            "{refused:#}"
-        );
-        assert_eq!(
-            refused["data"]["flags"].as_u64().unwrap() & EPHEMERAL,
-            EPHEMERAL
-        );
+    for i in [&a, &b, &later] {
+        assert_eq!(h.fake.response(i).await["type"], 6, "acknowledged first");
+    }
+    h.fake
+        .wait_until("one key DM and two refusals", |f| {
+            let keys = f
+                .dm_messages(alice().id)
+                .iter()
+                .filter(|m| text(m).contains("API key: `kg_"))
+                .count();
+            let refusals: usize = [&a, &b, &later].iter().map(|i| f.followup_count(i)).sum();
+            keys == 1 && refusals == 2
+        })
+        .await;
+    for i in [&a, &b, &later] {
+        let n = h.fake.followup_count(i);
+        for refused in h.fake.followups(i, n).await {
+            assert!(text(&refused).contains("already generated"), "{refused:#}");
+            assert_eq!(refused["flags"].as_u64().unwrap() & EPHEMERAL, EPHEMERAL);
+        }
     }
     let counts = h.db.row_counts().await;
     assert!(counts.contains(&("api_keys", 1)), "{counts:?}");
@@ -507,8 +520,14 @@ async fn closed_dms_fall_back_to_an_ephemeral_reply() {
         .fake
         .press_button(&alice(), &private, &component(&private, "genkey"))
         .await;
-    let with_key = shown(&h.fake, &g, 7).await;
+    assert_eq!(h.fake.response(&g).await["type"], 6);
+    let with_key = h.fake.followups(&g, 1).await.remove(0);
+    assert_eq!(with_key["flags"].as_u64().unwrap() & EPHEMERAL, EPHEMERAL);
     let key = token(with_key["content"].as_str().unwrap(), "kg_").expect("the key");
+    assert!(
+        text(&with_key).contains("cannot remove it after 15 minutes"),
+        "says truthfully what happens to it: {with_key:#}"
+    );
     assert_eq!(verify(&h.service, &key).await, VerifyCode::Valid);
     let f = h
         .fake
@@ -604,16 +623,13 @@ async fn short_dm_lifetime_redacts_also_across_a_restart() {
         component(&redacted, "genkey").contains(":genkey"),
         "Generate stays: no key yet"
     );
-    let i = h
-        .fake
-        .press_button_in_dm(&alice(), &dm, &component(&dm, "genkey"))
-        .await;
-    let with_key = shown(&h.fake, &i, 7).await;
-    let shown_text = with_key["content"].as_str().unwrap().to_owned();
-    let key = token(&shown_text, "kg_").expect("the key");
+    let (_, key) = generate_key_in_dm(&h.fake, &alice(), &dm).await;
     assert!(
-        !shown_text.contains(&secret),
-        "the Secret came back: {shown_text}"
+        h.fake
+            .dm_messages(user)
+            .iter()
+            .all(|m| !text(m).contains(&secret)),
+        "the Secret came back"
     );
     h.fake
         .wait_until("the key is redacted too", |f| {
@@ -652,11 +668,7 @@ async fn user_text_never_pings() {
     let name = "@everyone <@123> <@&456>";
     let review = to_review(&h.fake, &alice(), name).await;
     let (dm, _, _) = submit_and_get_dm(&h, &alice(), &review).await;
-    let i = h
-        .fake
-        .press_button_in_dm(&alice(), &dm, &component(&dm, "genkey"))
-        .await;
-    shown(&h.fake, &i, 7).await;
+    generate_key_in_dm(&h.fake, &alice(), &dm).await;
     let i = h
         .fake
         .slash_command(&alice(), "app", Some("list"), vec![])

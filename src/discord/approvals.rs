@@ -234,18 +234,24 @@ async fn deliver_after_approval(
     .await;
     match opened {
         Ok(sent) => {
+            // A retry after a crash between issuing and filling the DM gets a
+            // new Secret in place of the lost one (the service revokes it).
             let creds = match service.issue_credentials(app.guild_id, &app.id).await {
                 Ok(creds) => creds,
-                // A retry after a crash between issuing and filling the DM:
-                // that Secret is lost, and retrying cannot bring it back.
+                // It reached the requester already (Reveal, or an earlier pass).
                 Err(ServiceError::CredentialsAlreadyIssued) => {
-                    tracing::error!(app = %app.id, "approved credentials were issued but never delivered");
                     service.approval_delivered(&app.id).await?;
+                    return Ok(());
+                }
+                // Another delivery of it may still be under way: a later pass
+                // decides, and this note goes.
+                Err(ServiceError::CredentialsBeingDelivered) => {
+                    sent.delete(http).await?;
                     return Ok(());
                 }
                 Err(e) => return Err(e.into()),
             };
-            delivery::fill_dm(http, service, &creds, sent.channel_id, sent.id).await?;
+            delivery::fill_approval_dm(http, service, &creds, &sent).await?;
             service.approval_delivered(&app.id).await?;
             Ok(())
         }
@@ -319,6 +325,7 @@ pub async fn on_component(
             let actor = Actor {
                 user_id: user,
                 is_approver: is_approver(bot, guild, component.member.as_ref()).await?,
+                is_manager: false,
             };
             let outcome = bot.service.approve(guild, &id, actor).await?;
             let request = bot
@@ -382,7 +389,7 @@ pub async fn on_component(
                 );
             }
             let creds = bot.service.issue_credentials(guild, &id).await?;
-            delivery::reveal(ctx, component, &creds).await?;
+            delivery::reveal(ctx, bot, component, &creds).await?;
         }
         _ => return Err(stale().into()),
     }
@@ -414,6 +421,7 @@ pub async fn on_deny_reason(
     let actor = Actor {
         user_id: UserId(modal.user.id.get()),
         is_approver: is_approver(bot, app.guild_id, modal.member.as_ref()).await?,
+        is_manager: false,
     };
     let (app, reason) = bot.service.deny(app.guild_id, &id, actor, &reason).await?;
     let request = bot

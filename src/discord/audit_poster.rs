@@ -15,9 +15,14 @@ const BATCH: u32 = 100;
 fn colour(kind: AuditKind) -> u32 {
     match kind {
         AuditKind::Approved | AuditKind::CredentialsIssued | AuditKind::KeyGenerated => 0x2ECC71,
-        AuditKind::Denied | AuditKind::KeyRevoked | AuditKind::Expired => 0xE74C3C,
-        AuditKind::DraftSubmitted | AuditKind::ApprovalVote => 0xF1C40F,
-        AuditKind::SettingsChanged | AuditKind::KeyRotated => 0x5865F2,
+        AuditKind::Denied | AuditKind::KeyRevoked | AuditKind::Expired | AuditKind::KeyExpired => {
+            0xE74C3C
+        }
+        AuditKind::DraftSubmitted | AuditKind::ApprovalVote | AuditKind::ExpiryWarning => 0xF1C40F,
+        AuditKind::SettingsChanged
+        | AuditKind::KeyRotated
+        | AuditKind::SecretRotated
+        | AuditKind::CredentialReissued => 0x5865F2,
         AuditKind::Withdrawn | AuditKind::Finished | AuditKind::DmRedacted => 0x95A5A6,
     }
 }

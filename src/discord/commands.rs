@@ -1,7 +1,7 @@
 //! Slash commands: `/app create`, `/app list`, `/app show`.
 
 use super::custom_id::CustomId;
-use super::render::{detail_fields, key_line, scope_labels, source_label};
+use super::render::{credential_line, detail_fields, scope_labels, source_label};
 use super::reply::{FIELD_MAX, UserError, clip, no_pings, stale};
 use super::wizard::{self, code};
 use super::{Bot, Context, approvals};
@@ -13,7 +13,7 @@ use poise::CreateReply;
 use poise::serenity_prelude as serenity;
 use serenity::{CreateEmbed, CreateInteractionResponse};
 
-fn guild_of(ctx: &Context<'_>) -> anyhow::Result<GuildId> {
+pub(super) fn guild_of(ctx: &Context<'_>) -> anyhow::Result<GuildId> {
     ctx.guild_id()
         .map(|g| GuildId(g.get()))
         .ok_or_else(|| UserError("use this command in a server".into()).into())
@@ -43,7 +43,15 @@ async fn viewer_guild(ctx: &Context<'_>) -> anyhow::Result<GuildId> {
 #[poise::command(
     slash_command,
     guild_only,
-    subcommands("create", "list", "show", "history", "withdraw"),
+    subcommands(
+        "create",
+        "list",
+        "show",
+        "history",
+        "withdraw",
+        "super::lifecycle::rotate",
+        "super::lifecycle::revoke"
+    ),
     subcommand_required
 )]
 pub async fn app(_ctx: Context<'_>) -> anyhow::Result<()> {
@@ -142,7 +150,10 @@ pub async fn list(ctx: Context<'_>) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn app_choices(ctx: Context<'_>, partial: &str) -> serenity::CreateAutocompleteResponse {
+pub(super) async fn app_choices(
+    ctx: Context<'_>,
+    partial: &str,
+) -> serenity::CreateAutocompleteResponse {
     serenity::CreateAutocompleteResponse::new().set_choices(matching_apps(ctx, partial).await)
 }
 
@@ -167,7 +178,11 @@ async fn matching_apps(ctx: Context<'_>, partial: &str) -> Vec<serenity::Autocom
 
 /// The guild's application named by an autocomplete choice (its ID) or by a
 /// name typed by hand.
-async fn resolve(ctx: &Context<'_>, guild: GuildId, app: &str) -> anyhow::Result<Application> {
+pub(super) async fn resolve(
+    ctx: &Context<'_>,
+    guild: GuildId,
+    app: &str,
+) -> anyhow::Result<Application> {
     let service = &ctx.data().service;
     let found = match ApplicationId::parse(app) {
         Ok(id) if app.starts_with(APP_ID_PREFIX) => service.app(guild, &id).await,
@@ -192,7 +207,22 @@ pub async fn show(
     let guild = viewer_guild(&ctx).await?;
     let service = &ctx.data().service;
     let app = resolve(&ctx, guild, &app).await?;
-    let keys = service.api_keys(&app).await?;
+    let (keys, secrets) = service.credentials(&app).await?;
+    let now = chrono::Utc::now();
+    let lines = |list: &[crate::domain::lifecycle::StoredCredential], none: &str| {
+        if list.is_empty() {
+            none.to_owned()
+        } else {
+            clip(
+                &list
+                    .iter()
+                    .map(|c| credential_line(c, now))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                FIELD_MAX,
+            )
+        }
+    };
     let embed = CreateEmbed::new()
         .title(app.details.name.clone())
         .colour(0x5865F2)
@@ -206,21 +236,39 @@ pub async fn show(
             clip(&scope_labels(&app.scopes, service.catalog()), FIELD_MAX),
             false,
         )
-        .field(
-            "API key",
-            keys.first().map_or_else(|| "none yet".to_owned(), key_line),
-            false,
-        )
+        .field("API keys", lines(&keys, "none yet"), false)
+        .field("Secret", lines(&secrets, "not issued yet"), false)
         .field("Owner", format!("<@{}>", app.owner_id), true)
         .field(
             "Created",
             format!("<t:{}:f>", app.created_at.timestamp()),
             true,
         );
+    // A credential that never reached its owner can be issued again, by them.
+    let lost: Vec<serenity::CreateButton> = keys
+        .iter()
+        .chain(&secrets)
+        .filter(|c| {
+            c.is_current() && c.shown_at.is_none() && app.owner_id.0 == ctx.author().id.get()
+        })
+        .map(|c| {
+            serenity::CreateButton::new(
+                CustomId::credential("now", &c.id, super::custom_id::Action::Confirm).to_string(),
+            )
+            .label(format!("Issue {} again", c.kind.label()))
+            .style(serenity::ButtonStyle::Primary)
+        })
+        .collect();
+    let rows = if lost.is_empty() {
+        vec![]
+    } else {
+        vec![serenity::CreateActionRow::Buttons(lost)]
+    };
     ctx.send(
         CreateReply::default()
             .ephemeral(true)
             .embed(embed)
+            .components(rows)
             .allowed_mentions(no_pings()),
     )
     .await?;

@@ -12,6 +12,8 @@ pub enum Kind {
     App,
     /// A page of an application's history; the id is `<page>_<Application ID>`.
     History,
+    /// A stored key or Secret with a grace choice; the id is `<grace>_<credential id>`.
+    Credential,
 }
 
 /// What the component does.
@@ -41,9 +43,15 @@ pub enum Action {
     Reveal,
     /// Show a page of `/app history`.
     Page,
+    /// Rotate the credential a confirmation is bound to.
+    Confirm,
+    /// An expiry warning's button: the rotation confirmation, for the app's key.
+    RotateNow,
+    /// The revoke modal (its submit: the name typed to confirm).
+    RevokeName,
 }
 
-const ACTIONS: [(Action, &str); 20] = [
+const ACTIONS: [(Action, &str); 23] = [
     (Action::Details, "details"),
     (Action::Edit, "edit"),
     (Action::Resume, "resume"),
@@ -64,6 +72,9 @@ const ACTIONS: [(Action, &str); 20] = [
     (Action::Withdraw, "withdraw"),
     (Action::Reveal, "reveal"),
     (Action::Page, "page"),
+    (Action::Confirm, "confirm"),
+    (Action::RotateNow, "rotatenow"),
+    (Action::RevokeName, "revokename"),
 ];
 
 impl Action {
@@ -103,6 +114,22 @@ impl CustomId {
         }
     }
 
+    pub fn credential(grace: &str, credential_id: &str, action: Action) -> Self {
+        Self {
+            kind: Kind::Credential,
+            id: format!("{grace}_{credential_id}"),
+            action,
+        }
+    }
+
+    /// The grace and credential id of a credential custom_id.
+    pub fn credential_parts(&self) -> Option<(&str, &str)> {
+        match self.kind {
+            Kind::Credential => self.id.split_once('_'),
+            _ => None,
+        }
+    }
+
     /// The page and Application ID of a history custom_id.
     pub fn history_page(&self) -> Option<(u32, &str)> {
         let (page, app) = self.id.split_once('_')?;
@@ -114,7 +141,7 @@ impl CustomId {
         let id = match self.kind {
             Kind::App => self.id.as_str(),
             Kind::History => self.history_page()?.1,
-            Kind::Draft => return None,
+            Kind::Draft | Kind::Credential => return None,
         };
         ApplicationId::parse(id).ok()
     }
@@ -137,6 +164,7 @@ impl CustomId {
             "draft" => Kind::Draft,
             "app" => Kind::App,
             "history" => Kind::History,
+            "cred" => Kind::Credential,
             _ => return None,
         };
         let id = parts.next()?;
@@ -161,6 +189,7 @@ impl fmt::Display for CustomId {
             Kind::Draft => "draft",
             Kind::App => "app",
             Kind::History => "history",
+            Kind::Credential => "cred",
         };
         write!(f, "kg:{kind}:{}:{}", self.id, self.action.as_str())
     }
@@ -176,6 +205,7 @@ mod tests {
             for id in [
                 CustomId::draft("dAbc123", action),
                 CustomId::app("app_abcdefghijklmnopqrstuv", action),
+                CustomId::credential("30d", "key_abcdefghijklmnopqrstuv", action),
             ] {
                 let text = id.to_string();
                 assert!(text.len() <= 100, "{text}");

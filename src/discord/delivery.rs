@@ -5,10 +5,10 @@ use super::custom_id::{Action, CustomId};
 use super::reply::{count_rest_error, no_pings, private, stale};
 use super::wizard::code;
 use crate::domain::application::{AppStatus, Application};
-use crate::domain::credentials::{ApplicationId, SECRET_PREFIX};
+use crate::domain::credentials::ApplicationId;
 use crate::domain::ids::{ChannelId, MessageId, UserId};
-use crate::service::{Actor, IssuedCredentials, Service};
-use chrono::TimeDelta;
+use crate::service::{Actor, IssuedCredentials, NewCredential, Rotated, Service};
+use chrono::{DateTime, TimeDelta, Utc};
 use poise::serenity_prelude as serenity;
 use serenity::{
     ButtonStyle, ComponentInteraction, CreateActionRow, CreateButton, CreateInteractionResponse,
@@ -45,14 +45,141 @@ fn lifetime_text(lifetime: TimeDelta) -> String {
     }
 }
 
-fn credentials_text(app: &Application, secret: &str, lifetime: TimeDelta) -> String {
+pub(super) fn shown_once(lifetime: TimeDelta) -> String {
     format!(
-        "**Credentials for {}**\nApplication ID: `{}`\nSecret: `{secret}`\n\n\
-         ⚠️ Shown once: copy them now. They are removed from this message in {} or when you press **Finish**.",
-        code(&app.details.name),
-        app.id,
+        "⚠️ Shown once: copy it now. It is removed from this message in {} or when you press **Finish**.",
         lifetime_text(lifetime)
     )
+}
+
+/// An ephemeral message cannot be edited after 15 minutes, so the bot cannot
+/// promise to remove it: the text says so.
+pub(super) const EPHEMERAL_NOTE: &str = "⚠️ Shown once, and only you can see this message. keygate cannot \
+     remove it after 15 minutes (Discord allows editing it only that long): copy it now, then \
+     press **Finish** or dismiss the message.";
+
+fn credentials_text(app: &Application, secret: &str, note: &str) -> String {
+    format!(
+        "**Credentials for {}**\nApplication ID: `{}`\nSecret: `{secret}`\n\n{note}",
+        code(&app.details.name),
+        app.id,
+    )
+}
+
+fn key_text(app: &Application, key: &str, expires_at: DateTime<Utc>, note: &str) -> String {
+    format!(
+        "**API key for {}**\nAPI key: `{key}`\nIt works only for this application and expires on {}.\n\n{note}",
+        code(&app.details.name),
+        expires_at.format("%Y-%m-%d"),
+    )
+}
+
+/// A rotated credential's message: the new one, and what happens to the old.
+pub fn rotated_text(r: &Rotated, note: &str) -> String {
+    let app = &r.app;
+    let old = if r.grace_ends_at <= chrono::Utc::now() {
+        format!("The old one (`{}…`) stopped working now.", r.old.prefix)
+    } else {
+        format!(
+            "The old one (`{}…`) keeps working until <t:{}:f>.",
+            r.old.prefix,
+            r.grace_ends_at.timestamp()
+        )
+    };
+    let value = match &r.new {
+        NewCredential::Key { key, expires_at } => format!(
+            "API key: `{}`\nIt works only for this application and expires on {}.",
+            key.expose(),
+            expires_at.format("%Y-%m-%d")
+        ),
+        NewCredential::Secret(secret) => format!(
+            "Application ID: `{}`\nSecret: `{}`",
+            app.id,
+            secret.expose()
+        ),
+    };
+    format!(
+        "🔄 **New {} for {}**\n{value}\n{old}\n\n{note}",
+        r.new.kind().label(),
+        code(&app.details.name)
+    )
+}
+
+/// The Finish button alone.
+pub fn finish_only(app: &ApplicationId) -> Vec<CreateActionRow> {
+    buttons(app, false)
+}
+
+/// Opens `user`'s DM and sends a placeholder: nothing secret yet. An error
+/// here (closed DMs: 50007) means the user cannot be reached, and nothing
+/// was written.
+pub async fn open_dm(
+    http: &Http,
+    user: UserId,
+    placeholder: String,
+) -> Result<serenity::Message, serenity::Error> {
+    let channel = serenity::UserId::new(user.0)
+        .create_dm_channel(http)
+        .await?;
+    channel
+        .send_message(
+            http,
+            CreateMessage::new()
+                .content(placeholder)
+                .allowed_mentions(no_pings()),
+        )
+        .await
+}
+
+/// Writes a credential into a DM the bot sent (`open_dm`): its redaction is
+/// stored first, so no crash can leave it there for good; once written, the
+/// credential counts as shown.
+#[allow(clippy::too_many_arguments)]
+pub async fn fill_dm(
+    http: &Http,
+    service: &Service,
+    app: &Application,
+    user: UserId,
+    sent: &serenity::Message,
+    text: String,
+    components: Vec<CreateActionRow>,
+    credential_id: &str,
+) -> anyhow::Result<()> {
+    service
+        .schedule_redaction(
+            app,
+            user,
+            ChannelId(sent.channel_id.get()),
+            MessageId(sent.id.get()),
+        )
+        .await?;
+    let edit = EditMessage::new()
+        .content(text)
+        .components(components)
+        .allowed_mentions(no_pings());
+    sent.channel_id.edit_message(http, sent.id, edit).await?;
+    service.credential_shown(credential_id).await?;
+    Ok(())
+}
+
+/// Sends the credential in an ephemeral follow-up of `component`, where a DM
+/// cannot go; once sent it counts as shown.
+pub async fn follow_up_privately(
+    http: &Http,
+    service: &Service,
+    component: &ComponentInteraction,
+    text: String,
+    components: Vec<CreateActionRow>,
+    credential_id: &str,
+) -> anyhow::Result<()> {
+    let followup = CreateInteractionResponseFollowup::new()
+        .ephemeral(true)
+        .allowed_mentions(no_pings())
+        .content(text)
+        .components(components);
+    component.create_followup(http, followup).await?;
+    service.credential_shown(credential_id).await?;
+    Ok(())
 }
 
 /// A redacted message keeps Generate API Key while the app has no key: the
@@ -72,15 +199,16 @@ fn redacted_buttons(app: &Application) -> Vec<CreateActionRow> {
 pub fn redacted_text(app: &Application) -> String {
     format!(
         "**Credentials for {}** (delivered)\nApplication ID: `{}`\n\
-         The Secret and the API key were shown once and have been removed from this message.",
+         The credentials shown here once have been removed from this message.",
         code(&app.details.name),
         app.id
     )
 }
 
-/// Sends the ID and Secret by DM and schedules the DM's redaction. If the DM
-/// cannot be sent (closed DMs, code 50007, or any other failure), they go in
-/// an ephemeral follow-up instead: a secret issued once must reach its owner.
+/// Sends the ID and Secret by DM (placeholder, stored redaction, then the
+/// Secret). If the DM cannot be sent (closed DMs, code 50007, or any other
+/// failure), they go in an ephemeral follow-up instead: a secret issued once
+/// must reach its owner.
 pub async fn deliver(
     ctx: &serenity::Context,
     bot: &Bot,
@@ -88,42 +216,22 @@ pub async fn deliver(
     creds: &IssuedCredentials,
 ) -> anyhow::Result<()> {
     let app = &creds.app;
-    let text = credentials_text(app, creds.secret.expose(), creds.dm_lifetime);
-    let dm = async {
-        let channel = component.user.create_dm_channel(&ctx.http).await?;
-        let message = CreateMessage::new()
-            .content(text.clone())
-            .components(buttons(&app.id, true))
-            .allowed_mentions(no_pings());
-        channel.send_message(&ctx.http, message).await
-    }
-    .await;
     let name = code(&app.details.name);
-    match dm {
+    let user = UserId(component.user.id.get());
+    match open_dm(&ctx.http, user, format!("Credentials for {name} follow…")).await {
         Ok(sent) => {
-            let scheduled = bot
-                .service
-                .schedule_redaction(
-                    app,
-                    UserId(component.user.id.get()),
-                    ChannelId(sent.channel_id.get()),
-                    MessageId(sent.id.get()),
-                )
-                .await;
-            if let Err(e) = scheduled {
-                // Unscheduled, the Secret would stay in the DM for good: take
-                // it out now, and let the user know delivery failed.
-                let edit = EditMessage::new()
-                    .content(redacted_text(app))
-                    .components(redacted_buttons(app))
-                    .allowed_mentions(no_pings());
-                if let Err(edit_error) =
-                    sent.channel_id.edit_message(&ctx.http, sent.id, edit).await
-                {
-                    tracing::error!(app = %app.id, error = %edit_error, "a DM holding a secret could not be redacted");
-                }
-                return Err(e.into());
-            }
+            let text = credentials_text(app, creds.secret.expose(), &shown_once(creds.dm_lifetime));
+            fill_dm(
+                &ctx.http,
+                &bot.service,
+                app,
+                user,
+                &sent,
+                text,
+                buttons(&app.id, true),
+                &creds.secret_id,
+            )
+            .await?;
             let done = private(format!(
                 "✅ {name} is registered. Its Application ID and Secret were **sent to your DMs**; generate the API key there."
             ))
@@ -142,65 +250,58 @@ pub async fn deliver(
             component
                 .create_response(&ctx.http, CreateInteractionResponse::UpdateMessage(done))
                 .await?;
-            let followup = CreateInteractionResponseFollowup::new()
-                .ephemeral(true)
-                .allowed_mentions(no_pings())
-                .content(text)
-                .components(buttons(&app.id, true));
-            component.create_followup(&ctx.http, followup).await?;
+            let text = credentials_text(app, creds.secret.expose(), EPHEMERAL_NOTE);
+            follow_up_privately(
+                &ctx.http,
+                &bot.service,
+                component,
+                text,
+                buttons(&app.id, true),
+                &creds.secret_id,
+            )
+            .await?;
         }
     }
     Ok(())
 }
 
-/// Puts the ID and Secret into a DM the bot already sent (the approval note)
-/// and schedules its redaction.
-pub async fn fill_dm(
+/// Fills the approval note DM with the ID and Secret.
+pub async fn fill_approval_dm(
     http: &Http,
     service: &Service,
     creds: &IssuedCredentials,
-    channel: serenity::ChannelId,
-    message: serenity::MessageId,
+    sent: &serenity::Message,
 ) -> anyhow::Result<()> {
     let app = &creds.app;
-    // Scheduled before the Secret is written, so no crash can leave it there.
-    service
-        .schedule_redaction(
-            app,
-            app.owner_id,
-            ChannelId(channel.get()),
-            MessageId(message.get()),
-        )
-        .await?;
-    let edit = EditMessage::new()
-        .content(credentials_text(
-            app,
-            creds.secret.expose(),
-            creds.dm_lifetime,
-        ))
-        .components(buttons(&app.id, true))
-        .allowed_mentions(no_pings());
-    channel.edit_message(http, message, edit).await?;
-    Ok(())
+    let text = credentials_text(app, creds.secret.expose(), &shown_once(creds.dm_lifetime));
+    fill_dm(
+        http,
+        service,
+        app,
+        app.owner_id,
+        sent,
+        text,
+        buttons(&app.id, true),
+        &creds.secret_id,
+    )
+    .await
 }
 
 /// The Reveal button: the credentials in a reply only the requester sees, and
 /// the public message loses its button.
 pub async fn reveal(
     ctx: &serenity::Context,
+    bot: &Bot,
     component: &ComponentInteraction,
     creds: &IssuedCredentials,
 ) -> anyhow::Result<()> {
     let app = &creds.app;
-    let shown = private(credentials_text(
-        app,
-        creds.secret.expose(),
-        creds.dm_lifetime,
-    ))
-    .components(buttons(&app.id, true));
+    let shown = private(credentials_text(app, creds.secret.expose(), EPHEMERAL_NOTE))
+        .components(buttons(&app.id, true));
     component
         .create_response(&ctx.http, CreateInteractionResponse::Message(shown))
         .await?;
+    bot.service.credential_shown(&creds.secret_id).await?;
     let done = EditMessage::new()
         .content(format!(
             "{} was approved; its credentials were revealed to the requester.",
@@ -227,50 +328,84 @@ pub async fn on_component(
     let app = bot.service.app_by_id(&app_id).await?;
     match cid.action {
         Action::GenerateKey => {
+            // Acknowledged first: the key's DM takes several calls.
+            component
+                .create_response(&ctx.http, CreateInteractionResponse::Acknowledge)
+                .await?;
             let issued = bot
                 .service
                 .generate_api_key(app.guild_id, &app_id, actor)
+                .await?;
+            // The credentials message loses its Generate button; its Secret
+            // keeps its own lifetime (the key never extends it).
+            let here = (
+                ChannelId(component.channel_id.get()),
+                MessageId(component.message.id.get()),
+            );
+            let redacted = bot.service.redaction_done(here.0, here.1).await? == Some(true);
+            let rows = if redacted {
+                vec![]
+            } else {
+                finish_only(&app_id)
+            };
+            component
+                .edit_response(
+                    &ctx.http,
+                    serenity::EditInteractionResponse::new().components(rows),
+                )
                 .await?;
             let ephemeral = component
                 .message
                 .flags
                 .is_some_and(|f| f.contains(serenity::MessageFlags::EPHEMERAL));
-            // The key joins the ID and Secret while they are still shown; a
-            // message already redacted never gets the Secret back.
-            let shown = (
-                ChannelId(component.channel_id.get()),
-                MessageId(component.message.id.get()),
-            );
-            let redacted = bot.service.redaction_done(shown.0, shown.1).await? == Some(true);
-            let base = if component.message.content.contains(SECRET_PREFIX) && !redacted {
-                component.message.content.clone()
+            let dm = if ephemeral {
+                None
             } else {
-                redacted_text(&issued.app)
+                open_dm(
+                    &ctx.http,
+                    actor.user_id,
+                    format!("API key for {} follows…", code(&issued.app.details.name)),
+                )
+                .await
+                .inspect_err(count_rest_error)
+                .ok()
             };
-            let content = format!(
-                "{base}\n\nAPI key: `{}`\nIt works only for this application and expires on {}.",
-                issued.key.expose(),
-                issued.expires_at.format("%Y-%m-%d")
-            );
-            if !ephemeral {
-                // The key gets a lifetime of its own in this DM, scheduled
-                // before it is shown (a press racing the redaction included).
-                bot.service
-                    .schedule_redaction(
+            let key = issued.key.expose();
+            match dm {
+                Some(sent) => {
+                    let text = key_text(
+                        &issued.app,
+                        key,
+                        issued.expires_at,
+                        &shown_once(issued.dm_lifetime),
+                    );
+                    let rows = finish_only(&app_id);
+                    fill_dm(
+                        &ctx.http,
+                        &bot.service,
                         &issued.app,
                         actor.user_id,
-                        ChannelId(component.channel_id.get()),
-                        MessageId(component.message.id.get()),
+                        &sent,
+                        text,
+                        rows,
+                        &issued.key_id,
                     )
                     .await?;
+                }
+                None => {
+                    let text = key_text(&issued.app, key, issued.expires_at, EPHEMERAL_NOTE);
+                    let rows = finish_only(&app_id);
+                    follow_up_privately(
+                        &ctx.http,
+                        &bot.service,
+                        component,
+                        text,
+                        rows,
+                        &issued.key_id,
+                    )
+                    .await?;
+                }
             }
-            let message = serenity::CreateInteractionResponseMessage::new()
-                .content(content)
-                .components(buttons(&app_id, false))
-                .allowed_mentions(no_pings());
-            component
-                .create_response(&ctx.http, CreateInteractionResponse::UpdateMessage(message))
-                .await?;
         }
         Action::Finish => {
             let app = bot.service.finish(app.guild_id, &app_id, actor).await?;

@@ -9,6 +9,7 @@ mod audit_poster;
 mod commands;
 mod custom_id;
 mod delivery;
+mod lifecycle;
 mod render;
 mod reply;
 mod setup;
@@ -187,6 +188,13 @@ pub async fn start(config: &Config, service: Service) -> anyhow::Result<BotHandl
                 async move { audit_poster::post_due(&http, &service).await }
             }
         }),
+        every("expiry", lifecycle::TICK, stopped.clone(), {
+            let (http, service) = (http.clone(), service.clone());
+            move || {
+                let (http, service) = (http.clone(), service.clone());
+                async move { lifecycle::tick(&http, &service).await }
+            }
+        }),
         every("draft purge", DRAFT_PURGE_TICK, stopped, move || {
             let service = service.clone();
             async move { Ok(service.purge_expired_drafts().await.map(drop)?) }
@@ -274,6 +282,9 @@ async fn on_event(
                 (Kind::App, Action::GenerateKey | Action::Finish) => {
                     delivery::on_component(ctx, bot, component, &cid).await
                 }
+                (Kind::App, Action::RotateNow) | (Kind::Credential, _) => {
+                    lifecycle::on_component(ctx, bot, component, &cid).await
+                }
                 (Kind::App, _) => approvals::on_component(ctx, bot, component, &cid).await,
                 (Kind::History, _) => commands::on_history_page(ctx, bot, component, &cid).await,
             };
@@ -291,6 +302,9 @@ async fn on_event(
                 }
                 (Kind::App, custom_id::Action::DenyReason) => {
                     approvals::on_deny_reason(ctx, bot, modal, &cid).await
+                }
+                (Kind::App, custom_id::Action::RevokeName) => {
+                    lifecycle::on_revoke_name(ctx, bot, modal, &cid).await
                 }
                 _ => Ok(()),
             };

@@ -3,7 +3,8 @@
 use super::reply::{FIELD_MAX, clip};
 use crate::domain::application::{AppDetails, SourceApp, quoted};
 use crate::domain::catalog::ScopeCatalog;
-use crate::store::ApiKeyRecord;
+use crate::domain::lifecycle::{CredentialKind, CredentialState, StoredCredential};
+use chrono::{DateTime, Utc};
 use poise::serenity_prelude::CreateEmbed;
 
 /// "External CMA (Mobile Booking)": the source with its booking marker.
@@ -27,18 +28,35 @@ pub fn scope_labels(scopes: &[String], catalog: &ScopeCatalog) -> String {
         .join(", ")
 }
 
-/// "`kg_AbCd…` · expires in 11 months · last used 2 minutes ago": one key as
-/// `/app show` lists it (Discord renders the times in the reader's zone).
-pub fn key_line(key: &ApiKeyRecord) -> String {
-    let expiry = match key.revoked_at {
-        Some(t) => format!("revoked <t:{}:R>", t.timestamp()),
-        None => format!("expires <t:{}:R>", key.expires_at.timestamp()),
+/// "`kg_AbCd…` · active · created 3 days ago · expires in 11 months · last
+/// used 2 minutes ago": one key or Secret as `/app show` lists it (Discord
+/// renders the times in the reader's zone).
+pub fn credential_line(c: &StoredCredential, now: DateTime<Utc>) -> String {
+    let at = |t: DateTime<Utc>| format!("<t:{}:R>", t.timestamp());
+    let state = match c.state(now) {
+        CredentialState::Active => "active".to_owned(),
+        CredentialState::InGrace { until } => format!("in grace until <t:{}:f>", until.timestamp()),
+        CredentialState::Expired => "expired".to_owned(),
+        CredentialState::Revoked => "revoked".to_owned(),
     };
-    let used = key.last_used_at.map_or_else(
-        || "never used".to_owned(),
-        |t| format!("last used <t:{}:R>", t.timestamp()),
-    );
-    format!("`{}…` · {expiry} · {used}", key.key_prefix)
+    let mut parts = vec![
+        format!("`{}…`", c.prefix),
+        format!("**{state}**"),
+        format!("created {}", at(c.created_at)),
+    ];
+    if let Some(e) = c.expires_at {
+        parts.push(format!("expires {}", at(e)));
+    }
+    if c.kind == CredentialKind::Key {
+        parts.push(c.last_used_at.map_or_else(
+            || "never used".to_owned(),
+            |t| format!("last used {}", at(t)),
+        ));
+    }
+    if c.shown_at.is_none() && c.is_current() {
+        parts.push("never shown to its owner".to_owned());
+    }
+    parts.join(" · ")
 }
 
 fn url_lines(urls: &[String]) -> String {

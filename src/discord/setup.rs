@@ -105,6 +105,10 @@ pub async fn setup(
     #[min = 1]
     #[max = 720]
     request_expiry_hours: Option<i64>,
+    #[description = "Days a new API key works (warnings go out 30, 7 and 1 days before)"]
+    #[min = 1]
+    #[max = 730]
+    key_lifetime_days: Option<i64>,
 ) -> anyhow::Result<()> {
     // Discord hides the command from others by default, but a server can
     // change that: the permission is checked here too.
@@ -132,6 +136,7 @@ pub async fn setup(
         approvals_required,
         dm_lifetime_minutes,
         request_expiry_hours,
+        key_lifetime_days,
     };
     let actor = Actor::member(UserId(ctx.author().id.get()));
     let settings = ctx
@@ -191,6 +196,11 @@ fn settings_embed(s: &GuildSettings) -> CreateEmbed {
         .field(
             "Request expiry",
             format!("{} h", s.request_expiry.num_hours()),
+            true,
+        )
+        .field(
+            "Key lifetime",
+            format!("{} days", s.key_lifetime.num_days()),
             true,
         )
 }

@@ -167,10 +167,13 @@ impl AppStatus {
         }
     }
 
-    /// A request that ended without ever being approved gives its name back:
-    /// the guild may reuse it.
+    /// A request that ended without ever being approved, or a revoked
+    /// application, gives its name back: the guild may reuse it.
     pub fn holds_name(self) -> bool {
-        !matches!(self, Self::Denied | Self::Expired | Self::Withdrawn)
+        !matches!(
+            self,
+            Self::Denied | Self::Expired | Self::Withdrawn | Self::Revoked
+        )
     }
 
     /// Applies one lifecycle transition, or says why it is not allowed.

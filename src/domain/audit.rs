@@ -19,10 +19,17 @@ pub enum AuditKind {
     KeyRotated,
     KeyRevoked,
     SettingsChanged,
+    SecretRotated,
+    /// A key reached its expiry or the end of its grace.
+    KeyExpired,
+    /// An expiry warning that could not reach the owner by DM.
+    ExpiryWarning,
+    /// A credential that never reached its owner was replaced by a new one.
+    CredentialReissued,
 }
 
 impl AuditKind {
-    pub const ALL: [AuditKind; 13] = [
+    pub const ALL: [AuditKind; 17] = [
         Self::DraftSubmitted,
         Self::ApprovalVote,
         Self::Approved,
@@ -36,6 +43,10 @@ impl AuditKind {
         Self::KeyRotated,
         Self::KeyRevoked,
         Self::SettingsChanged,
+        Self::SecretRotated,
+        Self::KeyExpired,
+        Self::ExpiryWarning,
+        Self::CredentialReissued,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -53,6 +64,10 @@ impl AuditKind {
             Self::KeyRotated => "key_rotated",
             Self::KeyRevoked => "key_revoked",
             Self::SettingsChanged => "settings_changed",
+            Self::SecretRotated => "secret_rotated",
+            Self::KeyExpired => "key_expired",
+            Self::ExpiryWarning => "expiry_warning",
+            Self::CredentialReissued => "credential_reissued",
         }
     }
 
@@ -73,8 +88,12 @@ impl AuditKind {
             Self::Finished => "Finished",
             Self::DmRedacted => "DM redacted",
             Self::KeyRotated => "Key rotated",
-            Self::KeyRevoked => "Key revoked",
+            Self::KeyRevoked => "Revoked",
             Self::SettingsChanged => "Settings changed",
+            Self::SecretRotated => "Secret rotated",
+            Self::KeyExpired => "Key expired",
+            Self::ExpiryWarning => "Expiry warning",
+            Self::CredentialReissued => "Issued again",
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod audit;
 pub mod catalog;
 pub mod credentials;
 pub mod ids;
+pub mod lifecycle;
 pub mod settings;
 pub mod validation;
 pub mod verification;

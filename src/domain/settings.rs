@@ -18,6 +18,8 @@ pub struct GuildSettings {
     pub dm_lifetime: TimeDelta,
     /// How long a pending request waits for approvers.
     pub request_expiry: TimeDelta,
+    /// How long a new API key works.
+    pub key_lifetime: TimeDelta,
 }
 
 impl GuildSettings {
@@ -31,6 +33,7 @@ impl GuildSettings {
             approvals_required: 0,
             dm_lifetime: TimeDelta::minutes(15),
             request_expiry: TimeDelta::hours(72),
+            key_lifetime: TimeDelta::days(365),
         }
     }
 }

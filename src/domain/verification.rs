@@ -71,7 +71,16 @@ pub struct KeyStanding {
     pub expires_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
     pub last_used_at: Option<DateTime<Utc>>,
+    /// Set once the key was rotated: it works until then.
+    pub grace: Option<GraceView>,
     pub app: AppCard,
+}
+
+/// A replaced credential's grace: what replaced it and when it stops working.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GraceView {
+    pub replaced_by: String,
+    pub ends_at: DateTime<Utc>,
 }
 
 /// An application's Secret, as `/v1/apps/authenticate` reads (and caches) it.
@@ -81,6 +90,8 @@ pub struct SecretStanding {
     pub hash: CredentialHash,
     pub start: String,
     pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub grace: Option<GraceView>,
     pub app: AppCard,
 }
 
@@ -113,7 +124,8 @@ impl Assessment {
 }
 
 /// Picks the code for a credential found (or not) in the store. `expires_at`
-/// is None for credentials that do not expire (the Secret). Computed on every
+/// is when it stops working (its expiry, or its grace end when rotated
+/// sooner), None for a Secret never rotated. Computed on every
 /// request from the record and the clock, so a cached record never makes an
 /// expiry late.
 pub fn assess(
@@ -158,10 +170,14 @@ pub fn assess(
 
 impl KeyStanding {
     pub fn assess(&self, expect: &Expectations, now: DateTime<Utc>) -> Assessment {
+        let ends = match &self.grace {
+            Some(g) => g.ends_at.min(self.expires_at),
+            None => self.expires_at,
+        };
         assess(
             Some(&self.app),
             self.revoked_at.is_some(),
-            Some(self.expires_at),
+            Some(ends),
             expect,
             now,
         )
@@ -170,7 +186,13 @@ impl KeyStanding {
 
 impl SecretStanding {
     pub fn assess(&self, expect: &Expectations, now: DateTime<Utc>) -> Assessment {
-        assess(Some(&self.app), false, None, expect, now)
+        assess(
+            Some(&self.app),
+            self.revoked_at.is_some(),
+            self.grace.as_ref().map(|g| g.ends_at),
+            expect,
+            now,
+        )
     }
 }
 
@@ -191,6 +213,7 @@ mod tests {
             expires_at: now() + TimeDelta::days(1),
             revoked_at: None,
             last_used_at: None,
+            grace: None,
             app: AppCard {
                 id: ApplicationId::generate(),
                 guild_id: GuildId(7),
@@ -223,6 +246,15 @@ mod tests {
             },
             ..base.clone()
         };
+        let grace = |ends_at| KeyStanding {
+            grace: Some(GraceView {
+                replaced_by: "key_2".into(),
+                ends_at,
+            }),
+            ..base.clone()
+        };
+        let in_grace = grace(now() + TimeDelta::hours(1));
+        let grace_over = grace(now());
         let wants = |scopes: &[&str]| Expectations {
             scopes: scopes.iter().map(|s| s.to_string()).collect(),
             ..Expectations::default()
@@ -268,6 +300,18 @@ mod tests {
             (
                 "expired at the exact instant",
                 Some(&expired),
+                wants(&["nope"]),
+                VerifyCode::Expired,
+            ),
+            (
+                "a replaced key works during its grace",
+                Some(&in_grace),
+                Expectations::default(),
+                VerifyCode::Valid,
+            ),
+            (
+                "a replaced key expires when its grace ends",
+                Some(&grace_over),
                 wants(&["nope"]),
                 VerifyCode::Expired,
             ),

@@ -4,7 +4,9 @@ use super::ApiState;
 use super::error::ApiError;
 use crate::domain::credentials::ApplicationId;
 use crate::domain::ids::GuildId;
-use crate::domain::verification::{AppCard, Expectations, KeyStanding, SecretStanding, VerifyCode};
+use crate::domain::verification::{
+    AppCard, Expectations, GraceView, KeyStanding, SecretStanding, VerifyCode,
+};
 use crate::service::Verdict;
 use axum::Json;
 use axum::body::Bytes;
@@ -162,8 +164,24 @@ struct KeyJson<'a> {
     start: &'a str,
     created_at: String,
     expires_at: String,
-    /// An old key in its rotation grace period; rotation is not built yet.
-    grace: Option<()>,
+    /// Set for an old key in its rotation grace period.
+    grace: Option<GraceJson<'a>>,
+}
+
+/// A replaced credential still working: what replaced it, and until when.
+#[derive(Serialize)]
+struct GraceJson<'a> {
+    replaced_by: &'a str,
+    ends_at: String,
+}
+
+impl<'a> GraceJson<'a> {
+    fn of(g: &'a GraceView) -> Self {
+        Self {
+            replaced_by: &g.replaced_by,
+            ends_at: rfc3339(g.ends_at),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -171,6 +189,7 @@ struct SecretJson<'a> {
     id: &'a str,
     start: &'a str,
     created_at: String,
+    grace: Option<GraceJson<'a>>,
 }
 
 /// The one answer shape of both endpoints.
@@ -231,12 +250,18 @@ pub async fn verify_key(
         start: &s.start,
         created_at: rfc3339(s.created_at),
         expires_at: rfc3339(s.expires_at),
-        grace: None,
+        grace: s.grace.as_ref().map(GraceJson::of),
     });
     let answer = Answer::new(&verdict, standing.map(|s| &s.app), key);
     let mut response = Json(answer).into_response();
-    if let Some(s) = standing
-        && let Ok(value) = HeaderValue::from_str(&rfc3339(s.expires_at))
+    // When the key stops working: its expiry, or its grace end if sooner.
+    let stops = standing.map(|s| {
+        s.grace
+            .as_ref()
+            .map_or(s.expires_at, |g| g.ends_at.min(s.expires_at))
+    });
+    if let Some(stops) = stops
+        && let Ok(value) = HeaderValue::from_str(&rfc3339(stops))
     {
         response.headers_mut().insert(KEY_EXPIRATION.clone(), value);
     }
@@ -301,6 +326,7 @@ pub async fn authenticate_app(
         id: &s.secret_id,
         start: &s.start,
         created_at: rfc3339(s.created_at),
+        grace: s.grace.as_ref().map(GraceJson::of),
     });
     Ok(Json(Answer::new(&verdict, standing.map(|s| &s.app), key)).into_response())
 }

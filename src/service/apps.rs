@@ -6,11 +6,13 @@ use crate::domain::application::{AppStatus, Application, LifecycleError, Transit
 use crate::domain::approval::{ApprovalError, ApprovalRequest, RequestStatus, VoteOutcome};
 use crate::domain::audit::{AuditKind, NewAuditEvent};
 use crate::domain::credentials::{
-    ApiKey, ApplicationId, ClientSecret, KEY_ID_PREFIX, credential_id,
+    ApiKey, ApplicationId, ClientSecret, CredentialHash, KEY_ID_PREFIX, SECRET_ID_PREFIX,
+    credential_id,
 };
 use crate::domain::ids::GuildId;
+use crate::domain::lifecycle::{CredentialKind, StoredCredential, next_warning};
 use crate::domain::validation::name_key;
-use crate::store::{ApiKeyRecord, StoreError, Tx};
+use crate::store::{StoreError, Tx};
 use chrono::{DateTime, Utc};
 
 /// What Submit produced: the application and either its approval request or,
@@ -36,6 +38,8 @@ pub enum ApproveOutcome {
 pub struct IssuedCredentials {
     pub app: Application,
     pub secret: ClientSecret,
+    /// The Secret's public id, to record when it reached its owner.
+    pub secret_id: String,
     /// How long the guild lets a message holding them live.
     pub dm_lifetime: chrono::TimeDelta,
 }
@@ -45,11 +49,53 @@ pub struct IssuedCredentials {
 pub struct IssuedKey {
     pub app: Application,
     pub key: ApiKey,
+    /// The key's public id, to record when it reached its owner.
+    pub key_id: String,
     pub expires_at: DateTime<Utc>,
+    /// How long the guild lets a message holding it live.
+    pub dm_lifetime: chrono::TimeDelta,
+}
+
+/// A stored credential's record for a new key or Secret: hash and prefix only.
+pub(super) fn new_record(
+    kind: CredentialKind,
+    app: &ApplicationId,
+    hash: CredentialHash,
+    prefix: String,
+    now: DateTime<Utc>,
+    expires_at: Option<DateTime<Utc>>,
+) -> StoredCredential {
+    let id_prefix = match kind {
+        CredentialKind::Key => KEY_ID_PREFIX,
+        CredentialKind::Secret => SECRET_ID_PREFIX,
+    };
+    StoredCredential {
+        kind,
+        id: credential_id(id_prefix),
+        app_id: app.clone(),
+        hash,
+        prefix,
+        created_at: now,
+        expires_at,
+        revoked_at: None,
+        replaced_by: None,
+        rotated_by: None,
+        grace_ends_at: None,
+        shown_at: None,
+        last_used_at: None,
+    }
+}
+
+/// Stores a new credential with its first expiry warning (keys).
+pub(super) async fn insert_credential(tx: &mut Tx, c: &StoredCredential) -> ServiceResult<()> {
+    let warning = c
+        .expires_at
+        .and_then(|e| next_warning(e, c.created_at, None));
+    Ok(tx.insert_credential(c, warning).await?)
 }
 
 /// Records an audit event about `app` in the caller's transaction.
-async fn record_event(
+pub(super) async fn record_event(
     tx: &mut Tx,
     app: &Application,
     actor: Option<&Actor>,
@@ -68,18 +114,25 @@ async fn record_event(
 }
 
 /// Creates the approved application's Secret in the caller's transaction;
-/// only its hash is stored.
+/// only its hash is stored. Returns it with its public id.
 pub(super) async fn issue_secret(
     tx: &mut Tx,
     app: &Application,
     now: DateTime<Utc>,
-) -> ServiceResult<ClientSecret> {
+) -> ServiceResult<(ClientSecret, String)> {
     let secret = ClientSecret::generate();
-    match tx
-        .insert_secret(&app.id, &secret.hash(), &secret.display_prefix(), now)
-        .await
-    {
-        Err(StoreError::Conflict("secret")) => return Err(ServiceError::CredentialsAlreadyIssued),
+    let record = new_record(
+        CredentialKind::Secret,
+        &app.id,
+        secret.hash(),
+        secret.display_prefix(),
+        now,
+        None,
+    );
+    match insert_credential(tx, &record).await {
+        Err(ServiceError::Store(StoreError::Conflict("secret"))) => {
+            return Err(ServiceError::CredentialsAlreadyIssued);
+        }
         other => other?,
     }
     let summary = format!(
@@ -89,11 +142,11 @@ pub(super) async fn issue_secret(
     record_event(tx, app, None, AuditKind::CredentialsIssued, summary, now).await?;
     // A verifier may hold "no Secret yet" for this app.
     tx.notify_credentials_changed(&app.id).await?;
-    Ok(secret)
+    Ok((secret, record.id))
 }
 
 impl Service {
-    async fn load_app(
+    pub(super) async fn load_app(
         &self,
         tx: &mut Tx,
         guild: GuildId,
@@ -104,7 +157,7 @@ impl Service {
 
     /// Moves the application on, or says why not: another request may have
     /// moved it first, in which case its new state explains the refusal.
-    async fn transition(
+    pub(super) async fn transition(
         &self,
         tx: &mut Tx,
         app: &mut Application,
@@ -270,7 +323,10 @@ impl Service {
     }
 
     /// Issues the Secret of an approved application. Returns it in clear
-    /// exactly once: a second call, even a concurrent one, is refused.
+    /// exactly once: a second call, even a concurrent one, is refused, unless
+    /// the Secret issued before never reached its owner (a crash or a failed
+    /// Discord write between issuing and showing it): that one is revoked and
+    /// a new one issued, so nothing stays stuck at "already issued".
     pub async fn issue_credentials(
         &self,
         guild: GuildId,
@@ -279,26 +335,64 @@ impl Service {
         let now = self.clock.now();
         let mut tx = self.store.begin().await?;
         let app = self.load_app(&mut tx, guild, id).await?;
-        if app.status != AppStatus::Approved {
-            return Err(if tx.secret_hash(id).await?.is_some() {
-                ServiceError::CredentialsAlreadyIssued
-            } else {
-                ServiceError::NotApproved(app.status)
-            });
-        }
-        let secret = issue_secret(&mut tx, &app, now).await?;
+        let (secret, secret_id) = match tx.current_credential(id, CredentialKind::Secret).await? {
+            Some(old) if self.is_lost(&old, now) => {
+                self.replace_lost(&mut tx, &app, &old, now).await?;
+                issue_secret(&mut tx, &app, now).await?
+            }
+            Some(old) if old.shown_at.is_none() => {
+                return Err(ServiceError::CredentialsBeingDelivered);
+            }
+            Some(_) => return Err(ServiceError::CredentialsAlreadyIssued),
+            None if app.status != AppStatus::Approved => {
+                return Err(ServiceError::NotApproved(app.status));
+            }
+            None => issue_secret(&mut tx, &app, now).await?,
+        };
         let dm_lifetime = tx.guild_settings(guild).await?.dm_lifetime;
         tx.commit().await?;
         self.verify.invalidate();
         Ok(IssuedCredentials {
             app,
             secret,
+            secret_id,
             dm_lifetime,
         })
     }
 
+    /// A credential issued but never shown, long enough ago that no delivery
+    /// of it is still under way: its owner never got it.
+    fn is_lost(&self, c: &StoredCredential, now: DateTime<Utc>) -> bool {
+        c.shown_at.is_none() && now - c.created_at >= self.policy.stall_grace
+    }
+
+    /// Revokes a credential that never reached its owner, before a new one is
+    /// issued in its place (same transaction).
+    async fn replace_lost(
+        &self,
+        tx: &mut Tx,
+        app: &Application,
+        old: &StoredCredential,
+        now: DateTime<Utc>,
+    ) -> ServiceResult<()> {
+        if !tx.revoke_credential(old, now).await? {
+            return Err(match old.kind {
+                CredentialKind::Key => ServiceError::KeyAlreadyGenerated,
+                CredentialKind::Secret => ServiceError::CredentialsAlreadyIssued,
+            });
+        }
+        let summary = format!(
+            "revoked the {} {}… of {}, which never reached its owner, to issue a new one",
+            old.kind.label(),
+            old.prefix,
+            quoted(&app.details.name)
+        );
+        record_event(tx, app, None, AuditKind::CredentialReissued, summary, now).await
+    }
+
     /// Generates the application's one API key, for its owner. Of any number of
-    /// concurrent calls exactly one gets the key.
+    /// concurrent calls exactly one gets the key. A key that never reached its
+    /// owner is replaced by a new one instead of refused.
     pub async fn generate_api_key(
         &self,
         guild: GuildId,
@@ -311,38 +405,52 @@ impl Service {
         if app.owner_id != actor.user_id {
             return Err(ServiceError::NotOwner);
         }
-        if app.status == AppStatus::KeyIssued {
-            return Err(ServiceError::KeyAlreadyGenerated);
-        }
-        if tx.secret_hash(id).await?.is_none() {
+        if tx
+            .current_credential(id, CredentialKind::Secret)
+            .await?
+            .is_none()
+        {
             return Err(ServiceError::CredentialsNotIssued);
         }
-        match self
-            .transition(&mut tx, &mut app, Transition::GenerateKey, now)
-            .await
-        {
-            // Lost the race to a concurrent call that generated it.
-            Err(ServiceError::Lifecycle(e)) if e.from == AppStatus::KeyIssued => {
+        if app.status == AppStatus::KeyIssued {
+            match tx.current_credential(id, CredentialKind::Key).await? {
+                Some(old) if self.is_lost(&old, now) => {
+                    self.replace_lost(&mut tx, &app, &old, now).await?;
+                }
+                _ => return Err(ServiceError::KeyAlreadyGenerated),
+            }
+        } else {
+            match self
+                .transition(&mut tx, &mut app, Transition::GenerateKey, now)
+                .await
+            {
+                // Lost the race to a concurrent call that generated it.
+                Err(ServiceError::Lifecycle(e)) if e.from == AppStatus::KeyIssued => {
+                    return Err(ServiceError::KeyAlreadyGenerated);
+                }
+                other => other?,
+            }
+        }
+        let settings = tx.guild_settings(guild).await?;
+        let key = ApiKey::generate();
+        let record = new_record(
+            CredentialKind::Key,
+            &app.id,
+            key.hash(),
+            key.display_prefix(),
+            now,
+            Some(now + settings.key_lifetime),
+        );
+        match insert_credential(&mut tx, &record).await {
+            Err(ServiceError::Store(StoreError::Conflict("key"))) => {
                 return Err(ServiceError::KeyAlreadyGenerated);
             }
             other => other?,
         }
-        let key = ApiKey::generate();
-        let record = ApiKeyRecord {
-            id: credential_id(KEY_ID_PREFIX),
-            app_id: app.id.clone(),
-            key_hash: key.hash(),
-            key_prefix: key.display_prefix(),
-            created_at: now,
-            expires_at: now + self.policy.key_lifetime,
-            revoked_at: None,
-            last_used_at: None,
-        };
-        tx.insert_api_key(&record).await?;
-        app.key_prefix = Some(record.key_prefix.clone());
+        app.key_prefix = Some(record.prefix.clone());
         let summary = format!(
             "generated API key {}… for {}",
-            record.key_prefix,
+            record.prefix,
             quoted(&app.details.name)
         );
         record_event(
@@ -354,11 +462,15 @@ impl Service {
             now,
         )
         .await?;
+        tx.notify_credentials_changed(id).await?;
         tx.commit().await?;
+        self.verify.invalidate();
         Ok(IssuedKey {
             app,
             key,
-            expires_at: record.expires_at,
+            key_id: record.id,
+            expires_at: now + settings.key_lifetime,
+            dm_lifetime: settings.dm_lifetime,
         })
     }
 
@@ -390,38 +502,6 @@ impl Service {
         Ok(app)
     }
 
-    /// Stops the application's keys from working, now. Its owner or an approver.
-    pub async fn revoke(
-        &self,
-        guild: GuildId,
-        id: &ApplicationId,
-        actor: Actor,
-    ) -> ServiceResult<Application> {
-        let now = self.clock.now();
-        let mut tx = self.store.begin().await?;
-        let mut app = self.load_app(&mut tx, guild, id).await?;
-        if app.owner_id != actor.user_id && !actor.is_approver {
-            return Err(ServiceError::NotOwner);
-        }
-        self.transition(&mut tx, &mut app, Transition::Revoke, now)
-            .await?;
-        tx.revoke_api_keys(id, now).await?;
-        let summary = format!("revoked {}", quoted(&app.details.name));
-        record_event(
-            &mut tx,
-            &app,
-            Some(&actor),
-            AuditKind::KeyRevoked,
-            summary,
-            now,
-        )
-        .await?;
-        tx.notify_credentials_changed(id).await?;
-        tx.commit().await?;
-        self.verify.invalidate();
-        Ok(app)
-    }
-
     pub async fn app(&self, guild: GuildId, id: &ApplicationId) -> ServiceResult<Application> {
         let mut tx = self.store.read().await?;
         let app = self.load_app(&mut tx, guild, id).await?;
@@ -429,13 +509,17 @@ impl Service {
         Ok(app)
     }
 
-    /// The keys (hashes and standing only) of an application the caller
-    /// already loaded for its guild, newest first.
-    pub async fn api_keys(&self, app: &Application) -> ServiceResult<Vec<ApiKeyRecord>> {
+    /// The application's keys and Secrets (hashes and standing only), each
+    /// newest first, for an application the caller already loaded for its guild.
+    pub async fn credentials(
+        &self,
+        app: &Application,
+    ) -> ServiceResult<(Vec<StoredCredential>, Vec<StoredCredential>)> {
         let mut tx = self.store.read().await?;
-        let keys = tx.api_keys_of(&app.id).await?;
+        let keys = tx.credentials_of(&app.id, CredentialKind::Key).await?;
+        let secrets = tx.credentials_of(&app.id, CredentialKind::Secret).await?;
         tx.rollback().await?;
-        Ok(keys)
+        Ok((keys, secrets))
     }
 
     /// The guild's live application with this name, ignoring case.

@@ -4,6 +4,7 @@ mod apps;
 mod audit;
 mod clock;
 mod delivery;
+mod lifecycle;
 mod requests;
 mod settings;
 mod verify;
@@ -12,6 +13,7 @@ mod wizard;
 pub use apps::{ApproveOutcome, IssuedCredentials, IssuedKey, Submitted};
 pub use audit::{AuditPost, HistoryPage};
 pub use clock::Clock;
+pub use lifecycle::{ClaimedWarning, NewCredential, Rotated, RotationPlan};
 pub use requests::Stalled;
 pub use settings::SettingsChange;
 pub use verify::{LAST_USED_GRANULARITY, Verdict};
@@ -34,8 +36,6 @@ use std::sync::Arc;
 pub struct Policy {
     /// An untouched wizard draft lives this long.
     pub draft_ttl: TimeDelta,
-    /// A new API key works this long.
-    pub key_lifetime: TimeDelta,
     /// How long a request may go unposted, or an approval undelivered, before
     /// the approvals worker takes over from the interaction that should have.
     pub stall_grace: TimeDelta,
@@ -48,7 +48,6 @@ impl Default for Policy {
     fn default() -> Self {
         Self {
             draft_ttl: TimeDelta::hours(1),
-            key_lifetime: TimeDelta::days(365),
             stall_grace: TimeDelta::seconds(30),
             verify_cache_ttl: std::time::Duration::from_secs(5),
         }
@@ -61,6 +60,8 @@ pub struct Actor {
     pub user_id: UserId,
     /// Holds the guild's approver role (or Manage Server when none is set).
     pub is_approver: bool,
+    /// Has the Manage Server permission.
+    pub is_manager: bool,
 }
 
 impl Actor {
@@ -68,14 +69,27 @@ impl Actor {
         Self {
             user_id,
             is_approver: false,
+            is_manager: false,
         }
     }
 
     pub fn approver(user_id: UserId) -> Self {
         Self {
-            user_id,
             is_approver: true,
+            ..Self::member(user_id)
         }
+    }
+
+    pub fn manager(user_id: UserId) -> Self {
+        Self {
+            is_manager: true,
+            ..Self::member(user_id)
+        }
+    }
+
+    /// The owner, an approver or a manager may rotate and revoke an app's credentials.
+    pub fn may_manage(&self, app: &crate::domain::application::Application) -> bool {
+        app.owner_id == self.user_id || self.is_approver || self.is_manager
     }
 }
 
@@ -105,14 +119,33 @@ pub enum ServiceError {
     CredentialsAlreadyIssued,
     #[error("this application is {}, not approved", .0.label().to_lowercase())]
     NotApproved(AppStatus),
+    #[error("this application's credentials are being delivered; try again in a minute")]
+    CredentialsBeingDelivered,
     #[error("this application's credentials have not been issued yet")]
     CredentialsNotIssued,
-    #[error("an API key was already generated for this application; each application gets one")]
+    #[error(
+        "an API key was already generated for this application; each application gets one (use /app rotate for a new one)"
+    )]
     KeyAlreadyGenerated,
+    #[error("only the application's owner, an approver or a server manager can do that")]
+    NotAllowed,
+    #[error("this application has no API key yet: press Generate API Key in the credentials DM")]
+    NoKeyYet,
+    #[error("{}", already_rotated(.by))]
+    AlreadyRotated { by: Option<UserId> },
+    #[error("the name you typed is not the application's name; nothing was revoked")]
+    NameMismatch,
     #[error("{0}")]
     InvalidSetting(String),
     #[error("internal error: {0}")]
     Store(#[from] StoreError),
+}
+
+fn already_rotated(by: &Option<UserId>) -> String {
+    match by {
+        Some(u) => format!("<@{u}> already rotated it; nothing changed"),
+        None => "it was already replaced or revoked; nothing changed".to_owned(),
+    }
 }
 
 impl ServiceError {

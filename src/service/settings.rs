@@ -16,6 +16,7 @@ pub struct SettingsChange {
     pub approvals_required: Option<i64>,
     pub dm_lifetime_minutes: Option<i64>,
     pub request_expiry_hours: Option<i64>,
+    pub key_lifetime_days: Option<i64>,
 }
 
 fn in_range(name: &str, value: Option<i64>, min: i64, max: i64) -> ServiceResult<Option<i64>> {
@@ -38,6 +39,7 @@ impl Service {
         let approvals = in_range("approvals_required", change.approvals_required, 0, 5)?;
         let dm = in_range("dm_lifetime_minutes", change.dm_lifetime_minutes, 1, 1440)?;
         let expiry = in_range("request_expiry_hours", change.request_expiry_hours, 1, 720)?;
+        let key_days = in_range("key_lifetime_days", change.key_lifetime_days, 1, 730)?;
         let now = self.clock.now();
         let mut tx = self.store.begin().await?;
         let mut s = tx.guild_settings(guild).await?;
@@ -69,6 +71,12 @@ impl Service {
         if let Some(h) = expiry {
             s.request_expiry = TimeDelta::hours(h);
             changed.push(format!("request expiry {h} h"));
+        }
+        if let Some(d) = key_days {
+            s.key_lifetime = TimeDelta::days(d);
+            changed.push(format!(
+                "key lifetime {d} days (for keys issued from now on)"
+            ));
         }
         if changed.is_empty() {
             return Err(ServiceError::InvalidSetting(

@@ -87,7 +87,7 @@ type SecretEntry = Option<Arc<SecretStanding>>;
 pub(super) struct VerifyCache {
     /// None when the cache is off (every request reads the database).
     keys: Option<Cache<String, KeyEntry>>,
-    secrets: Option<Cache<ApplicationId, SecretEntry>>,
+    secrets: Option<Cache<String, SecretEntry>>,
     /// Bumped by every invalidation: a load that began before one must not
     /// store what it read, which may predate the change.
     epoch: AtomicU64,
@@ -257,22 +257,23 @@ impl Service {
         else {
             return Ok(Verdict::invalid(VerifyCode::Malformed));
         };
+        let hash = secret.hash();
         let cache = &self.verify;
-        let cached = cache.secrets.as_ref().and_then(|c| c.get(&app_id));
+        let cached = cache.secrets.as_ref().and_then(|c| c.get(hash.as_str()));
         cache_outcome(cached.is_some());
         let entry = match cached {
             Some(entry) => entry,
             None => {
                 let epoch = cache.epoch.load(Ordering::SeqCst);
-                let entry = self.store.secret_standing(&app_id).await?.map(Arc::new);
+                let entry = self.store.secret_standing(&hash).await?.map(Arc::new);
                 if let Some(c) = &cache.secrets {
-                    cache.store(c, app_id.clone(), entry.clone(), epoch);
+                    cache.store(c, hash.as_str().to_owned(), entry.clone(), epoch);
                 }
                 entry
             }
         };
-        // Constant time: how much of a wrong Secret matched stays unknown.
-        let Some(standing) = entry.filter(|s| s.hash.matches(&secret.hash())) else {
+        // Another app's Secret is as unknown as a wrong one.
+        let Some(standing) = entry.filter(|s| s.app.id == app_id) else {
             return Ok(Verdict::invalid(VerifyCode::NotFound));
         };
         let assessment = standing.assess(expect, self.clock.now());

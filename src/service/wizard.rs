@@ -243,10 +243,11 @@ impl Service {
         )
         .await?;
         let credentials = if request.is_none() {
-            let secret = super::apps::issue_secret(&mut tx, &app, now).await?;
+            let (secret, secret_id) = super::apps::issue_secret(&mut tx, &app, now).await?;
             Some(IssuedCredentials {
                 app: app.clone(),
                 secret,
+                secret_id,
                 dm_lifetime: settings.dm_lifetime,
             })
         } else {

@@ -2,7 +2,7 @@
 
 use super::{StoreError, StoreResult, Tx, from_ms, on_conn, to_ms};
 use crate::domain::application::{AppDetails, AppStatus, Application, LoginUserType, SourceApp};
-use crate::domain::credentials::{ApplicationId, CredentialHash, SECRET_ID_PREFIX, credential_id};
+use crate::domain::credentials::ApplicationId;
 use crate::domain::ids::{GuildId, UserId};
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
@@ -97,56 +97,12 @@ impl Children {
     }
 }
 
-/// A stored API key: its hash and its standing, never the key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiKeyRecord {
-    /// Public handle (`key_…`).
-    pub id: String,
-    pub app_id: ApplicationId,
-    pub key_hash: CredentialHash,
-    pub key_prefix: String,
-    pub created_at: DateTime<Utc>,
-    pub expires_at: DateTime<Utc>,
-    pub revoked_at: Option<DateTime<Utc>>,
-    /// When the verify API last saw it (written at most once a minute).
-    pub last_used_at: Option<DateTime<Utc>>,
-}
-
-#[derive(sqlx::FromRow)]
-pub(super) struct KeyRow {
-    id: String,
-    app_id: String,
-    key_hash: String,
-    key_prefix: String,
-    created_at: i64,
-    expires_at: i64,
-    revoked_at: Option<i64>,
-    last_used_at: Option<i64>,
-}
-
-impl TryFrom<KeyRow> for ApiKeyRecord {
-    type Error = StoreError;
-    fn try_from(r: KeyRow) -> StoreResult<Self> {
-        Ok(ApiKeyRecord {
-            id: r.id,
-            app_id: ApplicationId::parse(&r.app_id)
-                .map_err(|e| StoreError::corrupt("api_keys", e.to_string()))?,
-            key_hash: CredentialHash::from_stored(r.key_hash),
-            key_prefix: r.key_prefix,
-            created_at: from_ms("api_keys", r.created_at)?,
-            expires_at: from_ms("api_keys", r.expires_at)?,
-            revoked_at: r.revoked_at.map(|t| from_ms("api_keys", t)).transpose()?,
-            last_used_at: r.last_used_at.map(|t| from_ms("api_keys", t)).transpose()?,
-        })
-    }
-}
-
 impl Tx {
     /// Whether a live application of the guild already has this name (by `name_key`).
     pub async fn app_name_taken(&mut self, guild: GuildId, name_key: &str) -> StoreResult<bool> {
         let n: i64 = on_conn!(self, c => sqlx::query_scalar(
             "SELECT COUNT(*) FROM applications WHERE guild_id = $1 AND name_key = $2 \
-             AND status NOT IN ('denied', 'expired', 'withdrawn')")
+             AND status NOT IN ('denied', 'expired', 'withdrawn', 'revoked')")
             .bind(guild.to_db())
             .bind(name_key)
             .fetch_one(&mut *c)
@@ -281,7 +237,7 @@ impl Tx {
         let mut apps = self
             .load_apps(
                 "a.guild_id = $1 AND a.name_key = $2 \
-                 AND a.status NOT IN ('denied', 'expired', 'withdrawn')",
+                 AND a.status NOT IN ('denied', 'expired', 'withdrawn', 'revoked')",
                 guild,
                 Some(name_key),
             )
@@ -314,97 +270,5 @@ impl Tx {
             .await?
             .rows_affected());
         Ok(n == 1)
-    }
-
-    /// `Conflict("secret")` when the application already has one.
-    pub async fn insert_secret(
-        &mut self,
-        app: &ApplicationId,
-        hash: &CredentialHash,
-        prefix: &str,
-        now: DateTime<Utc>,
-    ) -> StoreResult<()> {
-        on_conn!(self, c => sqlx::query(
-            "INSERT INTO app_secrets (app_id, secret_hash, secret_prefix, created_at, id) \
-             VALUES ($1, $2, $3, $4, $5)")
-            .bind(app.as_str())
-            .bind(hash.as_str())
-            .bind(prefix)
-            .bind(to_ms(now))
-            .bind(credential_id(SECRET_ID_PREFIX))
-            .execute(&mut *c)
-            .await
-            .map_err(StoreError::conflict_as("secret"))?
-            .rows_affected());
-        Ok(())
-    }
-
-    pub async fn secret_hash(
-        &mut self,
-        app: &ApplicationId,
-    ) -> StoreResult<Option<CredentialHash>> {
-        let hash: Option<String> = on_conn!(self, c => sqlx::query_scalar(
-            "SELECT secret_hash FROM app_secrets WHERE app_id = $1")
-            .bind(app.as_str())
-            .fetch_optional(&mut *c)
-            .await?);
-        Ok(hash.map(CredentialHash::from_stored))
-    }
-
-    pub async fn insert_api_key(&mut self, key: &ApiKeyRecord) -> StoreResult<()> {
-        on_conn!(self, c => sqlx::query(
-            "INSERT INTO api_keys (key_hash, app_id, key_prefix, created_at, expires_at, revoked_at, id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)")
-            .bind(key.key_hash.as_str())
-            .bind(key.app_id.as_str())
-            .bind(&key.key_prefix)
-            .bind(to_ms(key.created_at))
-            .bind(to_ms(key.expires_at))
-            .bind(key.revoked_at.map(to_ms))
-            .bind(&key.id)
-            .execute(&mut *c)
-            .await
-            .map_err(StoreError::conflict_as("key"))?
-            .rows_affected());
-        Ok(())
-    }
-
-    pub async fn api_key_by_hash(
-        &mut self,
-        hash: &CredentialHash,
-    ) -> StoreResult<Option<ApiKeyRecord>> {
-        let row: Option<KeyRow> = on_conn!(self, c => sqlx::query_as(
-            "SELECT id, app_id, key_hash, key_prefix, created_at, expires_at, revoked_at, last_used_at \
-             FROM api_keys WHERE key_hash = $1")
-            .bind(hash.as_str())
-            .fetch_optional(&mut *c)
-            .await?);
-        row.map(ApiKeyRecord::try_from).transpose()
-    }
-
-    /// Every key of the application, newest first.
-    pub async fn api_keys_of(&mut self, app: &ApplicationId) -> StoreResult<Vec<ApiKeyRecord>> {
-        let rows: Vec<KeyRow> = on_conn!(self, c => sqlx::query_as(
-            "SELECT id, app_id, key_hash, key_prefix, created_at, expires_at, revoked_at, last_used_at \
-             FROM api_keys WHERE app_id = $1 ORDER BY created_at DESC, id")
-            .bind(app.as_str())
-            .fetch_all(&mut *c)
-            .await?);
-        rows.into_iter().map(ApiKeyRecord::try_from).collect()
-    }
-
-    /// Stops every key of the application from working, now.
-    pub async fn revoke_api_keys(
-        &mut self,
-        app: &ApplicationId,
-        now: DateTime<Utc>,
-    ) -> StoreResult<u64> {
-        Ok(on_conn!(self, c => sqlx::query(
-            "UPDATE api_keys SET revoked_at = $1 WHERE app_id = $2 AND revoked_at IS NULL")
-            .bind(to_ms(now))
-            .bind(app.as_str())
-            .execute(&mut *c)
-            .await?
-            .rows_affected()))
     }
 }

@@ -6,13 +6,14 @@
 mod approvals;
 mod apps;
 mod audit;
+mod credentials;
 mod drafts;
 mod redactions;
 mod settings;
 mod verification;
 
-pub use apps::ApiKeyRecord;
 pub use audit::OutboxEntry;
+pub use credentials::DueWarning;
 pub use redactions::DmRedaction;
 pub use verification::{CredentialChange, CredentialChanges, Gauges};
 

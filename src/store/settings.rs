@@ -15,6 +15,7 @@ struct SettingsRow {
     approvals_required: i64,
     dm_lifetime_secs: i64,
     request_expiry_secs: i64,
+    key_lifetime_days: i64,
 }
 
 impl From<SettingsRow> for GuildSettings {
@@ -29,6 +30,7 @@ impl From<SettingsRow> for GuildSettings {
             approvals_required: r.approvals_required.clamp(0, u8::MAX.into()) as u8,
             dm_lifetime: TimeDelta::seconds(r.dm_lifetime_secs),
             request_expiry: TimeDelta::seconds(r.request_expiry_secs),
+            key_lifetime: TimeDelta::days(r.key_lifetime_days),
         }
     }
 }
@@ -38,8 +40,8 @@ impl Tx {
     pub async fn guild_settings(&mut self, guild: GuildId) -> StoreResult<GuildSettings> {
         let row: Option<SettingsRow> = on_conn!(self, c => sqlx::query_as(
             "SELECT guild_id, audit_channel_id, approvals_channel_id, approver_role_id, \
-             creator_role_id, approvals_required, dm_lifetime_secs, request_expiry_secs \
-             FROM guild_settings WHERE guild_id = $1")
+             creator_role_id, approvals_required, dm_lifetime_secs, request_expiry_secs, \
+             key_lifetime_days FROM guild_settings WHERE guild_id = $1")
             .bind(guild.to_db())
             .fetch_optional(&mut *c)
             .await?);
@@ -54,7 +56,8 @@ impl Tx {
         on_conn!(self, c => sqlx::query(
             "INSERT INTO guild_settings (guild_id, audit_channel_id, approvals_channel_id, \
              approver_role_id, creator_role_id, approvals_required, dm_lifetime_secs, \
-             request_expiry_secs, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             request_expiry_secs, updated_at, key_lifetime_days) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
              ON CONFLICT (guild_id) DO UPDATE SET audit_channel_id = excluded.audit_channel_id, \
              approvals_channel_id = excluded.approvals_channel_id, \
              approver_role_id = excluded.approver_role_id, \
@@ -62,7 +65,8 @@ impl Tx {
              approvals_required = excluded.approvals_required, \
              dm_lifetime_secs = excluded.dm_lifetime_secs, \
              request_expiry_secs = excluded.request_expiry_secs, \
-             updated_at = excluded.updated_at")
+             updated_at = excluded.updated_at, \
+             key_lifetime_days = excluded.key_lifetime_days")
             .bind(s.guild_id.to_db())
             .bind(s.audit_channel.map(ChannelId::to_db))
             .bind(s.approvals_channel.map(ChannelId::to_db))
@@ -72,6 +76,7 @@ impl Tx {
             .bind(s.dm_lifetime.num_seconds())
             .bind(s.request_expiry.num_seconds())
             .bind(to_ms(now))
+            .bind(s.key_lifetime.num_days())
             .execute(&mut *c)
             .await?
             .rows_affected());

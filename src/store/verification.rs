@@ -1,11 +1,13 @@
 //! The verify API's reads (straight on the pool: no transaction on the hot path),
 //! last-used stamps, readiness, gauges, and credential-change notifications.
 
-use super::{ApiKeyRecord, Store, StoreError, StoreResult, Tx, from_ms, on_conn, to_ms};
+use super::credentials::CredentialRow;
+use super::{Store, StoreError, StoreResult, Tx, on_conn, to_ms};
 use crate::domain::application::{AppStatus, LoginUserType, SourceApp};
 use crate::domain::credentials::{ApplicationId, CredentialHash};
 use crate::domain::ids::GuildId;
-use crate::domain::verification::{AppCard, KeyStanding, SecretStanding};
+use crate::domain::lifecycle::{CredentialKind, StoredCredential};
+use crate::domain::verification::{AppCard, GraceView, KeyStanding, SecretStanding};
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgListener;
 
@@ -32,21 +34,11 @@ struct CardRow {
     status: String,
 }
 
-/// A key's row (its `app_id` read from the joined application) and its app.
+/// A credential's row (its `app_id` read from the joined application) and its app.
 #[derive(sqlx::FromRow)]
-struct KeyRow {
+struct StandingRow {
     #[sqlx(flatten)]
-    key: super::apps::KeyRow,
-    #[sqlx(flatten)]
-    card: CardRow,
-}
-
-#[derive(sqlx::FromRow)]
-struct SecretRow {
-    id: String,
-    secret_hash: String,
-    secret_prefix: String,
-    created_at: i64,
+    credential: CredentialRow,
     #[sqlx(flatten)]
     card: CardRow,
 }
@@ -70,6 +62,20 @@ impl CardRow {
             scopes,
         })
     }
+}
+
+fn kind_table(kind: CredentialKind) -> &'static str {
+    match kind {
+        CredentialKind::Key => "api_keys",
+        CredentialKind::Secret => "app_secrets",
+    }
+}
+
+fn grace_view(c: &StoredCredential) -> Option<GraceView> {
+    Some(GraceView {
+        replaced_by: c.replaced_by.clone()?,
+        ends_at: c.grace_ends_at?,
+    })
 }
 
 /// A change notification, or word that some may have been missed.
@@ -115,64 +121,83 @@ pub struct Gauges {
 }
 
 impl Store {
-    /// An API key by its hash, with its application and scopes: two queries,
-    /// no transaction (a key's row and its app's scopes do not change together
-    /// in a way a verification could observe half of).
-    pub async fn key_standing(&self, hash: &CredentialHash) -> StoreResult<Option<KeyStanding>> {
-        let sql = sqlx::AssertSqlSafe(format!(
-            "SELECT k.id, k.key_hash, k.key_prefix, k.created_at, k.expires_at, k.revoked_at, \
-             k.last_used_at, {CARD_COLUMNS} \
-             FROM api_keys k JOIN applications a ON a.id = k.app_id WHERE k.key_hash = $1"
-        ));
-        let row: Option<KeyRow> = on_pool!(self, p => sqlx::query_as(sql)
+    /// A key or Secret by its hash, with its application and scopes: two
+    /// queries, no transaction (a credential's row and its app's scopes do
+    /// not change together in a way a verification could observe half of).
+    async fn standing(
+        &self,
+        kind: CredentialKind,
+        hash: &CredentialHash,
+    ) -> StoreResult<Option<(StoredCredential, AppCard)>> {
+        let sql = sqlx::AssertSqlSafe(match kind {
+            CredentialKind::Key => format!(
+                "SELECT k.id, k.key_hash AS hash, k.key_prefix AS prefix, k.created_at, \
+                 k.expires_at, k.revoked_at, k.replaced_by, k.rotated_by, k.grace_ends_at, \
+                 k.shown_at, k.last_used_at, k.next_warning_at, {CARD_COLUMNS} \
+                 FROM api_keys k JOIN applications a ON a.id = k.app_id WHERE k.key_hash = $1"
+            ),
+            CredentialKind::Secret => format!(
+                "SELECT s.id, s.secret_hash AS hash, s.secret_prefix AS prefix, s.created_at, \
+                 CAST(NULL AS BIGINT) AS expires_at, s.revoked_at, s.replaced_by, s.rotated_by, \
+                 s.grace_ends_at, s.shown_at, CAST(NULL AS BIGINT) AS last_used_at, \
+                 CAST(NULL AS BIGINT) AS next_warning_at, {CARD_COLUMNS} \
+                 FROM app_secrets s JOIN applications a ON a.id = s.app_id WHERE s.secret_hash = $1"
+            ),
+        });
+        let row: Option<StandingRow> = on_pool!(self, p => sqlx::query_as(sql)
             .bind(hash.as_str())
             .fetch_optional(p)
             .await?);
-        let Some(KeyRow { key, card }) = row else {
+        let Some(StandingRow { credential, card }) = row else {
             return Ok(None);
         };
-        let key = ApiKeyRecord::try_from(key)?;
+        let credential = credential.into_credential(kind)?;
         // The look-up was by hash; the constant-time comparison guards against
         // a collation or an index returning a near miss.
-        if !hash.matches(&key.key_hash) {
+        if !hash.matches(&credential.hash) {
             return Ok(None);
         }
         let scopes = self.scopes_of(&card.app_id).await?;
+        let card = card.into_card(kind_table(kind), scopes)?;
+        Ok(Some((credential, card)))
+    }
+
+    /// An API key by its hash, with its application and scopes.
+    pub async fn key_standing(&self, hash: &CredentialHash) -> StoreResult<Option<KeyStanding>> {
+        let Some((key, app)) = self.standing(CredentialKind::Key, hash).await? else {
+            return Ok(None);
+        };
+        let Some(expires_at) = key.expires_at else {
+            return Err(StoreError::corrupt("api_keys", "a key without an expiry"));
+        };
         Ok(Some(KeyStanding {
+            grace: grace_view(&key),
             key_id: key.id,
-            start: key.key_prefix,
+            start: key.prefix,
             created_at: key.created_at,
-            expires_at: key.expires_at,
+            expires_at,
             revoked_at: key.revoked_at,
             last_used_at: key.last_used_at,
-            app: card.into_card("api_keys", scopes)?,
+            app,
         }))
     }
 
-    /// An application's Secret (its hash) with the application and scopes.
+    /// A Secret by its hash, with its application and scopes.
     pub async fn secret_standing(
         &self,
-        app: &ApplicationId,
+        hash: &CredentialHash,
     ) -> StoreResult<Option<SecretStanding>> {
-        let sql = sqlx::AssertSqlSafe(format!(
-            "SELECT s.id, s.secret_hash, s.secret_prefix, s.created_at, {CARD_COLUMNS} \
-             FROM app_secrets s JOIN applications a ON a.id = s.app_id WHERE s.app_id = $1"
-        ));
-        let row: Option<SecretRow> = on_pool!(self, p => sqlx::query_as(sql)
-            .bind(app.as_str())
-            .fetch_optional(p)
-            .await?);
-        let Some(r) = row else {
+        let Some((secret, app)) = self.standing(CredentialKind::Secret, hash).await? else {
             return Ok(None);
         };
-        let scopes = self.scopes_of(&r.card.app_id).await?;
-        const T: &str = "app_secrets";
         Ok(Some(SecretStanding {
-            secret_id: r.id,
-            hash: CredentialHash::from_stored(r.secret_hash),
-            start: r.secret_prefix,
-            created_at: from_ms(T, r.created_at)?,
-            app: r.card.into_card(T, scopes)?,
+            grace: grace_view(&secret),
+            secret_id: secret.id,
+            hash: secret.hash,
+            start: secret.prefix,
+            created_at: secret.created_at,
+            revoked_at: secret.revoked_at,
+            app,
         }))
     }
 

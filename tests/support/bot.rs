@@ -149,3 +149,28 @@ pub async fn shown(fake: &FakeDiscord, i: &super::fake_discord::Interaction, kin
 pub fn text(message: &Value) -> String {
     message["content"].as_str().unwrap_or("").to_owned()
 }
+
+/// Presses Generate API Key on a credentials DM; returns the DM of its own
+/// that the key arrives in (once filled) and the key.
+pub async fn generate_key_in_dm(
+    fake: &FakeDiscord,
+    user: &TestUser,
+    dm: &Value,
+) -> (Value, String) {
+    let before = fake.dm_messages(user.id).len();
+    let i = fake
+        .press_button_in_dm(user, dm, &component(dm, "genkey"))
+        .await;
+    let r = fake.response(&i).await;
+    assert_eq!(r["type"], 6, "acknowledged first: {r:#}");
+    let id = user.id;
+    fake.wait_until("the key's own DM", |f| {
+        f.dm_messages(id)
+            .get(before)
+            .is_some_and(|m| text(m).contains("API key: `kg_"))
+    })
+    .await;
+    let key_dm = fake.dm_messages(user.id).remove(before);
+    let key = token(&text(&key_dm), "kg_").expect("the key");
+    (key_dm, key)
+}

@@ -856,6 +856,14 @@ impl FakeDiscord {
         .await
     }
 
+    /// How many follow-ups this interaction has had so far.
+    pub fn followup_count(&self, i: &Interaction) -> usize {
+        self.lock()
+            .interactions
+            .get(&i.id)
+            .map_or(0, |x| x.followups.len())
+    }
+
     /// The message `@original` of this interaction now is: the one a type 4 (or 5) callback
     /// created, or the component's message a type 6/7 callback acknowledged; edits applied.
     pub fn message_of(&self, i: &Interaction) -> Option<Value> {

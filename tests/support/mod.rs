@@ -330,3 +330,14 @@ impl std::io::Write for Capture {
         Ok(())
     }
 }
+
+/// Revokes the app as the revoke form does, typing its name.
+pub async fn revoke(
+    service: &Service,
+    guild: GuildId,
+    app: &ApplicationId,
+    actor: Actor,
+) -> Result<keygate::domain::application::Application, keygate::service::ServiceError> {
+    let name = service.app(guild, app).await?.details.name;
+    service.revoke(guild, app, actor, &name).await
+}

@@ -1,0 +1,478 @@
+//! `/app rotate`, `/app revoke`, their confirmations, and the expiry-warning worker.
+
+use super::approvals::is_approver;
+use super::commands::{guild_of, resolve};
+use super::custom_id::{Action, CustomId};
+use super::delivery::{fill_dm, finish_only, follow_up_privately, open_dm, rotated_text};
+use super::reply::{UserError, count_rest_error, no_pings, private, stale};
+use super::wizard::code;
+use super::{Bot, Context, is_manager};
+use crate::domain::application::Application;
+use crate::domain::ids::{GuildId, UserId};
+use crate::domain::lifecycle::{CredentialKind, Grace};
+use crate::service::{Actor, ClaimedWarning, RotationPlan, Service};
+use poise::CreateReply;
+use poise::serenity_prelude as serenity;
+use serenity::{
+    ButtonStyle, ComponentInteraction, CreateActionRow, CreateButton, CreateInputText,
+    CreateInteractionResponse, CreateMessage, CreateModal, EditInteractionResponse, Http,
+    InputTextStyle, ModalInteraction,
+};
+use std::time::Duration;
+
+/// How often expiry warnings and expiries are looked for.
+pub const TICK: Duration = Duration::from_secs(1);
+
+/// Which credential `/app rotate` replaces.
+#[derive(Debug, Clone, Copy, poise::ChoiceParameter)]
+pub enum What {
+    #[name = "key"]
+    Key,
+    #[name = "secret"]
+    Secret,
+}
+
+/// How long the replaced credential keeps working.
+#[derive(Debug, Clone, Copy, poise::ChoiceParameter)]
+pub enum GraceChoice {
+    #[name = "now"]
+    Now,
+    #[name = "1h"]
+    Hour,
+    #[name = "24h"]
+    Day,
+    #[name = "7d"]
+    Week,
+    #[name = "30d"]
+    Month,
+}
+
+impl From<GraceChoice> for Grace {
+    fn from(g: GraceChoice) -> Self {
+        match g {
+            GraceChoice::Now => Grace::Now,
+            GraceChoice::Hour => Grace::Hour,
+            GraceChoice::Day => Grace::Day,
+            GraceChoice::Week => Grace::Week,
+            GraceChoice::Month => Grace::Month,
+        }
+    }
+}
+
+/// The member as the service judges them: owner, approver or manager.
+async fn actor(
+    bot: &Bot,
+    guild: Option<GuildId>,
+    user: &serenity::User,
+    member: Option<&serenity::Member>,
+) -> anyhow::Result<Actor> {
+    let user_id = UserId(user.id.get());
+    let Some(guild) = guild else {
+        // In a DM only the owner can be recognised.
+        return Ok(Actor::member(user_id));
+    };
+    Ok(Actor {
+        user_id,
+        is_approver: is_approver(bot, guild, member).await?,
+        is_manager: member.is_some_and(is_manager),
+    })
+}
+
+/// What the member is about to confirm, and the Confirm button bound to the
+/// credential that is current now.
+fn confirmation(plan: &RotationPlan) -> (String, Vec<CreateActionRow>) {
+    let kind = plan.current.kind;
+    let mut text = format!(
+        "Rotate the **{}** `{}…` of {}?\n• A new {} goes to its owner <@{}> by DM, once.\n",
+        kind.label(),
+        plan.current.prefix,
+        code(&plan.app.details.name),
+        kind.label(),
+        plan.app.owner_id
+    );
+    if plan.grace == Grace::Now {
+        text.push_str("• The current one **stops working now**.\n");
+    } else {
+        text.push_str(&format!(
+            "• The current one keeps working until <t:{}:f> ({}).\n",
+            plan.grace_ends_at.timestamp(),
+            plan.grace.as_str()
+        ));
+    }
+    if let Some(e) = &plan.ending_grace {
+        text.push_str(&format!(
+            "• The earlier `{}…`, still in its grace, **stops working now**.\n",
+            e.prefix
+        ));
+    }
+    let button = CreateButton::new(
+        CustomId::credential(plan.grace.as_str(), &plan.current.id, Action::Confirm).to_string(),
+    )
+    .label("Confirm")
+    .style(ButtonStyle::Danger);
+    (text, vec![CreateActionRow::Buttons(vec![button])])
+}
+
+/// Rotate an application's API key or Secret.
+#[poise::command(slash_command, guild_only)]
+pub async fn rotate(
+    ctx: Context<'_>,
+    #[description = "The application"]
+    #[autocomplete = "super::commands::app_choices"]
+    app: String,
+    #[description = "Which credential (default: key)"] what: Option<What>,
+    #[description = "How long the old one keeps working (default: 7d)"] grace: Option<GraceChoice>,
+) -> anyhow::Result<()> {
+    ctx.defer_ephemeral().await?;
+    let guild = guild_of(&ctx)?;
+    let poise::Context::Application(actx) = ctx else {
+        return Err(UserError("use the slash command".into()).into());
+    };
+    let bot = ctx.data();
+    let actor = actor(
+        bot,
+        Some(guild),
+        ctx.author(),
+        actx.interaction.member.as_deref(),
+    )
+    .await?;
+    let app = resolve(&ctx, guild, &app).await?;
+    let kind = match what.unwrap_or(What::Key) {
+        What::Key => CredentialKind::Key,
+        What::Secret => CredentialKind::Secret,
+    };
+    let grace = grace.map_or(Grace::DEFAULT, Grace::from);
+    let plan = bot.service.plan_rotation(&app, kind, grace, actor).await?;
+    let (text, rows) = confirmation(&plan);
+    ctx.send(
+        CreateReply::default()
+            .ephemeral(true)
+            .content(text)
+            .components(rows)
+            .allowed_mentions(no_pings()),
+    )
+    .await?;
+    Ok(())
+}
+
+fn revoke_modal(app: &Application) -> CreateModal {
+    let title: String = format!("Revoke {}", app.details.name)
+        .chars()
+        .take(45)
+        .collect();
+    CreateModal::new(
+        CustomId::app(app.id.as_str(), Action::RevokeName).to_string(),
+        title,
+    )
+    .components(vec![CreateActionRow::InputText(
+        CreateInputText::new(
+            InputTextStyle::Short,
+            "Type the application's name to confirm",
+            "name",
+        )
+        .placeholder(app.details.name.chars().take(100).collect::<String>())
+        .required(true),
+    )])
+}
+
+/// Revoke an application: every key and its Secret stop working now.
+#[poise::command(slash_command, guild_only)]
+pub async fn revoke(
+    ctx: Context<'_>,
+    #[description = "The application"]
+    #[autocomplete = "super::commands::app_choices"]
+    app: String,
+) -> anyhow::Result<()> {
+    // Answered with a modal, which cannot follow a deferral: reads only before it.
+    let poise::Context::Application(actx) = ctx else {
+        return Err(UserError("use the slash command".into()).into());
+    };
+    let guild = guild_of(&ctx)?;
+    let bot = ctx.data();
+    let actor = actor(
+        bot,
+        Some(guild),
+        ctx.author(),
+        actx.interaction.member.as_deref(),
+    )
+    .await?;
+    let app = resolve(&ctx, guild, &app).await?;
+    if !actor.may_manage(&app) {
+        return Err(crate::service::ServiceError::NotAllowed.into());
+    }
+    actx.interaction
+        .create_response(
+            ctx.http(),
+            CreateInteractionResponse::Modal(revoke_modal(&app)),
+        )
+        .await?;
+    Ok(())
+}
+
+/// The revoke modal: the typed name must be the app's.
+pub async fn on_revoke_name(
+    ctx: &serenity::Context,
+    bot: &Bot,
+    modal: &ModalInteraction,
+    cid: &CustomId,
+) -> anyhow::Result<()> {
+    modal
+        .create_response(
+            &ctx.http,
+            CreateInteractionResponse::Defer(
+                serenity::CreateInteractionResponseMessage::new().ephemeral(true),
+            ),
+        )
+        .await?;
+    let id = cid.app_id().ok_or_else(stale)?;
+    let guild = modal
+        .guild_id
+        .map(|g| GuildId(g.get()))
+        .ok_or_else(|| UserError("use this in a server".into()))?;
+    let typed = modal
+        .data
+        .components
+        .iter()
+        .flat_map(|row| row.components.iter())
+        .find_map(|c| match c {
+            serenity::ActionRowComponent::InputText(t) if t.custom_id == "name" => t.value.clone(),
+            _ => None,
+        })
+        .unwrap_or_default();
+    let actor = actor(bot, Some(guild), &modal.user, modal.member.as_ref()).await?;
+    let app = bot.service.revoke(guild, &id, actor, &typed).await?;
+    let name = code(&app.details.name);
+    modal
+        .edit_response(
+            &ctx.http,
+            EditInteractionResponse::new().content(format!(
+                "⛔ {name} is revoked: its API keys and Secret stopped working."
+            )),
+        )
+        .await?;
+    tell_owner(
+        &ctx.http,
+        &app,
+        format!(
+            "⛔ {name} was revoked by <@{}>: its API keys and Secret no longer work.",
+            actor.user_id
+        ),
+    )
+    .await;
+    Ok(())
+}
+
+/// A note to the app's owner by DM; closed DMs are not an error here.
+async fn tell_owner(http: &Http, app: &Application, text: String) {
+    if let Err(e) = open_dm(http, app.owner_id, text).await {
+        count_rest_error(&e);
+        tracing::info!(app = %app.id, error = %e, "could not DM the owner");
+    }
+}
+
+/// Confirm (a rotation bound to one credential) and Rotate now (an expiry
+/// warning's button).
+pub async fn on_component(
+    ctx: &serenity::Context,
+    bot: &Bot,
+    component: &ComponentInteraction,
+    cid: &CustomId,
+) -> anyhow::Result<()> {
+    let guild = component.guild_id.map(|g| GuildId(g.get()));
+    match cid.action {
+        Action::RotateNow => {
+            let id = cid.app_id().ok_or_else(stale)?;
+            let actor = actor(bot, guild, &component.user, component.member.as_ref()).await?;
+            let app = bot.service.app_by_id(&id).await?;
+            let plan = bot
+                .service
+                .plan_rotation(&app, CredentialKind::Key, Grace::DEFAULT, actor)
+                .await?;
+            let (text, rows) = confirmation(&plan);
+            component
+                .create_response(
+                    &ctx.http,
+                    CreateInteractionResponse::Message(private(text).components(rows)),
+                )
+                .await?;
+            Ok(())
+        }
+        Action::Confirm => confirm(ctx, bot, component, cid, guild).await,
+        _ => Err(stale().into()),
+    }
+}
+
+async fn confirm(
+    ctx: &serenity::Context,
+    bot: &Bot,
+    component: &ComponentInteraction,
+    cid: &CustomId,
+    guild: Option<GuildId>,
+) -> anyhow::Result<()> {
+    // Acknowledged first: a rotation takes several calls.
+    component
+        .create_response(&ctx.http, CreateInteractionResponse::Acknowledge)
+        .await?;
+    let (grace, credential) = cid.credential_parts().ok_or_else(stale)?;
+    let grace = Grace::parse(grace).ok_or_else(stale)?;
+    let actor = actor(bot, guild, &component.user, component.member.as_ref()).await?;
+    let service = &bot.service;
+    let app_of = service.credential_app(credential).await?;
+    // The new credential goes to the owner: reach them before anything changes.
+    let dm = open_dm(
+        &ctx.http,
+        app_of.owner_id,
+        format!(
+            "🔄 A new credential for {} follows…",
+            code(&app_of.details.name)
+        ),
+    )
+    .await;
+    let dm = match dm {
+        Ok(sent) => Some(sent),
+        Err(e) if actor.user_id == app_of.owner_id => {
+            count_rest_error(&e);
+            None
+        }
+        Err(e) => {
+            count_rest_error(&e);
+            let text = format!(
+                "Nothing changed: the new credential could not be delivered, because <@{}> (the owner) cannot be reached by DM. Ask them to open their DMs, or to rotate it themselves.",
+                app_of.owner_id
+            );
+            component
+                .edit_response(
+                    &ctx.http,
+                    EditInteractionResponse::new()
+                        .content(text)
+                        .components(vec![])
+                        .allowed_mentions(no_pings()),
+                )
+                .await?;
+            return Ok(());
+        }
+    };
+    let rotated = match service.rotate(guild, credential, grace, actor).await {
+        Ok(r) => r,
+        Err(e) => {
+            if let Some(sent) = &dm
+                && let Err(delete) = sent.delete(&ctx.http).await
+            {
+                tracing::warn!(error = %delete, "could not delete an unused DM placeholder");
+            }
+            component
+                .edit_response(&ctx.http, EditInteractionResponse::new().components(vec![]))
+                .await?;
+            return Err(e.into());
+        }
+    };
+    let app = &rotated.app;
+    let rows = finish_only(&app.id);
+    let where_to = match dm {
+        Some(sent) => {
+            let text = rotated_text(&rotated, &super::delivery::shown_once(rotated.dm_lifetime));
+            fill_dm(
+                &ctx.http,
+                service,
+                app,
+                app.owner_id,
+                &sent,
+                text,
+                rows,
+                &rotated.new_id,
+            )
+            .await?;
+            format!("sent to <@{}> by DM", app.owner_id)
+        }
+        None => {
+            let text = rotated_text(&rotated, super::delivery::EPHEMERAL_NOTE);
+            follow_up_privately(&ctx.http, service, component, text, rows, &rotated.new_id).await?;
+            "shown to you below (your DMs are closed)".to_owned()
+        }
+    };
+    let old = if rotated.grace_ends_at <= chrono::Utc::now() {
+        "stopped working now".to_owned()
+    } else {
+        format!(
+            "keeps working until <t:{}:f>",
+            rotated.grace_ends_at.timestamp()
+        )
+    };
+    component
+        .edit_response(
+            &ctx.http,
+            EditInteractionResponse::new()
+                .content(format!(
+                    "✅ Rotated the {} of {}: the new one was {where_to}; the old `{}…` {old}.",
+                    rotated.new.kind().label(),
+                    code(&app.details.name),
+                    rotated.old.prefix
+                ))
+                .components(vec![])
+                .allowed_mentions(no_pings()),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Discord's "the user cannot be reached": closed DMs (50007) or not a
+/// member any more (10007).
+fn unreachable(e: &serenity::Error) -> bool {
+    matches!(
+        e,
+        serenity::Error::Http(serenity::HttpError::UnsuccessfulRequest(r))
+            if r.error.code == 50007 || r.error.code == 10007
+    )
+}
+
+async fn send_warning(http: &Http, w: &ClaimedWarning) -> Result<(), serenity::Error> {
+    let app = &w.app;
+    serenity::GuildId::new(app.guild_id.0)
+        .member(http, serenity::UserId::new(app.owner_id.0))
+        .await?;
+    let dm = serenity::UserId::new(app.owner_id.0)
+        .create_dm_channel(http)
+        .await?;
+    let text = format!(
+        "⏳ The API key `{}…` of {} expires <t:{}:R> (<t:{}:f>). Rotate it before then: the new key comes here, and the old one keeps working for 7 days.",
+        w.due.key.prefix,
+        code(&app.details.name),
+        w.expires_at.timestamp(),
+        w.expires_at.timestamp()
+    );
+    let button = CreateButton::new(CustomId::app(app.id.as_str(), Action::RotateNow).to_string())
+        .label("Rotate now")
+        .style(ButtonStyle::Primary);
+    dm.send_message(
+        http,
+        CreateMessage::new()
+            .content(text)
+            .components(vec![CreateActionRow::Buttons(vec![button])])
+            // A retry after a crash posts it once.
+            .nonce(serenity::Nonce::String(w.nonce()))
+            .enforce_nonce(true)
+            .allowed_mentions(no_pings()),
+    )
+    .await?;
+    Ok(())
+}
+
+/// One pass: sends due expiry warnings (each claimed by one process) and
+/// records expiries. It runs from the database, so a restart loses none.
+pub async fn tick(http: &Http, service: &Service) -> anyhow::Result<()> {
+    for w in service.claim_due_warnings().await? {
+        let to_audit = match send_warning(http, &w).await {
+            Ok(()) => false,
+            Err(e) if unreachable(&e) => true,
+            Err(e) => {
+                // The claim lapses and a later pass tries again.
+                count_rest_error(&e);
+                tracing::warn!(app = %w.app.id, error = %e, "could not send an expiry warning; will retry");
+                continue;
+            }
+        };
+        service.warning_sent(&w, to_audit).await?;
+    }
+    service.record_expiries().await?;
+    Ok(())
+}
