@@ -1287,13 +1287,33 @@ async fn redactions_are_scheduled_and_done_once(db: &TestDb) {
     let mut tx = db.store.begin().await.unwrap();
     let due = tx.due_redactions(now).await.unwrap();
     assert_eq!(due.len(), 2);
+    // The worker read a schedule; a reschedule came before its write: the
+    // write must not mark the newer schedule done.
+    let read = due.iter().find(|r| r.message_id == MessageId(1)).unwrap();
+    tx.schedule_redaction(&DmRedaction {
+        due_at: now + chrono::TimeDelta::minutes(15),
+        ..read.clone()
+    })
+    .await
+    .unwrap();
     assert!(
-        tx.mark_redacted(ChannelId(10), MessageId(1), now)
+        !tx.mark_redacted(ChannelId(10), MessageId(1), Some(read.due_at), now)
             .await
-            .unwrap()
+            .unwrap(),
+        "a rescheduled DM stays scheduled"
     );
     assert!(
-        !tx.mark_redacted(ChannelId(10), MessageId(1), now)
+        tx.mark_redacted(
+            ChannelId(10),
+            MessageId(1),
+            Some(now + chrono::TimeDelta::minutes(15)),
+            now
+        )
+        .await
+        .unwrap()
+    );
+    assert!(
+        !tx.mark_redacted(ChannelId(10), MessageId(1), None, now)
             .await
             .unwrap()
     );

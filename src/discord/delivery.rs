@@ -421,6 +421,8 @@ pub async fn on_component(
                     &app,
                     ChannelId(component.channel_id.get()),
                     MessageId(component.message.id.get()),
+                    // Finish's own edit just removed whatever the message held.
+                    None,
                 )
                 .await?;
         }
@@ -454,7 +456,7 @@ pub async fn redact_due(http: &Http, service: &Service) -> anyhow::Result<()> {
             }
         }
         service
-            .complete_redaction(&app, due.channel_id, due.message_id)
+            .complete_redaction(&app, due.channel_id, due.message_id, Some(due.due_at))
             .await?;
     }
     Ok(())

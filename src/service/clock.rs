@@ -29,4 +29,11 @@ impl Clock {
             *t.lock().unwrap_or_else(PoisonError::into_inner) += by;
         }
     }
+
+    /// Puts a manual clock at `at`; the system clock is left alone.
+    pub fn set(&self, at: DateTime<Utc>) {
+        if let Self::Manual(t) = self {
+            *t.lock().unwrap_or_else(PoisonError::into_inner) = at;
+        }
+    }
 }

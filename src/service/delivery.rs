@@ -7,6 +7,7 @@ use crate::domain::audit::{AuditKind, NewAuditEvent};
 use crate::domain::credentials::ApplicationId;
 use crate::domain::ids::{ChannelId, MessageId, UserId};
 use crate::store::DmRedaction;
+use chrono::{DateTime, Utc};
 
 impl Service {
     /// One application by its ID, whatever the guild: a DM button knows only the app.
@@ -61,16 +62,19 @@ impl Service {
     }
 
     /// Marks the DM redacted. False if it already was (Finish and the
-    /// scheduler may race): the audit event is written once.
+    /// scheduler may race): the audit event is written once. `read_due` is
+    /// the schedule the caller read before its edit (the worker's); a DM
+    /// rescheduled since stays scheduled.
     pub async fn complete_redaction(
         &self,
         app: &Application,
         channel: ChannelId,
         message: MessageId,
+        read_due: Option<DateTime<Utc>>,
     ) -> ServiceResult<bool> {
         let now = self.clock.now();
         let mut tx = self.store.begin().await?;
-        if !tx.mark_redacted(channel, message, now).await? {
+        if !tx.mark_redacted(channel, message, read_due, now).await? {
             tx.rollback().await?;
             return Ok(false);
         }

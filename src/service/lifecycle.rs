@@ -348,7 +348,9 @@ impl Service {
     pub async fn warning_sent(&self, w: &ClaimedWarning, to_audit: bool) -> ServiceResult<()> {
         let now = self.clock.now();
         let mut tx = self.store.begin().await?;
-        let next = next_warning(w.expires_at, now, Some(w.days));
+        // Stages after this one, unless already running at issue; an
+        // overdue one goes out at the next pass.
+        let next = next_warning(w.expires_at, w.due.key.created_at, Some(w.days));
         if !tx.complete_warning(&w.due, w.days, next).await? {
             tx.rollback().await?;
             return Ok(());

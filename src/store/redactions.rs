@@ -78,18 +78,24 @@ impl Tx {
             .collect()
     }
 
-    /// False if it was already done.
+    /// False if it was already done, or, with `read_due` (the schedule the
+    /// caller read before editing the message), if it was rescheduled since:
+    /// a message refilled meanwhile must stay scheduled, or it would keep a
+    /// secret for good.
     pub async fn mark_redacted(
         &mut self,
         channel: ChannelId,
         message: MessageId,
+        read_due: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> StoreResult<bool> {
         let n = on_conn!(self, c => sqlx::query(
-            "UPDATE dm_redactions SET done_at = $1 WHERE channel_id = $2 AND message_id = $3 AND done_at IS NULL")
+            "UPDATE dm_redactions SET done_at = $1 WHERE channel_id = $2 AND message_id = $3 \
+             AND done_at IS NULL AND ($4 IS NULL OR due_at = $4)")
             .bind(to_ms(now))
             .bind(channel.to_db())
             .bind(message.to_db())
+            .bind(read_due.map(to_ms))
             .execute(&mut *c)
             .await?
             .rows_affected());
