@@ -476,3 +476,486 @@ async fn a_credential_that_never_reached_its_owner_is_issued_again(db: &TestDb) 
             .contains(&AuditKind::CredentialReissued)
     );
 }
+
+// ---- end to end: the real bot against the fake Discord ------------------------------------
+
+use keygate::domain::ids::{ChannelId, UserId};
+use keygate::store::Backend;
+use serde_json::{Value, json};
+use support::bot::{Harness, alice, bob, choice, component, text, token};
+use support::fake_discord::{FakeDiscord, TestUser};
+use support::flows::{submit_and_get_dm, to_review};
+
+end_to_end_on_both_stores!(
+    a_rotation_confirmed_by_a_manager_reaches_the_owner,
+    fifty_concurrent_confirm_presses_make_one_key,
+    revoke_asks_for_the_name_then_stops_every_credential,
+    expiry_warnings_reach_the_owner_once_with_rotate_now,
+);
+
+const AUDIT: u64 = 4_000_000_000_000_009;
+const EPHEMERAL: u64 = 1 << 6;
+
+async fn with_audit_channel(backend: Backend, manual_clock: bool) -> Harness {
+    let h = Harness::start_with(backend, manual_clock).await;
+    h.fake.add_channel(AUDIT, "audit");
+    let settings = GuildSettings {
+        audit_channel: Some(ChannelId(AUDIT)),
+        ..GuildSettings::defaults(GUILD)
+    };
+    h.service
+        .save_settings(Actor::member(UserId(alice().id)), &settings)
+        .await
+        .unwrap();
+    h
+}
+
+/// An app of Alice's with its key, made through the service the bot uses.
+async fn app_with_key(h: &Harness, name: &str) -> (ApplicationId, String) {
+    let app = submit(&h.service, ALICE, name).await.app;
+    let key = h
+        .service
+        .generate_api_key(GUILD, &app.id, Actor::member(ALICE))
+        .await
+        .unwrap();
+    (app.id, key.key.expose().to_owned())
+}
+
+/// `/app rotate` as `user`; returns the confirmation message.
+async fn rotate_command(h: &Harness, user: &TestUser, app: &ApplicationId, grace: &str) -> Value {
+    let options = vec![
+        ("app", json!(app.as_str())),
+        ("what", choice(&h.fake, "rotate", "what", "key")),
+        ("grace", choice(&h.fake, "rotate", "grace", grace)),
+    ];
+    let i = h
+        .fake
+        .slash_command(user, "app", Some("rotate"), options)
+        .await;
+    assert_eq!(h.fake.response(&i).await["type"], 5, "deferred first");
+    let confirmation = h.fake.followups(&i, 1).await.remove(0);
+    assert_eq!(
+        confirmation["flags"].as_u64().unwrap() & EPHEMERAL,
+        EPHEMERAL
+    );
+    confirmation
+}
+
+fn bodies_to(fake: &FakeDiscord, channel: u64) -> Vec<String> {
+    let prefix = format!("/channels/{channel}/messages");
+    fake.requests()
+        .into_iter()
+        .filter(|r| r.path.starts_with(&prefix))
+        .map(|r| r.body.to_string())
+        .collect()
+}
+
+fn dms_with(fake: &FakeDiscord, user: u64, needle: &str) -> Vec<Value> {
+    fake.dm_messages(user)
+        .into_iter()
+        .filter(|m| text(m).contains(needle))
+        .collect()
+}
+
+async fn a_rotation_confirmed_by_a_manager_reaches_the_owner(backend: Backend) {
+    let h = with_audit_channel(backend, false).await;
+    let (app, old_key) = app_with_key(&h, "Rotating").await;
+    let confirmation = rotate_command(&h, &bob(), &app, "1h").await;
+    let asked = text(&confirmation);
+    assert!(asked.contains("Rotate the **API key**"), "{asked}");
+    assert!(asked.contains("keeps working until"), "{asked}");
+
+    let i = h
+        .fake
+        .press_button(&bob(), &confirmation, &component(&confirmation, "confirm"))
+        .await;
+    assert_eq!(h.fake.response(&i).await["type"], 6, "acknowledged first");
+    let user = alice().id;
+    h.fake
+        .wait_until("the new key reaches the owner", |f| {
+            !dms_with(f, user, "API key: `kg_").is_empty()
+        })
+        .await;
+    let dm = dms_with(&h.fake, user, "API key: `kg_").remove(0);
+    let new_key = token(&text(&dm), "kg_").unwrap();
+    assert!(text(&dm).contains("New API key"), "{dm:#}");
+    assert!(
+        dms_with(&h.fake, bob().id, "kg_").is_empty(),
+        "never to the manager who confirmed"
+    );
+    h.fake
+        .wait_until("the confirmation says what happened", |f| {
+            f.message_of(&i)
+                .is_some_and(|m| text(&m).contains("✅ Rotated"))
+        })
+        .await;
+
+    let old = h
+        .service
+        .verify_key(&old_key, &Expectations::default())
+        .await
+        .unwrap();
+    assert_eq!(old.code, VerifyCode::Valid, "the old key keeps its grace");
+    assert!(old.credential.unwrap().grace.is_some());
+    assert_eq!(verify(&h.service, &new_key).await, VerifyCode::Valid);
+
+    // The same confirmation again: someone rotated it already, nothing changes.
+    let again = h
+        .fake
+        .press_button(&bob(), &confirmation, &component(&confirmation, "confirm"))
+        .await;
+    let refused = h.fake.followups(&again, 1).await.remove(0);
+    assert!(text(&refused).contains("already rotated"), "{refused:#}");
+    h.fake
+        .wait_until("the rotation is in the audit channel", |f| {
+            bodies_to(f, AUDIT)
+                .iter()
+                .any(|b| b.contains("Key rotated"))
+        })
+        .await;
+    for body in bodies_to(&h.fake, AUDIT) {
+        assert!(
+            !body.contains(&new_key) && !body.contains(&old_key),
+            "{body}"
+        );
+    }
+    h.close().await;
+}
+
+async fn fifty_concurrent_confirm_presses_make_one_key(backend: Backend) {
+    let h = Harness::start_with(backend, false).await;
+    let (app, _) = app_with_key(&h, "Stampede").await;
+    let confirmation = rotate_command(&h, &bob(), &app, "7d").await;
+    let id = component(&confirmation, "confirm");
+    let manager = bob();
+    let presses = futures_util::future::join_all(
+        (0..50).map(|_| h.fake.press_button(&manager, &confirmation, &id)),
+    )
+    .await;
+    let user = alice().id;
+    h.fake
+        .wait_until("49 presses learn it was rotated", |f| {
+            presses.iter().map(|i| f.followup_count(i)).sum::<usize>() == 49
+        })
+        .await;
+    h.fake
+        .wait_until("one new key, by DM", |f| {
+            dms_with(f, user, "API key: `kg_").len() == 1
+        })
+        .await;
+    let mut tx = h.db.store.read().await.unwrap();
+    let keys = tx.credentials_of(&app, CredentialKind::Key).await.unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(keys.len(), 2, "exactly one new key");
+    assert_eq!(
+        dms_with(&h.fake, user, "follows…").len(),
+        0,
+        "the losers' DM placeholders are gone"
+    );
+    h.close().await;
+}
+
+async fn revoke_asks_for_the_name_then_stops_every_credential(backend: Backend) {
+    let h = with_audit_channel(backend, false).await;
+    let (app, key) = app_with_key(&h, "Doomed App").await;
+    // On PostgreSQL another process, its cache holding the key for a minute,
+    // hears of the revocation at once.
+    let peer = Service::new(
+        h.db.peer_store().await,
+        std::sync::Arc::new(keygate::domain::catalog::ScopeCatalog::builtin()),
+    )
+    .with_policy(keygate::service::Policy {
+        verify_cache_ttl: std::time::Duration::from_secs(60),
+        ..keygate::service::Policy::default()
+    });
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let follower = tokio::spawn({
+        let peer = peer.clone();
+        async move { peer.follow_credential_changes(stopped).await }
+    });
+    if backend == Backend::Postgres {
+        h.fake
+            .wait_until("the peer listens", |_| {
+                peer.is_following_credential_changes()
+            })
+            .await;
+    }
+    assert_eq!(verify(&peer, &key).await, VerifyCode::Valid);
+
+    let open = |user: TestUser| {
+        let fake = &h.fake;
+        let app = app.clone();
+        async move {
+            let i = fake
+                .slash_command(
+                    &user,
+                    "app",
+                    Some("revoke"),
+                    vec![("app", json!(app.as_str()))],
+                )
+                .await;
+            let r = fake.response(&i).await;
+            assert_eq!(r["type"], 9, "a modal: {r:#}");
+            r["data"]["custom_id"].as_str().unwrap().to_owned()
+        }
+    };
+    let modal = open(bob()).await;
+    let wrong = h
+        .fake
+        .submit_modal(&bob(), &modal, &[("name", "Doomed Ap")], None)
+        .await;
+    assert_eq!(h.fake.response(&wrong).await["type"], 5);
+    let said = h.fake.followups(&wrong, 1).await.remove(0);
+    assert!(
+        text(&said).contains("not the application's name"),
+        "{said:#}"
+    );
+    assert_eq!(verify(&h.service, &key).await, VerifyCode::Valid);
+
+    let modal = open(bob()).await;
+    let right = h
+        .fake
+        .submit_modal(&bob(), &modal, &[("name", "Doomed App")], None)
+        .await;
+    assert_eq!(h.fake.response(&right).await["type"], 5);
+    h.fake
+        .wait_until("the revocation is confirmed", |f| {
+            f.message_of(&right)
+                .is_some_and(|m| text(&m).contains("is revoked"))
+        })
+        .await;
+    assert_eq!(verify(&h.service, &key).await, VerifyCode::Revoked);
+    let user = alice().id;
+    h.fake
+        .wait_until("the owner is told", |f| {
+            !dms_with(f, user, "was revoked").is_empty()
+        })
+        .await;
+    if backend == Backend::Postgres {
+        let started = std::time::Instant::now();
+        while verify(&peer, &key).await != VerifyCode::Revoked {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(20),
+                "the other process never heard of the revocation"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    h.fake
+        .wait_until("the revocation is in the audit channel", |f| {
+            bodies_to(f, AUDIT).iter().any(|b| b.contains("Revoked"))
+        })
+        .await;
+    let _ = stop.send(true);
+    let _ = follower.await;
+    peer.store().close().await;
+    h.close().await;
+}
+
+async fn expiry_warnings_reach_the_owner_once_with_rotate_now(backend: Backend) {
+    let mut h = with_audit_channel(backend, true).await;
+    // The owner is in the server (a member who left is warned of in the audit channel).
+    h.fake.add_member(&alice());
+    let (app, _) = app_with_key(&h, "Expiring").await;
+    let key = {
+        let mut tx = h.db.store.read().await.unwrap();
+        let k = tx
+            .current_credential(&app, CredentialKind::Key)
+            .await
+            .unwrap();
+        tx.rollback().await.unwrap();
+        k.unwrap()
+    };
+    let expires = key.expires_at.unwrap();
+    h.db.clock
+        .set(expires - TimeDelta::days(30) + TimeDelta::minutes(1));
+    let user = alice().id;
+    h.fake
+        .wait_until("the 30-day warning", |f| {
+            !dms_with(f, user, "expires").is_empty()
+        })
+        .await;
+    let warning = dms_with(&h.fake, user, "expires").remove(0);
+    let i = h
+        .fake
+        .press_button_in_dm(&alice(), &warning, &component(&warning, "rotatenow"))
+        .await;
+    let r = h.fake.response(&i).await;
+    assert_eq!(r["type"], 4, "{r:#}");
+    assert!(
+        r["data"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("Rotate the **API key**"),
+        "{r:#}"
+    );
+
+    // A restart neither loses nor repeats a stage.
+    h.restart().await;
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(dms_with(&h.fake, user, "expires <t:").len(), 1);
+
+    // DMs closed: the next stage goes to the audit channel instead, once.
+    h.fake.close_dms_of(user);
+    h.db.clock
+        .set(expires - TimeDelta::days(7) + TimeDelta::minutes(1));
+    h.fake
+        .wait_until("the warning in the audit channel", |f| {
+            bodies_to(f, AUDIT)
+                .iter()
+                .any(|b| b.contains("could not be reached by DM"))
+        })
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let in_audit = bodies_to(&h.fake, AUDIT)
+        .iter()
+        .filter(|b| b.contains("could not be reached by DM"))
+        .count();
+    assert_eq!(in_audit, 1);
+    h.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_owner_stops_a_rotation_before_anything_changes() {
+    let h = Harness::start().await;
+    let (app, _) = app_with_key(&h, "Closed").await;
+    h.fake.close_dms_of(alice().id);
+    let confirmation = rotate_command(&h, &bob(), &app, "7d").await;
+    let before = h.db.row_counts().await;
+    let i = h
+        .fake
+        .press_button(&bob(), &confirmation, &component(&confirmation, "confirm"))
+        .await;
+    h.fake
+        .wait_until("the manager is told", |f| {
+            f.message_of(&i)
+                .is_some_and(|m| text(&m).contains("Nothing changed"))
+        })
+        .await;
+    assert_eq!(h.db.row_counts().await, before);
+
+    // The owner confirming gets it in a message only they see.
+    let confirmation = rotate_command(&h, &alice(), &app, "7d").await;
+    let i = h
+        .fake
+        .press_button(
+            &alice(),
+            &confirmation,
+            &component(&confirmation, "confirm"),
+        )
+        .await;
+    let shown = h.fake.followups(&i, 1).await.remove(0);
+    assert_eq!(shown["flags"].as_u64().unwrap() & EPHEMERAL, EPHEMERAL);
+    let key = token(&text(&shown), "kg_").expect("the new key");
+    assert!(text(&shown).contains("cannot remove it after 15 minutes"));
+    assert_eq!(verify(&h.service, &key).await, VerifyCode::Valid);
+    h.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_generated_at_minute_14_does_not_keep_the_secret_past_15() {
+    let h = Harness::start_with(Backend::Sqlite, true).await;
+    let review = to_review(&h.fake, &alice(), "Minute Fourteen").await;
+    let (dm, _, secret) = submit_and_get_dm(&h, &alice(), &review).await;
+    h.db.clock.advance(TimeDelta::minutes(14));
+    let (_, key) = support::bot::generate_key_in_dm(&h.fake, &alice(), &dm).await;
+    h.db.clock.advance(TimeDelta::minutes(1));
+    let user = alice().id;
+    h.fake
+        .wait_until("the Secret is gone at minute 15", |f| {
+            f.dm_messages(user)
+                .iter()
+                .all(|m| !text(m).contains(&secret))
+        })
+        .await;
+    assert_eq!(
+        dms_with(&h.fake, user, &key).len(),
+        1,
+        "the key keeps its own lifetime"
+    );
+    h.db.clock.advance(TimeDelta::minutes(14));
+    h.fake
+        .wait_until("the key is gone at its own minute 15", |f| {
+            f.dm_messages(user).iter().all(|m| !text(m).contains(&key))
+        })
+        .await;
+    h.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_issuing_and_showing_the_secret_is_recovered() {
+    let mut h = with_audit_channel(Backend::Sqlite, false).await;
+    let approvals = 4_000_000_000_000_008;
+    h.fake.add_channel(approvals, "approvals");
+    let settings = GuildSettings {
+        approvals_required: 1,
+        approvals_channel: Some(ChannelId(approvals)),
+        audit_channel: Some(ChannelId(AUDIT)),
+        ..GuildSettings::defaults(GUILD)
+    };
+    h.service
+        .save_settings(Actor::member(ALICE), &settings)
+        .await
+        .unwrap();
+    let review = to_review(&h.fake, &alice(), "Crash Test").await;
+    let i = h
+        .fake
+        .press_button(&alice(), &review, &component(&review, "submit"))
+        .await;
+    h.fake.response(&i).await;
+    h.fake
+        .wait_until("the request is posted", |f| {
+            !f.channel_messages(approvals).is_empty()
+        })
+        .await;
+    let request = h.fake.channel_messages(approvals).pop().unwrap();
+
+    // The bot dies while it writes the Secret into the requester's DM.
+    h.restart_on_own_runtime().await;
+    let dm_channel = h.fake.open_dm_channel(alice().id);
+    h.fake
+        .hang("PATCH", &format!("/channels/{dm_channel}/messages"));
+    h.fake
+        .press_button(&bob(), &request, &component(&request, "approve"))
+        .await;
+    h.fake
+        .wait_until("the Secret is on its way", |f| {
+            f.requests()
+                .iter()
+                .any(|r| r.method == "PATCH" && r.body.to_string().contains("kgs_"))
+        })
+        .await;
+    h.crash().await;
+    let lost = h
+        .fake
+        .requests()
+        .iter()
+        .find(|r| r.method == "PATCH" && r.body.to_string().contains("kgs_"))
+        .and_then(|r| token(&r.body.to_string(), "kgs_"))
+        .unwrap();
+
+    // Back up: the approval is delivered with a new Secret; the lost one is dead.
+    h.fake.unhang();
+    h.start_bot().await;
+    let user = alice().id;
+    h.fake
+        .wait_until("a Secret reaches the requester", |f| {
+            f.dm_messages(user)
+                .iter()
+                .any(|m| text(m).contains("Secret: `kgs_"))
+        })
+        .await;
+    let dm = dms_with(&h.fake, user, "Secret: `kgs_").remove(0);
+    let secret = token(&text(&dm), "kgs_").unwrap();
+    assert_ne!(secret, lost);
+    let app = ApplicationId::parse(&token(&text(&dm), "app_").unwrap()).unwrap();
+    assert_eq!(
+        authenticate(&h.service, &app, &secret).await,
+        VerifyCode::Valid
+    );
+    assert_eq!(
+        authenticate(&h.service, &app, &lost).await,
+        VerifyCode::Revoked
+    );
+    h.close().await;
+}

@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 use support::bot::{
     Harness, alice, bob, component, generate_key_in_dm, selected, shown, text, token,
 };
-use support::fake_discord::{FakeDiscord, Interaction, TestUser};
+use support::fake_discord::{FakeDiscord, TestUser};
+use support::flows::{form_fields, open_wizard, submit_and_get_dm, submit_form, to_review};
 use support::verify;
 
 const GUILD: GuildId = GuildId(FakeDiscord::GUILD_ID);
@@ -20,115 +21,6 @@ const EPHEMERAL: u64 = 1 << 6;
 /// Every log line of this test binary, at debug level, to check for secrets.
 fn logs() -> Arc<Mutex<Vec<u8>>> {
     support::captured_logs("debug")
-}
-
-fn form_fields(name: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("name", name.to_owned()),
-        ("uri", "https://spa.example.com".to_owned()),
-        ("description", "Guests book treatments.".to_owned()),
-        ("login_urls", "https://spa.example.com/callback".to_owned()),
-        ("logout_urls", "https://spa.example.com/bye".to_owned()),
-    ]
-}
-
-async fn submit_form(
-    fake: &FakeDiscord,
-    user: &TestUser,
-    modal_id: &str,
-    fields: &[(&'static str, String)],
-    message: Option<&Value>,
-) -> Interaction {
-    let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    fake.submit_modal(user, modal_id, &fields, message).await
-}
-
-/// `/app create` up to the modal; returns the modal's custom_id.
-async fn open_wizard(fake: &FakeDiscord, user: &TestUser) -> String {
-    let i = fake
-        .slash_command(user, "app", Some("create"), vec![])
-        .await;
-    let r = fake.response(&i).await;
-    assert_eq!(r["type"], 9, "a modal: {r:#}");
-    assert_eq!(r["data"]["title"], "Create application");
-    assert_eq!(r["data"]["components"].as_array().unwrap().len(), 5);
-    r["data"]["custom_id"].as_str().unwrap().to_owned()
-}
-
-/// Answers the response of `i` and returns the message the user now sees.
-/// From `/app create` to the review step.
-async fn to_review(fake: &FakeDiscord, user: &TestUser, name: &str) -> Value {
-    let modal = open_wizard(fake, user).await;
-    let i = submit_form(fake, user, &modal, &form_fields(name), None).await;
-    let step2 = shown(fake, &i, 4).await;
-    assert!(
-        step2["content"].as_str().unwrap().contains("Step 2 of 4"),
-        "{step2:#}"
-    );
-    assert_eq!(step2["flags"].as_u64().unwrap() & EPHEMERAL, EPHEMERAL);
-    let i = fake
-        .select(user, &step2, &component(&step2, "usertype"), &["guest"])
-        .await;
-    let step2 = shown(fake, &i, 7).await;
-    let i = fake
-        .select(
-            user,
-            &step2,
-            &component(&step2, "source"),
-            &["external_cma"],
-        )
-        .await;
-    let step2 = shown(fake, &i, 7).await;
-    let i = fake
-        .press_button(user, &step2, &component(&step2, "next"))
-        .await;
-    let step3 = shown(fake, &i, 7).await;
-    assert!(step3["content"].as_str().unwrap().contains("Step 3 of 4"));
-    let i = fake
-        .select(
-            user,
-            &step3,
-            &component(&step3, "scopes"),
-            &["appointments", "guests"],
-        )
-        .await;
-    let step3 = shown(fake, &i, 7).await;
-    let i = fake
-        .press_button(user, &step3, &component(&step3, "next"))
-        .await;
-    let review = shown(fake, &i, 7).await;
-    assert!(review["content"].as_str().unwrap().contains("Step 4 of 4"));
-    review
-}
-
-/// Submit, then the DM with the ID and Secret.
-async fn submit_and_get_dm(
-    h: &Harness,
-    user: &TestUser,
-    review: &Value,
-) -> (Value, String, String) {
-    let earlier = h.fake.dm_messages(user.id).len();
-    let i = h
-        .fake
-        .press_button(user, review, &component(review, "submit"))
-        .await;
-    let done = shown(&h.fake, &i, 7).await;
-    assert!(
-        done["content"]
-            .as_str()
-            .unwrap()
-            .contains("sent to your DMs"),
-        "{done:#}"
-    );
-    let dm = h
-        .fake
-        .wait_for_dm(user.id, earlier + 1)
-        .await
-        .remove(earlier);
-    let content = dm["content"].as_str().unwrap();
-    let app_id = token(content, "app_").expect("the Application ID");
-    let secret = token(content, "kgs_").expect("the Secret");
-    (dm, app_id, secret)
 }
 
 /// The whole wizard, then Generate API Key: the DM showing the key, the

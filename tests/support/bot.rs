@@ -5,7 +5,8 @@ use super::fake_discord::{FakeDiscord, TestUser};
 use keygate::config::Config;
 use keygate::discord::{self, BotHandle};
 use keygate::domain::catalog::ScopeCatalog;
-use keygate::service::{Policy, Service};
+use keygate::service::{Clock, Policy, Service};
+use keygate::store::Backend;
 use serde_json::Value;
 use std::sync::Arc;
 
@@ -23,30 +24,87 @@ pub fn bob() -> TestUser {
 pub struct Harness {
     pub fake: FakeDiscord,
     pub db: TestDb,
-    /// A service on the system clock, as the bot uses it.
+    /// The service the bot uses: on the system clock, or on `db.clock` when
+    /// started with `start_with(_, true)`.
     pub service: Service,
     bot: Option<BotHandle>,
+    /// A bot started on a runtime of its own, to be killed like a process.
+    own_runtime: Option<(tokio::runtime::Runtime, BotHandle)>,
 }
 
 impl Harness {
     pub async fn start() -> Self {
+        Self::start_with(Backend::Sqlite, false).await
+    }
+
+    /// The bot on a fresh store of `backend`, its service on the test's
+    /// manual clock (`db.clock`) when `manual_clock`.
+    pub async fn start_with(backend: Backend, manual_clock: bool) -> Self {
         let fake = FakeDiscord::start().await;
-        let db = TestDb::sqlite().await;
+        let db = match backend {
+            Backend::Sqlite => TestDb::sqlite().await,
+            Backend::Postgres => TestDb::postgres().await,
+        };
         // A short grace, so tests see stalled requests retried in seconds.
         let policy = Policy {
             stall_grace: chrono::TimeDelta::seconds(1),
             ..Policy::default()
         };
-        let service =
-            Service::new(db.store.clone(), Arc::new(ScopeCatalog::builtin())).with_policy(policy);
+        let clock = if manual_clock {
+            db.clock.set(chrono::Utc::now());
+            db.clock.clone()
+        } else {
+            Clock::System
+        };
+        let service = Service::new(db.store.clone(), Arc::new(ScopeCatalog::builtin()))
+            .with_policy(policy)
+            .with_clock(clock);
         let mut h = Self {
             fake,
             db,
             service,
             bot: None,
+            own_runtime: None,
         };
         h.start_bot().await;
         h
+    }
+
+    /// Stops the bot and starts it again on a runtime of its own, which
+    /// `crash` drops mid-call the way a killed process stops.
+    pub async fn restart_on_own_runtime(&mut self) {
+        self.stop_bot().await;
+        let before = self.fake.connections();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let (config, service) = (self.config(), self.service.clone());
+        let bot = runtime
+            .spawn(async move { discord::start(&config, service).await })
+            .await
+            .expect("the bot's task")
+            .expect("start the bot");
+        self.own_runtime = Some((runtime, bot));
+        self.fake
+            .wait_until("the bot connects", |f| f.connections() > before)
+            .await;
+        self.fake.wait_ready().await;
+    }
+
+    /// Kills the bot started by `restart_on_own_runtime`: its tasks stop
+    /// where they are, nothing shuts down cleanly.
+    pub async fn crash(&mut self) {
+        let Some((runtime, bot)) = self.own_runtime.take() else {
+            return;
+        };
+        runtime.shutdown_background();
+        drop(bot);
+        self.fake.disconnect();
+        self.fake
+            .wait_until("the bot is gone", |f| !f.is_connected())
+            .await;
     }
 
     /// The configuration `keygate run` would read, pointed at the fake.
@@ -63,7 +121,7 @@ impl Harness {
         .expect("test config")
     }
 
-    async fn start_bot(&mut self) {
+    pub async fn start_bot(&mut self) {
         let before = self.fake.connections();
         let bot = discord::start(&self.config(), self.service.clone())
             .await
@@ -92,9 +150,53 @@ impl Harness {
     }
 
     pub async fn close(mut self) {
+        self.crash().await;
         self.stop_bot().await;
         self.db.close().await;
     }
+}
+
+/// Runs each named end-to-end test (a fn taking the `Backend`) once on
+/// SQLite and once on PostgreSQL.
+#[macro_export]
+macro_rules! end_to_end_on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite_bot {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(keygate::store::Backend::Sqlite).await;
+                }
+            )*
+        }
+        mod postgres_bot {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(keygate::store::Backend::Postgres).await;
+                }
+            )*
+        }
+    };
+}
+
+/// The value Discord sends for choice `name` of a command's option (poise
+/// numbers a choice parameter's choices).
+pub fn choice(fake: &FakeDiscord, subcommand: &str, option: &str, name: &str) -> Value {
+    let commands = fake.commands();
+    let options = commands
+        .iter()
+        .flat_map(|c| c["options"].as_array().into_iter().flatten())
+        .find(|o| o["name"] == subcommand)
+        .and_then(|s| s["options"].as_array())
+        .unwrap_or_else(|| panic!("no subcommand {subcommand}"));
+    options
+        .iter()
+        .find(|o| o["name"] == option)
+        .and_then(|o| o["choices"].as_array())
+        .and_then(|cs| cs.iter().find(|c| c["name"] == name))
+        .map(|c| c["value"].clone())
+        .unwrap_or_else(|| panic!("no choice {name} of {subcommand} {option}"))
 }
 
 /// The custom_id of the component of `message` whose id ends with `:action`.

@@ -208,6 +208,8 @@ struct St {
     dm_channels: HashMap<u64, u64>,
     closed_dms: HashSet<u64>,
     failures: Vec<Failure>,
+    /// `(method, path fragment)` of requests that never get an answer.
+    hangs: Vec<(String, String)>,
     members: HashMap<u64, TestUser>,
     roles: BTreeMap<u64, (String, u64)>,
     /// The guild's text channels.
@@ -278,6 +280,7 @@ impl FakeDiscord {
             dm_channels: HashMap::new(),
             closed_dms: HashSet::new(),
             failures: Vec::new(),
+            hangs: Vec::new(),
             members: HashMap::new(),
             roles,
             channels,
@@ -443,6 +446,24 @@ impl FakeDiscord {
     }
 
     /// Messages to this user's DM channel get 403 50007, as when they block the bot.
+    /// Every later `method` request whose path contains `path_contains` is
+    /// recorded and then never answered: a process waiting on it can be killed
+    /// mid-call. `unhang` answers later ones again.
+    pub fn hang(&self, method: &str, path_contains: &str) {
+        self.lock()
+            .hangs
+            .push((method.to_owned(), path_contains.to_owned()));
+    }
+
+    pub fn unhang(&self) {
+        self.lock().hangs.clear();
+    }
+
+    /// The user's DM channel, opened now if it is not yet.
+    pub fn open_dm_channel(&self, user_id: u64) -> u64 {
+        self.lock().dm_channel(user_id)
+    }
+
     pub fn close_dms_of(&self, user_id: u64) {
         self.lock().closed_dms.insert(user_id);
     }
@@ -1961,12 +1982,23 @@ async fn rest_route(
             query: query.clone(),
             body: json_body.clone(),
         });
-        match st.take_failure(method.as_str(), &path) {
-            Some((status, body)) => Err((status, body)),
-            None => Ok(st.route(&method, &path, &query, &json_body, &files)),
+        if st
+            .hangs
+            .iter()
+            .any(|(m, p)| m == method.as_str() && path.contains(p.as_str()))
+        {
+            None
+        } else {
+            Some(match st.take_failure(method.as_str(), &path) {
+                Some((status, body)) => Err((status, body)),
+                None => Ok(st.route(&method, &path, &query, &json_body, &files)),
+            })
         }
     };
     fake.bump();
+    let Some(reply) = reply else {
+        return std::future::pending().await;
+    };
     match reply {
         Err((status, body)) => {
             let mut res = json_response(status, &body);

@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test binary uses its own subset
 pub mod bot;
 pub mod fake_discord;
+pub mod flows;
 pub mod ping_bot;
 
 use chrono::{TimeZone, Utc};
