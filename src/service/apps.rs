@@ -289,7 +289,7 @@ impl Service {
         let secret = issue_secret(&mut tx, &app, now).await?;
         let dm_lifetime = tx.guild_settings(guild).await?.dm_lifetime;
         tx.commit().await?;
-        self.verify.invalidate();
+        self.verify.invalidate_app(id);
         Ok(IssuedCredentials {
             app,
             secret,
@@ -418,7 +418,7 @@ impl Service {
         .await?;
         tx.notify_credentials_changed(id).await?;
         tx.commit().await?;
-        self.verify.invalidate();
+        self.verify.invalidate_app(id);
         Ok(app)
     }
 
