@@ -17,6 +17,7 @@ use keygate::service::{
 };
 use keygate::store::DmRedaction;
 use keygate::store::{Backend, Store};
+use std::str::FromStr;
 use support::*;
 
 on_both_stores!(
@@ -40,6 +41,7 @@ on_both_stores!(
     settings_round_trip,
     list_and_show_apps,
     revoking_one_app_leaves_the_others_cached,
+    a_reconnected_listener_flushes_the_cache,
 );
 
 async fn require_approvals(db: &TestDb, n: u8) {
@@ -1486,6 +1488,63 @@ async fn revoking_one_app_leaves_the_others_cached(db: &TestDb) {
         assert_eq!(verify(&peer, b_key.expose()).await, VerifyCode::Valid);
         assert_eq!(authenticate_b(&peer).await, VerifyCode::Valid);
     }
+    let _ = stop.send(true);
+    follower.await.unwrap();
+    peer.store().close().await;
+}
+
+/// A listener whose connection dropped may have missed notifications, so it
+/// flushes the cache when it is back. The key here is revoked with raw SQL,
+/// which notifies nobody: only that flush can reveal it within the 60 s
+/// lifetime. PostgreSQL only: SQLite has no listener.
+async fn a_reconnected_listener_flushes_the_cache(db: &TestDb) {
+    if db.store.backend() != Backend::Postgres {
+        return;
+    }
+    let (app, key) = active_app(db, "Reconnected").await;
+    // Tests share the server: the name picks this test's listener alone.
+    let name = format!("kg_listener_{}", ApplicationId::generate().as_str());
+    let options = sqlx::postgres::PgConnectOptions::from_str(&db.database_url())
+        .expect("the test database URL")
+        .application_name(&name);
+    let store = Store::connect_postgres(options)
+        .await
+        .expect("open the peer");
+    let (peer, stop, follower) = long_cached_peer(db, store).await;
+    assert_eq!(verify(&peer, key.expose()).await, VerifyCode::Valid);
+    let changed = behind_the_cache(
+        &db.store,
+        "UPDATE api_keys SET revoked_at = created_at WHERE app_id = $1",
+        app.as_str(),
+    )
+    .await;
+    assert_eq!(changed, 1);
+    assert_eq!(
+        verify(&peer, key.expose()).await,
+        VerifyCode::Valid,
+        "cached"
+    );
+
+    let Store::Postgres(admin) = &db.store else {
+        unreachable!("checked above")
+    };
+    until(
+        "the listener is killed",
+        std::time::Duration::from_secs(10),
+        || async {
+            let killed: Vec<bool> = sqlx::query_scalar(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE application_name = $1 AND query LIKE 'LISTEN%'",
+            )
+            .bind(&name)
+            .fetch_all(admin)
+            .await
+            .expect("pg_stat_activity");
+            killed.contains(&true)
+        },
+    )
+    .await;
+    until_revoked("the peer sees the revocation", &peer, &key, 20).await;
     let _ = stop.send(true);
     follower.await.unwrap();
     peer.store().close().await;
