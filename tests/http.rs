@@ -4,10 +4,11 @@ mod support;
 
 use keygate::domain::credentials::{ApiKey, ApplicationId};
 use keygate::http::HttpHandle;
-use keygate::service::Actor;
+use keygate::service::{Actor, Service};
 use reqwest::StatusCode;
 use secrecy::SecretString;
 use serde_json::{Value, json};
+use std::time::{Duration, Instant};
 use support::*;
 
 on_both_stores!(
@@ -18,6 +19,7 @@ on_both_stores!(
     bearer_tokens_guard_v1_only,
     readiness_follows_the_database,
     metrics_count_verifications_and_rows,
+    gauges_are_counted_at_most_every_few_seconds,
 );
 
 const TOKENS: [&str; 2] = ["first-token-0123456789", "second-token-0123456789"];
@@ -31,12 +33,15 @@ struct Api {
 
 impl Api {
     async fn start(db: &TestDb, tokens: &[&str]) -> Self {
+        Self::over(db.service.clone(), tokens).await
+    }
+
+    async fn over(service: Service, tokens: &[&str]) -> Self {
         captured_logs("trace");
         let tokens: Vec<SecretString> = tokens.iter().map(|t| SecretString::from(*t)).collect();
-        let handle =
-            keygate::http::start("127.0.0.1:0".parse().unwrap(), &tokens, db.service.clone())
-                .await
-                .expect("start the API");
+        let handle = keygate::http::start("127.0.0.1:0".parse().unwrap(), &tokens, service)
+            .await
+            .expect("start the API");
         Self {
             base: format!("http://{}", handle.addr()),
             client: reqwest::Client::new(),
@@ -477,6 +482,43 @@ async fn metrics_count_verifications_and_rows(db: &TestDb) {
         "# HELP keygate_verifications_total",
     ] {
         assert!(text.contains(line), "{line} missing from:\n{text}");
+    }
+    api.stop().await;
+}
+
+/// A sample's value in a `/metrics` text, if the line is there.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// `/metrics` needs no token, so a flood of scrapes must not become a flood
+/// of COUNT queries: the row counts are read again only once they are
+/// `GAUGES_MAX_AGE` old. An app made right after a scrape shows only then.
+async fn gauges_are_counted_at_most_every_few_seconds(db: &TestDb) {
+    const SERIES: &str = r#"keygate_applications{status="key_issued"}"#;
+    let api = Api::start(db, &[]).await;
+    let scrape = || async { api.get("/metrics").await.text().await.unwrap() };
+    let first_at = Instant::now();
+    let first = scrape().await;
+    assert!(
+        first.contains("# TYPE keygate_applications gauge"),
+        "{first}"
+    );
+    assert_eq!(sample(&first, SERIES), Some(0.0), "{first}");
+    active_app(db, "Counted later").await;
+    let second = sample(&scrape().await, SERIES);
+    // Only a machine too slow to scrape twice in the window may see a new count.
+    if first_at.elapsed() < keygate::http::GAUGES_MAX_AGE {
+        assert_eq!(second, Some(0.0), "counted again within the window");
+    }
+    let started = Instant::now();
+    while sample(&scrape().await, SERIES) != Some(1.0) {
+        assert!(
+            started.elapsed() < keygate::http::GAUGES_MAX_AGE + Duration::from_secs(10),
+            "the count never caught up"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     api.stop().await;
 }

@@ -1,9 +1,11 @@
 //! The HTTP side: the key verification API, health, readiness and Prometheus metrics.
 
 mod error;
+mod scrape;
 mod verify;
 
 pub use error::ApiError;
+pub use scrape::GAUGES_MAX_AGE;
 pub use verify::{BODY_LIMIT, KEY_EXPIRATION};
 
 use crate::service::Service;
@@ -43,6 +45,7 @@ pub struct ApiState {
     /// SHA-256 of each accepted bearer token: comparing fixed-size digests in
     /// constant time leaks neither content nor length.
     tokens: Arc<[[u8; 32]]>,
+    gauges: Arc<scrape::GaugeCache>,
 }
 
 impl ApiState {
@@ -51,7 +54,11 @@ impl ApiState {
             .iter()
             .map(|t| Sha256::digest(t.expose_secret().as_bytes()).into())
             .collect();
-        Self { service, tokens }
+        Self {
+            service,
+            tokens,
+            gauges: Arc::default(),
+        }
     }
 
     fn accepts(&self, presented: &str) -> bool {
@@ -109,31 +116,6 @@ async fn readyz(State(state): State<ApiState>) -> Result<Json<serde_json::Value>
     }
 }
 
-async fn metrics_text(State(state): State<ApiState>) -> Response {
-    // Gauges are counted at scrape time from the database, which every
-    // process shares; counters are this process's own.
-    let gauges = tokio::time::timeout(DATABASE_PROBE_TIMEOUT, state.service.store().gauges());
-    match gauges.await {
-        Ok(Ok(g)) => {
-            for (status, n) in g.apps_by_status {
-                metrics::gauge!("keygate_applications", "status" => status.as_str()).set(n as f64);
-            }
-            metrics::gauge!("keygate_pending_approval_requests").set(g.pending_requests as f64);
-            metrics::gauge!("keygate_audit_outbox_backlog").set(g.outbox_backlog as f64);
-        }
-        Ok(Err(e)) => tracing::warn!(error = %e, "metrics: cannot count rows; gauges are stale"),
-        Err(_) => tracing::warn!("metrics: the database did not answer in time; gauges are stale"),
-    }
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        crate::telemetry::metrics().render(),
-    )
-        .into_response()
-}
-
 /// The whole HTTP API over `state`.
 pub fn router(state: ApiState) -> Router {
     let v1 = Router::new()
@@ -144,7 +126,7 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
+        .route("/metrics", get(scrape::metrics_text))
         .nest("/v1", v1)
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
