@@ -2,9 +2,11 @@
 
 mod support;
 
+use keygate::domain::catalog::ScopeCatalog;
 use keygate::domain::credentials::{ApiKey, ApplicationId};
 use keygate::http::HttpHandle;
 use keygate::service::{Actor, Service};
+use keygate::store::Store;
 use reqwest::StatusCode;
 use secrecy::SecretString;
 use serde_json::{Value, json};
@@ -521,4 +523,51 @@ async fn gauges_are_counted_at_most_every_few_seconds(db: &TestDb) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     api.stop().await;
+}
+
+/// Readiness answers within its bound whether the database refuses
+/// connections or accepts them and never speaks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_answers_in_time_when_the_database_is_unreachable() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let refused = {
+        let vacated = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        vacated.local_addr().unwrap().port()
+    };
+    for (case, port) in [
+        ("refused", refused),
+        ("silent", silent.local_addr().unwrap().port()),
+    ] {
+        let options = sqlx::postgres::PgConnectOptions::new()
+            .host("127.0.0.1")
+            .port(port)
+            .username("postgres")
+            .database("test");
+        // Far longer than the probe's own bound, so that bound is what answers.
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .acquire_timeout(Duration::from_secs(60))
+            .connect_lazy_with(options);
+        let service = Service::new(
+            Store::Postgres(pool),
+            std::sync::Arc::new(ScopeCatalog::builtin()),
+        );
+        let api = Api::over(service, &[]).await;
+        for path in ["/readyz", "/metrics"] {
+            let started = Instant::now();
+            let status = api.get(path).await.status();
+            let expected = if path == "/readyz" {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::OK
+            };
+            assert_eq!(status, expected, "{case} {path}");
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "{case} {path}: {:?}, over its 2 s bound",
+                started.elapsed()
+            );
+        }
+        assert_eq!(api.get("/healthz").await.status(), StatusCode::OK);
+        api.stop().await;
+    }
 }
