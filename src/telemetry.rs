@@ -84,6 +84,10 @@ fn describe() {
         "Verify cache look-ups, by result (hit or miss)"
     );
     describe_counter!(
+        "keygate_http_errors_total",
+        "/v1 answers with a 4xx or 5xx status, by endpoint and status"
+    );
+    describe_counter!(
         "keygate_http_unauthorized_total",
         "/v1 requests refused for a missing or unknown bearer token"
     );

@@ -22,6 +22,7 @@ on_both_stores!(
     readiness_follows_the_database,
     metrics_count_verifications_and_rows,
     gauges_are_counted_at_most_every_few_seconds,
+    errors_are_counted_by_endpoint_and_status,
 );
 
 const TOKENS: [&str; 2] = ["first-token-0123456789", "second-token-0123456789"];
@@ -70,6 +71,15 @@ impl Api {
         let (status, _, answer) = self.verify(body).await;
         assert_eq!(status, StatusCode::OK, "{answer}");
         answer["code"].as_str().unwrap().to_owned()
+    }
+
+    /// A well-formed key nobody issued: a cache miss, so a database read.
+    async fn verify_unknown_key(&self) -> reqwest::Response {
+        self.post("/v1/keys/verify")
+            .json(&json!({ "key": ApiKey::generate().expose() }))
+            .send()
+            .await
+            .unwrap()
     }
 
     async fn get(&self, path: &str) -> reqwest::Response {
@@ -442,12 +452,7 @@ async fn readiness_follows_the_database(db: &TestDb) {
         "alive all the same"
     );
     // A verification that needs the database is our failure, said without detail.
-    let r = api
-        .post("/v1/keys/verify")
-        .json(&json!({ "key": ApiKey::generate().expose() }))
-        .send()
-        .await
-        .unwrap();
+    let r = api.verify_unknown_key().await;
     assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
     let error = r.json::<Value>().await.unwrap()["error"]
         .as_str()
@@ -570,4 +575,82 @@ async fn readiness_answers_in_time_when_the_database_is_unreachable() {
         assert_eq!(api.get("/healthz").await.status(), StatusCode::OK);
         api.stop().await;
     }
+}
+
+/// Every 4xx and 5xx answer of `/v1/*` is counted by endpoint and status.
+/// Counters are shared by the tests of this binary, so each is checked to
+/// have grown by at least what this test sent.
+async fn errors_are_counted_by_endpoint_and_status(db: &TestDb) {
+    let api = Api::start(db, &[]).await;
+    let guarded = Api::start(db, &TOKENS).await;
+    let series = |endpoint: &str, status: u16| {
+        format!(r#"keygate_http_errors_total{{endpoint="{endpoint}",status="{status}"}}"#)
+    };
+    let count = |text: &str, endpoint: &str, status: u16| {
+        sample(text, &series(endpoint, status)).unwrap_or(0.0)
+    };
+    let before = api.get("/metrics").await.text().await.unwrap();
+    let huge = json!({ "key": "x".repeat(5000) });
+    let sent: Vec<(&str, u16, reqwest::RequestBuilder)> = vec![
+        (
+            "verify",
+            400,
+            api.post("/v1/keys/verify")
+                .header("content-type", "application/json")
+                .body("{"),
+        ),
+        ("verify", 413, api.post("/v1/keys/verify").json(&huge)),
+        (
+            "verify",
+            405,
+            api.client.get(format!("{}/v1/keys/verify", api.base)),
+        ),
+        (
+            "authenticate",
+            415,
+            api.post("/v1/apps/authenticate").body("{}"),
+        ),
+        ("other", 404, api.post("/v1/keys/nope").json(&json!({}))),
+        (
+            "verify",
+            401,
+            guarded.post("/v1/keys/verify").json(&json!({ "key": "x" })),
+        ),
+    ];
+    let mut expected: Vec<(&str, u16)> = Vec::new();
+    for (endpoint, status, request) in sent {
+        assert_eq!(request.send().await.unwrap().status().as_u16(), status);
+        expected.push((endpoint, status));
+    }
+    // A verification answered 200 is no error, whatever its code.
+    let (_, key) = active_app(db, "Fine").await;
+    assert_eq!(api.code(json!({ "key": key.expose() })).await, "VALID");
+    db.store.close().await;
+    let failed = api.verify_unknown_key().await;
+    assert_eq!(failed.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    expected.push(("verify", 500));
+
+    let after = api.get("/metrics").await.text().await.unwrap();
+    for (endpoint, status) in expected {
+        let grown = count(&after, endpoint, status) - count(&before, endpoint, status);
+        assert!(
+            grown >= 1.0,
+            "{} did not grow:\n{after}",
+            series(endpoint, status)
+        );
+    }
+    for line in after
+        .lines()
+        .filter(|l| l.starts_with("keygate_http_errors_total{"))
+    {
+        assert!(!line.contains(r#"status="200""#), "{line}");
+        assert!(
+            ["verify", "authenticate", "other"]
+                .iter()
+                .any(|e| line.contains(&format!(r#"endpoint="{e}""#))),
+            "{line}"
+        );
+    }
+    api.stop().await;
+    guarded.stop().await;
 }

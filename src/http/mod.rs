@@ -93,6 +93,31 @@ async fn require_token(
     Ok(next.run(request).await)
 }
 
+/// Counts the refusals and failures of `/v1/*`, whichever layer gave them
+/// (a handler, the token check, the body limit, the timeout). The endpoint is
+/// named from a fixed list, so an unknown path cannot mint a new series.
+async fn count_errors(request: Request, next: Next) -> Response {
+    let endpoint = match request.uri().path() {
+        "/v1/keys/verify" => Some("verify"),
+        "/v1/apps/authenticate" => Some("authenticate"),
+        p if p == "/v1" || p.starts_with("/v1/") => Some("other"),
+        _ => None,
+    };
+    let response = next.run(request).await;
+    let status = response.status();
+    if let Some(endpoint) = endpoint
+        && (status.is_client_error() || status.is_server_error())
+    {
+        metrics::counter!(
+            "keygate_http_errors_total",
+            "endpoint" => endpoint,
+            "status" => status.as_u16().to_string()
+        )
+        .increment(1);
+    }
+    response
+}
+
 async fn healthz() -> impl IntoResponse {
     Json(json!({ "status": "ok" }))
 }
@@ -138,6 +163,7 @@ pub fn router(state: ApiState) -> Router {
             axum::http::StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
         ))
+        .layer(middleware::from_fn(count_errors))
         .with_state(state)
 }
 
