@@ -171,7 +171,9 @@ pub fn router(state: ApiState) -> Router {
 pub struct HttpHandle {
     addr: SocketAddr,
     stop: watch::Sender<bool>,
-    server: JoinHandle<std::io::Result<()>>,
+    /// None once `stopped` has reported its end: a finished task must not be
+    /// awaited again.
+    server: Option<JoinHandle<std::io::Result<()>>>,
     workers: Vec<JoinHandle<()>>,
     service: Service,
 }
@@ -182,9 +184,15 @@ impl HttpHandle {
         self.addr
     }
 
-    /// Resolves if the server stops by itself (an I/O error on the listener).
+    /// Resolves if the server stops by itself (an I/O error on the listener,
+    /// a panic), once; never again after that.
     pub async fn stopped(&mut self) -> anyhow::Result<()> {
-        match (&mut self.server).await {
+        let Some(server) = &mut self.server else {
+            return std::future::pending().await;
+        };
+        let ended = server.await;
+        self.server = None;
+        match ended {
             Ok(r) => r.context("the HTTP server failed"),
             Err(e) => Err(e).context("the HTTP server task failed"),
         }
@@ -194,14 +202,17 @@ impl HttpHandle {
     /// writes the last-used stamps still pending.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
-        let mut server = self.server;
-        match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "the HTTP server stopped with an error"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "the HTTP server task failed"),
-            Err(_) => {
-                tracing::warn!("requests still open after the shutdown grace; dropping them");
-                server.abort();
+        if let Some(mut server) = self.server {
+            match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => {
+                    tracing::warn!(error = %e, "the HTTP server stopped with an error")
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "the HTTP server task failed"),
+                Err(_) => {
+                    tracing::warn!("requests still open after the shutdown grace; dropping them");
+                    server.abort();
+                }
             }
         }
         for worker in self.workers {
@@ -257,7 +268,7 @@ pub async fn start(
     Ok(HttpHandle {
         addr,
         stop,
-        server,
+        server: Some(server),
         workers,
         service,
     })
