@@ -90,13 +90,21 @@ async fn main() -> anyhow::Result<()> {
                 groups = config.scope_catalog.groups().len(),
                 "scope catalog loaded"
             );
-            let http = match config.http_addr {
+            let mut http = match config.http_addr {
                 Some(addr) => {
                     Some(keygate::http::start(addr, &config.verify_tokens, service.clone()).await?)
                 }
                 None => None,
             };
-            let ended = keygate::discord::run(&config, service).await;
+            let bot = keygate::discord::run(&config, service);
+            // The bot shuts down on a signal; a dead HTTP server asks for one.
+            let ended = match &mut http {
+                Some(http) => {
+                    let stop = keygate::runtime::request_shutdown;
+                    keygate::runtime::supervise(bot, http.stopped(), stop).await
+                }
+                None => bot.await,
+            };
             if let Some(http) = http {
                 http.shutdown().await;
             }

@@ -1,5 +1,6 @@
 //! Background workers and process shutdown, shared by the bot and the HTTP server.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -29,8 +30,52 @@ where
     })
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
+/// Set when a part of the process asks the whole of it to stop.
+static SHUTDOWN_REQUESTED: LazyLock<watch::Sender<bool>> =
+    LazyLock::new(|| watch::Sender::new(false));
+
+/// Makes `shutdown_signal` resolve, now and for every later call, as SIGTERM
+/// would: for a part that fails in a way the rest must not run without.
+pub fn request_shutdown() {
+    SHUTDOWN_REQUESTED.send_replace(true);
+}
+
+/// Resolves on Ctrl-C, SIGTERM or `request_shutdown`.
 pub async fn shutdown_signal() {
+    let mut requested = SHUTDOWN_REQUESTED.subscribe();
+    tokio::select! {
+        _ = os_signal() => {}
+        _ = requested.wait_for(|r| *r) => {}
+    }
+}
+
+/// Runs `bot` to its end beside `server`, which ends only by failing. If it
+/// does, the failure is logged, `stop` asks the bot to shut down, and once it
+/// has, the server's failure is returned: a process that no longer answers
+/// verifications must exit (non-zero), not go on looking alive.
+pub async fn supervise<B, S>(bot: B, server: S, stop: impl FnOnce()) -> anyhow::Result<()>
+where
+    B: Future<Output = anyhow::Result<()>>,
+    S: Future<Output = anyhow::Result<()>>,
+{
+    tokio::pin!(bot);
+    tokio::select! {
+        ended = &mut bot => ended,
+        ended = server => {
+            let failure = ended
+                .err()
+                .unwrap_or_else(|| anyhow::anyhow!("the HTTP server stopped by itself"));
+            tracing::error!(error = format!("{failure:#}"), "the HTTP server stopped; shutting the bot down");
+            stop();
+            if let Err(e) = bot.await {
+                tracing::warn!(error = format!("{e:#}"), "the bot stopped with an error too");
+            }
+            Err(failure)
+        }
+    }
+}
+
+async fn os_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -49,5 +94,68 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A bot that runs until told to stop, and says whether it got to stop.
+    fn bot(
+        stop: watch::Receiver<bool>,
+        stopped: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> impl Future<Output = anyhow::Result<()>> {
+        let mut stop = stop;
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+            stopped.store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_server_stops_the_bot_and_fails_the_run() {
+        let (tell, told) = watch::channel(false);
+        let stopped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let server = async { Err(anyhow::anyhow!("the listener broke")) };
+        let ended = tokio::time::timeout(
+            Duration::from_secs(10),
+            supervise(bot(told, stopped.clone()), server, move || {
+                let _ = tell.send(true);
+            }),
+        )
+        .await
+        .expect("the run ends");
+        let error = ended.expect_err("the run fails");
+        assert!(
+            format!("{error:#}").contains("the listener broke"),
+            "{error:#}"
+        );
+        assert!(
+            stopped.load(std::sync::atomic::Ordering::SeqCst),
+            "the bot shut down first"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_bot_that_ends_ends_the_run_with_its_result() {
+        let server = std::future::pending::<anyhow::Result<()>>();
+        let ended = supervise(async { anyhow::bail!("bad token") }, server, || {
+            panic!("nothing to stop")
+        })
+        .await;
+        assert_eq!(
+            ended.expect_err("the bot's failure").to_string(),
+            "bad token"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_shutdown_request_acts_as_a_signal() {
+        request_shutdown();
+        tokio::time::timeout(Duration::from_secs(5), shutdown_signal())
+            .await
+            .expect("the request resolves the signal");
     }
 }

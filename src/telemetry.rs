@@ -69,7 +69,7 @@ pub fn metrics() -> &'static PrometheusHandle {
 }
 
 fn describe() {
-    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    use metrics::{describe_counter, describe_histogram};
     describe_counter!(
         "keygate_verifications_total",
         "Key verifications and app authentications, by endpoint and code"
@@ -84,17 +84,12 @@ fn describe() {
         "Verify cache look-ups, by result (hit or miss)"
     );
     describe_counter!(
+        "keygate_http_errors_total",
+        "/v1 answers with a 4xx or 5xx status, by endpoint and status"
+    );
+    describe_counter!(
         "keygate_http_unauthorized_total",
         "/v1 requests refused for a missing or unknown bearer token"
-    );
-    describe_gauge!("keygate_applications", "Applications, by status");
-    describe_gauge!(
-        "keygate_pending_approval_requests",
-        "Approval requests waiting for a decision"
-    );
-    describe_gauge!(
-        "keygate_audit_outbox_backlog",
-        "Audit events not yet posted to an audit channel"
     );
     describe_counter!(
         "keygate_discord_rest_errors_total",

@@ -2,12 +2,15 @@
 
 mod support;
 
+use keygate::domain::catalog::ScopeCatalog;
 use keygate::domain::credentials::{ApiKey, ApplicationId};
 use keygate::http::HttpHandle;
-use keygate::service::Actor;
+use keygate::service::{Actor, Service};
+use keygate::store::Store;
 use reqwest::StatusCode;
 use secrecy::SecretString;
 use serde_json::{Value, json};
+use std::time::{Duration, Instant};
 use support::*;
 
 on_both_stores!(
@@ -18,6 +21,8 @@ on_both_stores!(
     bearer_tokens_guard_v1_only,
     readiness_follows_the_database,
     metrics_count_verifications_and_rows,
+    gauges_are_counted_at_most_every_few_seconds,
+    errors_are_counted_by_endpoint_and_status,
 );
 
 const TOKENS: [&str; 2] = ["first-token-0123456789", "second-token-0123456789"];
@@ -31,12 +36,15 @@ struct Api {
 
 impl Api {
     async fn start(db: &TestDb, tokens: &[&str]) -> Self {
+        Self::over(db.service.clone(), tokens).await
+    }
+
+    async fn over(service: Service, tokens: &[&str]) -> Self {
         captured_logs("trace");
         let tokens: Vec<SecretString> = tokens.iter().map(|t| SecretString::from(*t)).collect();
-        let handle =
-            keygate::http::start("127.0.0.1:0".parse().unwrap(), &tokens, db.service.clone())
-                .await
-                .expect("start the API");
+        let handle = keygate::http::start("127.0.0.1:0".parse().unwrap(), &tokens, service)
+            .await
+            .expect("start the API");
         Self {
             base: format!("http://{}", handle.addr()),
             client: reqwest::Client::new(),
@@ -63,6 +71,15 @@ impl Api {
         let (status, _, answer) = self.verify(body).await;
         assert_eq!(status, StatusCode::OK, "{answer}");
         answer["code"].as_str().unwrap().to_owned()
+    }
+
+    /// A well-formed key nobody issued: a cache miss, so a database read.
+    async fn verify_unknown_key(&self) -> reqwest::Response {
+        self.post("/v1/keys/verify")
+            .json(&json!({ "key": ApiKey::generate().expose() }))
+            .send()
+            .await
+            .unwrap()
     }
 
     async fn get(&self, path: &str) -> reqwest::Response {
@@ -434,12 +451,7 @@ async fn readiness_follows_the_database(db: &TestDb) {
         "alive all the same"
     );
     // A verification that needs the database is our failure, said without detail.
-    let r = api
-        .post("/v1/keys/verify")
-        .json(&json!({ "key": ApiKey::generate().expose() }))
-        .send()
-        .await
-        .unwrap();
+    let r = api.verify_unknown_key().await;
     assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
     let error = r.json::<Value>().await.unwrap()["error"]
         .as_str()
@@ -478,4 +490,166 @@ async fn metrics_count_verifications_and_rows(db: &TestDb) {
         assert!(text.contains(line), "{line} missing from:\n{text}");
     }
     api.stop().await;
+}
+
+/// A sample's value in a `/metrics` text, if the line is there.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// `/metrics` needs no token, so a flood of scrapes must not become a flood
+/// of COUNT queries: the row counts are read again only once they are
+/// `GAUGES_MAX_AGE` old. An app made right after a scrape shows only then.
+async fn gauges_are_counted_at_most_every_few_seconds(db: &TestDb) {
+    const SERIES: &str = r#"keygate_applications{status="key_issued"}"#;
+    let api = Api::start(db, &[]).await;
+    let scrape = || async { api.get("/metrics").await.text().await.unwrap() };
+    let first_at = Instant::now();
+    let first = scrape().await;
+    assert!(
+        first.contains("# TYPE keygate_applications gauge"),
+        "{first}"
+    );
+    assert_eq!(sample(&first, SERIES), Some(0.0), "{first}");
+    active_app(db, "Counted later").await;
+    let second = sample(&scrape().await, SERIES);
+    // Only a machine too slow to scrape twice in the window may see a new count.
+    if first_at.elapsed() < keygate::http::GAUGES_MAX_AGE {
+        assert_eq!(second, Some(0.0), "counted again within the window");
+    }
+    let started = Instant::now();
+    while sample(&scrape().await, SERIES) != Some(1.0) {
+        assert!(
+            started.elapsed() < keygate::http::GAUGES_MAX_AGE + Duration::from_secs(10),
+            "the count never caught up"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    api.stop().await;
+}
+
+/// Readiness answers within its bound whether the database refuses
+/// connections or accepts them and never speaks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_answers_in_time_when_the_database_is_unreachable() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let refused = {
+        let vacated = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        vacated.local_addr().unwrap().port()
+    };
+    for (case, port) in [
+        ("refused", refused),
+        ("silent", silent.local_addr().unwrap().port()),
+    ] {
+        let options = sqlx::postgres::PgConnectOptions::new()
+            .host("127.0.0.1")
+            .port(port)
+            .username("postgres")
+            .database("test");
+        // Far longer than the probe's own bound, so that bound is what answers.
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .acquire_timeout(Duration::from_secs(60))
+            .connect_lazy_with(options);
+        let service = Service::new(
+            Store::Postgres(pool),
+            std::sync::Arc::new(ScopeCatalog::builtin()),
+        );
+        let api = Api::over(service, &[]).await;
+        for path in ["/readyz", "/metrics"] {
+            let started = Instant::now();
+            let status = api.get(path).await.status();
+            let expected = if path == "/readyz" {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::OK
+            };
+            assert_eq!(status, expected, "{case} {path}");
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "{case} {path}: {:?}, over its 2 s bound",
+                started.elapsed()
+            );
+        }
+        assert_eq!(api.get("/healthz").await.status(), StatusCode::OK);
+        api.stop().await;
+    }
+}
+
+/// Every 4xx and 5xx answer of `/v1/*` is counted by endpoint and status.
+/// Counters are shared by the tests of this binary, so each is checked to
+/// have grown by at least what this test sent.
+async fn errors_are_counted_by_endpoint_and_status(db: &TestDb) {
+    let api = Api::start(db, &[]).await;
+    let guarded = Api::start(db, &TOKENS).await;
+    let series = |endpoint: &str, status: u16| {
+        format!(r#"keygate_http_errors_total{{endpoint="{endpoint}",status="{status}"}}"#)
+    };
+    let count = |text: &str, endpoint: &str, status: u16| {
+        sample(text, &series(endpoint, status)).unwrap_or(0.0)
+    };
+    let before = api.get("/metrics").await.text().await.unwrap();
+    let huge = json!({ "key": "x".repeat(5000) });
+    let sent: Vec<(&str, u16, reqwest::RequestBuilder)> = vec![
+        (
+            "verify",
+            400,
+            api.post("/v1/keys/verify")
+                .header("content-type", "application/json")
+                .body("{"),
+        ),
+        ("verify", 413, api.post("/v1/keys/verify").json(&huge)),
+        (
+            "verify",
+            405,
+            api.client.get(format!("{}/v1/keys/verify", api.base)),
+        ),
+        (
+            "authenticate",
+            415,
+            api.post("/v1/apps/authenticate").body("{}"),
+        ),
+        ("other", 404, api.post("/v1/keys/nope").json(&json!({}))),
+        (
+            "verify",
+            401,
+            guarded.post("/v1/keys/verify").json(&json!({ "key": "x" })),
+        ),
+    ];
+    let mut expected: Vec<(&str, u16)> = Vec::new();
+    for (endpoint, status, request) in sent {
+        assert_eq!(request.send().await.unwrap().status().as_u16(), status);
+        expected.push((endpoint, status));
+    }
+    // A verification answered 200 is no error, whatever its code.
+    let (_, key) = active_app(db, "Fine").await;
+    assert_eq!(api.code(json!({ "key": key.expose() })).await, "VALID");
+    db.store.close().await;
+    let failed = api.verify_unknown_key().await;
+    assert_eq!(failed.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    expected.push(("verify", 500));
+
+    let after = api.get("/metrics").await.text().await.unwrap();
+    for (endpoint, status) in expected {
+        let grown = count(&after, endpoint, status) - count(&before, endpoint, status);
+        assert!(
+            grown >= 1.0,
+            "{} did not grow:\n{after}",
+            series(endpoint, status)
+        );
+    }
+    for line in after
+        .lines()
+        .filter(|l| l.starts_with("keygate_http_errors_total{"))
+    {
+        assert!(!line.contains(r#"status="200""#), "{line}");
+        assert!(
+            ["verify", "authenticate", "other"]
+                .iter()
+                .any(|e| line.contains(&format!(r#"endpoint="{e}""#))),
+            "{line}"
+        );
+    }
+    api.stop().await;
+    guarded.stop().await;
 }

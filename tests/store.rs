@@ -15,8 +15,9 @@ use keygate::domain::wizard::WizardStep;
 use keygate::service::{
     Actor, ApproveOutcome, DraftInput, DraftStart, Policy, Service, ServiceError,
 };
-use keygate::store::Backend;
 use keygate::store::DmRedaction;
+use keygate::store::{Backend, Store};
+use std::str::FromStr;
 use support::*;
 
 on_both_stores!(
@@ -39,6 +40,8 @@ on_both_stores!(
     redactions_are_scheduled_and_done_once,
     settings_round_trip,
     list_and_show_apps,
+    revoking_one_app_leaves_the_others_cached,
+    a_reconnected_listener_flushes_the_cache,
 );
 
 async fn require_approvals(db: &TestDb, n: u8) {
@@ -1379,4 +1382,203 @@ async fn list_and_show_apps(db: &TestDb) {
         Err(ServiceError::AppNotFound)
     ));
     assert!(svc.list_apps(other).await.unwrap().is_empty());
+}
+
+/// Runs one statement with one text parameter on `store`, behind every
+/// cache's back: no notification goes out.
+async fn behind_the_cache(store: &Store, sql: &'static str, param: &str) -> u64 {
+    let done = match store {
+        Store::Sqlite(pool, _) => sqlx::query(sql)
+            .bind(param)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected()),
+        Store::Postgres(pool) => sqlx::query(sql)
+            .bind(param)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected()),
+    };
+    done.expect("raw statement")
+}
+
+/// A service on its own store of `db` with a minute-long cache, listening
+/// for changes (on PostgreSQL) until the returned sender says stop.
+async fn long_cached_peer(
+    db: &TestDb,
+    store: Store,
+) -> (
+    Service,
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<()>,
+) {
+    let peer = long_cache(Service::new(
+        store,
+        std::sync::Arc::new(ScopeCatalog::builtin()),
+    ));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let follower = tokio::spawn({
+        let peer = peer.clone();
+        async move { peer.follow_credential_changes(stopped).await }
+    });
+    if db.store.backend() == Backend::Postgres {
+        until(
+            "the peer listens",
+            std::time::Duration::from_secs(10),
+            || {
+                let peer = peer.clone();
+                async move { peer.is_following_credential_changes() }
+            },
+        )
+        .await;
+    }
+    (peer, stop, follower)
+}
+
+/// Polls `done` every 20 ms until it holds; panics after `limit`.
+async fn until<F, Fut>(what: &str, limit: std::time::Duration, done: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let started = std::time::Instant::now();
+    while !done().await {
+        assert!(started.elapsed() < limit, "{what}: not after {limit:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls until `service` answers REVOKED for `key`, for at most `secs` seconds.
+async fn until_revoked(what: &str, service: &Service, key: &ApiKey, secs: u64) {
+    until(what, std::time::Duration::from_secs(secs), || {
+        let (service, key) = (service.clone(), key.expose().to_owned());
+        async move { verify(&service, &key).await == VerifyCode::Revoked }
+    })
+    .await;
+}
+
+/// A revocation forgets the revoked app's entries only, in this process and
+/// (on PostgreSQL, by notification) in others. The other app is revoked
+/// behind the caches' back, so its cached VALID shows its entries were kept.
+async fn revoking_one_app_leaves_the_others_cached(db: &TestDb) {
+    let svc = long_cache(db.service.clone());
+    let (a, a_key) = active_app(db, "First").await;
+    let b = submit(&db.service, ALICE, "Second").await;
+    let b_secret = b.credentials.expect("credentials").secret;
+    let b_key = db
+        .service
+        .generate_api_key(GUILD, &b.app.id, Actor::member(ALICE))
+        .await
+        .unwrap()
+        .key;
+    let (peer, stop, follower) = long_cached_peer(db, db.peer_store().await).await;
+    let none = Expectations::default();
+    let authenticate_b = |s: &Service| {
+        let (s, id, secret) = (s.clone(), b.app.id.clone(), b_secret.expose().to_owned());
+        let none = none.clone();
+        async move {
+            s.authenticate_app(id.as_str(), &secret, &none)
+                .await
+                .unwrap()
+                .code
+        }
+    };
+    for s in [&svc, &peer] {
+        assert_eq!(verify(s, a_key.expose()).await, VerifyCode::Valid);
+        assert_eq!(verify(s, b_key.expose()).await, VerifyCode::Valid);
+        assert_eq!(authenticate_b(s).await, VerifyCode::Valid);
+    }
+    let changed = behind_the_cache(
+        &db.store,
+        "UPDATE applications SET status = 'revoked' WHERE id = $1",
+        b.app.id.as_str(),
+    )
+    .await;
+    assert_eq!(changed, 1);
+    let fresh = db.restarted_service();
+    assert_eq!(verify(&fresh, b_key.expose()).await, VerifyCode::Revoked);
+
+    support::revoke(&svc, GUILD, &a, Actor::approver(BOB))
+        .await
+        .unwrap();
+    assert_eq!(
+        verify(&svc, a_key.expose()).await,
+        VerifyCode::Revoked,
+        "at once"
+    );
+    assert_eq!(
+        verify(&svc, b_key.expose()).await,
+        VerifyCode::Valid,
+        "B's key kept"
+    );
+    assert_eq!(
+        authenticate_b(&svc).await,
+        VerifyCode::Valid,
+        "B's Secret kept"
+    );
+    if db.store.backend() == Backend::Postgres {
+        until_revoked("the peer hears of A", &peer, &a_key, 10).await;
+        assert_eq!(verify(&peer, b_key.expose()).await, VerifyCode::Valid);
+        assert_eq!(authenticate_b(&peer).await, VerifyCode::Valid);
+    }
+    let _ = stop.send(true);
+    follower.await.unwrap();
+    peer.store().close().await;
+}
+
+/// A listener whose connection dropped may have missed notifications, so it
+/// flushes the cache when it is back. The key here is revoked with raw SQL,
+/// which notifies nobody: only that flush can reveal it within the 60 s
+/// lifetime. PostgreSQL only: SQLite has no listener.
+async fn a_reconnected_listener_flushes_the_cache(db: &TestDb) {
+    if db.store.backend() != Backend::Postgres {
+        return;
+    }
+    let (app, key) = active_app(db, "Reconnected").await;
+    // Tests share the server: the name picks this test's listener alone.
+    let name = format!("kg_listener_{}", ApplicationId::generate().as_str());
+    let options = sqlx::postgres::PgConnectOptions::from_str(&db.database_url())
+        .expect("the test database URL")
+        .application_name(&name);
+    let store = Store::connect_postgres(options)
+        .await
+        .expect("open the peer");
+    let (peer, stop, follower) = long_cached_peer(db, store).await;
+    assert_eq!(verify(&peer, key.expose()).await, VerifyCode::Valid);
+    let changed = behind_the_cache(
+        &db.store,
+        "UPDATE api_keys SET revoked_at = created_at WHERE app_id = $1",
+        app.as_str(),
+    )
+    .await;
+    assert_eq!(changed, 1);
+    assert_eq!(
+        verify(&peer, key.expose()).await,
+        VerifyCode::Valid,
+        "cached"
+    );
+
+    let Store::Postgres(admin) = &db.store else {
+        unreachable!("checked above")
+    };
+    until(
+        "the listener is killed",
+        std::time::Duration::from_secs(10),
+        || async {
+            let killed: Vec<bool> = sqlx::query_scalar(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE application_name = $1 AND query LIKE 'LISTEN%'",
+            )
+            .bind(&name)
+            .fetch_all(admin)
+            .await
+            .expect("pg_stat_activity");
+            killed.contains(&true)
+        },
+    )
+    .await;
+    until_revoked("the peer sees the revocation", &peer, &key, 20).await;
+    let _ = stop.send(true);
+    follower.await.unwrap();
+    peer.store().close().await;
 }

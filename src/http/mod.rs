@@ -1,9 +1,11 @@
 //! The HTTP side: the key verification API, health, readiness and Prometheus metrics.
 
 mod error;
+mod scrape;
 mod verify;
 
 pub use error::ApiError;
+pub use scrape::GAUGES_MAX_AGE;
 pub use verify::{BODY_LIMIT, KEY_EXPIRATION};
 
 use crate::service::Service;
@@ -43,6 +45,7 @@ pub struct ApiState {
     /// SHA-256 of each accepted bearer token: comparing fixed-size digests in
     /// constant time leaks neither content nor length.
     tokens: Arc<[[u8; 32]]>,
+    gauges: Arc<scrape::GaugeCache>,
 }
 
 impl ApiState {
@@ -51,7 +54,11 @@ impl ApiState {
             .iter()
             .map(|t| Sha256::digest(t.expose_secret().as_bytes()).into())
             .collect();
-        Self { service, tokens }
+        Self {
+            service,
+            tokens,
+            gauges: Arc::default(),
+        }
     }
 
     fn accepts(&self, presented: &str) -> bool {
@@ -86,6 +93,31 @@ async fn require_token(
     Ok(next.run(request).await)
 }
 
+/// Counts the refusals and failures of `/v1/*`, whichever layer gave them
+/// (a handler, the token check, the body limit, the timeout). The endpoint is
+/// named from a fixed list, so an unknown path cannot mint a new series.
+async fn count_errors(request: Request, next: Next) -> Response {
+    let endpoint = match request.uri().path() {
+        "/v1/keys/verify" => Some("verify"),
+        "/v1/apps/authenticate" => Some("authenticate"),
+        p if p == "/v1" || p.starts_with("/v1/") => Some("other"),
+        _ => None,
+    };
+    let response = next.run(request).await;
+    let status = response.status();
+    if let Some(endpoint) = endpoint
+        && (status.is_client_error() || status.is_server_error())
+    {
+        metrics::counter!(
+            "keygate_http_errors_total",
+            "endpoint" => endpoint,
+            "status" => status.as_u16().to_string()
+        )
+        .increment(1);
+    }
+    response
+}
+
 async fn healthz() -> impl IntoResponse {
     Json(json!({ "status": "ok" }))
 }
@@ -109,31 +141,6 @@ async fn readyz(State(state): State<ApiState>) -> Result<Json<serde_json::Value>
     }
 }
 
-async fn metrics_text(State(state): State<ApiState>) -> Response {
-    // Gauges are counted at scrape time from the database, which every
-    // process shares; counters are this process's own.
-    let gauges = tokio::time::timeout(DATABASE_PROBE_TIMEOUT, state.service.store().gauges());
-    match gauges.await {
-        Ok(Ok(g)) => {
-            for (status, n) in g.apps_by_status {
-                metrics::gauge!("keygate_applications", "status" => status.as_str()).set(n as f64);
-            }
-            metrics::gauge!("keygate_pending_approval_requests").set(g.pending_requests as f64);
-            metrics::gauge!("keygate_audit_outbox_backlog").set(g.outbox_backlog as f64);
-        }
-        Ok(Err(e)) => tracing::warn!(error = %e, "metrics: cannot count rows; gauges are stale"),
-        Err(_) => tracing::warn!("metrics: the database did not answer in time; gauges are stale"),
-    }
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        crate::telemetry::metrics().render(),
-    )
-        .into_response()
-}
-
 /// The whole HTTP API over `state`.
 pub fn router(state: ApiState) -> Router {
     let v1 = Router::new()
@@ -144,7 +151,7 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
+        .route("/metrics", get(scrape::metrics_text))
         .nest("/v1", v1)
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
@@ -156,6 +163,7 @@ pub fn router(state: ApiState) -> Router {
             axum::http::StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
         ))
+        .layer(middleware::from_fn(count_errors))
         .with_state(state)
 }
 
@@ -163,7 +171,9 @@ pub fn router(state: ApiState) -> Router {
 pub struct HttpHandle {
     addr: SocketAddr,
     stop: watch::Sender<bool>,
-    server: JoinHandle<std::io::Result<()>>,
+    /// None once `stopped` has reported its end: a finished task must not be
+    /// awaited again.
+    server: Option<JoinHandle<std::io::Result<()>>>,
     workers: Vec<JoinHandle<()>>,
     service: Service,
 }
@@ -174,9 +184,15 @@ impl HttpHandle {
         self.addr
     }
 
-    /// Resolves if the server stops by itself (an I/O error on the listener).
+    /// Resolves if the server stops by itself (an I/O error on the listener,
+    /// a panic), once; never again after that.
     pub async fn stopped(&mut self) -> anyhow::Result<()> {
-        match (&mut self.server).await {
+        let Some(server) = &mut self.server else {
+            return std::future::pending().await;
+        };
+        let ended = server.await;
+        self.server = None;
+        match ended {
             Ok(r) => r.context("the HTTP server failed"),
             Err(e) => Err(e).context("the HTTP server task failed"),
         }
@@ -186,14 +202,17 @@ impl HttpHandle {
     /// writes the last-used stamps still pending.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
-        let mut server = self.server;
-        match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "the HTTP server stopped with an error"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "the HTTP server task failed"),
-            Err(_) => {
-                tracing::warn!("requests still open after the shutdown grace; dropping them");
-                server.abort();
+        if let Some(mut server) = self.server {
+            match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => {
+                    tracing::warn!(error = %e, "the HTTP server stopped with an error")
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "the HTTP server task failed"),
+                Err(_) => {
+                    tracing::warn!("requests still open after the shutdown grace; dropping them");
+                    server.abort();
+                }
             }
         }
         for worker in self.workers {
@@ -249,7 +268,7 @@ pub async fn start(
     Ok(HttpHandle {
         addr,
         stop,
-        server,
+        server: Some(server),
         workers,
         service,
     })

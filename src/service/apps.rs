@@ -351,7 +351,7 @@ impl Service {
         };
         let dm_lifetime = tx.guild_settings(guild).await?.dm_lifetime;
         tx.commit().await?;
-        self.verify.invalidate();
+        self.verify.invalidate_app(id);
         Ok(IssuedCredentials {
             app,
             secret,
@@ -464,7 +464,7 @@ impl Service {
         .await?;
         tx.notify_credentials_changed(id).await?;
         tx.commit().await?;
-        self.verify.invalidate();
+        self.verify.invalidate_app(id);
         Ok(IssuedKey {
             app,
             key,

@@ -246,7 +246,7 @@ impl Service {
         tx.notify_credentials_changed(&app.id).await?;
         let dm_lifetime = tx.guild_settings(app.guild_id).await?.dm_lifetime;
         tx.commit().await?;
-        self.verify.invalidate();
+        self.verify.invalidate_app(&app.id);
         Ok(Rotated {
             app,
             new,
@@ -294,7 +294,7 @@ impl Service {
         .await?;
         tx.notify_credentials_changed(id).await?;
         tx.commit().await?;
-        self.verify.invalidate();
+        self.verify.invalidate_app(id);
         Ok(app)
     }
 

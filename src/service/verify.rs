@@ -1,6 +1,6 @@
 //! Key and Secret verification for the organization's services, behind a short-lived cache.
 
-use super::{Service, ServiceResult};
+use super::{Service, ServiceError, ServiceResult};
 use crate::domain::credentials::{ApplicationId, parse_api_key, parse_client_secret};
 use crate::domain::verification::{
     Assessment, Expectations, KeyStanding, SecretStanding, VerifyCode,
@@ -9,10 +9,11 @@ use crate::store::CredentialChange;
 use chrono::{DateTime, TimeDelta, Utc};
 use moka::sync::Cache;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::hash::Hash;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{OnceCell, watch};
 
 /// A key's `last_used_at` is written at most this often.
 pub const LAST_USED_GRANULARITY: TimeDelta = TimeDelta::minutes(1);
@@ -81,16 +82,78 @@ impl CachedKey {
 type KeyEntry = Option<Arc<CachedKey>>;
 type SecretEntry = Option<Arc<SecretStanding>>;
 
+/// Records by lookup, each read from the database once however many requests
+/// miss it at the same time. An entry goes into the cache empty, before its
+/// read starts, and is filled in place: an invalidation that follows a change
+/// reaches it whether or not its read has finished, so a read that may
+/// predate the change is never kept (only the requests that raced the change
+/// see it). No epoch is needed for that.
+struct Slots<K, V>(Cache<K, Arc<OnceCell<V>>>);
+
+impl<K, V> Slots<K, V>
+where
+    K: Hash + Eq + Send + Sync + Clone + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    /// None when `ttl` is zero: the cache is off.
+    fn new(ttl: Duration) -> Option<Self> {
+        (!ttl.is_zero()).then(|| {
+            Self(
+                Cache::builder()
+                    .max_capacity(CACHE_CAPACITY)
+                    .time_to_live(ttl)
+                    .support_invalidation_closures()
+                    .build(),
+            )
+        })
+    }
+
+    /// The record for `key`, and whether it came without a read of our own
+    /// (cached, or read by a concurrent request). A failed read is not
+    /// cached: the next request tries again.
+    async fn get_or_load<E, Fut>(&self, key: K, load: impl FnOnce() -> Fut) -> Result<(V, bool), E>
+    where
+        Fut: Future<Output = Result<V, E>>,
+    {
+        let slot = self.0.get_with(key, || Arc::new(OnceCell::new()));
+        let mut read = false;
+        let value = slot
+            .get_or_try_init(|| {
+                read = true;
+                load()
+            })
+            .await?;
+        Ok((value.clone(), !read))
+    }
+
+    fn invalidate_all(&self) {
+        self.0.invalidate_all();
+    }
+
+    /// Drops the records `stale` picks. moka applies this to each entry when
+    /// it next meets it (on a read, or in its upkeep); an entry whose read is
+    /// still out then goes too, since what it will hold is not known yet.
+    fn invalidate_if(&self, stale: impl Fn(&V) -> bool + Send + Sync + 'static) {
+        let registered = self
+            .0
+            .invalidate_entries_if(move |_, slot| slot.get().is_none_or(&stale));
+        // Only a cache built without invalidation closures refuses, and ours
+        // are built with them; forgetting too much is the safe side anyway.
+        if registered.is_err() {
+            self.0.invalidate_all();
+        }
+    }
+}
+
 /// Stored credentials by lookup, positive and negative entries alike. The
 /// code is never cached: it is computed from the record and the clock on
 /// every request, so an expiry is exact.
 pub(super) struct VerifyCache {
     /// None when the cache is off (every request reads the database).
-    keys: Option<Cache<String, KeyEntry>>,
-    secrets: Option<Cache<String, SecretEntry>>,
-    /// Bumped by every invalidation: a load that began before one must not
-    /// store what it read, which may predate the change.
-    epoch: AtomicU64,
+    keys: Option<Slots<String, KeyEntry>>,
+    /// By the Secret's hash, like keys: an app may have two working Secrets
+    /// (one in its rotation grace).
+    secrets: Option<Slots<String, SecretEntry>>,
     /// Last-used stamps waiting to be written, by key id.
     pending_uses: Mutex<HashMap<String, DateTime<Utc>>>,
     /// Whether this process currently hears other processes' changes.
@@ -99,32 +162,17 @@ pub(super) struct VerifyCache {
 
 impl VerifyCache {
     pub(super) fn new(ttl: Duration) -> Self {
-        fn build<K, V>(ttl: Duration) -> Option<Cache<K, V>>
-        where
-            K: std::hash::Hash + Eq + Send + Sync + 'static,
-            V: Clone + Send + Sync + 'static,
-        {
-            (!ttl.is_zero()).then(|| {
-                Cache::builder()
-                    .max_capacity(CACHE_CAPACITY)
-                    .time_to_live(ttl)
-                    .build()
-            })
-        }
         Self {
-            keys: build(ttl),
-            secrets: build(ttl),
-            epoch: AtomicU64::new(0),
+            keys: Slots::new(ttl),
+            secrets: Slots::new(ttl),
             pending_uses: Mutex::new(HashMap::new()),
             following: AtomicBool::new(false),
         }
     }
 
-    /// Forgets everything: credentials changed somewhere. Changes are rare
-    /// (revocations, rotations, new Secrets), so dropping every entry is
-    /// cheaper to get right than tracking which entries an app owns.
+    /// Forgets everything: changes may have been missed (a listener that
+    /// reconnected cannot tell which).
     pub(super) fn invalidate(&self) {
-        self.epoch.fetch_add(1, Ordering::SeqCst);
         if let Some(c) = &self.keys {
             c.invalidate_all();
         }
@@ -133,20 +181,20 @@ impl VerifyCache {
         }
     }
 
-    /// Caches what a load read, unless an invalidation came since the load
-    /// began (`epoch`): its record may predate the change. An invalidation
-    /// landing between the check and the insert is caught by the check after.
-    fn store<K, V>(&self, cache: &Cache<K, V>, key: K, value: V, epoch: u64)
-    where
-        K: std::hash::Hash + Eq + Send + Sync + Clone + 'static,
-        V: Clone + Send + Sync + 'static,
-    {
-        if self.epoch.load(Ordering::SeqCst) != epoch {
-            return;
+    /// Forgets what is cached of `app`: its keys were revoked, rotated or
+    /// its Secret issued, and every other app's entries stay warm.
+    ///
+    /// Unknown keys and Secrets stay cached: an entry for a hash nobody had
+    /// issued turns wrong only if that very credential is issued later, and
+    /// a new one is random, so nobody presented it before it existed.
+    pub(super) fn invalidate_app(&self, app: &ApplicationId) {
+        if let Some(c) = &self.keys {
+            let app = app.clone();
+            c.invalidate_if(move |entry| entry.as_ref().is_some_and(|k| k.standing.app.id == app));
         }
-        cache.insert(key.clone(), value);
-        if self.epoch.load(Ordering::SeqCst) != epoch {
-            cache.invalidate(&key);
+        if let Some(c) = &self.secrets {
+            let app = app.clone();
+            c.invalidate_if(move |entry| entry.as_ref().is_some_and(|s| s.app.id == app));
         }
     }
 
@@ -196,9 +244,30 @@ impl VerifyCache {
     }
 }
 
+/// A miss is a database read: requests that wait for another's read of the
+/// same record count as hits.
 fn cache_outcome(hit: bool) {
     let result = if hit { "hit" } else { "miss" };
     metrics::counter!("keygate_verify_cache_total", "result" => result).increment(1);
+}
+
+/// The record for `key`, through the cache when it is on.
+async fn lookup<K, V, Fut>(
+    cache: Option<&Slots<K, V>>,
+    key: K,
+    load: impl FnOnce() -> Fut,
+) -> ServiceResult<V>
+where
+    K: Hash + Eq + Send + Sync + Clone + 'static,
+    V: Clone + Send + Sync + 'static,
+    Fut: Future<Output = ServiceResult<V>>,
+{
+    let (value, hit) = match cache {
+        Some(c) => c.get_or_load(key, load).await?,
+        None => (load().await?, false),
+    };
+    cache_outcome(hit);
+    Ok(value)
 }
 
 impl Service {
@@ -214,24 +283,11 @@ impl Service {
             return Ok(Verdict::invalid(VerifyCode::Malformed));
         };
         let hash = key.hash();
-        let cache = &self.verify;
-        let cached = cache.keys.as_ref().and_then(|c| c.get(hash.as_str()));
-        cache_outcome(cached.is_some());
-        let entry = match cached {
-            Some(entry) => entry,
-            None => {
-                let epoch = cache.epoch.load(Ordering::SeqCst);
-                let entry = self
-                    .store
-                    .key_standing(&hash)
-                    .await?
-                    .map(|s| Arc::new(CachedKey::new(s)));
-                if let Some(c) = &cache.keys {
-                    cache.store(c, hash.as_str().to_owned(), entry.clone(), epoch);
-                }
-                entry
-            }
+        let load = || async {
+            let standing = self.store.key_standing(&hash).await?;
+            Ok::<_, ServiceError>(standing.map(|s| Arc::new(CachedKey::new(s))))
         };
+        let entry = lookup(self.verify.keys.as_ref(), hash.as_str().to_owned(), load).await?;
         let Some(entry) = entry else {
             return Ok(Verdict::invalid(VerifyCode::NotFound));
         };
@@ -240,7 +296,7 @@ impl Service {
         // A key that exists was used, even when refused: a revoked key still
         // being presented is what its owner most needs to know.
         if assessment.code != VerifyCode::NotFound && assessment.code != VerifyCode::WrongApp {
-            cache.note_use(&entry, now);
+            self.verify.note_use(&entry, now);
         }
         Ok(Verdict::from_assessment(assessment, entry.standing.clone()))
     }
@@ -258,21 +314,12 @@ impl Service {
             return Ok(Verdict::invalid(VerifyCode::Malformed));
         };
         let hash = secret.hash();
-        let cache = &self.verify;
-        let cached = cache.secrets.as_ref().and_then(|c| c.get(hash.as_str()));
-        cache_outcome(cached.is_some());
-        let entry = match cached {
-            Some(entry) => entry,
-            None => {
-                let epoch = cache.epoch.load(Ordering::SeqCst);
-                let entry = self.store.secret_standing(&hash).await?.map(Arc::new);
-                if let Some(c) = &cache.secrets {
-                    cache.store(c, hash.as_str().to_owned(), entry.clone(), epoch);
-                }
-                entry
-            }
+        let load = || async {
+            Ok::<_, ServiceError>(self.store.secret_standing(&hash).await?.map(Arc::new))
         };
-        // Another app's Secret is as unknown as a wrong one.
+        let entry = lookup(self.verify.secrets.as_ref(), hash.as_str().to_owned(), load).await?;
+        // Found by its hash (compared in constant time by the store); another
+        // app's Secret is as unknown as a wrong one.
         let Some(standing) = entry.filter(|s| s.app.id == app_id) else {
             return Ok(Verdict::invalid(VerifyCode::NotFound));
         };
@@ -350,7 +397,7 @@ impl Service {
                 match change {
                     Ok(CredentialChange::App(app)) => {
                         tracing::debug!(%app, "credentials changed elsewhere");
-                        self.verify.invalidate();
+                        self.verify.invalidate_app(&app);
                     }
                     Ok(CredentialChange::Resync) => {
                         tracing::info!("credential listener reconnected; cache flushed");
@@ -374,5 +421,121 @@ impl Service {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Slots;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+    use tokio::sync::Notify;
+
+    fn slots() -> Arc<Slots<&'static str, u32>> {
+        Arc::new(Slots::new(Duration::from_secs(60)).expect("a cache"))
+    }
+
+    fn gate() -> Arc<Notify> {
+        Arc::new(Notify::new())
+    }
+
+    /// A read of `value` that counts itself and, when given one, waits for `gate`.
+    fn read(
+        reads: &Arc<AtomicUsize>,
+        gate: Option<Arc<Notify>>,
+        value: Result<u32, ()>,
+    ) -> impl FnOnce() -> std::pin::Pin<Box<dyn Future<Output = Result<u32, ()>> + Send>> + Send + use<>
+    {
+        let reads = reads.clone();
+        move || {
+            Box::pin(async move {
+                reads.fetch_add(1, Ordering::SeqCst);
+                if let Some(gate) = gate {
+                    gate.notified().await;
+                }
+                value
+            })
+        }
+    }
+
+    async fn until(what: &str, done: impl Fn() -> bool) {
+        for _ in 0..500 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        panic!("{what} never happened");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_misses_share_one_read() {
+        let (cache, reads, gate) = (slots(), Arc::new(AtomicUsize::new(0)), gate());
+        let mut burst = tokio::task::JoinSet::new();
+        for _ in 0..20 {
+            let (cache, load) = (cache.clone(), read(&reads, Some(gate.clone()), Ok(7)));
+            burst.spawn(async move { cache.get_or_load("k", load).await });
+        }
+        until("the first read", || reads.load(Ordering::SeqCst) == 1).await;
+        // Let the others pile up behind it before it answers.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        gate.notify_one();
+        let answers = burst.join_all().await;
+        assert_eq!(reads.load(Ordering::SeqCst), 1, "one database read");
+        assert!(answers.iter().all(|a| a.as_ref().map(|(v, _)| *v) == Ok(7)));
+        let misses = answers
+            .iter()
+            .filter(|a| a.as_ref().is_ok_and(|(_, hit)| !hit));
+        assert_eq!(misses.count(), 1, "only the reader counts a miss");
+    }
+
+    #[tokio::test]
+    async fn a_failed_read_is_not_cached() {
+        let (cache, reads) = (slots(), Arc::new(AtomicUsize::new(0)));
+        let get = |value| cache.get_or_load("k", read(&reads, None, value));
+        assert_eq!(get(Err(())).await, Err(()));
+        assert_eq!(get(Ok(1)).await, Ok((1, false)));
+        assert_eq!(get(Ok(2)).await, Ok((1, true)));
+        assert_eq!(reads.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn invalidating_some_keeps_the_rest() {
+        let (cache, reads) = (slots(), Arc::new(AtomicUsize::new(0)));
+        let get = |key, value| cache.get_or_load(key, read(&reads, None, Ok(value)));
+        assert_eq!(get("a", 1).await, Ok((1, false)));
+        assert_eq!(get("b", 2).await, Ok((2, false)));
+        cache.invalidate_if(|v| *v == 1);
+        assert_eq!(get("a", 10).await, Ok((10, false)), "read again");
+        assert_eq!(get("b", 20).await, Ok((2, true)), "kept");
+    }
+
+    /// A read that began before a change may return the old record. moka
+    /// applies an invalidation to an entry when it next looks at it, on a
+    /// read or in its upkeep; an entry still empty then must go, since what
+    /// it will hold is not known yet.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_racing_an_invalidation_is_not_kept() {
+        let (cache, reads, gate) = (slots(), Arc::new(AtomicUsize::new(0)), gate());
+        let racing = tokio::spawn({
+            let (cache, load) = (cache.clone(), read(&reads, Some(gate.clone()), Ok(1)));
+            async move { cache.get_or_load("k", load).await }
+        });
+        until("the racing read", || reads.load(Ordering::SeqCst) == 1).await;
+        cache.invalidate_if(|v| *v == 1);
+        // The upkeep meets the entry while its read is still out.
+        cache.0.run_pending_tasks();
+        gate.notify_one();
+        assert_eq!(
+            racing.await.unwrap(),
+            Ok((1, false)),
+            "its own request sees it"
+        );
+        assert_eq!(
+            cache.get_or_load("k", read(&reads, None, Ok(2))).await,
+            Ok((2, false)),
+            "the next one reads again"
+        );
     }
 }

@@ -255,7 +255,7 @@ impl Service {
         };
         tx.commit().await?;
         if credentials.is_some() {
-            self.verify.invalidate();
+            self.verify.invalidate_app(&app.id);
         }
         Ok(Submitted {
             app,
