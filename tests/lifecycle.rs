@@ -599,6 +599,29 @@ async fn a_rotation_confirmed_by_a_manager_reaches_the_owner(backend: Backend) {
     assert!(old.credential.unwrap().grace.is_some());
     assert_eq!(verify(&h.service, &new_key).await, VerifyCode::Valid);
 
+    // /app show lists both keys with their state.
+    let i = h
+        .fake
+        .slash_command(
+            &bob(),
+            "app",
+            Some("show"),
+            vec![("app", json!(app.as_str()))],
+        )
+        .await;
+    let r = h.fake.response(&i).await;
+    let shown = h.fake.message_of(&i).unwrap_or_else(|| r["data"].clone());
+    let keys = shown["embeds"][0]["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "API keys")
+        .map(|f| f["value"].as_str().unwrap().to_owned())
+        .unwrap();
+    assert!(keys.contains("**active**"), "{keys}");
+    assert!(keys.contains("**in grace until"), "{keys}");
+    assert!(keys.contains("last used") || keys.contains("never used"));
+
     // The same confirmation again: someone rotated it already, nothing changes.
     let again = h
         .fake
@@ -849,6 +872,56 @@ async fn an_unreachable_owner_stops_a_rotation_before_anything_changes() {
     let key = token(&text(&shown), "kg_").expect("the new key");
     assert!(text(&shown).contains("cannot remove it after 15 minutes"));
     assert_eq!(verify(&h.service, &key).await, VerifyCode::Valid);
+    h.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_gets_a_credential_that_never_reached_them_issued_again() {
+    let h = Harness::start().await;
+    // Issued through the service and never shown: as after a lost DM.
+    let (app, lost_key) = app_with_key(&h, "Never Shown").await;
+    let i = h
+        .fake
+        .slash_command(
+            &alice(),
+            "app",
+            Some("show"),
+            vec![("app", json!(app.as_str()))],
+        )
+        .await;
+    h.fake.response(&i).await;
+    let shown = h.fake.message_of(&i).unwrap();
+    let again = shown["components"][0]["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["label"] == "Issue API key again")
+        .map(|b| b["custom_id"].as_str().unwrap().to_owned())
+        .expect("an Issue again button for the owner");
+    let p = h.fake.press_button(&alice(), &shown, &again).await;
+    assert_eq!(h.fake.response(&p).await["type"], 6);
+    let user = alice().id;
+    h.fake
+        .wait_until("the new key by DM", |f| {
+            !dms_with(f, user, "API key: `kg_").is_empty()
+        })
+        .await;
+    let key = token(&text(&dms_with(&h.fake, user, "API key: `kg_")[0]), "kg_").unwrap();
+    assert_eq!(verify(&h.service, &key).await, VerifyCode::Valid);
+    assert_eq!(verify(&h.service, &lost_key).await, VerifyCode::Revoked);
+    // Nobody else is offered it.
+    let i = h
+        .fake
+        .slash_command(
+            &bob(),
+            "app",
+            Some("show"),
+            vec![("app", json!(app.as_str()))],
+        )
+        .await;
+    h.fake.response(&i).await;
+    let theirs = h.fake.message_of(&i).unwrap();
+    assert!(!theirs.to_string().contains("again"), "{theirs:#}");
     h.close().await;
 }
 

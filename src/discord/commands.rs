@@ -208,7 +208,7 @@ pub async fn show(
     let service = &ctx.data().service;
     let app = resolve(&ctx, guild, &app).await?;
     let (keys, secrets) = service.credentials(&app).await?;
-    let now = chrono::Utc::now();
+    let now = service.now();
     let lines = |list: &[crate::domain::lifecycle::StoredCredential], none: &str| {
         if list.is_empty() {
             none.to_owned()

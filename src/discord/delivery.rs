@@ -77,7 +77,7 @@ fn key_text(app: &Application, key: &str, expires_at: DateTime<Utc>, note: &str)
 /// A rotated credential's message: the new one, and what happens to the old.
 pub fn rotated_text(r: &Rotated, note: &str) -> String {
     let app = &r.app;
-    let old = if r.grace_ends_at <= chrono::Utc::now() {
+    let old = if r.cut_off {
         format!("The old one (`{}…`) stopped working now.", r.old.prefix)
     } else {
         format!(

@@ -390,7 +390,7 @@ async fn confirm(
             "shown to you below (your DMs are closed)".to_owned()
         }
     };
-    let old = if rotated.grace_ends_at <= chrono::Utc::now() {
+    let old = if rotated.cut_off {
         "stopped working now".to_owned()
     } else {
         format!(

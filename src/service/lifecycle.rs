@@ -67,6 +67,9 @@ pub struct Rotated {
     pub old: StoredCredential,
     /// When the old credential stops working (now for `grace:now`).
     pub grace_ends_at: DateTime<Utc>,
+    /// The old credential stopped working at once (`grace:now`, or it had
+    /// expired already).
+    pub cut_off: bool,
     /// Earlier replaced credentials whose grace this rotation ended.
     pub ended: Vec<StoredCredential>,
     pub dm_lifetime: TimeDelta,
@@ -252,6 +255,7 @@ impl Service {
             new,
             new_id: record.id,
             old,
+            cut_off: grace_ends_at <= now,
             grace_ends_at,
             ended,
             dm_lifetime,

@@ -191,6 +191,11 @@ impl Service {
         self
     }
 
+    /// The service's clock's now (a manual one in tests).
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.clock.now()
+    }
+
     pub fn policy(&self) -> &Policy {
         &self.policy
     }
