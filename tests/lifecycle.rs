@@ -23,6 +23,9 @@ on_both_stores!(
     a_stage_already_running_at_issue_is_skipped,
     an_expiry_is_recorded_once,
     a_credential_that_never_reached_its_owner_is_issued_again,
+    issuing_again_keeps_the_earlier_grace,
+    a_failed_warning_backs_off,
+    rotating_an_expired_key_leaves_it_expired,
 );
 
 fn manager() -> Actor {
@@ -45,6 +48,15 @@ async fn audit_kinds(db: &TestDb, app: &ApplicationId) -> Vec<AuditKind> {
     let events = tx.audit_events(GUILD, Some(app), 100).await.unwrap();
     tx.rollback().await.unwrap();
     events.into_iter().rev().map(|e| e.kind).collect()
+}
+
+/// Every due expiry warning, claimed as the worker does before sending.
+async fn claim_all(svc: &Service) -> Vec<keygate::service::ClaimedWarning> {
+    let mut claimed = Vec::new();
+    for due in svc.due_warnings().await.unwrap() {
+        claimed.extend(svc.claim_warning(due).await.unwrap());
+    }
+    claimed
 }
 
 async fn authenticate(svc: &Service, app: &ApplicationId, secret: &str) -> VerifyCode {
@@ -103,6 +115,31 @@ async fn a_rotated_key_works_through_its_grace_then_expires(db: &TestDb) {
 
 async fn a_rotated_secret_works_through_its_grace_then_expires(db: &TestDb) {
     let svc = &db.service;
+    for grace in [Grace::Hour, Grace::Week, Grace::Month] {
+        let submitted = submit(svc, ALICE, &format!("Secret {}", grace.as_str())).await;
+        let app = submitted.app.id.clone();
+        let old_secret = submitted.credentials.unwrap().secret.expose().to_owned();
+        let old = current(db, &app, CredentialKind::Secret).await;
+        let r = svc
+            .rotate(Some(GUILD), &old.id, grace, Actor::member(ALICE))
+            .await
+            .unwrap();
+        db.clock.advance(grace.duration() - TimeDelta::seconds(1));
+        assert_eq!(
+            authenticate(svc, &app, &old_secret).await,
+            VerifyCode::Valid
+        );
+        db.clock.advance(TimeDelta::seconds(1));
+        assert_eq!(
+            authenticate(svc, &app, &old_secret).await,
+            VerifyCode::Expired,
+            "{grace:?}"
+        );
+        assert_eq!(
+            authenticate(svc, &app, &exposed(&r.new)).await,
+            VerifyCode::Valid
+        );
+    }
     let submitted = submit(svc, ALICE, "Secretive").await;
     let app = submitted.app.id.clone();
     let old_secret = submitted.credentials.unwrap().secret.expose().to_owned();
@@ -339,39 +376,39 @@ async fn expiry_warnings_go_out_once_per_stage_across_a_restart(db: &TestDb) {
     let svc = &db.service;
     let (_, key) = key_lasting(db, "Warned", 40).await;
     let expires = key.expires_at.unwrap();
-    assert!(svc.claim_due_warnings().await.unwrap().is_empty());
+    assert!(claim_all(svc).await.is_empty());
     db.clock.advance(TimeDelta::days(10));
-    let w = svc.claim_due_warnings().await.unwrap();
+    let w = claim_all(svc).await;
     assert_eq!(w.len(), 1);
     assert_eq!(w[0].days, 30);
     // Claimed: neither this process nor another takes it again meanwhile.
-    assert!(svc.claim_due_warnings().await.unwrap().is_empty());
+    assert!(claim_all(svc).await.is_empty());
     let other = db.restarted_service();
-    assert!(other.claim_due_warnings().await.unwrap().is_empty());
+    assert!(claim_all(&other).await.is_empty());
     // The claimant died before it sent anything: the lease lapses, the
     // warning goes out from another process, with the same nonce.
     db.clock.advance(TimeDelta::seconds(61));
-    let again = other.claim_due_warnings().await.unwrap();
+    let again = claim_all(&other).await;
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].nonce(), w[0].nonce());
     assert!(again[0].nonce().len() <= 25);
     other.warning_sent(&again[0], false).await.unwrap();
     // The first one's late completion writes nothing twice.
     svc.warning_sent(&w[0], false).await.unwrap();
-    assert!(svc.claim_due_warnings().await.unwrap().is_empty());
+    assert!(claim_all(svc).await.is_empty());
     let restarted = db.restarted_service();
-    assert!(restarted.claim_due_warnings().await.unwrap().is_empty());
+    assert!(claim_all(&restarted).await.is_empty());
 
     db.clock.set(expires - TimeDelta::days(5));
-    let w = restarted.claim_due_warnings().await.unwrap();
+    let w = claim_all(&restarted).await;
     assert_eq!(w.iter().map(|w| w.days).collect::<Vec<_>>(), vec![7]);
     restarted.warning_sent(&w[0], true).await.unwrap();
     db.clock.set(expires - TimeDelta::hours(3));
-    let w = svc.claim_due_warnings().await.unwrap();
+    let w = claim_all(svc).await;
     assert_eq!(w.iter().map(|w| w.days).collect::<Vec<_>>(), vec![1]);
     svc.warning_sent(&w[0], false).await.unwrap();
     db.clock.set(expires + TimeDelta::days(1));
-    assert!(svc.claim_due_warnings().await.unwrap().is_empty());
+    assert!(claim_all(svc).await.is_empty());
     let kinds = audit_kinds(db, &key.app_id).await;
     assert_eq!(
         kinds
@@ -389,23 +426,23 @@ async fn a_stage_already_running_at_issue_is_skipped(db: &TestDb) {
     let expires = key.expires_at.unwrap();
     db.clock.advance(TimeDelta::days(2));
     assert!(
-        svc.claim_due_warnings().await.unwrap().is_empty(),
+        claim_all(svc).await.is_empty(),
         "no \"30 days left\" for a 10-day key"
     );
     db.clock.set(expires - TimeDelta::days(7));
-    let w = svc.claim_due_warnings().await.unwrap();
+    let w = claim_all(svc).await;
     assert_eq!(w.iter().map(|w| w.days).collect::<Vec<_>>(), vec![7]);
     svc.warning_sent(&w[0], false).await.unwrap();
     // Down over every stage of another key: only the most urgent goes out.
     let (_, other) = key_lasting(db, "Forty Days", 40).await;
     db.clock
         .set(other.expires_at.unwrap() - TimeDelta::hours(2));
-    let w = svc.claim_due_warnings().await.unwrap();
+    let w = claim_all(svc).await;
     let days: Vec<(String, i64)> = w.iter().map(|w| (w.due.key.id.clone(), w.days)).collect();
     assert_eq!(days, vec![(other.id.clone(), 1)]);
     svc.warning_sent(&w[0], false).await.unwrap();
     db.clock.advance(TimeDelta::minutes(5));
-    assert!(svc.claim_due_warnings().await.unwrap().is_empty());
+    assert!(claim_all(svc).await.is_empty());
 }
 
 async fn an_expiry_is_recorded_once(db: &TestDb) {
@@ -453,6 +490,19 @@ async fn a_credential_that_never_reached_its_owner_is_issued_again(db: &TestDb) 
         Err(ServiceError::CredentialsAlreadyIssued)
     ));
 
+    assert_eq!(
+        audit_kinds(db, &app)
+            .await
+            .iter()
+            .filter(|k| matches!(
+                k,
+                AuditKind::CredentialsIssued | AuditKind::CredentialReissued
+            ))
+            .count(),
+        2,
+        "one event per issue: the first, and the one in its place"
+    );
+
     // The same for a key generated but never shown.
     let first = svc
         .generate_api_key(GUILD, &app, Actor::member(ALICE))
@@ -477,6 +527,109 @@ async fn a_credential_that_never_reached_its_owner_is_issued_again(db: &TestDb) 
     );
 }
 
+async fn issuing_again_keeps_the_earlier_grace(db: &TestDb) {
+    let svc = &db.service;
+    let (app, k1) = active_app(db, "Grace Kept").await;
+    let old = current(db, &app, CredentialKind::Key).await;
+    let r = svc
+        .rotate(Some(GUILD), &old.id, Grace::Week, manager())
+        .await
+        .unwrap();
+    // The rotated key never reached its owner.
+    assert!(matches!(
+        svc.issue_again(Some(GUILD), &r.new_id, Actor::member(ALICE))
+            .await,
+        Err(ServiceError::CredentialsBeingDelivered)
+    ));
+    db.clock.advance(svc.policy().stall_grace);
+    assert!(matches!(
+        svc.issue_again(Some(GUILD), &r.new_id, manager()).await,
+        Err(ServiceError::NotOwner)
+    ));
+    let again = svc
+        .issue_again(Some(GUILD), &r.new_id, Actor::member(ALICE))
+        .await
+        .unwrap();
+    assert_eq!(verify(svc, &exposed(&r.new)).await, VerifyCode::Revoked);
+    assert_eq!(verify(svc, &exposed(&again.new)).await, VerifyCode::Valid);
+    let first = svc
+        .verify_key(k1.expose(), &Expectations::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        first.code,
+        VerifyCode::Valid,
+        "the first key keeps its grace"
+    );
+    assert_eq!(
+        first
+            .credential
+            .unwrap()
+            .grace
+            .as_ref()
+            .unwrap()
+            .replaced_by,
+        again.new_id,
+        "and names the key that took the lost one's place"
+    );
+    svc.credential_shown(&again.new_id).await.unwrap();
+    db.clock.advance(svc.policy().stall_grace);
+    assert!(matches!(
+        svc.issue_again(Some(GUILD), &again.new_id, Actor::member(ALICE))
+            .await,
+        Err(ServiceError::AlreadyShown)
+    ));
+}
+
+async fn a_failed_warning_backs_off(db: &TestDb) {
+    let svc = &db.service;
+    let (_, key) = key_lasting(db, "Flaky", 40).await;
+    db.clock.set(key.expires_at.unwrap() - TimeDelta::days(30));
+    let mut waits = Vec::new();
+    for _ in 0..4 {
+        let w = claim_all(svc).await.pop().expect("due");
+        let retry_at = svc.warning_failed(&w, None).await.unwrap();
+        let wait = retry_at - db.clock.now();
+        assert!(claim_all(svc).await.is_empty(), "not before its next try");
+        waits.push(wait);
+        db.clock.set(retry_at);
+    }
+    for (n, wait) in waits.iter().enumerate() {
+        let base = TimeDelta::seconds(1 << n);
+        assert!(
+            *wait >= base && *wait <= base + base / 4,
+            "try {n} waited {wait}"
+        );
+    }
+    // A 429 waits at least what Discord asked.
+    let w = claim_all(svc).await.pop().expect("due");
+    let retry_at = svc
+        .warning_failed(&w, Some(std::time::Duration::from_secs(120)))
+        .await
+        .unwrap();
+    assert!(retry_at - db.clock.now() >= TimeDelta::seconds(120));
+    // Never more than 10 minutes apart.
+    let mut w = w;
+    w.due.failures = 40;
+    let retry_at = svc.warning_failed(&w, None).await.unwrap();
+    assert!(retry_at - db.clock.now() <= TimeDelta::minutes(10));
+}
+
+async fn rotating_an_expired_key_leaves_it_expired(db: &TestDb) {
+    let svc = &db.service;
+    let (app, _) = key_lasting(db, "Too Late Setup", 2).await;
+    let _ = app;
+    let (app, key) = active_app(db, "Too Late").await;
+    let old = current(db, &app, CredentialKind::Key).await;
+    db.clock.advance(TimeDelta::days(3));
+    let r = svc
+        .rotate(Some(GUILD), &old.id, Grace::Week, manager())
+        .await
+        .unwrap();
+    assert_eq!(verify(svc, key.expose()).await, VerifyCode::Expired);
+    assert_eq!(verify(svc, &exposed(&r.new)).await, VerifyCode::Valid);
+}
+
 // ---- end to end: the real bot against the fake Discord ------------------------------------
 
 use keygate::domain::ids::{ChannelId, UserId};
@@ -491,6 +644,12 @@ end_to_end_on_both_stores!(
     fifty_concurrent_confirm_presses_make_one_key,
     revoke_asks_for_the_name_then_stops_every_credential,
     expiry_warnings_reach_the_owner_once_with_rotate_now,
+    an_unreachable_owner_stops_a_rotation_before_anything_changes,
+    an_owner_gets_a_credential_that_never_reached_them_issued_again,
+    a_key_generated_at_minute_14_does_not_keep_the_secret_past_15,
+    a_crash_between_issuing_and_showing_the_secret_is_recovered,
+    a_revoked_app_gets_no_late_delivery,
+    a_database_from_before_the_lifecycle_migrates_straight,
 );
 
 const AUDIT: u64 = 4_000_000_000_000_009;
@@ -670,6 +829,16 @@ async fn fifty_concurrent_confirm_presses_make_one_key(backend: Backend) {
     let keys = tx.credentials_of(&app, CredentialKind::Key).await.unwrap();
     tx.rollback().await.unwrap();
     assert_eq!(keys.len(), 2, "exactly one new key");
+    let mut tx = h.db.store.read().await.unwrap();
+    let events = tx.audit_events(GUILD, Some(&app), 100).await.unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.kind == AuditKind::KeyRotated)
+            .count(),
+        1
+    );
     assert_eq!(
         dms_with(&h.fake, user, "follows…").len(),
         0,
@@ -804,14 +973,13 @@ async fn expiry_warnings_reach_the_owner_once_with_rotate_now(backend: Backend) 
         .press_button_in_dm(&alice(), &warning, &component(&warning, "rotatenow"))
         .await;
     let r = h.fake.response(&i).await;
-    assert_eq!(r["type"], 4, "{r:#}");
-    assert!(
-        r["data"]["content"]
-            .as_str()
-            .unwrap()
-            .contains("Rotate the **API key**"),
-        "{r:#}"
-    );
+    assert_eq!(r["type"], 5, "acknowledged first: {r:#}");
+    h.fake
+        .wait_until("the rotation confirmation", |f| {
+            f.message_of(&i)
+                .is_some_and(|m| text(&m).contains("Rotate the **API key**"))
+        })
+        .await;
 
     // A restart neither loses nor repeats a stage.
     h.restart().await;
@@ -838,9 +1006,8 @@ async fn expiry_warnings_reach_the_owner_once_with_rotate_now(backend: Backend) 
     h.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unreachable_owner_stops_a_rotation_before_anything_changes() {
-    let h = Harness::start().await;
+async fn an_unreachable_owner_stops_a_rotation_before_anything_changes(backend: Backend) {
+    let h = Harness::start_with(backend, false).await;
     let (app, _) = app_with_key(&h, "Closed").await;
     h.fake.close_dms_of(alice().id);
     let confirmation = rotate_command(&h, &bob(), &app, "7d").await;
@@ -875,11 +1042,12 @@ async fn an_unreachable_owner_stops_a_rotation_before_anything_changes() {
     h.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_owner_gets_a_credential_that_never_reached_them_issued_again() {
-    let h = Harness::start().await;
-    // Issued through the service and never shown: as after a lost DM.
+async fn an_owner_gets_a_credential_that_never_reached_them_issued_again(backend: Backend) {
+    let h = Harness::start_with(backend, false).await;
+    // Issued through the service and never shown: as after a lost DM, once
+    // no delivery of it can still be under way.
     let (app, lost_key) = app_with_key(&h, "Never Shown").await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let i = h
         .fake
         .slash_command(
@@ -925,9 +1093,8 @@ async fn an_owner_gets_a_credential_that_never_reached_them_issued_again() {
     h.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_key_generated_at_minute_14_does_not_keep_the_secret_past_15() {
-    let h = Harness::start_with(Backend::Sqlite, true).await;
+async fn a_key_generated_at_minute_14_does_not_keep_the_secret_past_15(backend: Backend) {
+    let h = Harness::start_with(backend, true).await;
     let review = to_review(&h.fake, &alice(), "Minute Fourteen").await;
     let (dm, _, secret) = submit_and_get_dm(&h, &alice(), &review).await;
     h.db.clock.advance(TimeDelta::minutes(14));
@@ -955,9 +1122,8 @@ async fn a_key_generated_at_minute_14_does_not_keep_the_secret_past_15() {
     h.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crash_between_issuing_and_showing_the_secret_is_recovered() {
-    let mut h = with_audit_channel(Backend::Sqlite, false).await;
+async fn a_crash_between_issuing_and_showing_the_secret_is_recovered(backend: Backend) {
+    let mut h = with_audit_channel(backend, false).await;
     let approvals = 4_000_000_000_000_008;
     h.fake.add_channel(approvals, "approvals");
     let settings = GuildSettings {
@@ -1031,4 +1197,130 @@ async fn a_crash_between_issuing_and_showing_the_secret_is_recovered() {
         VerifyCode::Revoked
     );
     h.close().await;
+}
+
+async fn a_revoked_app_gets_no_late_delivery(backend: Backend) {
+    let h = with_audit_channel(backend, false).await;
+    let approvals = 4_000_000_000_000_008;
+    h.fake.add_channel(approvals, "approvals");
+    let settings = GuildSettings {
+        approvals_required: 1,
+        approvals_channel: Some(ChannelId(approvals)),
+        audit_channel: Some(ChannelId(AUDIT)),
+        ..GuildSettings::defaults(GUILD)
+    };
+    h.service
+        .save_settings(Actor::member(ALICE), &settings)
+        .await
+        .unwrap();
+    // Approved behind the bot's back, so its delivery is left to the worker,
+    // then revoked before the worker gets to it.
+    let app = submit(&h.service, ALICE, "Revoked Early").await.app;
+    h.service
+        .approve(GUILD, &app.id, Actor::approver(BOB))
+        .await
+        .unwrap();
+    support::revoke(&h.service, GUILD, &app.id, manager())
+        .await
+        .unwrap();
+    // Past the stall grace (1 s here) the worker takes the approval, once.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let stalled = h.service.stalled_requests().await.unwrap();
+    assert!(
+        !stalled.undelivered.iter().any(|a| a.id == app.id),
+        "settled, not retried forever"
+    );
+    assert!(
+        h.fake.dm_messages(alice().id).is_empty(),
+        "no note, no credentials for a revoked app"
+    );
+    h.close().await;
+}
+
+/// A database keygate used before rotation existed: an active app, a revoked
+/// one, and a key that expired long ago.
+async fn a_database_from_before_the_lifecycle_migrates_straight(backend: Backend) {
+    let db = TestDb::unmigrated(backend).await;
+    db.migrate_to(3).await;
+    let now = chrono::Utc::now().timestamp_millis();
+    let year = 365 * 86_400_000_i64;
+    let app = |id: &str, name: &str, status: &str| {
+        format!(
+            "INSERT INTO applications (id, guild_id, owner_id, name, name_key, uri, description, \
+             login_user_type, source_app, status, created_at, updated_at) VALUES ('{id}', {}, {}, \
+             '{name}', '{}', 'https://x.example', '', 'guest', 'bot', '{status}', {}, {now})",
+            GUILD.0,
+            ALICE.0,
+            name.to_lowercase(),
+            now - year / 2
+        )
+    };
+    let active = "app_0000000000000000000act";
+    let revoked = "app_0000000000000000000rev";
+    let stale = "app_000000000000000000stal";
+    db.execute_sql(&[
+        &app(active, "Active", "key_issued"),
+        &app(revoked, "Gone", "revoked"),
+        &app(stale, "Stale", "key_issued"),
+        &format!(
+            "INSERT INTO app_secrets (app_id, secret_hash, secret_prefix, created_at, id) VALUES \
+             ('{active}', 'h1', 'kgs_a', {now}, 'sec_a'), ('{revoked}', 'h2', 'kgs_r', {now}, 'sec_r'), \
+             ('{stale}', 'h3', 'kgs_s', {now}, 'sec_s')"
+        ),
+        &format!(
+            "INSERT INTO api_keys (key_hash, app_id, key_prefix, created_at, expires_at, revoked_at, id) VALUES \
+             ('k1', '{active}', 'kg_a', {}, {}, NULL, 'key_a'), \
+             ('k2', '{revoked}', 'kg_r', {now}, {}, {now}, 'key_r'), \
+             ('k3', '{stale}', 'kg_s', {}, {}, NULL, 'key_s')",
+            now - year / 2,
+            now + year / 2,
+            now + year,
+            now - 2 * year,
+            now - year
+        ),
+    ])
+    .await;
+    db.store.migrate().await.unwrap();
+
+    let active = ApplicationId::parse(active).unwrap();
+    let revoked = ApplicationId::parse(revoked).unwrap();
+    let stale = ApplicationId::parse(stale).unwrap();
+    let one = |app: ApplicationId, kind| {
+        let store = db.store.clone();
+        async move {
+            let mut tx = store.read().await.unwrap();
+            let c = tx.credentials_of(&app, kind).await.unwrap().remove(0);
+            tx.rollback().await.unwrap();
+            c
+        }
+    };
+    let secret = one(active.clone(), CredentialKind::Secret).await;
+    assert!(
+        secret.is_current() && secret.shown_at.is_some(),
+        "{secret:?}"
+    );
+    let key = one(active.clone(), CredentialKind::Key).await;
+    assert!(
+        key.shown_at.is_some(),
+        "delivered the old way: never issued again"
+    );
+    assert_eq!(
+        db.service.record_expiries().await.unwrap(),
+        0,
+        "a key that expired before the migration gets no expiry event now"
+    );
+    let gone = one(revoked.clone(), CredentialKind::Secret).await;
+    assert!(
+        gone.revoked_at.is_some(),
+        "a revoked app's Secret is revoked"
+    );
+    let _ = one(stale, CredentialKind::Key).await;
+    // The active key's warnings are scheduled from its expiry.
+    db.clock.set(key.expires_at.unwrap() - TimeDelta::days(30));
+    let due = claim_all(&db.service).await;
+    assert_eq!(due.iter().map(|w| w.days).collect::<Vec<_>>(), vec![30]);
+    // A revoked app's name is free.
+    let again = submit(&db.service, ALICE, "Gone").await;
+    assert_ne!(again.app.id, revoked);
+    db.close().await;
 }

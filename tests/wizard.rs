@@ -398,11 +398,13 @@ async fn closed_dms_fall_back_to_an_ephemeral_reply() {
         .fake
         .press_button(&alice(), &review, &component(&review, "submit"))
         .await;
-    let done = shown(&h.fake, &i, 7).await;
-    assert!(
-        done["content"].as_str().unwrap().contains("DMs are closed"),
-        "{done:#}"
-    );
+    shown(&h.fake, &i, 7).await;
+    h.fake
+        .wait_until("the wizard says the DMs are closed", |f| {
+            f.message_of(&i)
+                .is_some_and(|m| text(&m).contains("DMs are closed"))
+        })
+        .await;
     let private = h.fake.followups(&i, 1).await.remove(0);
     assert_eq!(private["flags"].as_u64().unwrap() & EPHEMERAL, EPHEMERAL);
     let secret = token(private["content"].as_str().unwrap(), "kgs_").expect("the secret");

@@ -10,10 +10,13 @@ ALTER TABLE api_keys ADD COLUMN rotated_by BIGINT;
 ALTER TABLE api_keys ADD COLUMN grace_ends_at BIGINT;
 ALTER TABLE api_keys ADD COLUMN shown_at BIGINT;
 -- The next expiry warning (30, 7 or 1 days before), the stage last sent, the
--- lease of the process sending one, and when the expiry itself was recorded.
+-- lease of the process sending one (or, after a failure, the earliest next
+-- try), the failures so far (for backoff), and when the expiry itself was
+-- recorded.
 ALTER TABLE api_keys ADD COLUMN next_warning_at BIGINT;
 ALTER TABLE api_keys ADD COLUMN warned_days BIGINT;
 ALTER TABLE api_keys ADD COLUMN warning_lease_until BIGINT;
+ALTER TABLE api_keys ADD COLUMN warning_failures BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE api_keys ADD COLUMN expiry_recorded_at BIGINT;
 UPDATE api_keys SET shown_at = created_at;
 -- 30, 7 and 1 days in milliseconds.
@@ -23,10 +26,13 @@ UPDATE api_keys SET next_warning_at = CASE
     WHEN created_at < expires_at - 86400000 THEN expires_at - 86400000
     END
     WHERE revoked_at IS NULL;
+-- Keys that stopped working before this migration need no expiry event now.
+UPDATE api_keys SET expiry_recorded_at = expires_at WHERE expires_at <= CAST(strftime('%s', 'now') AS BIGINT) * 1000;
 -- At most one current key per application: of concurrent rotations one wins.
 CREATE UNIQUE INDEX api_keys_current ON api_keys (app_id) WHERE replaced_by IS NULL AND revoked_at IS NULL;
 CREATE INDEX api_keys_warning ON api_keys (next_warning_at) WHERE next_warning_at IS NOT NULL;
-CREATE INDEX api_keys_unrecorded_expiry ON api_keys (expires_at) WHERE expiry_recorded_at IS NULL AND revoked_at IS NULL;
+CREATE INDEX api_keys_unrecorded_expiry ON api_keys ((COALESCE(grace_ends_at, expires_at)))
+    WHERE expiry_recorded_at IS NULL AND revoked_at IS NULL;
 
 -- Secrets rotate too: several per application, one of them current.
 CREATE TABLE app_secrets_v4 (
@@ -43,6 +49,9 @@ CREATE TABLE app_secrets_v4 (
 );
 INSERT INTO app_secrets_v4 (id, app_id, secret_hash, secret_prefix, created_at, shown_at)
     SELECT id, app_id, secret_hash, secret_prefix, created_at, created_at FROM app_secrets;
+-- Revoking an application used to revoke its keys only.
+UPDATE app_secrets_v4 SET revoked_at = (SELECT a.updated_at FROM applications a WHERE a.id = app_secrets_v4.app_id)
+    WHERE app_id IN (SELECT id FROM applications WHERE status = 'revoked');
 DROP TABLE app_secrets;
 ALTER TABLE app_secrets_v4 RENAME TO app_secrets;
 CREATE UNIQUE INDEX app_secrets_current ON app_secrets (app_id) WHERE replaced_by IS NULL AND revoked_at IS NULL;

@@ -9,7 +9,7 @@ use super::reply::{
 };
 use super::wizard::code;
 use super::{Bot, is_manager};
-use crate::domain::application::Application;
+use crate::domain::application::{AppStatus, Application};
 use crate::domain::approval::{ApprovalRequest, DENY_REASON_MAX_CHARS, RequestStatus};
 use crate::domain::credentials::ApplicationId;
 use crate::domain::ids::{ChannelId, GuildId, MessageId, UserId};
@@ -214,6 +214,11 @@ async fn deliver_after_approval(
     service: &Service,
     app: &Application,
 ) -> anyhow::Result<()> {
+    // Revoked (or otherwise ended) since its approval: nothing to deliver.
+    if !matches!(app.status, AppStatus::Approved | AppStatus::KeyIssued) {
+        service.approval_delivered(&app.id).await?;
+        return Ok(());
+    }
     let request = service.approval_request(&app.id).await?;
     let opened = async {
         let dm = serenity::UserId::new(app.owner_id.0)
@@ -247,6 +252,12 @@ async fn deliver_after_approval(
                 // decides, and this note goes.
                 Err(ServiceError::CredentialsBeingDelivered) => {
                     sent.delete(http).await?;
+                    return Ok(());
+                }
+                // Revoked between the check above and now.
+                Err(ServiceError::NotApproved(_)) => {
+                    sent.delete(http).await?;
+                    service.approval_delivered(&app.id).await?;
                     return Ok(());
                 }
                 Err(e) => return Err(e.into()),

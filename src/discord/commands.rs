@@ -249,11 +249,12 @@ pub async fn show(
         .iter()
         .chain(&secrets)
         .filter(|c| {
-            c.is_current() && c.shown_at.is_none() && app.owner_id.0 == ctx.author().id.get()
+            c.is_current() && service.is_lost(c, now) && app.owner_id.0 == ctx.author().id.get()
         })
         .map(|c| {
             serenity::CreateButton::new(
-                CustomId::credential("now", &c.id, super::custom_id::Action::Confirm).to_string(),
+                CustomId::credential("now", &c.id, super::custom_id::Action::IssueAgain)
+                    .to_string(),
             )
             .label(format!("Issue {} again", c.kind.label()))
             .style(serenity::ButtonStyle::Primary)

@@ -49,9 +49,11 @@ pub enum Action {
     RotateNow,
     /// The revoke modal (its submit: the name typed to confirm).
     RevokeName,
+    /// Issue a credential that never reached its owner again.
+    IssueAgain,
 }
 
-const ACTIONS: [(Action, &str); 23] = [
+const ACTIONS: [(Action, &str); 24] = [
     (Action::Details, "details"),
     (Action::Edit, "edit"),
     (Action::Resume, "resume"),
@@ -75,6 +77,7 @@ const ACTIONS: [(Action, &str); 23] = [
     (Action::Confirm, "confirm"),
     (Action::RotateNow, "rotatenow"),
     (Action::RevokeName, "revokename"),
+    (Action::IssueAgain, "reissue"),
 ];
 
 impl Action {

@@ -7,7 +7,7 @@ use super::wizard::code;
 use crate::domain::application::{AppStatus, Application};
 use crate::domain::credentials::ApplicationId;
 use crate::domain::ids::{ChannelId, MessageId, UserId};
-use crate::service::{Actor, IssuedCredentials, NewCredential, Rotated, Service};
+use crate::service::{Actor, IssuedCredentials, NewCredential, Rotated, Service, grace_text};
 use chrono::{DateTime, TimeDelta, Utc};
 use poise::serenity_prelude as serenity;
 use serenity::{
@@ -77,15 +77,11 @@ fn key_text(app: &Application, key: &str, expires_at: DateTime<Utc>, note: &str)
 /// A rotated credential's message: the new one, and what happens to the old.
 pub fn rotated_text(r: &Rotated, note: &str) -> String {
     let app = &r.app;
-    let old = if r.cut_off {
-        format!("The old one (`{}…`) stopped working now.", r.old.prefix)
-    } else {
-        format!(
-            "The old one (`{}…`) keeps working until <t:{}:f>.",
-            r.old.prefix,
-            r.grace_ends_at.timestamp()
-        )
-    };
+    let old = format!(
+        "The old one (`{}…`) {}.",
+        r.old.prefix,
+        grace_text(r.grace_ends_at, r.cut_off)
+    );
     let value = match &r.new {
         NewCredential::Key { key, expires_at } => format!(
             "API key: `{}`\nIt works only for this application and expires on {}.",
@@ -218,6 +214,14 @@ pub async fn deliver(
     let app = &creds.app;
     let name = code(&app.details.name);
     let user = UserId(component.user.id.get());
+    // Answered first: the DM takes several calls.
+    let sending = private(format!(
+        "✅ {name} is registered. Its Application ID and Secret are being **sent to your DMs**; generate the API key there."
+    ))
+    .components(vec![]);
+    component
+        .create_response(&ctx.http, CreateInteractionResponse::UpdateMessage(sending))
+        .await?;
     match open_dm(&ctx.http, user, format!("Credentials for {name} follow…")).await {
         Ok(sent) => {
             let text = credentials_text(app, creds.secret.expose(), &shown_once(creds.dm_lifetime));
@@ -232,23 +236,19 @@ pub async fn deliver(
                 &creds.secret_id,
             )
             .await?;
-            let done = private(format!(
-                "✅ {name} is registered. Its Application ID and Secret were **sent to your DMs**; generate the API key there."
-            ))
-            .components(vec![]);
-            component
-                .create_response(&ctx.http, CreateInteractionResponse::UpdateMessage(done))
-                .await?;
         }
         Err(e) => {
             count_rest_error(&e);
             tracing::warn!(app = %app.id, error = %e, "could not DM the credentials; showing them ephemerally");
-            let done = private(format!(
-                "✅ {name} is registered. Your DMs are closed, so its credentials are below, visible only to you."
-            ))
-            .components(vec![]);
             component
-                .create_response(&ctx.http, CreateInteractionResponse::UpdateMessage(done))
+                .edit_response(
+                    &ctx.http,
+                    serenity::EditInteractionResponse::new()
+                        .content(format!(
+                            "✅ {name} is registered. Your DMs are closed, so its credentials are below, visible only to you."
+                        ))
+                        .allowed_mentions(no_pings()),
+                )
                 .await?;
             let text = credentials_text(app, creds.secret.expose(), EPHEMERAL_NOTE);
             follow_up_privately(
@@ -336,24 +336,6 @@ pub async fn on_component(
                 .service
                 .generate_api_key(app.guild_id, &app_id, actor)
                 .await?;
-            // The credentials message loses its Generate button; its Secret
-            // keeps its own lifetime (the key never extends it).
-            let here = (
-                ChannelId(component.channel_id.get()),
-                MessageId(component.message.id.get()),
-            );
-            let redacted = bot.service.redaction_done(here.0, here.1).await? == Some(true);
-            let rows = if redacted {
-                vec![]
-            } else {
-                finish_only(&app_id)
-            };
-            component
-                .edit_response(
-                    &ctx.http,
-                    serenity::EditInteractionResponse::new().components(rows),
-                )
-                .await?;
             let ephemeral = component
                 .message
                 .flags
@@ -406,6 +388,25 @@ pub async fn on_component(
                     .await?;
                 }
             }
+            // Shown: the credentials message loses its Generate button (kept
+            // until now, so a key that could not be shown can be made again);
+            // its Secret keeps its own lifetime, which the key never extends.
+            let here = (
+                ChannelId(component.channel_id.get()),
+                MessageId(component.message.id.get()),
+            );
+            let redacted = bot.service.redaction_done(here.0, here.1).await? == Some(true);
+            let rows = if redacted {
+                vec![]
+            } else {
+                finish_only(&app_id)
+            };
+            component
+                .edit_response(
+                    &ctx.http,
+                    serenity::EditInteractionResponse::new().components(rows),
+                )
+                .await?;
         }
         Action::Finish => {
             let app = bot.service.finish(app.guild_id, &app_id, actor).await?;

@@ -4,13 +4,13 @@ use super::approvals::is_approver;
 use super::commands::{guild_of, resolve};
 use super::custom_id::{Action, CustomId};
 use super::delivery::{fill_dm, finish_only, follow_up_privately, open_dm, rotated_text};
-use super::reply::{UserError, count_rest_error, no_pings, private, stale};
+use super::reply::{UserError, count_rest_error, no_pings, stale};
 use super::wizard::code;
 use super::{Bot, Context, is_manager};
 use crate::domain::application::Application;
 use crate::domain::ids::{GuildId, UserId};
 use crate::domain::lifecycle::{CredentialKind, Grace};
-use crate::service::{Actor, ClaimedWarning, RotationPlan, Service};
+use crate::service::{Actor, ClaimedWarning, RotationPlan, Service, grace_text};
 use poise::CreateReply;
 use poise::serenity_prelude as serenity;
 use serenity::{
@@ -245,9 +245,11 @@ pub async fn on_revoke_name(
     modal
         .edit_response(
             &ctx.http,
-            EditInteractionResponse::new().content(format!(
-                "⛔ {name} is revoked: its API keys and Secret stopped working."
-            )),
+            EditInteractionResponse::new()
+                .content(format!(
+                    "⛔ {name} is revoked: its API keys and Secret stopped working."
+                ))
+                .allowed_mentions(no_pings()),
         )
         .await?;
     tell_owner(
@@ -270,8 +272,9 @@ async fn tell_owner(http: &Http, app: &Application, text: String) {
     }
 }
 
-/// Confirm (a rotation bound to one credential) and Rotate now (an expiry
-/// warning's button).
+/// Confirm (a rotation bound to one credential), Issue again (a credential
+/// that never reached its owner) and Rotate now (an expiry warning's button,
+/// bound to the warned key).
 pub async fn on_component(
     ctx: &serenity::Context,
     bot: &Bot,
@@ -279,66 +282,101 @@ pub async fn on_component(
     cid: &CustomId,
 ) -> anyhow::Result<()> {
     let guild = component.guild_id.map(|g| GuildId(g.get()));
+    let (grace, credential) = cid.credential_parts().ok_or_else(stale)?;
+    let grace = Grace::parse(grace).ok_or_else(stale)?;
     match cid.action {
-        Action::RotateNow => {
-            let id = cid.app_id().ok_or_else(stale)?;
-            let actor = actor(bot, guild, &component.user, component.member.as_ref()).await?;
-            let app = bot.service.app_by_id(&id).await?;
-            let plan = bot
-                .service
-                .plan_rotation(&app, CredentialKind::Key, Grace::DEFAULT, actor)
-                .await?;
-            let (text, rows) = confirmation(&plan);
-            component
-                .create_response(
-                    &ctx.http,
-                    CreateInteractionResponse::Message(private(text).components(rows)),
-                )
-                .await?;
-            Ok(())
+        Action::RotateNow => rotate_now(ctx, bot, component, guild, credential).await,
+        Action::Confirm | Action::IssueAgain => {
+            deliver_new_credential(ctx, bot, component, cid.action, guild, credential, grace).await
         }
-        Action::Confirm => confirm(ctx, bot, component, cid, guild).await,
         _ => Err(stale().into()),
     }
 }
 
-async fn confirm(
+/// The rotation confirmation for the key an expiry warning named.
+async fn rotate_now(
     ctx: &serenity::Context,
     bot: &Bot,
     component: &ComponentInteraction,
-    cid: &CustomId,
     guild: Option<GuildId>,
+    key: &str,
 ) -> anyhow::Result<()> {
-    // Acknowledged first: a rotation takes several calls.
+    // Acknowledged first (a new message only the member sees), then read.
+    component
+        .create_response(
+            &ctx.http,
+            CreateInteractionResponse::Defer(
+                serenity::CreateInteractionResponseMessage::new().ephemeral(true),
+            ),
+        )
+        .await?;
+    let actor = actor(bot, guild, &component.user, component.member.as_ref()).await?;
+    let (app, _) = bot.service.rotation_target(guild, key, actor).await?;
+    let plan = bot
+        .service
+        .plan_rotation(&app, CredentialKind::Key, Grace::DEFAULT, actor)
+        .await?;
+    let (text, rows) = confirmation(&plan);
+    component
+        .edit_response(
+            &ctx.http,
+            EditInteractionResponse::new()
+                .content(text)
+                .components(rows)
+                .allowed_mentions(no_pings()),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Closed DMs (50007): the user cannot be reached by DM.
+fn dms_closed(e: &serenity::Error) -> bool {
+    discord_code(e) == Some(50007)
+}
+
+fn discord_code(e: &serenity::Error) -> Option<isize> {
+    match e {
+        serenity::Error::Http(serenity::HttpError::UnsuccessfulRequest(r)) => Some(r.error.code),
+        _ => None,
+    }
+}
+
+/// Confirm and Issue again: the new credential goes to the owner, by DM, or
+/// (DMs closed) to an owner who pressed in a message only they see; anyone
+/// else is told before anything changes.
+async fn deliver_new_credential(
+    ctx: &serenity::Context,
+    bot: &Bot,
+    component: &ComponentInteraction,
+    action: Action,
+    guild: Option<GuildId>,
+    credential: &str,
+    grace: Grace,
+) -> anyhow::Result<()> {
+    // Acknowledged first: this takes several calls.
     component
         .create_response(&ctx.http, CreateInteractionResponse::Acknowledge)
         .await?;
-    let (grace, credential) = cid.credential_parts().ok_or_else(stale)?;
-    let grace = Grace::parse(grace).ok_or_else(stale)?;
     let actor = actor(bot, guild, &component.user, component.member.as_ref()).await?;
     let service = &bot.service;
-    let app_of = service.credential_app(credential).await?;
-    // The new credential goes to the owner: reach them before anything changes.
-    let dm = open_dm(
+    // Refused or stale presses are answered before the owner gets anything.
+    let (owner_app, _) = service.rotation_target(guild, credential, actor).await?;
+    let owner = owner_app.owner_id;
+    let dm = match open_dm(
         &ctx.http,
-        app_of.owner_id,
+        owner,
         format!(
             "🔄 A new credential for {} follows…",
-            code(&app_of.details.name)
+            code(&owner_app.details.name)
         ),
     )
-    .await;
-    let dm = match dm {
+    .await
+    {
         Ok(sent) => Some(sent),
-        Err(e) if actor.user_id == app_of.owner_id => {
-            count_rest_error(&e);
-            None
-        }
-        Err(e) => {
-            count_rest_error(&e);
+        Err(e) if dms_closed(&e) && actor.user_id == owner => None,
+        Err(e) if dms_closed(&e) => {
             let text = format!(
-                "Nothing changed: the new credential could not be delivered, because <@{}> (the owner) cannot be reached by DM. Ask them to open their DMs, or to rotate it themselves.",
-                app_of.owner_id
+                "Nothing changed: the new credential could not be delivered, because <@{owner}> (the owner) has closed their DMs. Ask them to open them, or to rotate it themselves."
             );
             component
                 .edit_response(
@@ -351,8 +389,13 @@ async fn confirm(
                 .await?;
             return Ok(());
         }
+        Err(e) => return Err(e.into()),
     };
-    let rotated = match service.rotate(guild, credential, grace, actor).await {
+    let done = match action {
+        Action::IssueAgain => service.issue_again(guild, credential, actor).await,
+        _ => service.rotate(guild, credential, grace, actor).await,
+    };
+    let rotated = match done {
         Ok(r) => r,
         Err(e) => {
             if let Some(sent) = &dm
@@ -360,54 +403,64 @@ async fn confirm(
             {
                 tracing::warn!(error = %delete, "could not delete an unused DM placeholder");
             }
-            component
-                .edit_response(&ctx.http, EditInteractionResponse::new().components(vec![]))
-                .await?;
             return Err(e.into());
         }
     };
     let app = &rotated.app;
     let rows = finish_only(&app.id);
-    let where_to = match dm {
+    let shown = match &dm {
         Some(sent) => {
             let text = rotated_text(&rotated, &super::delivery::shown_once(rotated.dm_lifetime));
             fill_dm(
                 &ctx.http,
                 service,
                 app,
-                app.owner_id,
-                &sent,
+                owner,
+                sent,
                 text,
                 rows,
                 &rotated.new_id,
             )
-            .await?;
-            format!("sent to <@{}> by DM", app.owner_id)
+            .await
         }
         None => {
             let text = rotated_text(&rotated, super::delivery::EPHEMERAL_NOTE);
-            follow_up_privately(&ctx.http, service, component, text, rows, &rotated.new_id).await?;
-            "shown to you below (your DMs are closed)".to_owned()
+            follow_up_privately(&ctx.http, service, component, text, rows, &rotated.new_id).await
         }
     };
-    let old = if rotated.cut_off {
-        "stopped working now".to_owned()
-    } else {
-        format!(
-            "keeps working until <t:{}:f>",
-            rotated.grace_ends_at.timestamp()
-        )
+    let text = match shown {
+        Ok(()) => format!(
+            "✅ {} the {} of {}: the new one was {}; the old `{}…` {}.",
+            if action == Action::IssueAgain {
+                "Issued again"
+            } else {
+                "Rotated"
+            },
+            rotated.new.kind().label(),
+            code(&app.details.name),
+            if dm.is_some() {
+                format!("sent to <@{owner}> by DM")
+            } else {
+                "shown to you below (your DMs are closed)".to_owned()
+            },
+            rotated.old.prefix,
+            grace_text(rotated.grace_ends_at, rotated.cut_off)
+        ),
+        Err(e) => {
+            // Issued but not shown: the owner can have it issued again.
+            tracing::warn!(app = %app.id, error = format!("{e:#}"), "a new credential could not be shown");
+            format!(
+                "⚠️ The {} of {} was replaced, but the new one could not be delivered. <@{owner}> can press **Issue again** in `/app show` in a minute.",
+                rotated.new.kind().label(),
+                code(&app.details.name)
+            )
+        }
     };
     component
         .edit_response(
             &ctx.http,
             EditInteractionResponse::new()
-                .content(format!(
-                    "✅ Rotated the {} of {}: the new one was {where_to}; the old `{}…` {old}.",
-                    rotated.new.kind().label(),
-                    code(&app.details.name),
-                    rotated.old.prefix
-                ))
+                .content(text)
                 .components(vec![])
                 .allowed_mentions(no_pings()),
         )
@@ -415,15 +468,34 @@ async fn confirm(
     Ok(())
 }
 
-/// Discord's "the user cannot be reached": closed DMs (50007) or not a
-/// member any more (10007).
-fn unreachable(e: &serenity::Error) -> bool {
-    matches!(
-        e,
-        serenity::Error::Http(serenity::HttpError::UnsuccessfulRequest(r))
-            if r.error.code == 50007 || r.error.code == 10007
-    )
+/// What a failed warning means for its queue.
+enum WarningFailure {
+    /// The owner cannot get it by DM (closed DMs, left the server), or the bot
+    /// is not in the server any more: it goes to the audit channel.
+    Unreachable,
+    /// Rate limited: the pass stops, and this warning waits at least this long.
+    RateLimited,
+    Other,
 }
+
+fn classify(e: &serenity::Error) -> WarningFailure {
+    match e {
+        serenity::Error::Http(serenity::HttpError::UnsuccessfulRequest(r))
+            if r.status_code.as_u16() == 429 =>
+        {
+            WarningFailure::RateLimited
+        }
+        _ => match discord_code(e) {
+            // 50007 closed DMs, 10007 unknown member, 10004 unknown guild,
+            // 50001 missing access.
+            Some(50007 | 10007 | 10004 | 50001) => WarningFailure::Unreachable,
+            _ => WarningFailure::Other,
+        },
+    }
+}
+
+/// serenity drops a 429's `retry_after` behind `DISCORD_API_URL`: at least this.
+const RATE_LIMIT_WAIT: Duration = Duration::from_secs(5);
 
 async fn send_warning(http: &Http, w: &ClaimedWarning) -> Result<(), serenity::Error> {
     let app = &w.app;
@@ -434,15 +506,18 @@ async fn send_warning(http: &Http, w: &ClaimedWarning) -> Result<(), serenity::E
         .create_dm_channel(http)
         .await?;
     let text = format!(
-        "⏳ The API key `{}…` of {} expires <t:{}:R> (<t:{}:f>). Rotate it before then: the new key comes here, and the old one keeps working for 7 days.",
+        "⏳ The API key `{}…` of {} expires <t:{}:R> (<t:{}:f>). Rotate it before then: the new key comes here, and the old one keeps working for up to {} (never past its expiry).",
         w.due.key.prefix,
         code(&app.details.name),
         w.expires_at.timestamp(),
-        w.expires_at.timestamp()
+        w.expires_at.timestamp(),
+        Grace::DEFAULT.as_str()
     );
-    let button = CreateButton::new(CustomId::app(app.id.as_str(), Action::RotateNow).to_string())
-        .label("Rotate now")
-        .style(ButtonStyle::Primary);
+    let button = CreateButton::new(
+        CustomId::credential(Grace::DEFAULT.as_str(), &w.due.key.id, Action::RotateNow).to_string(),
+    )
+    .label("Rotate now")
+    .style(ButtonStyle::Primary);
     dm.send_message(
         http,
         CreateMessage::new()
@@ -457,18 +532,31 @@ async fn send_warning(http: &Http, w: &ClaimedWarning) -> Result<(), serenity::E
     Ok(())
 }
 
-/// One pass: sends due expiry warnings (each claimed by one process) and
-/// records expiries. It runs from the database, so a restart loses none.
+/// One pass: sends due expiry warnings, each claimed by one process just
+/// before it is sent, and records expiries. It runs from the database, so a
+/// restart loses none; failures back off per key, and a 429 ends the pass.
 pub async fn tick(http: &Http, service: &Service) -> anyhow::Result<()> {
-    for w in service.claim_due_warnings().await? {
+    for due in service.due_warnings().await? {
+        let Some(w) = service.claim_warning(due).await? else {
+            continue;
+        };
         let to_audit = match send_warning(http, &w).await {
             Ok(()) => false,
-            Err(e) if unreachable(&e) => true,
             Err(e) => {
-                // The claim lapses and a later pass tries again.
                 count_rest_error(&e);
-                tracing::warn!(app = %w.app.id, error = %e, "could not send an expiry warning; will retry");
-                continue;
+                match classify(&e) {
+                    WarningFailure::Unreachable => true,
+                    WarningFailure::RateLimited => {
+                        service.warning_failed(&w, Some(RATE_LIMIT_WAIT)).await?;
+                        tracing::warn!(app = %w.app.id, "rate limited sending expiry warnings; backing off");
+                        break;
+                    }
+                    WarningFailure::Other => {
+                        let next = service.warning_failed(&w, None).await?;
+                        tracing::warn!(app = %w.app.id, error = %e, retry_at = %next, "could not send an expiry warning");
+                        continue;
+                    }
+                }
             }
         };
         service.warning_sent(&w, to_audit).await?;

@@ -282,9 +282,7 @@ async fn on_event(
                 (Kind::App, Action::GenerateKey | Action::Finish) => {
                     delivery::on_component(ctx, bot, component, &cid).await
                 }
-                (Kind::App, Action::RotateNow) | (Kind::Credential, _) => {
-                    lifecycle::on_component(ctx, bot, component, &cid).await
-                }
+                (Kind::Credential, _) => lifecycle::on_component(ctx, bot, component, &cid).await,
                 (Kind::App, _) => approvals::on_component(ctx, bot, component, &cid).await,
                 (Kind::History, _) => commands::on_history_page(ctx, bot, component, &cid).await,
             };

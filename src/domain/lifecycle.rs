@@ -21,10 +21,6 @@ impl CredentialKind {
         }
     }
 
-    pub fn parse(value: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| k.as_str() == value)
-    }
-
     pub fn label(self) -> &'static str {
         match self {
             Self::Key => "API key",

@@ -140,7 +140,7 @@ pub(super) async fn issue_secret(
         quoted(&app.details.name)
     );
     record_event(tx, app, None, AuditKind::CredentialsIssued, summary, now).await?;
-    // A verifier may hold "no Secret yet" for this app.
+    // Other processes' verifiers learn of the app's new credential.
     tx.notify_credentials_changed(&app.id).await?;
     Ok((secret, record.id))
 }
@@ -337,8 +337,17 @@ impl Service {
         let app = self.load_app(&mut tx, guild, id).await?;
         let (secret, secret_id) = match tx.current_credential(id, CredentialKind::Secret).await? {
             Some(old) if self.is_lost(&old, now) => {
-                self.replace_lost(&mut tx, &app, &old, now).await?;
-                issue_secret(&mut tx, &app, now).await?
+                let secret = ClientSecret::generate();
+                let record = new_record(
+                    CredentialKind::Secret,
+                    &app.id,
+                    secret.hash(),
+                    secret.display_prefix(),
+                    now,
+                    None,
+                );
+                self.reissue(&mut tx, &app, &old, &record, now).await?;
+                (secret, record.id)
             }
             Some(old) if old.shown_at.is_none() => {
                 return Err(ServiceError::CredentialsBeingDelivered);
@@ -362,32 +371,44 @@ impl Service {
 
     /// A credential issued but never shown, long enough ago that no delivery
     /// of it is still under way: its owner never got it.
-    fn is_lost(&self, c: &StoredCredential, now: DateTime<Utc>) -> bool {
+    pub fn is_lost(&self, c: &StoredCredential, now: DateTime<Utc>) -> bool {
         c.shown_at.is_none() && now - c.created_at >= self.policy.stall_grace
     }
 
-    /// Revokes a credential that never reached its owner, before a new one is
-    /// issued in its place (same transaction).
-    async fn replace_lost(
+    /// Puts `new` in the place of `old`, a credential that never reached its
+    /// owner (same transaction): `old` is revoked, `new` takes its place in a
+    /// rotation too (what `old` replaced keeps its grace, now naming `new`),
+    /// and one audit event says so.
+    pub(super) async fn reissue(
         &self,
         tx: &mut Tx,
         app: &Application,
         old: &StoredCredential,
+        new: &StoredCredential,
         now: DateTime<Utc>,
     ) -> ServiceResult<()> {
+        let taken = || match old.kind {
+            CredentialKind::Key => ServiceError::KeyAlreadyGenerated,
+            CredentialKind::Secret => ServiceError::CredentialsAlreadyIssued,
+        };
         if !tx.revoke_credential(old, now).await? {
-            return Err(match old.kind {
-                CredentialKind::Key => ServiceError::KeyAlreadyGenerated,
-                CredentialKind::Secret => ServiceError::CredentialsAlreadyIssued,
-            });
+            return Err(taken());
         }
+        match insert_credential(tx, new).await {
+            Err(ServiceError::Store(StoreError::Conflict(_))) => return Err(taken()),
+            other => other?,
+        }
+        tx.repoint_replaced(old.kind, &old.id, &new.id).await?;
         let summary = format!(
-            "revoked the {} {}… of {}, which never reached its owner, to issue a new one",
+            "issued a new {} {}… for {} in place of {}…, which never reached its owner (revoked)",
             old.kind.label(),
-            old.prefix,
-            quoted(&app.details.name)
+            new.prefix,
+            quoted(&app.details.name),
+            old.prefix
         );
-        record_event(tx, app, None, AuditKind::CredentialReissued, summary, now).await
+        record_event(tx, app, None, AuditKind::CredentialReissued, summary, now).await?;
+        tx.notify_credentials_changed(&app.id).await?;
+        Ok(())
     }
 
     /// Generates the application's one API key, for its owner. Of any number of
@@ -412,11 +433,9 @@ impl Service {
         {
             return Err(ServiceError::CredentialsNotIssued);
         }
-        if app.status == AppStatus::KeyIssued {
+        let lost = if app.status == AppStatus::KeyIssued {
             match tx.current_credential(id, CredentialKind::Key).await? {
-                Some(old) if self.is_lost(&old, now) => {
-                    self.replace_lost(&mut tx, &app, &old, now).await?;
-                }
+                Some(old) if self.is_lost(&old, now) => Some(old),
                 _ => return Err(ServiceError::KeyAlreadyGenerated),
             }
         } else {
@@ -430,7 +449,8 @@ impl Service {
                 }
                 other => other?,
             }
-        }
+            None
+        };
         let settings = tx.guild_settings(guild).await?;
         let key = ApiKey::generate();
         let record = new_record(
@@ -441,28 +461,33 @@ impl Service {
             now,
             Some(now + settings.key_lifetime),
         );
-        match insert_credential(&mut tx, &record).await {
-            Err(ServiceError::Store(StoreError::Conflict("key"))) => {
-                return Err(ServiceError::KeyAlreadyGenerated);
-            }
-            other => other?,
-        }
         app.key_prefix = Some(record.prefix.clone());
-        let summary = format!(
-            "generated API key {}… for {}",
-            record.prefix,
-            quoted(&app.details.name)
-        );
-        record_event(
-            &mut tx,
-            &app,
-            Some(&actor),
-            AuditKind::KeyGenerated,
-            summary,
-            now,
-        )
-        .await?;
-        tx.notify_credentials_changed(id).await?;
+        match lost {
+            Some(old) => self.reissue(&mut tx, &app, &old, &record, now).await?,
+            None => {
+                match insert_credential(&mut tx, &record).await {
+                    Err(ServiceError::Store(StoreError::Conflict("key"))) => {
+                        return Err(ServiceError::KeyAlreadyGenerated);
+                    }
+                    other => other?,
+                }
+                let summary = format!(
+                    "generated API key {}… for {}",
+                    record.prefix,
+                    quoted(&app.details.name)
+                );
+                record_event(
+                    &mut tx,
+                    &app,
+                    Some(&actor),
+                    AuditKind::KeyGenerated,
+                    summary,
+                    now,
+                )
+                .await?;
+                tx.notify_credentials_changed(id).await?;
+            }
+        }
         tx.commit().await?;
         self.verify.invalidate_app(id);
         Ok(IssuedKey {

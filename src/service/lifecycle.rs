@@ -10,12 +10,21 @@ use crate::domain::lifecycle::{
     CredentialKind, CredentialState, Grace, StoredCredential, due_stage, next_warning,
 };
 use crate::domain::validation::name_key;
-use crate::store::{DueWarning, StoreError};
+use crate::store::{DueWarning, StoreError, Tx};
 use chrono::{DateTime, TimeDelta, Utc};
 
 /// A process sending an expiry warning holds it this long; within Discord's
 /// nonce window, so a retry after a crash cannot post it twice.
 const WARNING_LEASE: TimeDelta = TimeDelta::seconds(60);
+
+/// The wait after `failures` failed tries: 1 s doubling, each with up to a
+/// quarter more at random, never over 10 minutes.
+fn backoff(failures: u32) -> TimeDelta {
+    let cap = TimeDelta::minutes(10);
+    let base = (TimeDelta::seconds(1) * 2_i32.saturating_pow(failures.min(10))).min(cap);
+    let jitter = rand::random_range(0..=base.num_milliseconds() / 4);
+    (base + TimeDelta::milliseconds(jitter)).min(cap)
+}
 
 /// What `/app rotate` would do, shown before the member confirms.
 #[derive(Debug, Clone)]
@@ -94,12 +103,42 @@ impl ClaimedWarning {
     }
 }
 
-/// "until <t:…:f>" or "stops working now", for messages and audit summaries.
-fn grace_text(ends_at: DateTime<Utc>, now: DateTime<Utc>) -> String {
-    if ends_at <= now {
+/// "keeps working until <t:…:f>" or "stopped working now", for messages and
+/// audit summaries.
+pub fn grace_text(ends_at: DateTime<Utc>, cut_off: bool) -> String {
+    if cut_off {
         "stopped working now".to_owned()
     } else {
         format!("keeps working until <t:{}:f>", ends_at.timestamp())
+    }
+}
+
+/// A new credential of `kind` for the app, in clear, and its record (not stored yet).
+fn fresh(
+    kind: CredentialKind,
+    app: &ApplicationId,
+    now: DateTime<Utc>,
+    key_lifetime: TimeDelta,
+) -> (NewCredential, StoredCredential) {
+    match kind {
+        CredentialKind::Key => {
+            let key = ApiKey::generate();
+            let expires_at = now + key_lifetime;
+            let record = new_record(
+                kind,
+                app,
+                key.hash(),
+                key.display_prefix(),
+                now,
+                Some(expires_at),
+            );
+            (NewCredential::Key { key, expires_at }, record)
+        }
+        CredentialKind::Secret => {
+            let secret = ClientSecret::generate();
+            let record = new_record(kind, app, secret.hash(), secret.display_prefix(), now, None);
+            (NewCredential::Secret(secret), record)
+        }
     }
 }
 
@@ -153,6 +192,49 @@ impl Service {
         app.ok_or(ServiceError::AppNotFound)
     }
 
+    /// The credential a button names and its application, after the checks
+    /// a rotation makes (read only): a stale or refused press is answered
+    /// before anything is sent, and `rotate` checks again in its transaction.
+    pub async fn rotation_target(
+        &self,
+        guild: Option<GuildId>,
+        credential_id: &str,
+        actor: Actor,
+    ) -> ServiceResult<(Application, StoredCredential)> {
+        let mut tx = self.store.read().await?;
+        let target = self.load_target(&mut tx, guild, credential_id, actor).await;
+        tx.rollback().await?;
+        target
+    }
+
+    async fn load_target(
+        &self,
+        tx: &mut Tx,
+        guild: Option<GuildId>,
+        credential_id: &str,
+        actor: Actor,
+    ) -> ServiceResult<(Application, StoredCredential)> {
+        let old = tx
+            .credential_by_id(credential_id)
+            .await?
+            .ok_or(ServiceError::AppNotFound)?;
+        let app = tx
+            .app_by_id(&old.app_id)
+            .await?
+            .filter(|a| guild.is_none_or(|g| g == a.guild_id))
+            .ok_or(ServiceError::AppNotFound)?;
+        if !actor.may_manage(&app) {
+            return Err(ServiceError::NotAllowed);
+        }
+        if !matches!(app.status, AppStatus::Approved | AppStatus::KeyIssued) {
+            return Err(ServiceError::NotApproved(app.status));
+        }
+        if !old.is_current() {
+            return Err(ServiceError::AlreadyRotated { by: old.rotated_by });
+        }
+        Ok((app, old))
+    }
+
     /// Replaces the credential `credential_id` with a new one, if it is still
     /// the current one: of any number of concurrent confirmations for the same
     /// credential exactly one rotates; the others learn who did. The old one
@@ -167,48 +249,28 @@ impl Service {
     ) -> ServiceResult<Rotated> {
         let now = self.clock.now();
         let mut tx = self.store.begin().await?;
-        let old = tx
-            .credential_by_id(credential_id)
-            .await?
-            .ok_or(ServiceError::AppNotFound)?;
-        let mut app = tx
-            .app_by_id(&old.app_id)
-            .await?
-            .filter(|a| guild.is_none_or(|g| g == a.guild_id))
-            .ok_or(ServiceError::AppNotFound)?;
-        if !actor.may_manage(&app) {
-            return Err(ServiceError::NotAllowed);
+        let (mut app, old) = self
+            .load_target(&mut tx, guild, credential_id, actor)
+            .await?;
+        // Locks the app's row (PostgreSQL): a revocation waits for this
+        // rotation, or this one sees the app revoked.
+        if !tx.touch_live_app(&app.id, now).await? {
+            return Err(ServiceError::AppNotFound);
         }
-        if !matches!(app.status, AppStatus::Approved | AppStatus::KeyIssued) {
-            return Err(ServiceError::NotApproved(app.status));
-        }
-        if !old.is_current() {
-            return Err(ServiceError::AlreadyRotated { by: old.rotated_by });
-        }
-        let kind = old.kind;
-        let (new, hash, prefix, expires_at) = match kind {
-            CredentialKind::Key => {
-                let key = ApiKey::generate();
-                let expires_at = now + tx.guild_settings(app.guild_id).await?.key_lifetime;
-                let (hash, prefix) = (key.hash(), key.display_prefix());
-                (
-                    NewCredential::Key { key, expires_at },
-                    hash,
-                    prefix,
-                    Some(expires_at),
-                )
-            }
-            CredentialKind::Secret => {
-                let secret = ClientSecret::generate();
-                let (hash, prefix) = (secret.hash(), secret.display_prefix());
-                (NewCredential::Secret(secret), hash, prefix, None)
-            }
-        };
-        let record = new_record(kind, &app.id, hash, prefix, now, expires_at);
-        let ended = tx.end_graces(&app.id, kind, now).await?;
+        let settings = tx.guild_settings(app.guild_id).await?;
+        let (new, record) = fresh(old.kind, &app.id, now, settings.key_lifetime);
+        let ended = tx.end_graces(&app.id, old.kind, now).await?;
         let grace_ends_at = grace.ends_at(now, old.expires_at);
+        let cut_off = grace == Grace::Now;
         if !tx
-            .replace_credential(&old, &record.id, Some(actor.user_id), grace_ends_at, now)
+            .replace_credential(
+                &old,
+                &record.id,
+                Some(actor.user_id),
+                grace_ends_at,
+                cut_off,
+                now,
+            )
             .await?
         {
             // A concurrent confirmation rotated it first; this transaction
@@ -225,29 +287,26 @@ impl Service {
             }
             other => other?,
         }
-        if kind == CredentialKind::Key {
+        if old.kind == CredentialKind::Key {
             app.key_prefix = Some(record.prefix.clone());
-            self.transition(&mut tx, &mut app, Transition::Rotate, now)
-                .await?;
         }
         let mut summary = format!(
             "rotated the {} of {}: new {}…; the old {}… {}",
-            kind.label(),
+            old.kind.label(),
             quoted(&app.details.name),
             record.prefix,
             old.prefix,
-            grace_text(grace_ends_at, now)
+            grace_text(grace_ends_at, cut_off)
         );
         for e in &ended {
             summary.push_str(&format!("; the grace of {}… ended early", e.prefix));
         }
-        let event = match kind {
+        let event = match old.kind {
             CredentialKind::Key => AuditKind::KeyRotated,
             CredentialKind::Secret => AuditKind::SecretRotated,
         };
         record_event(&mut tx, &app, Some(&actor), event, summary, now).await?;
         tx.notify_credentials_changed(&app.id).await?;
-        let dm_lifetime = tx.guild_settings(app.guild_id).await?.dm_lifetime;
         tx.commit().await?;
         self.verify.invalidate_app(&app.id);
         Ok(Rotated {
@@ -255,10 +314,50 @@ impl Service {
             new,
             new_id: record.id,
             old,
-            cut_off: grace_ends_at <= now,
+            cut_off,
             grace_ends_at,
             ended,
-            dm_lifetime,
+            dm_lifetime: settings.dm_lifetime,
+        })
+    }
+
+    /// Issues the credential `credential_id` again, for its owner, when it
+    /// never reached them: the lost one is revoked, and the new one takes its
+    /// place (an earlier one in its grace keeps it).
+    pub async fn issue_again(
+        &self,
+        guild: Option<GuildId>,
+        credential_id: &str,
+        actor: Actor,
+    ) -> ServiceResult<Rotated> {
+        let now = self.clock.now();
+        let mut tx = self.store.begin().await?;
+        let (app, old) = self
+            .load_target(&mut tx, guild, credential_id, actor)
+            .await?;
+        if app.owner_id != actor.user_id {
+            return Err(ServiceError::NotOwner);
+        }
+        if old.shown_at.is_some() {
+            return Err(ServiceError::AlreadyShown);
+        }
+        if !self.is_lost(&old, now) {
+            return Err(ServiceError::CredentialsBeingDelivered);
+        }
+        let settings = tx.guild_settings(app.guild_id).await?;
+        let (new, record) = fresh(old.kind, &app.id, now, settings.key_lifetime);
+        self.reissue(&mut tx, &app, &old, &record, now).await?;
+        tx.commit().await?;
+        self.verify.invalidate_app(&app.id);
+        Ok(Rotated {
+            app,
+            new,
+            new_id: record.id,
+            old,
+            cut_off: true,
+            grace_ends_at: now,
+            ended: Vec::new(),
+            dm_lifetime: settings.dm_lifetime,
         })
     }
 
@@ -312,38 +411,58 @@ impl Service {
         Ok(())
     }
 
-    /// Claims the expiry warnings due now, each for `WARNING_LEASE`: another
-    /// process skips them until sent or the lease lapses.
-    pub async fn claim_due_warnings(&self) -> ServiceResult<Vec<ClaimedWarning>> {
-        let now = self.clock.now();
+    /// Expiry warnings due now and not held by a process (read only).
+    pub async fn due_warnings(&self) -> ServiceResult<Vec<DueWarning>> {
         let mut tx = self.store.read().await?;
-        let due = tx.due_warnings(now).await?;
+        let due = tx.due_warnings(self.clock.now()).await?;
         tx.rollback().await?;
-        let mut claimed = Vec::new();
-        for w in due {
-            let Some(expires_at) = w.key.expires_at else {
-                continue;
-            };
-            let Some(days) = due_stage(expires_at, now) else {
-                continue;
-            };
-            let mut tx = self.store.begin().await?;
-            if !tx.claim_warning(&w, now, now + WARNING_LEASE).await? {
-                tx.rollback().await?;
-                continue;
-            }
-            let app = tx.app_by_id(&w.key.app_id).await?;
-            tx.commit().await?;
-            if let Some(app) = app {
-                claimed.push(ClaimedWarning {
-                    app,
-                    due: w,
-                    days,
-                    expires_at,
-                });
-            }
+        Ok(due)
+    }
+
+    /// Claims one due warning for `WARNING_LEASE`, just before it is sent:
+    /// another process skips it until it is sent or the lease lapses. None
+    /// when another process took it first.
+    pub async fn claim_warning(&self, w: DueWarning) -> ServiceResult<Option<ClaimedWarning>> {
+        let now = self.clock.now();
+        let (Some(expires_at), Some(days)) = (
+            w.key.expires_at,
+            w.key.expires_at.and_then(|e| due_stage(e, now)),
+        ) else {
+            return Ok(None);
+        };
+        let mut tx = self.store.begin().await?;
+        if !tx.claim_warning(&w, now, now + WARNING_LEASE).await? {
+            tx.rollback().await?;
+            return Ok(None);
         }
-        Ok(claimed)
+        let app = tx.app_by_id(&w.key.app_id).await?;
+        tx.commit().await?;
+        Ok(app.map(|app| ClaimedWarning {
+            app,
+            due: w,
+            days,
+            expires_at,
+        }))
+    }
+
+    /// Sending failed: the next try waits, doubling from 1 s up to 10 minutes
+    /// (with jitter, so processes spread out), and at least `retry_after`
+    /// when Discord said so (a 429).
+    pub async fn warning_failed(
+        &self,
+        w: &ClaimedWarning,
+        retry_after: Option<std::time::Duration>,
+    ) -> ServiceResult<DateTime<Utc>> {
+        let now = self.clock.now();
+        let mut wait = backoff(w.due.failures);
+        if let Some(r) = retry_after.and_then(|r| TimeDelta::from_std(r).ok()) {
+            wait = wait.max(r);
+        }
+        let retry_at = now + wait;
+        let mut tx = self.store.begin().await?;
+        tx.fail_warning(&w.due, retry_at).await?;
+        tx.commit().await?;
+        Ok(retry_at)
     }
 
     /// The warning went out; `to_audit` when it went to the audit channel

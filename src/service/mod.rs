@@ -13,7 +13,7 @@ mod wizard;
 pub use apps::{ApproveOutcome, IssuedCredentials, IssuedKey, Submitted};
 pub use audit::{AuditPost, HistoryPage};
 pub use clock::Clock;
-pub use lifecycle::{ClaimedWarning, NewCredential, Rotated, RotationPlan};
+pub use lifecycle::{ClaimedWarning, NewCredential, Rotated, RotationPlan, grace_text};
 pub use requests::Stalled;
 pub use settings::SettingsChange;
 pub use verify::{LAST_USED_GRANULARITY, Verdict};
@@ -133,6 +133,8 @@ pub enum ServiceError {
     NoKeyYet,
     #[error("{}", already_rotated(.by))]
     AlreadyRotated { by: Option<UserId> },
+    #[error("it already reached its owner; use /app rotate for a new one")]
+    AlreadyShown,
     #[error("the name you typed is not the application's name; nothing was revoked")]
     NameMismatch,
     #[error("{0}")]

@@ -250,6 +250,25 @@ impl Tx {
         self.load_apps("a.guild_id = $1", guild, None).await
     }
 
+    /// Marks a live (approved or active) application changed, and, on
+    /// PostgreSQL, locks its row until the transaction ends, so a rotation
+    /// and a revocation of one app take turns. False when it is not live.
+    pub async fn touch_live_app(
+        &mut self,
+        id: &ApplicationId,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let n = on_conn!(self, c => sqlx::query(
+            "UPDATE applications SET updated_at = $1 WHERE id = $2 \
+             AND status IN ('approved', 'key_issued')")
+            .bind(to_ms(now))
+            .bind(id.as_str())
+            .execute(&mut *c)
+            .await?
+            .rows_affected());
+        Ok(n == 1)
+    }
+
     /// Moves the application from `from` to `to` only if it is still in `from`;
     /// false if another request moved it first. This guarded write is what
     /// makes concurrent decisions produce exactly one outcome.

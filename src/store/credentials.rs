@@ -7,26 +7,27 @@ use crate::domain::lifecycle::{CredentialKind, StoredCredential};
 use chrono::{DateTime, Utc};
 
 /// The table of a kind and its columns, so one query text serves both kinds.
-struct Table {
-    name: &'static str,
+pub(super) struct Table {
+    pub(super) name: &'static str,
     /// Every column of `CredentialRow`, in the table's own names.
     select: &'static str,
 }
 
-fn table(kind: CredentialKind) -> Table {
+pub(super) fn table(kind: CredentialKind) -> Table {
     match kind {
         CredentialKind::Key => Table {
             name: "api_keys",
             select: "SELECT id, app_id, key_hash AS hash, key_prefix AS prefix, created_at, \
                      expires_at, revoked_at, replaced_by, rotated_by, grace_ends_at, shown_at, \
-                     last_used_at, next_warning_at FROM api_keys",
+                     last_used_at, next_warning_at, warning_failures FROM api_keys",
         },
         CredentialKind::Secret => Table {
             name: "app_secrets",
             select: "SELECT id, app_id, secret_hash AS hash, secret_prefix AS prefix, created_at, \
                      CAST(NULL AS BIGINT) AS expires_at, revoked_at, replaced_by, rotated_by, \
                      grace_ends_at, shown_at, CAST(NULL AS BIGINT) AS last_used_at, \
-                     CAST(NULL AS BIGINT) AS next_warning_at FROM app_secrets",
+                     CAST(NULL AS BIGINT) AS next_warning_at, \
+                     CAST(NULL AS BIGINT) AS warning_failures FROM app_secrets",
         },
     }
 }
@@ -46,6 +47,7 @@ pub(super) struct CredentialRow {
     shown_at: Option<i64>,
     last_used_at: Option<i64>,
     next_warning_at: Option<i64>,
+    warning_failures: Option<i64>,
 }
 
 /// A query parameter of `fetch_credentials`.
@@ -84,6 +86,8 @@ pub struct DueWarning {
     pub key: StoredCredential,
     /// When this warning fell due; claims and completions are guarded on it.
     pub due_at: DateTime<Utc>,
+    /// Failed attempts to send it so far.
+    pub failures: u32,
 }
 
 impl Tx {
@@ -202,8 +206,8 @@ impl Tx {
             .pop())
     }
 
-    /// Marks `old` replaced by `new_id`, working until `grace_ends_at` (revoked
-    /// at once when that is `now`), only if it is still current. False when
+    /// Marks `old` replaced by `new_id`, working until `grace_ends_at`, or
+    /// revoked now when `cut_off`, only if it is still current. False when
     /// another rotation or a revocation got there first.
     pub async fn replace_credential(
         &mut self,
@@ -211,9 +215,10 @@ impl Tx {
         new_id: &str,
         by: Option<UserId>,
         grace_ends_at: DateTime<Utc>,
+        cut_off: bool,
         now: DateTime<Utc>,
     ) -> StoreResult<bool> {
-        let revoked = (grace_ends_at <= now).then_some(to_ms(now));
+        let revoked = cut_off.then_some(to_ms(now));
         let sql = sqlx::AssertSqlSafe(format!(
             "UPDATE {} SET replaced_by = $1, rotated_by = $2, grace_ends_at = $3, revoked_at = $4 \
              WHERE id = $5 AND replaced_by IS NULL AND revoked_at IS NULL",
@@ -229,6 +234,27 @@ impl Tx {
             .await?
             .rows_affected());
         Ok(n == 1)
+    }
+
+    /// Points what `old` replaced at `new` instead: a credential issued again
+    /// in place of a lost one takes over its place in a rotation.
+    pub async fn repoint_replaced(
+        &mut self,
+        kind: CredentialKind,
+        old: &str,
+        new: &str,
+    ) -> StoreResult<()> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "UPDATE {} SET replaced_by = $1 WHERE replaced_by = $2",
+            table(kind).name
+        ));
+        on_conn!(self, c => sqlx::query(sql)
+            .bind(new)
+            .bind(old)
+            .execute(&mut *c)
+            .await?
+            .rows_affected());
+        Ok(())
     }
 
     /// Revokes one credential, only if it is still current.
@@ -266,14 +292,15 @@ impl Tx {
                 &[Bind::Text(app.as_str()), Bind::Int(to_ms(now))],
             )
             .await?;
-        for c in &ending {
+        if !ending.is_empty() {
             let sql = sqlx::AssertSqlSafe(format!(
-                "UPDATE {} SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+                "UPDATE {} SET revoked_at = $1 WHERE app_id = $2 AND replaced_by IS NOT NULL \
+                 AND revoked_at IS NULL AND grace_ends_at > $1",
                 table(kind).name
             ));
             on_conn!(self, conn => sqlx::query(sql)
                 .bind(to_ms(now))
-                .bind(&c.id)
+                .bind(app.as_str())
                 .execute(&mut *conn)
                 .await?
                 .rows_affected());
@@ -339,6 +366,10 @@ impl Tx {
             if let Some(at) = row.next_warning_at {
                 due.push(DueWarning {
                     due_at: from_ms("api_keys", at)?,
+                    failures: row
+                        .warning_failures
+                        .unwrap_or(0)
+                        .clamp(0, i64::from(u32::MAX)) as u32,
                     key: row.into_credential(CredentialKind::Key)?,
                 });
             }
@@ -367,6 +398,25 @@ impl Tx {
         Ok(n == 1)
     }
 
+    /// Sending failed: the next try waits until `retry_at` (backoff), and
+    /// counts one more failure.
+    pub async fn fail_warning(
+        &mut self,
+        w: &DueWarning,
+        retry_at: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let n = on_conn!(self, c => sqlx::query(
+            "UPDATE api_keys SET warning_lease_until = $1, warning_failures = warning_failures + 1 \
+             WHERE id = $2 AND next_warning_at = $3")
+            .bind(to_ms(retry_at))
+            .bind(&w.key.id)
+            .bind(to_ms(w.due_at))
+            .execute(&mut *c)
+            .await?
+            .rows_affected());
+        Ok(n == 1)
+    }
+
     /// The warning was sent (stage `days`); `next` is the one after it.
     pub async fn complete_warning(
         &mut self,
@@ -375,7 +425,8 @@ impl Tx {
         next: Option<DateTime<Utc>>,
     ) -> StoreResult<bool> {
         let n = on_conn!(self, c => sqlx::query(
-            "UPDATE api_keys SET warned_days = $1, next_warning_at = $2, warning_lease_until = NULL \
+            "UPDATE api_keys SET warned_days = $1, next_warning_at = $2, warning_lease_until = NULL, \
+             warning_failures = 0 \
              WHERE id = $3 AND next_warning_at = $4")
             .bind(days)
             .bind(next.map(to_ms))

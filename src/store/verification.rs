@@ -64,13 +64,6 @@ impl CardRow {
     }
 }
 
-fn kind_table(kind: CredentialKind) -> &'static str {
-    match kind {
-        CredentialKind::Key => "api_keys",
-        CredentialKind::Secret => "app_secrets",
-    }
-}
-
 fn grace_view(c: &StoredCredential) -> Option<GraceView> {
     Some(GraceView {
         replaced_by: c.replaced_by.clone()?,
@@ -133,14 +126,15 @@ impl Store {
             CredentialKind::Key => format!(
                 "SELECT k.id, k.key_hash AS hash, k.key_prefix AS prefix, k.created_at, \
                  k.expires_at, k.revoked_at, k.replaced_by, k.rotated_by, k.grace_ends_at, \
-                 k.shown_at, k.last_used_at, k.next_warning_at, {CARD_COLUMNS} \
+                 k.shown_at, k.last_used_at, k.next_warning_at, k.warning_failures, {CARD_COLUMNS} \
                  FROM api_keys k JOIN applications a ON a.id = k.app_id WHERE k.key_hash = $1"
             ),
             CredentialKind::Secret => format!(
                 "SELECT s.id, s.secret_hash AS hash, s.secret_prefix AS prefix, s.created_at, \
                  CAST(NULL AS BIGINT) AS expires_at, s.revoked_at, s.replaced_by, s.rotated_by, \
                  s.grace_ends_at, s.shown_at, CAST(NULL AS BIGINT) AS last_used_at, \
-                 CAST(NULL AS BIGINT) AS next_warning_at, {CARD_COLUMNS} \
+                 CAST(NULL AS BIGINT) AS next_warning_at, CAST(NULL AS BIGINT) AS warning_failures, \
+                 {CARD_COLUMNS} \
                  FROM app_secrets s JOIN applications a ON a.id = s.app_id WHERE s.secret_hash = $1"
             ),
         });
@@ -158,7 +152,7 @@ impl Store {
             return Ok(None);
         }
         let scopes = self.scopes_of(&card.app_id).await?;
-        let card = card.into_card(kind_table(kind), scopes)?;
+        let card = card.into_card(super::credentials::table(kind).name, scopes)?;
         Ok(Some((credential, card)))
     }
 

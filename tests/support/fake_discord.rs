@@ -445,7 +445,6 @@ impl FakeDiscord {
         });
     }
 
-    /// Messages to this user's DM channel get 403 50007, as when they block the bot.
     /// Every later `method` request whose path contains `path_contains` is
     /// recorded and then never answered: a process waiting on it can be killed
     /// mid-call. `unhang` answers later ones again.
@@ -464,6 +463,7 @@ impl FakeDiscord {
         self.lock().dm_channel(user_id)
     }
 
+    /// Messages to this user's DM channel get 403 50007, as when they block the bot.
     pub fn close_dms_of(&self, user_id: u64) {
         self.lock().closed_dms.insert(user_id);
     }

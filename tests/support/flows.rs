@@ -104,11 +104,19 @@ pub async fn submit_and_get_dm(
             .contains("sent to your DMs"),
         "{done:#}"
     );
-    let dm = h
-        .fake
-        .wait_for_dm(user.id, earlier + 1)
-        .await
-        .remove(earlier);
+    let id = user.id;
+    // A placeholder first, filled once its redaction is stored.
+    h.fake
+        .wait_until("the credentials DM", |f| {
+            f.dm_messages(id).get(earlier).is_some_and(|m| {
+                m["content"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("Secret: `kgs_")
+            })
+        })
+        .await;
+    let dm = h.fake.dm_messages(user.id).remove(earlier);
     let content = dm["content"].as_str().unwrap();
     let app_id = token(content, "app_").expect("the Application ID");
     let secret = token(content, "kgs_").expect("the Secret");

@@ -43,14 +43,35 @@ fn postgres_url() -> String {
 
 impl TestDb {
     pub async fn sqlite() -> Self {
+        Self::sqlite_unmigrated().await.migrated().await
+    }
+
+    /// Each test gets its own schema, so tests run in parallel on one database.
+    pub async fn postgres() -> Self {
+        Self::postgres_unmigrated().await.migrated().await
+    }
+
+    /// A fresh store of `backend` with no migration applied yet.
+    pub async fn unmigrated(backend: keygate::store::Backend) -> Self {
+        match backend {
+            keygate::store::Backend::Sqlite => Self::sqlite_unmigrated().await,
+            keygate::store::Backend::Postgres => Self::postgres_unmigrated().await,
+        }
+    }
+
+    async fn migrated(self) -> Self {
+        self.store.migrate().await.expect("migrate");
+        self
+    }
+
+    async fn sqlite_unmigrated() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let options = SqliteConnectOptions::new().filename(dir.path().join("keygate.db"));
         let store = Store::connect_sqlite(options).await.expect("open sqlite");
         Self::ready(store, Cleanup::Sqlite(dir)).await
     }
 
-    /// Each test gets its own schema, so tests run in parallel on one database.
-    pub async fn postgres() -> Self {
+    async fn postgres_unmigrated() -> Self {
         let url = postgres_url();
         let schema = format!(
             "kg_test_{}",
@@ -86,7 +107,6 @@ impl TestDb {
     }
 
     async fn ready(store: Store, cleanup: Cleanup) -> Self {
-        store.migrate().await.expect("migrate");
         let clock = Clock::manual(Utc.with_ymd_and_hms(2026, 11, 26, 12, 0, 0).unwrap());
         let service = Service::new(store.clone(), Arc::new(ScopeCatalog::builtin()))
             .with_clock(clock.clone());
@@ -146,6 +166,35 @@ impl TestDb {
             }
             admin.close().await;
         }
+    }
+
+    /// Runs statements with no parameters, bypassing the store.
+    pub async fn execute_sql(&self, statements: &[&str]) {
+        for sql in statements {
+            let sql = sqlx::AssertSqlSafe(sql.to_string());
+            match &self.store {
+                Store::Sqlite(pool, _) => sqlx::query(sql).execute(pool).await.map(drop),
+                Store::Postgres(pool) => sqlx::query(sql).execute(pool).await.map(drop),
+            }
+            .unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+
+    /// Applies the migrations up to `version` only, as an older keygate would have.
+    pub async fn migrate_to(&self, version: i64) {
+        match &self.store {
+            Store::Sqlite(pool, _) => {
+                sqlx::migrate!("migrations/sqlite")
+                    .run_to(version, pool)
+                    .await
+            }
+            Store::Postgres(pool) => {
+                sqlx::migrate!("migrations/postgres")
+                    .run_to(version, pool)
+                    .await
+            }
+        }
+        .expect("migrate to a version");
     }
 
     /// Runs one statement with one integer parameter, bypassing the store.
