@@ -19,17 +19,28 @@ pub(super) fn guild_of(ctx: &Context<'_>) -> anyhow::Result<GuildId> {
         .ok_or_else(|| UserError("use this command in a server".into()).into())
 }
 
+/// Whether the member may see the guild's applications: its creators and
+/// approvers may (`/app list`'s rule, for every way of naming an app).
+async fn may_view(
+    bot: &Bot,
+    guild: GuildId,
+    member: Option<&serenity::Member>,
+) -> anyhow::Result<bool> {
+    Ok(wizard::can_create(bot, guild, member).await?
+        || approvals::is_approver(bot, guild, member).await?)
+}
+
+fn member_of<'a>(ctx: &'a Context<'_>) -> Option<&'a serenity::Member> {
+    match ctx {
+        poise::Context::Application(actx) => actx.interaction.member.as_deref(),
+        poise::Context::Prefix(_) => None,
+    }
+}
+
 /// The guild's applications are for its creators and approvers to see.
 async fn viewer_guild(ctx: &Context<'_>) -> anyhow::Result<GuildId> {
     let guild = guild_of(ctx)?;
-    let member = match ctx {
-        poise::Context::Application(actx) => actx.interaction.member.as_deref(),
-        poise::Context::Prefix(_) => None,
-    };
-    let bot = ctx.data();
-    if wizard::can_create(bot, guild, member).await?
-        || approvals::is_approver(bot, guild, member).await?
-    {
+    if may_view(ctx.data(), guild, member_of(ctx)).await? {
         Ok(guild)
     } else {
         Err(UserError(
@@ -161,6 +172,15 @@ async fn matching_apps(ctx: Context<'_>, partial: &str) -> Vec<serenity::Autocom
     let Ok(guild) = guild_of(&ctx) else {
         return Vec::new();
     };
+    // A member who may not see the server's applications is offered none.
+    match may_view(ctx.data(), guild, member_of(&ctx)).await {
+        Ok(true) => {}
+        Ok(false) => return Vec::new(),
+        Err(e) => {
+            tracing::warn!(error = %e, "autocomplete failed");
+            return Vec::new();
+        }
+    }
     let partial = partial.to_lowercase();
     match ctx.data().service.list_apps(guild).await {
         Ok(apps) => apps
@@ -374,6 +394,12 @@ pub async fn on_history_page(
         .guild_id
         .ok_or_else(|| UserError("use this in a server".into()))?;
     let guild = GuildId(guild.get());
+    if !may_view(bot, guild, component.member.as_ref()).await? {
+        return Err(UserError(
+            "only application creators and approvers can see this server's applications".into(),
+        )
+        .into());
+    }
     let app = bot.service.app(guild, &id).await?;
     let (embed, rows) = history_message(bot, guild, &app, page).await?;
     let message = serenity::CreateInteractionResponseMessage::new()
@@ -395,9 +421,23 @@ pub async fn withdraw(
     app: String,
 ) -> anyhow::Result<()> {
     let guild = guild_of(&ctx)?;
-    let app = resolve(&ctx, guild, &app).await?;
+    let named = app;
+    let not_found = || {
+        UserError(format!(
+            "no application named {} in this server",
+            code(&named)
+        ))
+    };
+    // Someone else's request reads as no request at all: withdraw tells
+    // nobody which apps exist.
+    let app = resolve(&ctx, guild, &named).await?;
     let user = UserId(ctx.author().id.get());
-    let app = approvals::withdraw(ctx.http(), ctx.data(), guild, &app.id, user).await?;
+    let app = match approvals::withdraw(ctx.http(), ctx.data(), guild, &app.id, user).await {
+        Err(e) if matches!(e.downcast_ref(), Some(ServiceError::NotOwner)) => {
+            return Err(not_found().into());
+        }
+        other => other?,
+    };
     ctx.send(
         CreateReply::default()
             .ephemeral(true)

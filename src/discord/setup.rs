@@ -4,7 +4,7 @@ use super::Context;
 use super::reply::{UserError, no_pings};
 use crate::domain::ids::{ChannelId, GuildId, RoleId, UserId};
 use crate::domain::settings::GuildSettings;
-use crate::service::{Actor, SettingsChange};
+use crate::service::{Actor, Clearable, SettingsChange};
 use poise::CreateReply;
 use poise::serenity_prelude as serenity;
 use serenity::{CreateEmbed, Permissions};
@@ -18,6 +18,30 @@ fn guild_of(ctx: &Context<'_>) -> anyhow::Result<GuildId> {
     ctx.guild_id()
         .map(|g| GuildId(g.get()))
         .ok_or_else(|| UserError("use this command in a server".into()).into())
+}
+
+/// A setting `clear:` can unset.
+#[derive(Debug, Clone, Copy, poise::ChoiceParameter)]
+pub enum ClearChoice {
+    #[name = "audit_channel"]
+    AuditChannel,
+    #[name = "approvals_channel"]
+    ApprovalsChannel,
+    #[name = "approver_role"]
+    ApproverRole,
+    #[name = "creator_role"]
+    CreatorRole,
+}
+
+impl From<ClearChoice> for Clearable {
+    fn from(c: ClearChoice) -> Self {
+        match c {
+            ClearChoice::AuditChannel => Clearable::AuditChannel,
+            ClearChoice::ApprovalsChannel => Clearable::ApprovalsChannel,
+            ClearChoice::ApproverRole => Clearable::ApproverRole,
+            ClearChoice::CreatorRole => Clearable::CreatorRole,
+        }
+    }
 }
 
 /// Configure keygate for this server.
@@ -109,6 +133,7 @@ pub async fn setup(
     #[min = 1]
     #[max = 730]
     key_lifetime_days: Option<i64>,
+    #[description = "A setting to unset (back to its default)"] clear: Option<ClearChoice>,
 ) -> anyhow::Result<()> {
     // Discord hides the command from others by default, but a server can
     // change that: the permission is checked here too.
@@ -137,6 +162,7 @@ pub async fn setup(
         dm_lifetime_minutes,
         request_expiry_hours,
         key_lifetime_days,
+        clear: clear.map(Clearable::from),
     };
     let actor = Actor::member(UserId(ctx.author().id.get()));
     let settings = ctx
@@ -158,6 +184,13 @@ pub async fn setup(
 /// Show keygate's settings for this server.
 #[poise::command(slash_command, guild_only)]
 pub async fn settings(ctx: Context<'_>) -> anyhow::Result<()> {
+    // As for setup: a server can open the command to others.
+    if !is_manager(&ctx) {
+        return Err(UserError(
+            "you need the Manage Server permission to see keygate's settings".into(),
+        )
+        .into());
+    }
     let guild = guild_of(&ctx)?;
     let settings = ctx.data().service.settings(guild).await?;
     ctx.send(

@@ -408,6 +408,7 @@ pub async fn on_component(
             let guild = component
                 .guild_id
                 .ok_or_else(|| UserError("use this in a server".into()))?;
+            require_creator(bot, component).await?;
             let fresh = service
                 .restart_draft(crate::domain::ids::GuildId(guild.get()), user)
                 .await?;
@@ -453,6 +454,8 @@ pub async fn on_component(
             )
         }
         Action::Submit => {
+            // The right to create is judged now, not when the wizard began.
+            require_creator(bot, component).await?;
             let origin = ChannelId(component.channel_id.get());
             let submitted = service.submit_draft(id, user, Some(origin)).await?;
             bot.forget_rejected(id);
@@ -515,6 +518,23 @@ async fn on_submitted(
 }
 
 /// The member behind a guild interaction may create applications.
+/// Refuses a member who may no longer create applications (their role or
+/// the server's creator role changed since the wizard began).
+async fn require_creator(bot: &Bot, component: &ComponentInteraction) -> anyhow::Result<()> {
+    let guild = component
+        .guild_id
+        .map(|g| crate::domain::ids::GuildId(g.get()))
+        .ok_or_else(|| UserError("use this in a server".into()))?;
+    if can_create(bot, guild, component.member.as_ref()).await? {
+        Ok(())
+    } else {
+        Err(UserError(
+            "you may no longer register applications in this server (you need the Manage Server permission or its creator role)".into(),
+        )
+        .into())
+    }
+}
+
 pub async fn can_create(
     bot: &Bot,
     guild: crate::domain::ids::GuildId,

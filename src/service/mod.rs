@@ -15,7 +15,7 @@ pub use audit::{AuditPost, HistoryPage};
 pub use clock::Clock;
 pub use lifecycle::{ClaimedWarning, NewCredential, Rotated, RotationPlan, grace_text};
 pub use requests::Stalled;
-pub use settings::SettingsChange;
+pub use settings::{Clearable, SettingsChange};
 pub use verify::{LAST_USED_GRANULARITY, Verdict};
 pub use wizard::{DraftInput, DraftStart};
 

@@ -6,6 +6,26 @@ use crate::domain::ids::{ChannelId, GuildId, RoleId};
 use crate::domain::settings::GuildSettings;
 use chrono::TimeDelta;
 
+/// A setting `/keygate setup clear:` can unset (back to its default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Clearable {
+    AuditChannel,
+    ApprovalsChannel,
+    ApproverRole,
+    CreatorRole,
+}
+
+impl Clearable {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::AuditChannel => "audit channel",
+            Self::ApprovalsChannel => "approvals channel",
+            Self::ApproverRole => "approver role",
+            Self::CreatorRole => "creator role",
+        }
+    }
+}
+
 /// What one `/keygate setup` call names; everything else stays as it is.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SettingsChange {
@@ -17,6 +37,7 @@ pub struct SettingsChange {
     pub dm_lifetime_minutes: Option<i64>,
     pub request_expiry_hours: Option<i64>,
     pub key_lifetime_days: Option<i64>,
+    pub clear: Option<Clearable>,
 }
 
 fn in_range(name: &str, value: Option<i64>, min: i64, max: i64) -> ServiceResult<Option<i64>> {
@@ -77,6 +98,27 @@ impl Service {
             changed.push(format!(
                 "key lifetime {d} days (for keys issued from now on)"
             ));
+        }
+        if let Some(c) = change.clear {
+            let also_set = match c {
+                Clearable::AuditChannel => change.audit_channel.is_some(),
+                Clearable::ApprovalsChannel => change.approvals_channel.is_some(),
+                Clearable::ApproverRole => change.approver_role.is_some(),
+                Clearable::CreatorRole => change.creator_role.is_some(),
+            };
+            if also_set {
+                return Err(ServiceError::InvalidSetting(format!(
+                    "the {} cannot be set and cleared at once",
+                    c.name()
+                )));
+            }
+            match c {
+                Clearable::AuditChannel => s.audit_channel = None,
+                Clearable::ApprovalsChannel => s.approvals_channel = None,
+                Clearable::ApproverRole => s.approver_role = None,
+                Clearable::CreatorRole => s.creator_role = None,
+            }
+            changed.push(format!("cleared the {}", c.name()));
         }
         if changed.is_empty() {
             return Err(ServiceError::InvalidSetting(
