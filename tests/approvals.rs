@@ -784,3 +784,24 @@ async fn a_failed_post_or_delivery_is_retried_from_the_database() {
     assert!(token(&text(&dm), "kgs_").is_some());
     h.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denying_your_own_request_says_why() {
+    let h = with_approvals(1).await;
+    submit_request(&h.fake, &alice(), "Self Serve").await;
+    let request = request_message(&h.fake);
+    // The requester holds the approver role, but it is their own request.
+    let (kind, refused) = press(
+        &h.fake,
+        &alice().with_roles(&[APPROVER_ROLE]),
+        &request,
+        "deny",
+    )
+    .await;
+    assert_eq!(kind, 4);
+    let said = refused["content"].as_str().unwrap();
+    assert!(said.contains("your own request"), "{said}");
+    assert!(!said.contains("Something went wrong"), "{said}");
+    assert_eq!(refused["flags"].as_u64().unwrap() & EPHEMERAL, EPHEMERAL);
+    h.close().await;
+}

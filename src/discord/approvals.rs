@@ -3,10 +3,9 @@
 
 use super::custom_id::{Action, CustomId};
 use super::delivery;
+use super::error::{BotError, BotResult, stale};
 use super::render::{detail_fields, scope_labels, source_label};
-use super::reply::{
-    FIELD_MAX, UserError, clip, count_rest_error, count_rest_error_in, no_pings, private, stale,
-};
+use super::reply::{FIELD_MAX, clip, count_rest_error, count_rest_error_in, no_pings, private};
 use super::wizard::code;
 use super::{Bot, is_manager};
 use crate::domain::application::{AppStatus, Application};
@@ -30,7 +29,7 @@ pub async fn is_approver(
     bot: &Bot,
     guild: GuildId,
     member: Option<&serenity::Member>,
-) -> anyhow::Result<bool> {
+) -> BotResult<bool> {
     let Some(member) = member else {
         return Ok(false);
     };
@@ -126,7 +125,7 @@ pub async fn post_request(
     let settings = service.settings(app.guild_id).await?;
     let channel = settings
         .approvals_channel
-        .ok_or_else(|| UserError("this server requires approvals but has no approvals channel; ask an admin to run /keygate setup".into()))?;
+        .ok_or_else(|| BotError::User("this server requires approvals but has no approvals channel; ask an admin to run /keygate setup".into()))?;
     let message = CreateMessage::new()
         .embed(request_embed(app, request, service.catalog()))
         .components(decision_buttons(&app.id, request))
@@ -322,14 +321,16 @@ pub async fn on_component(
     bot: &Bot,
     component: &ComponentInteraction,
     cid: &CustomId,
-) -> anyhow::Result<()> {
+) -> BotResult<()> {
     let id = cid.app_id().ok_or_else(stale)?;
     let user = actor_of(&component.user);
     let app = bot.service.app_by_id(&id).await?;
     let guild = app.guild_id;
     // Rights are judged on the member of the interaction's guild: it must be the app's.
     if component.guild_id.map(|g| g.get()) != Some(guild.0) {
-        return Err(UserError("this button belongs to another server".into()).into());
+        return Err(BotError::User(
+            "this button belongs to another server".into(),
+        ));
     }
     match cid.action {
         Action::Approve => {
@@ -343,7 +344,7 @@ pub async fn on_component(
                 .service
                 .approval_request(&id)
                 .await?
-                .ok_or(UserError("no such request".into()))?;
+                .ok_or(BotError::User("no such request".into()))?;
             let update = CreateInteractionResponseMessage::new()
                 .embed(request_embed(&app, &request, bot.service.catalog()))
                 .components(decision_buttons(&id, &request))
@@ -367,7 +368,7 @@ pub async fn on_component(
                 .service
                 .approval_request(&id)
                 .await?
-                .ok_or(UserError("no such request".into()))?;
+                .ok_or(BotError::User("no such request".into()))?;
             // Refuse before asking for a reason that could not be used.
             if request.requester_id == user {
                 return Err(crate::domain::approval::ApprovalError::OwnRequest.into());
@@ -395,14 +396,14 @@ pub async fn on_component(
         }
         Action::Reveal => {
             if app.owner_id != user {
-                return Err(
-                    UserError("only the requester can reveal these credentials".into()).into(),
-                );
+                return Err(BotError::User(
+                    "only the requester can reveal these credentials".into(),
+                ));
             }
             let creds = bot.service.issue_credentials(guild, &id).await?;
             delivery::reveal(ctx, bot, component, &creds).await?;
         }
-        _ => return Err(stale().into()),
+        _ => return Err(stale()),
     }
     Ok(())
 }
@@ -413,11 +414,11 @@ pub async fn on_deny_reason(
     bot: &Bot,
     modal: &ModalInteraction,
     cid: &CustomId,
-) -> anyhow::Result<()> {
+) -> BotResult<()> {
     let id = cid.app_id().ok_or_else(stale)?;
     let app = bot.service.app_by_id(&id).await?;
     if modal.guild_id.map(|g| g.get()) != Some(app.guild_id.0) {
-        return Err(UserError("this form belongs to another server".into()).into());
+        return Err(BotError::User("this form belongs to another server".into()));
     }
     let reason = modal
         .data
@@ -439,7 +440,7 @@ pub async fn on_deny_reason(
         .service
         .approval_request(&id)
         .await?
-        .ok_or(UserError("no such request".into()))?;
+        .ok_or(BotError::User("no such request".into()))?;
     let update = CreateInteractionResponseMessage::new()
         .embed(request_embed(&app, &request, bot.service.catalog()))
         .components(vec![])
@@ -470,7 +471,7 @@ pub async fn withdraw(
     guild: GuildId,
     id: &ApplicationId,
     user: UserId,
-) -> anyhow::Result<Application> {
+) -> BotResult<Application> {
     let app = bot.service.withdraw(guild, id, Actor::member(user)).await?;
     refresh_request_message(http, &bot.service, &app).await?;
     Ok(app)

@@ -1,31 +1,29 @@
 //! Slash commands: `/app create`, `/app list`, `/app show`.
 
 use super::custom_id::CustomId;
+use super::error::{BotError, BotResult, stale};
 use super::render::{credential_line, detail_fields, scope_labels, source_label};
-use super::reply::{FIELD_MAX, UserError, clip, no_pings, stale};
+use super::reply::{FIELD_MAX, clip, no_pings};
 use super::wizard::{self, code};
 use super::{Bot, Context, approvals};
 use crate::domain::application::Application;
 use crate::domain::credentials::{APP_ID_PREFIX, ApplicationId};
 use crate::domain::ids::{GuildId, UserId};
+use crate::domain::lifecycle::StoredCredential;
 use crate::service::{DraftStart, ServiceError};
 use poise::CreateReply;
 use poise::serenity_prelude as serenity;
 use serenity::{CreateEmbed, CreateInteractionResponse};
 
-pub(super) fn guild_of(ctx: &Context<'_>) -> anyhow::Result<GuildId> {
+pub(super) fn guild_of(ctx: &Context<'_>) -> BotResult<GuildId> {
     ctx.guild_id()
         .map(|g| GuildId(g.get()))
-        .ok_or_else(|| UserError("use this command in a server".into()).into())
+        .ok_or_else(|| BotError::User("use this command in a server".into()))
 }
 
 /// Whether the member may see the guild's applications: its creators and
 /// approvers may (`/app list`'s rule, for every way of naming an app).
-async fn may_view(
-    bot: &Bot,
-    guild: GuildId,
-    member: Option<&serenity::Member>,
-) -> anyhow::Result<bool> {
+async fn may_view(bot: &Bot, guild: GuildId, member: Option<&serenity::Member>) -> BotResult<bool> {
     Ok(wizard::can_create(bot, guild, member).await?
         || approvals::is_approver(bot, guild, member).await?)
 }
@@ -38,15 +36,14 @@ fn member_of<'a>(ctx: &'a Context<'_>) -> Option<&'a serenity::Member> {
 }
 
 /// The guild's applications are for its creators and approvers to see.
-async fn viewer_guild(ctx: &Context<'_>) -> anyhow::Result<GuildId> {
+async fn viewer_guild(ctx: &Context<'_>) -> BotResult<GuildId> {
     let guild = guild_of(ctx)?;
     if may_view(ctx.data(), guild, member_of(ctx)).await? {
         Ok(guild)
     } else {
-        Err(UserError(
+        Err(BotError::User(
             "only application creators and approvers can see this server's applications".into(),
-        )
-        .into())
+        ))
     }
 }
 
@@ -65,23 +62,22 @@ async fn viewer_guild(ctx: &Context<'_>) -> anyhow::Result<GuildId> {
     ),
     subcommand_required
 )]
-pub async fn app(_ctx: Context<'_>) -> anyhow::Result<()> {
+pub async fn app(_ctx: Context<'_>) -> BotResult<()> {
     Ok(())
 }
 
 /// Register a new application and get its credentials.
 #[poise::command(slash_command, guild_only)]
-pub async fn create(ctx: Context<'_>) -> anyhow::Result<()> {
+pub async fn create(ctx: Context<'_>) -> BotResult<()> {
     let poise::Context::Application(actx) = ctx else {
-        return Err(UserError("use the slash command".into()).into());
+        return Err(BotError::User("use the slash command".into()));
     };
     let guild = guild_of(&ctx)?;
     let bot = ctx.data();
     if !wizard::can_create(bot, guild, actx.interaction.member.as_deref()).await? {
-        return Err(UserError(
+        return Err(BotError::User(
             "you need the Manage Server permission or this server's creator role to register applications".into(),
-        )
-        .into());
+        ));
     }
     let user = UserId(ctx.author().id.get());
     let response = match bot.service.start_draft(guild, user).await? {
@@ -121,7 +117,7 @@ fn summary_line(app: &Application) -> String {
 
 /// List this server's applications.
 #[poise::command(slash_command, guild_only)]
-pub async fn list(ctx: Context<'_>) -> anyhow::Result<()> {
+pub async fn list(ctx: Context<'_>) -> BotResult<()> {
     let guild = viewer_guild(&ctx).await?;
     let apps = ctx.data().service.list_apps(guild).await?;
     let text = if apps.is_empty() {
@@ -202,16 +198,17 @@ pub(super) async fn resolve(
     ctx: &Context<'_>,
     guild: GuildId,
     app: &str,
-) -> anyhow::Result<Application> {
+) -> BotResult<Application> {
     let service = &ctx.data().service;
     let found = match ApplicationId::parse(app) {
         Ok(id) if app.starts_with(APP_ID_PREFIX) => service.app(guild, &id).await,
         _ => service.app_by_name(guild, app).await,
     };
     match found {
-        Err(ServiceError::AppNotFound) => {
-            Err(UserError(format!("no application named {} in this server", code(app))).into())
-        }
+        Err(ServiceError::AppNotFound) => Err(BotError::User(format!(
+            "no application named {} in this server",
+            code(app)
+        ))),
         other => Ok(other?),
     }
 }
@@ -223,13 +220,14 @@ pub async fn show(
     #[description = "The application"]
     #[autocomplete = "app_choices"]
     app: String,
-) -> anyhow::Result<()> {
+) -> BotResult<()> {
     let guild = viewer_guild(&ctx).await?;
     let service = &ctx.data().service;
     let app = resolve(&ctx, guild, &app).await?;
-    let (keys, secrets) = service.credentials(&app).await?;
+    let (keys, secrets): (Vec<StoredCredential>, Vec<StoredCredential>) =
+        service.credentials(&app).await?;
     let now = service.now();
-    let lines = |list: &[crate::domain::lifecycle::StoredCredential], none: &str| {
+    let lines = |list: &[StoredCredential], none: &str| {
         if list.is_empty() {
             none.to_owned()
         } else {
@@ -303,7 +301,7 @@ async fn history_message(
     guild: GuildId,
     app: &Application,
     page: u32,
-) -> anyhow::Result<(CreateEmbed, Vec<serenity::CreateActionRow>)> {
+) -> BotResult<(CreateEmbed, Vec<serenity::CreateActionRow>)> {
     let history = bot
         .service
         .history(guild, &app.id, page, HISTORY_PAGE)
@@ -366,7 +364,7 @@ pub async fn history(
     #[description = "The application"]
     #[autocomplete = "app_choices"]
     app: String,
-) -> anyhow::Result<()> {
+) -> BotResult<()> {
     let guild = viewer_guild(&ctx).await?;
     let app = resolve(&ctx, guild, &app).await?;
     let (embed, rows) = history_message(ctx.data(), guild, &app, 0).await?;
@@ -387,18 +385,17 @@ pub async fn on_history_page(
     bot: &Bot,
     component: &serenity::ComponentInteraction,
     cid: &CustomId,
-) -> anyhow::Result<()> {
+) -> BotResult<()> {
     let (page, _) = cid.history_page().ok_or_else(stale)?;
     let id = cid.app_id().ok_or_else(stale)?;
     let guild = component
         .guild_id
-        .ok_or_else(|| UserError("use this in a server".into()))?;
+        .ok_or_else(|| BotError::User("use this in a server".into()))?;
     let guild = GuildId(guild.get());
     if !may_view(bot, guild, component.member.as_ref()).await? {
-        return Err(UserError(
+        return Err(BotError::User(
             "only application creators and approvers can see this server's applications".into(),
-        )
-        .into());
+        ));
     }
     let app = bot.service.app(guild, &id).await?;
     let (embed, rows) = history_message(bot, guild, &app, page).await?;
@@ -419,11 +416,11 @@ pub async fn withdraw(
     #[description = "The application"]
     #[autocomplete = "app_choices"]
     app: String,
-) -> anyhow::Result<()> {
+) -> BotResult<()> {
     let guild = guild_of(&ctx)?;
     let named = app;
     let not_found = || {
-        UserError(format!(
+        BotError::User(format!(
             "no application named {} in this server",
             code(&named)
         ))
@@ -432,12 +429,10 @@ pub async fn withdraw(
     // nobody which apps exist.
     let app = resolve(&ctx, guild, &named).await?;
     let user = UserId(ctx.author().id.get());
-    let app = match approvals::withdraw(ctx.http(), ctx.data(), guild, &app.id, user).await {
-        Err(e) if matches!(e.downcast_ref(), Some(ServiceError::NotOwner)) => {
-            return Err(not_found().into());
-        }
-        other => other?,
-    };
+    if app.owner_id != user {
+        return Err(not_found());
+    }
+    let app = approvals::withdraw(ctx.http(), ctx.data(), guild, &app.id, user).await?;
     ctx.send(
         CreateReply::default()
             .ephemeral(true)

@@ -2,7 +2,8 @@
 
 use super::Bot;
 use super::custom_id::{Action, CustomId};
-use super::reply::{count_rest_error, no_pings, private, stale};
+use super::error::{BotResult, stale};
+use super::reply::{count_rest_error, no_pings, private};
 use super::wizard::code;
 use crate::domain::application::{AppStatus, Application};
 use crate::domain::credentials::ApplicationId;
@@ -210,7 +211,7 @@ pub async fn deliver(
     bot: &Bot,
     component: &ComponentInteraction,
     creds: &IssuedCredentials,
-) -> anyhow::Result<()> {
+) -> BotResult<()> {
     let app = &creds.app;
     let name = code(&app.details.name);
     let user = UserId(component.user.id.get());
@@ -294,7 +295,7 @@ pub async fn reveal(
     bot: &Bot,
     component: &ComponentInteraction,
     creds: &IssuedCredentials,
-) -> anyhow::Result<()> {
+) -> BotResult<()> {
     let app = &creds.app;
     let shown = private(credentials_text(app, creds.secret.expose(), EPHEMERAL_NOTE))
         .components(buttons(&app.id, true));
@@ -322,7 +323,7 @@ pub async fn on_component(
     bot: &Bot,
     component: &ComponentInteraction,
     cid: &CustomId,
-) -> anyhow::Result<()> {
+) -> BotResult<()> {
     let app_id = cid.app_id().ok_or_else(stale)?;
     let actor = Actor::member(UserId(component.user.id.get()));
     let app = bot.service.app_by_id(&app_id).await?;
@@ -427,7 +428,7 @@ pub async fn on_component(
                 )
                 .await?;
         }
-        _ => return Err(stale().into()),
+        _ => return Err(stale()),
     }
     Ok(())
 }

@@ -4,7 +4,8 @@ use super::approvals::is_approver;
 use super::commands::{guild_of, resolve};
 use super::custom_id::{Action, CustomId};
 use super::delivery::{fill_dm, finish_only, follow_up_privately, open_dm, rotated_text};
-use super::reply::{UserError, count_rest_error, no_pings, stale};
+use super::error::{BotError, BotResult, stale};
+use super::reply::{count_rest_error, no_pings};
 use super::wizard::code;
 use super::{Bot, Context, is_manager};
 use crate::domain::application::Application;
@@ -65,7 +66,7 @@ async fn actor(
     guild: Option<GuildId>,
     user: &serenity::User,
     member: Option<&serenity::Member>,
-) -> anyhow::Result<Actor> {
+) -> BotResult<Actor> {
     let user_id = UserId(user.id.get());
     let Some(guild) = guild else {
         // In a DM only the owner can be recognised.
@@ -122,11 +123,11 @@ pub async fn rotate(
     app: String,
     #[description = "Which credential (default: key)"] what: Option<What>,
     #[description = "How long the old one keeps working (default: 7d)"] grace: Option<GraceChoice>,
-) -> anyhow::Result<()> {
+) -> BotResult<()> {
     ctx.defer_ephemeral().await?;
     let guild = guild_of(&ctx)?;
     let poise::Context::Application(actx) = ctx else {
-        return Err(UserError("use the slash command".into()).into());
+        return Err(BotError::User("use the slash command".into()));
     };
     let bot = ctx.data();
     let actor = actor(
@@ -182,10 +183,10 @@ pub async fn revoke(
     #[description = "The application"]
     #[autocomplete = "super::commands::app_choices"]
     app: String,
-) -> anyhow::Result<()> {
+) -> BotResult<()> {
     // Answered with a modal, which cannot follow a deferral: reads only before it.
     let poise::Context::Application(actx) = ctx else {
-        return Err(UserError("use the slash command".into()).into());
+        return Err(BotError::User("use the slash command".into()));
     };
     let guild = guild_of(&ctx)?;
     let bot = ctx.data();
@@ -215,7 +216,7 @@ pub async fn on_revoke_name(
     bot: &Bot,
     modal: &ModalInteraction,
     cid: &CustomId,
-) -> anyhow::Result<()> {
+) -> BotResult<()> {
     modal
         .create_response(
             &ctx.http,
@@ -228,7 +229,7 @@ pub async fn on_revoke_name(
     let guild = modal
         .guild_id
         .map(|g| GuildId(g.get()))
-        .ok_or_else(|| UserError("use this in a server".into()))?;
+        .ok_or_else(|| BotError::User("use this in a server".into()))?;
     let typed = modal
         .data
         .components
@@ -280,7 +281,7 @@ pub async fn on_component(
     bot: &Bot,
     component: &ComponentInteraction,
     cid: &CustomId,
-) -> anyhow::Result<()> {
+) -> BotResult<()> {
     let guild = component.guild_id.map(|g| GuildId(g.get()));
     let (grace, credential) = cid.credential_parts().ok_or_else(stale)?;
     let grace = Grace::parse(grace).ok_or_else(stale)?;
@@ -289,7 +290,7 @@ pub async fn on_component(
         Action::Confirm | Action::IssueAgain => {
             deliver_new_credential(ctx, bot, component, cid.action, guild, credential, grace).await
         }
-        _ => Err(stale().into()),
+        _ => Err(stale()),
     }
 }
 
@@ -300,7 +301,7 @@ async fn rotate_now(
     component: &ComponentInteraction,
     guild: Option<GuildId>,
     key: &str,
-) -> anyhow::Result<()> {
+) -> BotResult<()> {
     // Acknowledged first (a new message only the member sees), then read.
     component
         .create_response(
@@ -352,7 +353,7 @@ async fn deliver_new_credential(
     guild: Option<GuildId>,
     credential: &str,
     grace: Grace,
-) -> anyhow::Result<()> {
+) -> BotResult<()> {
     // Acknowledged first: this takes several calls.
     component
         .create_response(&ctx.http, CreateInteractionResponse::Acknowledge)

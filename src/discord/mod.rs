@@ -9,6 +9,7 @@ mod audit_poster;
 mod commands;
 mod custom_id;
 mod delivery;
+mod error;
 mod lifecycle;
 mod render;
 mod reply;
@@ -21,6 +22,7 @@ use crate::runtime::every;
 use crate::service::Service;
 use anyhow::Context as _;
 use custom_id::{CustomId, Kind};
+use error::{BotError, BotResult};
 use poise::serenity_prelude as serenity;
 use secrecy::ExposeSecret;
 use std::collections::HashMap;
@@ -38,7 +40,7 @@ pub struct Bot {
     rejected_forms: Mutex<HashMap<String, AppForm>>,
 }
 
-pub type Context<'a> = poise::Context<'a, Bot, anyhow::Error>;
+pub type Context<'a> = poise::Context<'a, Bot, BotError>;
 
 impl Bot {
     fn new(service: Service) -> Self {
@@ -232,7 +234,7 @@ pub async fn run(config: &Config, service: Service) -> anyhow::Result<()> {
 }
 
 /// Errors from slash commands: the user's shown to them, ours logged with a reference.
-async fn on_error(err: poise::FrameworkError<'_, Bot, anyhow::Error>) {
+async fn on_error(err: poise::FrameworkError<'_, Bot, BotError>) {
     match err {
         poise::FrameworkError::Command { error, ctx, .. } => {
             if let poise::Context::Application(actx) = ctx {
@@ -255,9 +257,9 @@ async fn on_error(err: poise::FrameworkError<'_, Bot, anyhow::Error>) {
 
 /// Buttons, selects and modal submissions: poise leaves them to us.
 async fn on_event(
-    fw: poise::FrameworkContext<'_, Bot, anyhow::Error>,
+    fw: poise::FrameworkContext<'_, Bot, BotError>,
     event: &serenity::FullEvent,
-) -> anyhow::Result<()> {
+) -> BotResult<()> {
     let serenity::FullEvent::InteractionCreate { interaction } = event else {
         return Ok(());
     };

@@ -1,6 +1,6 @@
 //! How the bot answers: no pings, ephemeral messages, and errors users can act on.
 
-use crate::service::ServiceError;
+use super::error::BotError;
 use poise::serenity_prelude as serenity;
 use rand::distr::{Alphanumeric, SampleString};
 use serenity::{
@@ -39,18 +39,6 @@ pub fn clip(text: &str, max: usize) -> String {
     out
 }
 
-/// Something the user did wrong in the Discord layer itself (permissions,
-/// stale components), shown to them as is.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UserError(pub String);
-
-/// A component or form that no longer means anything (built by an older
-/// version, or for something gone).
-pub fn stale() -> UserError {
-    UserError("this button is no longer valid".into())
-}
-
 /// Counts a failed Discord REST call by its HTTP status, for `/metrics`.
 pub fn count_rest_error(err: &serenity::Error) {
     let status = match err {
@@ -73,26 +61,13 @@ pub fn count_rest_error_in(err: &anyhow::Error) {
     }
 }
 
-/// The message a user may see for `err`, if it is theirs to fix.
-pub fn user_message(err: &anyhow::Error) -> Option<String> {
-    if let Some(e) = err.downcast_ref::<ServiceError>() {
-        return e.is_user_error().then(|| e.to_string());
-    }
-    err.downcast_ref::<UserError>().map(|e| e.0.clone())
-}
-
 /// Tells the user what went wrong, ephemerally: their mistake as it is, ours
 /// as a generic message with a reference that points to the full log line.
-pub async fn report(
-    http: &serenity::Http,
-    interaction: InteractionId,
-    token: &str,
-    err: anyhow::Error,
-) {
-    count_rest_error_in(&err);
-    let text = match user_message(&err) {
-        Some(message) => format!("⚠️ {message}"),
-        None => {
+pub async fn report(http: &serenity::Http, interaction: InteractionId, token: &str, err: BotError) {
+    let text = match err {
+        BotError::User(message) => format!("⚠️ {message}"),
+        BotError::Internal(err) => {
+            count_rest_error_in(&err);
             let reference = Alphanumeric.sample_string(&mut rand::rng(), 8);
             tracing::error!(reference, error = format!("{err:#}"), "interaction failed");
             format!(

@@ -1,7 +1,8 @@
 //! `/keygate setup` and `/keygate settings`: a guild's configuration.
 
 use super::Context;
-use super::reply::{UserError, no_pings};
+use super::error::{BotError, BotResult};
+use super::reply::no_pings;
 use crate::domain::ids::{ChannelId, GuildId, RoleId, UserId};
 use crate::domain::settings::GuildSettings;
 use crate::service::{Actor, Clearable, SettingsChange};
@@ -14,10 +15,10 @@ const POSTING: Permissions = Permissions::VIEW_CHANNEL
     .union(Permissions::SEND_MESSAGES)
     .union(Permissions::EMBED_LINKS);
 
-fn guild_of(ctx: &Context<'_>) -> anyhow::Result<GuildId> {
+fn guild_of(ctx: &Context<'_>) -> BotResult<GuildId> {
     ctx.guild_id()
         .map(|g| GuildId(g.get()))
-        .ok_or_else(|| UserError("use this command in a server".into()).into())
+        .ok_or_else(|| BotError::User("use this command in a server".into()))
 }
 
 /// A setting `clear:` can unset.
@@ -52,7 +53,7 @@ impl From<ClearChoice> for Clearable {
     subcommand_required,
     default_member_permissions = "MANAGE_GUILD"
 )]
-pub async fn keygate(_ctx: Context<'_>) -> anyhow::Result<()> {
+pub async fn keygate(_ctx: Context<'_>) -> BotResult<()> {
     Ok(())
 }
 
@@ -62,7 +63,7 @@ async fn bot_permissions(
     ctx: &Context<'_>,
     guild: serenity::GuildId,
     channel: serenity::ChannelId,
-) -> anyhow::Result<Option<Permissions>> {
+) -> BotResult<Option<Permissions>> {
     let http = ctx.http();
     let partial = http.get_guild(guild).await?;
     let serenity::Channel::Guild(channel) = http.get_channel(channel).await? else {
@@ -80,13 +81,14 @@ async fn check_channel(
     guild: serenity::GuildId,
     channel: serenity::ChannelId,
     what: &str,
-) -> anyhow::Result<()> {
+) -> BotResult<()> {
     match bot_permissions(ctx, guild, channel).await? {
-        None => Err(UserError(format!("{what} must be a text channel of this server")).into()),
-        Some(p) if !p.contains(POSTING) => Err(UserError(format!(
+        None => Err(BotError::User(format!(
+            "{what} must be a text channel of this server"
+        ))),
+        Some(p) if !p.contains(POSTING) => Err(BotError::User(format!(
             "I cannot post in <#{channel}> (I need View Channel, Send Messages and Embed Links there), so the {what} was not changed"
-        ))
-        .into()),
+        ))),
         Some(_) => Ok(()),
     }
 }
@@ -134,14 +136,13 @@ pub async fn setup(
     #[max = 730]
     key_lifetime_days: Option<i64>,
     #[description = "A setting to unset (back to its default)"] clear: Option<ClearChoice>,
-) -> anyhow::Result<()> {
+) -> BotResult<()> {
     // Discord hides the command from others by default, but a server can
     // change that: the permission is checked here too.
     if !is_manager(&ctx) {
-        return Err(UserError(
+        return Err(BotError::User(
             "you need the Manage Server permission to change keygate's settings".into(),
-        )
-        .into());
+        ));
     }
     let guild = guild_of(&ctx)?;
     let discord_guild = serenity::GuildId::new(guild.0);
@@ -183,13 +184,12 @@ pub async fn setup(
 
 /// Show keygate's settings for this server.
 #[poise::command(slash_command, guild_only)]
-pub async fn settings(ctx: Context<'_>) -> anyhow::Result<()> {
+pub async fn settings(ctx: Context<'_>) -> BotResult<()> {
     // As for setup: a server can open the command to others.
     if !is_manager(&ctx) {
-        return Err(UserError(
+        return Err(BotError::User(
             "you need the Manage Server permission to see keygate's settings".into(),
-        )
-        .into());
+        ));
     }
     let guild = guild_of(&ctx)?;
     let settings = ctx.data().service.settings(guild).await?;

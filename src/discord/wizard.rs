@@ -1,8 +1,9 @@
 //! The `/app create` wizard on Discord: the modal, the step messages and their components.
 
 use super::custom_id::{Action, CustomId};
+use super::error::{BotError, BotResult, stale};
 use super::render::{detail_fields, scope_labels, source_label};
-use super::reply::{FIELD_MAX, MESSAGE_MAX, UserError, clip, count_rest_error_in, private, stale};
+use super::reply::{FIELD_MAX, MESSAGE_MAX, clip, count_rest_error_in, private};
 use super::{Bot, is_manager};
 use super::{approvals, delivery};
 use crate::domain::application::{LoginUserType, SourceApp};
@@ -354,7 +355,7 @@ pub async fn on_details(
     bot: &Bot,
     modal: &ModalInteraction,
     draft_id: &str,
-) -> anyhow::Result<()> {
+) -> BotResult<()> {
     let user = UserId(modal.user.id.get());
     let form = form_of(modal);
     let response = match bot
@@ -382,7 +383,7 @@ pub async fn on_component(
     bot: &Bot,
     component: &ComponentInteraction,
     cid: &CustomId,
-) -> anyhow::Result<()> {
+) -> BotResult<()> {
     let user = UserId(component.user.id.get());
     let service = &bot.service;
     let id = cid.id.as_str();
@@ -407,7 +408,7 @@ pub async fn on_component(
         Action::Restart => {
             let guild = component
                 .guild_id
-                .ok_or_else(|| UserError("use this in a server".into()))?;
+                .ok_or_else(|| BotError::User("use this in a server".into()))?;
             require_creator(bot, component).await?;
             let fresh = service
                 .restart_draft(crate::domain::ids::GuildId(guild.get()), user)
@@ -420,13 +421,13 @@ pub async fn on_component(
                     values()
                         .first()
                         .and_then(|v| LoginUserType::parse(v))
-                        .ok_or_else(|| UserError("choose a Login User Type".into()))?,
+                        .ok_or_else(|| BotError::User("choose a Login User Type".into()))?,
                 ),
                 Action::SourceApp => DraftInput::SourceApp(
                     values()
                         .first()
                         .and_then(|v| SourceApp::parse(v))
-                        .ok_or_else(|| UserError("choose a Source App".into()))?,
+                        .ok_or_else(|| BotError::User("choose a Source App".into()))?,
                 ),
                 Action::Scopes => DraftInput::Scopes(values()),
                 Action::Next => DraftInput::Next,
@@ -442,7 +443,7 @@ pub async fn on_component(
             let group = service
                 .catalog()
                 .group(&key)
-                .ok_or_else(|| UserError("no such API group".into()))?;
+                .ok_or_else(|| BotError::User("no such API group".into()))?;
             CreateInteractionResponse::Message(apis_message(group))
         }
         Action::Cancel => {
@@ -462,7 +463,7 @@ pub async fn on_component(
             return on_submitted(ctx, bot, component, submitted).await;
         }
         _ => {
-            return Err(stale().into());
+            return Err(stale());
         }
     };
     component.create_response(&ctx.http, response).await?;
@@ -471,11 +472,7 @@ pub async fn on_component(
 
 /// The modal again, pre-filled with the last thing typed: a rejected form is
 /// kept in memory only (rejected input is never written), else the saved one.
-async fn reopen_form(
-    bot: &Bot,
-    id: &str,
-    user: UserId,
-) -> anyhow::Result<CreateInteractionResponse> {
+async fn reopen_form(bot: &Bot, id: &str, user: UserId) -> BotResult<CreateInteractionResponse> {
     let saved = bot.service.draft(id, user).await?;
     let form = bot.rejected(id).unwrap_or(saved.draft.form);
     Ok(CreateInteractionResponse::Modal(modal(id, &form)))
@@ -488,7 +485,7 @@ async fn on_submitted(
     bot: &Bot,
     component: &ComponentInteraction,
     submitted: Submitted,
-) -> anyhow::Result<()> {
+) -> BotResult<()> {
     match (submitted.request, submitted.credentials) {
         (Some(request), _) => {
             let app = submitted.app;
@@ -510,28 +507,27 @@ async fn on_submitted(
             Ok(())
         }
         (None, Some(creds)) => delivery::deliver(ctx, bot, component, &creds).await,
-        (None, None) => Err(anyhow::anyhow!(
+        (None, None) => Err(BotError::Internal(anyhow::anyhow!(
             "submit of {} returned neither a request nor credentials",
             submitted.app.id
-        )),
+        ))),
     }
 }
 
 /// The member behind a guild interaction may create applications.
 /// Refuses a member who may no longer create applications (their role or
 /// the server's creator role changed since the wizard began).
-async fn require_creator(bot: &Bot, component: &ComponentInteraction) -> anyhow::Result<()> {
+async fn require_creator(bot: &Bot, component: &ComponentInteraction) -> BotResult<()> {
     let guild = component
         .guild_id
         .map(|g| crate::domain::ids::GuildId(g.get()))
-        .ok_or_else(|| UserError("use this in a server".into()))?;
+        .ok_or_else(|| BotError::User("use this in a server".into()))?;
     if can_create(bot, guild, component.member.as_ref()).await? {
         Ok(())
     } else {
-        Err(UserError(
+        Err(BotError::User(
             "you may no longer register applications in this server (you need the Manage Server permission or its creator role)".into(),
-        )
-        .into())
+        ))
     }
 }
 
@@ -539,7 +535,7 @@ pub async fn can_create(
     bot: &Bot,
     guild: crate::domain::ids::GuildId,
     member: Option<&serenity::Member>,
-) -> anyhow::Result<bool> {
+) -> BotResult<bool> {
     let Some(member) = member else {
         return Ok(false);
     };
