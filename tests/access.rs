@@ -26,11 +26,13 @@ async fn app_of_alice(h: &Harness, name: &str) -> String {
         .to_string()
 }
 
+/// What the member reads: the reply, or after a deferral (5) its follow-up.
 async fn reply_text(h: &Harness, i: &support::fake_discord::Interaction) -> String {
     let r = h.fake.response(i).await;
-    match h.fake.message_of(i) {
-        Some(m) if r["type"] != 4 => text(&m),
-        _ => r["data"]["content"].as_str().unwrap_or("").to_owned(),
+    match r["type"].as_u64() {
+        Some(4) => r["data"]["content"].as_str().unwrap_or("").to_owned(),
+        Some(5) => text(&h.fake.followups(i, 1).await.remove(0)),
+        _ => h.fake.message_of(i).map(|m| text(&m)).unwrap_or_default(),
     }
 }
 

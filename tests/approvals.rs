@@ -88,7 +88,25 @@ async fn submit_request(fake: &FakeDiscord, user: &TestUser, name: &str) -> Valu
     let i = fake.press_button(user, &m, &component(&m, "next")).await;
     let m = shown(fake, &i, 7).await;
     let i = fake.press_button(user, &m, &component(&m, "submit")).await;
-    shown(fake, &i, 7).await
+    shown(fake, &i, 7).await;
+    // Answered first; the request is posted after, and its link added (or,
+    // when the post fails, the worker posts it later, unlinked).
+    let before = fake.requests().len();
+    fake.wait_until("the request's post is tried", |f| {
+        f.message_of(&i)
+            .is_some_and(|m| text(&m).contains("discord.com/channels/"))
+            || f.requests()[before..]
+                .iter()
+                .any(|r| r.path.contains(&format!("/channels/{APPROVALS}/messages")))
+    })
+    .await;
+    fake.wait_until("the link, if the post went through", |f| {
+        f.channel_messages(APPROVALS).is_empty()
+            || f.message_of(&i)
+                .is_some_and(|m| text(&m).contains("discord.com/channels/"))
+    })
+    .await;
+    fake.message_of(&i).expect("the wizard's message")
 }
 
 /// The newest message in the approvals channel.
@@ -616,14 +634,10 @@ async fn setup_is_for_managers_and_checks_the_channels() {
             vec![("audit_channel", json!(AUDIT.to_string()))],
         )
         .await;
-    let refused = h.fake.response(&i).await;
-    assert!(
-        refused["data"]["content"]
-            .as_str()
-            .unwrap()
-            .contains("cannot post"),
-        "{refused:#}"
-    );
+    // Deferred first (checking the channel takes REST calls), then told.
+    assert_eq!(h.fake.response(&i).await["type"], 5);
+    let refused = h.fake.followups(&i, 1).await.remove(0);
+    assert!(text(&refused).contains("cannot post"), "{refused:#}");
     assert_eq!(
         h.service.settings(GUILD).await.unwrap().audit_channel,
         None,
@@ -648,6 +662,8 @@ async fn setup_is_for_managers_and_checks_the_channels() {
         saved["data"]["flags"].as_u64().unwrap() & EPHEMERAL,
         EPHEMERAL
     );
+    let saved = h.fake.followups(&i, 1).await.remove(0);
+    assert!(text(&saved).contains("Settings saved"), "{saved:#}");
     let s = h.service.settings(GUILD).await.unwrap();
     assert_eq!(
         (s.approvals_required, s.approvals_channel, s.approver_role),

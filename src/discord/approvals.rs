@@ -163,25 +163,27 @@ async fn refresh_request_message(
 }
 
 /// The requester's wizard message after Submit: waiting, with a link and Withdraw.
+/// What the requester sees once they submitted: the request's link once
+/// it is posted (unposted, the worker posts it shortly) and Withdraw.
 pub fn waiting_message(
     app: &Application,
     request: &ApprovalRequest,
     posted: Option<(ChannelId, MessageId)>,
-) -> CreateInteractionResponseMessage {
-    // Unposted (the post failed), the worker posts it shortly: no link yet.
+) -> (String, Vec<CreateActionRow>) {
     let link = posted.map_or_else(String::new, |p| {
         format!(": [the request]({})", message_link(app.guild_id, p))
     });
-    private(format!(
+    let text = format!(
         "📨 {} was submitted and waits for {} approval(s){link}. You will get its credentials by DM once it is approved.",
         code(&app.details.name),
         request.approvals_required,
-    ))
-    .components(vec![CreateActionRow::Buttons(vec![
+    );
+    let rows = vec![CreateActionRow::Buttons(vec![
         CreateButton::new(CustomId::app(app.id.as_str(), Action::Withdraw).to_string())
             .label("Withdraw")
             .style(ButtonStyle::Secondary),
-    ])])
+    ])];
+    (text, rows)
 }
 
 /// Sends a short note to the requester by DM; closed DMs are not an error here.

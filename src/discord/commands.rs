@@ -417,6 +417,8 @@ pub async fn withdraw(
     #[autocomplete = "app_choices"]
     app: String,
 ) -> BotResult<()> {
+    // Answered first: withdrawing edits the request in the approvals channel.
+    ctx.defer_ephemeral().await?;
     let guild = guild_of(&ctx)?;
     let named = app;
     let not_found = || {

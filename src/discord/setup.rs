@@ -57,40 +57,43 @@ pub async fn keygate(_ctx: Context<'_>) -> BotResult<()> {
     Ok(())
 }
 
-/// The permissions the bot has in `channel`, from the guild's roles, the
-/// bot's member and the channel's overwrites.
-async fn bot_permissions(
-    ctx: &Context<'_>,
-    guild: serenity::GuildId,
-    channel: serenity::ChannelId,
-) -> BotResult<Option<Permissions>> {
-    let http = ctx.http();
-    let partial = http.get_guild(guild).await?;
-    let serenity::Channel::Guild(channel) = http.get_channel(channel).await? else {
-        return Ok(None);
-    };
-    if channel.guild_id != guild {
-        return Ok(None);
-    }
-    let me = http.get_member(guild, ctx.framework().bot_id).await?;
-    Ok(Some(partial.user_permissions_in(&channel, &me)))
+/// The guild's roles and the bot's member: what the bot's permissions in
+/// any of its channels are computed from (read once per command).
+struct BotStanding {
+    guild: serenity::PartialGuild,
+    me: serenity::Member,
 }
 
+async fn bot_standing(ctx: &Context<'_>, guild: serenity::GuildId) -> BotResult<BotStanding> {
+    let http = ctx.http();
+    Ok(BotStanding {
+        guild: http.get_guild(guild).await?,
+        me: http.get_member(guild, ctx.framework().bot_id).await?,
+    })
+}
+
+/// Refuses a channel the bot cannot post embeds in, from the guild's roles,
+/// the bot's member and the channel's overwrites.
 async fn check_channel(
     ctx: &Context<'_>,
-    guild: serenity::GuildId,
+    standing: &BotStanding,
     channel: serenity::ChannelId,
     what: &str,
 ) -> BotResult<()> {
-    match bot_permissions(ctx, guild, channel).await? {
-        None => Err(BotError::User(format!(
-            "{what} must be a text channel of this server"
-        ))),
-        Some(p) if !p.contains(POSTING) => Err(BotError::User(format!(
-            "I cannot post in <#{channel}> (I need View Channel, Send Messages and Embed Links there), so the {what} was not changed"
-        ))),
-        Some(_) => Ok(()),
+    let not_here = || BotError::User(format!("{what} must be a text channel of this server"));
+    let serenity::Channel::Guild(found) = ctx.http().get_channel(channel).await? else {
+        return Err(not_here());
+    };
+    if found.guild_id != standing.guild.id {
+        return Err(not_here());
     }
+    let permissions = standing.guild.user_permissions_in(&found, &standing.me);
+    if !permissions.contains(POSTING) {
+        return Err(BotError::User(format!(
+            "I cannot post in <#{channel}> (I need View Channel, Send Messages and Embed Links there), so the {what} was not changed"
+        )));
+    }
+    Ok(())
 }
 
 fn is_manager(ctx: &Context<'_>) -> bool {
@@ -144,14 +147,20 @@ pub async fn setup(
             "you need the Manage Server permission to change keygate's settings".into(),
         ));
     }
+    // Answered first: checking the channels takes REST calls.
+    ctx.defer_ephemeral().await?;
     let guild = guild_of(&ctx)?;
     let discord_guild = serenity::GuildId::new(guild.0);
-    for (channel, what) in [
+    let channels = [
         (audit_channel, "audit channel"),
         (approvals_channel, "approvals channel"),
-    ] {
-        if let Some(c) = channel {
-            check_channel(&ctx, discord_guild, c, what).await?;
+    ];
+    if channels.iter().any(|(c, _)| c.is_some()) {
+        let standing = bot_standing(&ctx, discord_guild).await?;
+        for (channel, what) in channels {
+            if let Some(c) = channel {
+                check_channel(&ctx, &standing, c, what).await?;
+            }
         }
     }
     let change = SettingsChange {

@@ -3,7 +3,7 @@
 use super::custom_id::{Action, CustomId};
 use super::error::{BotError, BotResult, stale};
 use super::render::{detail_fields, scope_labels, source_label};
-use super::reply::{FIELD_MAX, MESSAGE_MAX, clip, count_rest_error_in, private};
+use super::reply::{FIELD_MAX, MESSAGE_MAX, clip, count_rest_error_in, no_pings, private};
 use super::{Bot, is_manager};
 use super::{approvals, delivery};
 use crate::domain::application::{LoginUserType, SourceApp};
@@ -489,21 +489,30 @@ async fn on_submitted(
     match (submitted.request, submitted.credentials) {
         (Some(request), _) => {
             let app = submitted.app;
-            let posted = match approvals::post_request(&ctx.http, &bot.service, &app, &request)
-                .await
-            {
-                Ok(posted) => Some(posted),
+            // Answered first; the post to the approvals channel follows.
+            let (text, rows) = approvals::waiting_message(&app, &request, None);
+            component
+                .create_response(&ctx.http, update(private(text).components(rows)))
+                .await?;
+            match approvals::post_request(&ctx.http, &bot.service, &app, &request).await {
+                Ok(posted) => {
+                    let (text, rows) = approvals::waiting_message(&app, &request, Some(posted));
+                    component
+                        .edit_response(
+                            &ctx.http,
+                            serenity::EditInteractionResponse::new()
+                                .content(text)
+                                .components(rows)
+                                .allowed_mentions(no_pings()),
+                        )
+                        .await?;
+                }
                 // The request is saved; the approvals worker posts it later.
                 Err(e) => {
                     count_rest_error_in(&e);
                     tracing::warn!(app = %app.id, error = format!("{e:#}"), "could not post a request yet");
-                    None
                 }
-            };
-            let waiting = approvals::waiting_message(&app, &request, posted);
-            component
-                .create_response(&ctx.http, update(waiting))
-                .await?;
+            }
             Ok(())
         }
         (None, Some(creds)) => delivery::deliver(ctx, bot, component, &creds).await,

@@ -40,14 +40,24 @@ impl Harness {
     /// The bot on a fresh store of `backend`, its service on the test's
     /// manual clock (`db.clock`) when `manual_clock`.
     pub async fn start_with(backend: Backend, manual_clock: bool) -> Self {
+        // A short grace, so tests see stalled requests retried in seconds.
+        Self::start_with_stall_grace(backend, manual_clock, chrono::TimeDelta::seconds(1)).await
+    }
+
+    /// As `start_with`, with the time a request may stay unposted (or an
+    /// approval undelivered) before the approvals worker takes it over.
+    pub async fn start_with_stall_grace(
+        backend: Backend,
+        manual_clock: bool,
+        stall_grace: chrono::TimeDelta,
+    ) -> Self {
         let fake = FakeDiscord::start().await;
         let db = match backend {
             Backend::Sqlite => TestDb::sqlite().await,
             Backend::Postgres => TestDb::postgres().await,
         };
-        // A short grace, so tests see stalled requests retried in seconds.
         let policy = Policy {
-            stall_grace: chrono::TimeDelta::seconds(1),
+            stall_grace,
             ..Policy::default()
         };
         let clock = if manual_clock {

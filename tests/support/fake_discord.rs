@@ -210,6 +210,9 @@ struct St {
     failures: Vec<Failure>,
     /// `(method, path fragment)` of requests that never get an answer.
     hangs: Vec<(String, String)>,
+    /// Every REST call is answered this late; and, while set, a callback more
+    /// than 3 s after its interaction's dispatch is refused, as Discord does.
+    latency: Option<std::time::Duration>,
     members: HashMap<u64, TestUser>,
     roles: BTreeMap<u64, (String, u64)>,
     /// The guild's text channels.
@@ -281,6 +284,7 @@ impl FakeDiscord {
             closed_dms: HashSet::new(),
             failures: Vec::new(),
             hangs: Vec::new(),
+            latency: None,
             members: HashMap::new(),
             roles,
             channels,
@@ -452,6 +456,12 @@ impl FakeDiscord {
         self.lock()
             .hangs
             .push((method.to_owned(), path_contains.to_owned()));
+    }
+
+    /// Makes every later REST call take `latency` (None: answer at once),
+    /// and enforces Discord's 3-second deadline for interaction callbacks.
+    pub fn set_latency(&self, latency: Option<Duration>) {
+        self.lock().latency = latency;
     }
 
     pub fn unhang(&self) {
@@ -1600,6 +1610,13 @@ impl St {
         if inter.token != token {
             return error(401, 50027, "Invalid Webhook Token");
         }
+        let late = inter
+            .dispatched_at
+            .is_some_and(|t| t.elapsed() > Duration::from_secs(3));
+        if self.latency.is_some() && late {
+            // Discord forgets an interaction not answered within 3 seconds.
+            return error(404, 10062, "Unknown interaction");
+        }
         if inter.callback.is_some() {
             return error(400, 40060, "Interaction has already been acknowledged.");
         }
@@ -1961,6 +1978,10 @@ async fn rest_route(
     let path = uri.path();
     let path = path.strip_prefix("/api/v10").unwrap_or(path).to_owned();
     let query = uri.query().unwrap_or("").to_owned();
+    let latency = fake.lock().latency;
+    if let Some(latency) = latency {
+        tokio::time::sleep(latency).await;
+    }
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
