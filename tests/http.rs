@@ -4,13 +4,12 @@ mod support;
 
 use keygate::domain::catalog::ScopeCatalog;
 use keygate::domain::credentials::{ApiKey, ApplicationId};
-use keygate::http::HttpHandle;
 use keygate::service::{Actor, Service};
 use keygate::store::Store;
 use reqwest::StatusCode;
-use secrecy::SecretString;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
+use support::api::{Api, sample};
 use support::*;
 
 on_both_stores!(
@@ -22,78 +21,10 @@ on_both_stores!(
     readiness_follows_the_database,
     metrics_count_verifications_and_rows,
     gauges_are_counted_at_most_every_few_seconds,
-    errors_are_counted_by_endpoint_and_status,
+    a_rotated_key_and_secret_answer_with_their_grace,
 );
 
 const TOKENS: [&str; 2] = ["first-token-0123456789", "second-token-0123456789"];
-
-/// The API on an ephemeral port over the test database's service.
-struct Api {
-    base: String,
-    client: reqwest::Client,
-    handle: HttpHandle,
-}
-
-impl Api {
-    async fn start(db: &TestDb, tokens: &[&str]) -> Self {
-        Self::over(db.service.clone(), tokens).await
-    }
-
-    async fn over(service: Service, tokens: &[&str]) -> Self {
-        captured_logs("trace");
-        let tokens: Vec<SecretString> = tokens.iter().map(|t| SecretString::from(*t)).collect();
-        let handle = keygate::http::start("127.0.0.1:0".parse().unwrap(), &tokens, service)
-            .await
-            .expect("start the API");
-        Self {
-            base: format!("http://{}", handle.addr()),
-            client: reqwest::Client::new(),
-            handle,
-        }
-    }
-
-    fn post(&self, path: &str) -> reqwest::RequestBuilder {
-        self.client.post(format!("{}{path}", self.base))
-    }
-
-    async fn verify(&self, body: Value) -> (StatusCode, reqwest::header::HeaderMap, Value) {
-        let r = self
-            .post("/v1/keys/verify")
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let (status, headers) = (r.status(), r.headers().clone());
-        (status, headers, r.json().await.unwrap())
-    }
-
-    async fn code(&self, body: Value) -> String {
-        let (status, _, answer) = self.verify(body).await;
-        assert_eq!(status, StatusCode::OK, "{answer}");
-        answer["code"].as_str().unwrap().to_owned()
-    }
-
-    /// A well-formed key nobody issued: a cache miss, so a database read.
-    async fn verify_unknown_key(&self) -> reqwest::Response {
-        self.post("/v1/keys/verify")
-            .json(&json!({ "key": ApiKey::generate().expose() }))
-            .send()
-            .await
-            .unwrap()
-    }
-
-    async fn get(&self, path: &str) -> reqwest::Response {
-        self.client
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .unwrap()
-    }
-
-    async fn stop(self) {
-        self.handle.shutdown().await;
-    }
-}
 
 /// No clear key or Secret in any log line of this binary, at any level.
 fn assert_not_logged(secrets: &[&str]) {
@@ -203,7 +134,11 @@ async fn each_code_over_http_says_nothing_about_other_apps(db: &TestDb) {
     db.clock.advance(chrono::TimeDelta::days(366));
     assert_eq!(api.code(json!({ "key": k })).await, "EXPIRED");
     api.stop().await;
-    assert_not_logged(&[k, other.expose()]);
+    // Nor the near-copies presented: a mistyped key, an over-long one, or a
+    // long piece of the real one.
+    let typo = one_typo(k);
+    let long = format!("kg_{}", "A".repeat(600));
+    assert_not_logged(&[k, other.expose(), &typo, &long, &k[3..30], &typo[3..30]]);
 }
 
 async fn authenticate_takes_json_or_basic(db: &TestDb) {
@@ -492,12 +427,6 @@ async fn metrics_count_verifications_and_rows(db: &TestDb) {
     api.stop().await;
 }
 
-/// A sample's value in a `/metrics` text, if the line is there.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
 /// `/metrics` needs no token, so a flood of scrapes must not become a flood
 /// of COUNT queries: the row counts are read again only once they are
 /// `GAUGES_MAX_AGE` old. An app made right after a scrape shows only then.
@@ -576,80 +505,104 @@ async fn readiness_answers_in_time_when_the_database_is_unreachable() {
     }
 }
 
-/// Every 4xx and 5xx answer of `/v1/*` is counted by endpoint and status.
-/// Counters are shared by the tests of this binary, so each is checked to
-/// have grown by at least what this test sent.
-async fn errors_are_counted_by_endpoint_and_status(db: &TestDb) {
-    let api = Api::start(db, &[]).await;
-    let guarded = Api::start(db, &TOKENS).await;
-    let series = |endpoint: &str, status: u16| {
-        format!(r#"keygate_http_errors_total{{endpoint="{endpoint}",status="{status}"}}"#)
-    };
-    let count = |text: &str, endpoint: &str, status: u16| {
-        sample(text, &series(endpoint, status)).unwrap_or(0.0)
-    };
-    let before = api.get("/metrics").await.text().await.unwrap();
-    let huge = json!({ "key": "x".repeat(5000) });
-    let sent: Vec<(&str, u16, reqwest::RequestBuilder)> = vec![
-        (
-            "verify",
-            400,
-            api.post("/v1/keys/verify")
-                .header("content-type", "application/json")
-                .body("{"),
-        ),
-        ("verify", 413, api.post("/v1/keys/verify").json(&huge)),
-        (
-            "verify",
-            405,
-            api.client.get(format!("{}/v1/keys/verify", api.base)),
-        ),
-        (
-            "authenticate",
-            415,
-            api.post("/v1/apps/authenticate").body("{}"),
-        ),
-        ("other", 404, api.post("/v1/keys/nope").json(&json!({}))),
-        (
-            "verify",
-            401,
-            guarded.post("/v1/keys/verify").json(&json!({ "key": "x" })),
-        ),
-    ];
-    let mut expected: Vec<(&str, u16)> = Vec::new();
-    for (endpoint, status, request) in sent {
-        assert_eq!(request.send().await.unwrap().status().as_u16(), status);
-        expected.push((endpoint, status));
-    }
-    // A verification answered 200 is no error, whatever its code.
-    let (_, key) = active_app(db, "Fine").await;
-    assert_eq!(api.code(json!({ "key": key.expose() })).await, "VALID");
-    db.store.close().await;
-    let failed = api.verify_unknown_key().await;
-    assert_eq!(failed.status(), StatusCode::INTERNAL_SERVER_ERROR);
-    expected.push(("verify", 500));
-
-    let after = api.get("/metrics").await.text().await.unwrap();
-    for (endpoint, status) in expected {
-        let grown = count(&after, endpoint, status) - count(&before, endpoint, status);
-        assert!(
-            grown >= 1.0,
-            "{} did not grow:\n{after}",
-            series(endpoint, status)
-        );
-    }
-    for line in after
-        .lines()
-        .filter(|l| l.starts_with("keygate_http_errors_total{"))
-    {
-        assert!(!line.contains(r#"status="200""#), "{line}");
-        assert!(
-            ["verify", "authenticate", "other"]
-                .iter()
-                .any(|e| line.contains(&format!(r#"endpoint="{e}""#))),
-            "{line}"
-        );
-    }
+/// A request the database keeps waiting is cut off with a JSON 408, like
+/// every other refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_takes_too_long_gets_a_json_408() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let options = sqlx::postgres::PgConnectOptions::new()
+        .host("127.0.0.1")
+        .port(silent.local_addr().unwrap().port())
+        .username("postgres")
+        .database("test");
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(Duration::from_secs(60))
+        .connect_lazy_with(options);
+    let service = Service::new(
+        Store::Postgres(pool),
+        std::sync::Arc::new(ScopeCatalog::builtin()),
+    );
+    let api = Api::over(service, &[]).await;
+    let r = api.verify_unknown_key().await;
+    assert_eq!(r.status(), StatusCode::REQUEST_TIMEOUT);
+    assert_eq!(
+        r.headers()[reqwest::header::CONTENT_TYPE],
+        "application/json"
+    );
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body, json!({ "error": "the request took too long" }));
     api.stop().await;
-    guarded.stop().await;
+}
+
+async fn a_rotated_key_and_secret_answer_with_their_grace(db: &TestDb) {
+    use keygate::domain::lifecycle::{CredentialKind, Grace};
+    let submitted = submit(&db.service, ALICE, "Graceful").await;
+    let app = submitted.app.id.clone();
+    let secret = submitted.credentials.unwrap().secret.expose().to_owned();
+    let key = db
+        .service
+        .generate_api_key(GUILD, &app, Actor::member(ALICE))
+        .await
+        .unwrap()
+        .key;
+    let current = |kind| {
+        let store = db.store.clone();
+        let app = app.clone();
+        async move {
+            let mut tx = store.read().await.unwrap();
+            let c = tx.current_credential(&app, kind).await.unwrap().unwrap();
+            tx.rollback().await.unwrap();
+            c
+        }
+    };
+    let mut ends = Vec::new();
+    let mut new_ids = Vec::new();
+    for kind in [CredentialKind::Key, CredentialKind::Secret] {
+        let old = current(kind).await;
+        let r = db
+            .service
+            .rotate(Some(GUILD), &old.id, Grace::Hour, Actor::manager(BOB))
+            .await
+            .unwrap();
+        ends.push(
+            r.grace_ends_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        );
+        new_ids.push(r.new_id);
+    }
+    let api = Api::start(db, &[]).await;
+    let (status, headers, answer) = api.verify(json!({ "key": key.expose() })).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(answer["code"], "VALID", "{answer}");
+    assert_eq!(
+        answer["key"]["grace"],
+        json!({ "replaced_by": new_ids[0], "ends_at": ends[0] })
+    );
+    assert_eq!(
+        headers[keygate::http::KEY_EXPIRATION.as_str()]
+            .to_str()
+            .unwrap(),
+        ends[0],
+        "it stops working at its grace's end"
+    );
+    let r = api
+        .post("/v1/apps/authenticate")
+        .json(&json!({ "app_id": app.as_str(), "secret": secret }))
+        .send()
+        .await
+        .unwrap();
+    let header = r
+        .headers()
+        .get(keygate::http::KEY_EXPIRATION.as_str())
+        .cloned();
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(answer["code"], "VALID", "{answer}");
+    assert_eq!(
+        answer["key"]["grace"],
+        json!({ "replaced_by": new_ids[1], "ends_at": ends[1] })
+    );
+    assert_eq!(header.unwrap().to_str().unwrap(), ends[1]);
+    db.clock.advance(chrono::TimeDelta::hours(1));
+    assert_eq!(api.code(json!({ "key": key.expose() })).await, "EXPIRED");
+    api.stop().await;
 }

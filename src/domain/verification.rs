@@ -1,7 +1,7 @@
 //! What a presented credential is worth: the verify API's codes and the rule that picks one.
 
 use super::application::{AppStatus, LoginUserType, SourceApp};
-use super::credentials::{ApplicationId, CredentialHash};
+use super::credentials::ApplicationId;
 use super::ids::GuildId;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -87,7 +87,6 @@ pub struct GraceView {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SecretStanding {
     pub secret_id: String,
-    pub hash: CredentialHash,
     pub start: String,
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,

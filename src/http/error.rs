@@ -21,6 +21,8 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("the database is not ready")]
     NotReady,
+    #[error("the request took too long")]
+    Timeout,
     /// Ours: logged in full with a reference; the caller sees only the reference.
     #[error("internal error (reference {0})")]
     Internal(String),
@@ -44,6 +46,7 @@ impl ApiError {
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Timeout => StatusCode::REQUEST_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -30,8 +30,9 @@ use tokio::task::JoinHandle;
 const LAST_USED_FLUSH: Duration = Duration::from_secs(10);
 /// Histogram samples are folded in this often, so memory stays flat between scrapes.
 const METRICS_UPKEEP: Duration = Duration::from_secs(5);
-/// A request (body included) that takes longer is cut off: a slow client must
-/// not hold a connection, or a shutdown, for ever.
+/// A request (body included) that takes longer than this once its headers
+/// arrived is cut off, so a slow body or a stuck database cannot hold a
+/// request, or a shutdown, for ever.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// In-flight requests get this long to finish at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
@@ -141,6 +142,15 @@ async fn readyz(State(state): State<ApiState>) -> Result<Json<serde_json::Value>
     }
 }
 
+/// Answers a request that takes longer than `REQUEST_TIMEOUT` with a JSON
+/// 408, like every other refusal (tower-http's layer answers with no body).
+async fn cut_off_slow(req: Request, next: Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::Timeout.into_response(),
+    }
+}
+
 /// The whole HTTP API over `state`.
 pub fn router(state: ApiState) -> Router {
     let v1 = Router::new()
@@ -159,10 +169,7 @@ pub fn router(state: ApiState) -> Router {
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
             REQUEST_TIMEOUT,
         ))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            axum::http::StatusCode::REQUEST_TIMEOUT,
-            REQUEST_TIMEOUT,
-        ))
+        .layer(middleware::from_fn(cut_off_slow))
         .layer(middleware::from_fn(count_errors))
         .with_state(state)
 }

@@ -328,5 +328,12 @@ pub async fn authenticate_app(
         created_at: rfc3339(s.created_at),
         grace: s.grace.as_ref().map(GraceJson::of),
     });
-    Ok(Json(Answer::new(&verdict, standing.map(|s| &s.app), key)).into_response())
+    let mut response = Json(Answer::new(&verdict, standing.map(|s| &s.app), key)).into_response();
+    // A Secret does not expire, unless it was replaced: then it stops at its grace's end.
+    if let Some(g) = standing.and_then(|s| s.grace.as_ref())
+        && let Ok(value) = HeaderValue::from_str(&rfc3339(g.ends_at))
+    {
+        response.headers_mut().insert(KEY_EXPIRATION.clone(), value);
+    }
+    Ok(response)
 }

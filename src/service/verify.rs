@@ -102,7 +102,6 @@ where
                 Cache::builder()
                     .max_capacity(CACHE_CAPACITY)
                     .time_to_live(ttl)
-                    .support_invalidation_closures()
                     .build(),
             )
         })
@@ -130,17 +129,18 @@ where
         self.0.invalidate_all();
     }
 
-    /// Drops the records `stale` picks. moka applies this to each entry when
-    /// it next meets it (on a read, or in its upkeep); an entry whose read is
-    /// still out then goes too, since what it will hold is not known yet.
-    fn invalidate_if(&self, stale: impl Fn(&V) -> bool + Send + Sync + 'static) {
-        let registered = self
-            .0
-            .invalidate_entries_if(move |_, slot| slot.get().is_none_or(&stale));
-        // Only a cache built without invalidation closures refuses, and ours
-        // are built with them; forgetting too much is the safe side anyway.
-        if registered.is_err() {
-            self.0.invalidate_all();
+    /// Drops, now, the records `stale` picks and every slot whose read is
+    /// still out (what it will hold is not known yet). A sweep of the table
+    /// rather than moka's lazy `invalidate_entries_if`: a slot inserted just
+    /// before the change could escape that one's bookkeeping, and changes are
+    /// rare enough for a walk of the table each. A slot inserted after the
+    /// sweep began was inserted after the change committed, so its read is
+    /// fresh.
+    fn invalidate_if(&self, stale: impl Fn(&V) -> bool) {
+        for (key, slot) in self.0.iter() {
+            if slot.get().is_none_or(&stale) {
+                self.0.invalidate(key.as_ref());
+            }
         }
     }
 }

@@ -187,7 +187,6 @@ impl Store {
         Ok(Some(SecretStanding {
             grace: grace_view(&secret),
             secret_id: secret.id,
-            hash: secret.hash,
             start: secret.prefix,
             created_at: secret.created_at,
             revoked_at: secret.revoked_at,

@@ -1,5 +1,6 @@
 //! Shared test fixtures: a fresh store on SQLite or PostgreSQL, and helpers.
 #![allow(dead_code)] // each test binary uses its own subset
+pub mod api;
 pub mod bot;
 pub mod fake_discord;
 pub mod flows;
