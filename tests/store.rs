@@ -42,6 +42,8 @@ on_both_stores!(
     list_and_show_apps,
     revoking_one_app_leaves_the_others_cached,
     a_reconnected_listener_flushes_the_cache,
+    names_compare_after_nfkc,
+    stored_name_keys_are_recomputed_once,
 );
 
 async fn require_approvals(db: &TestDb, n: u8) {
@@ -1581,4 +1583,106 @@ async fn a_reconnected_listener_flushes_the_cache(db: &TestDb) {
     let _ = stop.send(true);
     follower.await.unwrap();
     peer.store().close().await;
+}
+
+/// Fullwidth and other compatibility forms of a live name are refused.
+async fn names_compare_after_nfkc(db: &TestDb) {
+    let svc = &db.service;
+    submit(svc, ALICE, "Front Desk").await;
+    let DraftStart::New(d) = svc.start_draft(GUILD, BOB).await.unwrap() else {
+        panic!()
+    };
+    for look_alike in [
+        "ＦＲＯＮＴ desk",
+        "ＦＲＯＮＴ\u{3000}ＤＥＳＫ",
+        "front desk",
+    ] {
+        match svc
+            .advance_draft(&d.id, BOB, DraftInput::Details(form(look_alike)))
+            .await
+        {
+            Err(ServiceError::Validation(e)) => {
+                assert!(e.to_string().contains("already exists"), "{e}")
+            }
+            other => panic!("{look_alike:?} should clash with Front Desk, got {other:?}"),
+        }
+    }
+    let found = svc.app_by_name(GUILD, "ＦＲＯＮＴ ＤＥＳＫ").await.unwrap();
+    assert_eq!(found.details.name, "Front Desk");
+}
+
+/// One application row as a keygate before 0005 stored it: its key only lower-cased.
+fn old_app_row(id: &str, name: &str, status: &str, created_at: i64) -> String {
+    format!(
+        "INSERT INTO applications (id, guild_id, owner_id, name, name_key, uri, description, \
+         login_user_type, source_app, status, created_at, updated_at) VALUES \
+         ('{id}', {guild}, {owner}, '{name}', '{key}', 'https://spa.example.com', '', \
+         'guest', 'external_cma', '{status}', {created_at}, {created_at});",
+        guild = GUILD.0,
+        owner = ALICE.0,
+        key = name.trim().to_lowercase(),
+    )
+}
+
+/// Migration 0005's Rust step recomputes every stored name key, keeps two
+/// live apps whose names now collide (the older keeps the name; both are
+/// logged), and runs once.
+async fn stored_name_keys_are_recomputed_once(db: &TestDb) {
+    let logs = captured_logs("info");
+    let old = TestDb::at_version(db.store.backend(), 4).await;
+    let id = || ApplicationId::generate().as_str().to_owned();
+    let (fullwidth, ascii, denied, spa, plain) = (id(), id(), id(), id(), id());
+    let rows = [
+        old_app_row(&fullwidth, "ＦＲＯＮＴ desk", "key_issued", 1_000),
+        // Distinct before 0005 ("front desk" vs "ｆｒｏｎｔ desk"), equal now.
+        old_app_row(&ascii, "Front Desk", "approved", 2_000),
+        // A dead row holds no name: it gets its key, and no collision.
+        old_app_row(&denied, "ＳＰＡ", "denied", 3_000),
+        old_app_row(&spa, "Spa", "pending_approval", 4_000),
+        old_app_row(&plain, "Lobby", "approved", 5_000),
+    ];
+    old.execute_sql(&rows.concat()).await;
+    old.store.migrate().await.unwrap();
+
+    let keys_sql = "SELECT id, name_key FROM applications ORDER BY created_at";
+    let expected: Vec<(String, Option<String>)> = [
+        (&fullwidth, "front desk".to_owned()),
+        (&ascii, format!("front desk\u{1f}{ascii}")),
+        (&denied, "spa".to_owned()),
+        (&spa, "spa".to_owned()),
+        (&plain, "lobby".to_owned()),
+    ]
+    .into_iter()
+    .map(|(id, key)| (id.clone(), Some(key)))
+    .collect();
+    assert_eq!(old.text_pairs(keys_sql).await, expected);
+    // Both live apps are kept; the name belongs to the older one.
+    let svc = &old.service;
+    assert_eq!(svc.list_apps(GUILD).await.unwrap().len(), 5);
+    let found = svc.app_by_name(GUILD, "Front Desk").await.unwrap();
+    assert_eq!(found.id.as_str(), fullwidth);
+    let logged = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    assert!(
+        logged.lines().any(|l| l.contains("WARN")
+            && l.contains("compare equal")
+            && l.contains(&fullwidth)
+            && l.contains(&ascii)),
+        "the collision is logged at warn with both apps"
+    );
+
+    // Once: a later start finds it done and rewrites nothing, even a key
+    // that a recomputation would change.
+    old.execute_sql(&format!(
+        "UPDATE applications SET name_key = 'untouched' WHERE id = '{plain}'"
+    ))
+    .await;
+    old.store.migrate().await.unwrap();
+    let again = old.text_pairs(keys_sql).await;
+    assert_eq!(again[4].1.as_deref(), Some("untouched"));
+    assert_eq!(again[..4], expected[..4]);
+    let marks = old
+        .text_pairs("SELECT id, CAST(done_at AS TEXT) FROM data_migrations")
+        .await;
+    assert_eq!(marks.len(), 1, "{marks:?}");
+    old.close().await;
 }

@@ -43,14 +43,31 @@ fn postgres_url() -> String {
 
 impl TestDb {
     pub async fn sqlite() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let options = SqliteConnectOptions::new().filename(dir.path().join("keygate.db"));
-        let store = Store::connect_sqlite(options).await.expect("open sqlite");
-        Self::ready(store, Cleanup::Sqlite(dir)).await
+        Self::sqlite_at(i64::MAX).await
     }
 
     /// Each test gets its own schema, so tests run in parallel on one database.
     pub async fn postgres() -> Self {
+        Self::postgres_at(i64::MAX).await
+    }
+
+    /// A fresh store of `backend` migrated up to `version` only: the database
+    /// of an older keygate, to test an upgrade (`store.migrate()` then runs the rest).
+    pub async fn at_version(backend: keygate::store::Backend, version: i64) -> Self {
+        match backend {
+            keygate::store::Backend::Sqlite => Self::sqlite_at(version).await,
+            keygate::store::Backend::Postgres => Self::postgres_at(version).await,
+        }
+    }
+
+    async fn sqlite_at(version: i64) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let options = SqliteConnectOptions::new().filename(dir.path().join("keygate.db"));
+        let store = Store::connect_sqlite(options).await.expect("open sqlite");
+        Self::ready(store, Cleanup::Sqlite(dir), version).await
+    }
+
+    async fn postgres_at(version: i64) -> Self {
         let url = postgres_url();
         let schema = format!(
             "kg_test_{}",
@@ -81,12 +98,13 @@ impl TestDb {
                 admin_url: url,
                 schema,
             },
+            version,
         )
         .await
     }
 
-    async fn ready(store: Store, cleanup: Cleanup) -> Self {
-        store.migrate().await.expect("migrate");
+    async fn ready(store: Store, cleanup: Cleanup, version: i64) -> Self {
+        store.migrate_to(version).await.expect("migrate");
         let clock = Clock::manual(Utc.with_ymd_and_hms(2026, 11, 26, 12, 0, 0).unwrap());
         let service = Service::new(store.clone(), Arc::new(ScopeCatalog::builtin()))
             .with_clock(clock.clone());
@@ -162,6 +180,27 @@ impl TestDb {
                 .await?
                 .rows_affected(),
         })
+    }
+
+    /// Runs statements written by a test (a database's past, for upgrades),
+    /// bypassing the store.
+    pub async fn execute_sql(&self, sql: &str) {
+        let sql = sqlx::AssertSqlSafe(sql.to_owned());
+        match &self.store {
+            Store::Sqlite(pool, _) => sqlx::raw_sql(sql).execute(pool).await.map(drop),
+            Store::Postgres(pool) => sqlx::raw_sql(sql).execute(pool).await.map(drop),
+        }
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Rows of two text columns (the second may be NULL), bypassing the store.
+    pub async fn text_pairs(&self, sql: &str) -> Vec<(String, Option<String>)> {
+        let sql = sqlx::AssertSqlSafe(sql.to_owned());
+        match &self.store {
+            Store::Sqlite(pool, _) => sqlx::query_as(sql).fetch_all(pool).await,
+            Store::Postgres(pool) => sqlx::query_as(sql).fetch_all(pool).await,
+        }
+        .unwrap_or_else(|e| panic!("{e}"))
     }
 
     pub async fn row_counts(&self) -> Vec<(&'static str, i64)> {
