@@ -784,3 +784,60 @@ async fn a_failed_post_or_delivery_is_retried_from_the_database() {
     assert!(token(&text(&dm), "kgs_").is_some());
     h.close().await;
 }
+
+/// A database from before 0002_approval_delivery: its approved requests got
+/// their credentials at approval, the old way. After the upgrade the bot must
+/// not DM those requesters again (an empty "credentials follow" note), while
+/// a request approved since, not delivered yet, still gets its credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_from_0001_sends_old_requesters_nothing() {
+    use keygate::domain::credentials::ApplicationId;
+    let db = support::TestDb::at_version(keygate::store::Backend::Sqlite, 1).await;
+    let old = ApplicationId::generate();
+    let decided = chrono::Utc::now().timestamp_millis() - 86_400_000;
+    db.execute_sql(&support::old_request_rows(
+        old.as_str(),
+        "approved",
+        decided,
+    ))
+    .await;
+    db.execute_sql(&format!(
+        "INSERT INTO app_secrets (app_id, secret_hash, secret_prefix, created_at) \
+         VALUES ('{old}', '{}', 'kgs_Old', {decided})",
+        "0".repeat(64)
+    ))
+    .await;
+    db.store.migrate().await.unwrap();
+
+    // Approved after the upgrade, before the bot ran: the worker delivers it.
+    db.clock.set(chrono::Utc::now());
+    let settings = GuildSettings {
+        approvals_required: 1,
+        ..GuildSettings::defaults(GUILD)
+    };
+    let svc = &db.service;
+    svc.save_settings(Actor::member(UserId(alice().id)), &settings)
+        .await
+        .unwrap();
+    let new = support::submit(svc, UserId(bob().id), "Approved Since")
+        .await
+        .app;
+    svc.approve(GUILD, &new.id, Actor::approver(UserId(alice().id)))
+        .await
+        .unwrap();
+
+    let h = Harness::start_on(db, false).await;
+    // Oldest first: once the newer one is delivered, the worker has passed the old one.
+    dm_with_credentials(&h.fake, bob().id).await;
+    assert_eq!(
+        h.fake.dm_messages(alice().id),
+        Vec::<Value>::new(),
+        "the old requester is told nothing"
+    );
+    let request = h.service.approval_request(&old).await.unwrap().unwrap();
+    assert_eq!(
+        request.status,
+        keygate::domain::approval::RequestStatus::Approved
+    );
+    h.close().await;
+}

@@ -44,6 +44,7 @@ on_both_stores!(
     a_reconnected_listener_flushes_the_cache,
     names_compare_after_nfkc,
     stored_name_keys_are_recomputed_once,
+    approvals_decided_before_0002_count_as_delivered,
 );
 
 async fn require_approvals(db: &TestDb, n: u8) {
@@ -1611,19 +1612,6 @@ async fn names_compare_after_nfkc(db: &TestDb) {
     assert_eq!(found.details.name, "Front Desk");
 }
 
-/// One application row as a keygate before 0005 stored it: its key only lower-cased.
-fn old_app_row(id: &str, name: &str, status: &str, created_at: i64) -> String {
-    format!(
-        "INSERT INTO applications (id, guild_id, owner_id, name, name_key, uri, description, \
-         login_user_type, source_app, status, created_at, updated_at) VALUES \
-         ('{id}', {guild}, {owner}, '{name}', '{key}', 'https://spa.example.com', '', \
-         'guest', 'external_cma', '{status}', {created_at}, {created_at});",
-        guild = GUILD.0,
-        owner = ALICE.0,
-        key = name.trim().to_lowercase(),
-    )
-}
-
 /// Migration 0005's Rust step recomputes every stored name key, keeps two
 /// live apps whose names now collide (the older keeps the name; both are
 /// logged), and runs once.
@@ -1684,5 +1672,47 @@ async fn stored_name_keys_are_recomputed_once(db: &TestDb) {
         .text_pairs("SELECT id, CAST(done_at AS TEXT) FROM data_migrations")
         .await;
     assert_eq!(marks.len(), 1, "{marks:?}");
+    old.close().await;
+}
+
+/// Migration 0006: requests approved before 0002 (which added `delivered_at`)
+/// were delivered at approval; they count as delivered, and only they. One
+/// approved after 0002 and not delivered yet stays for the worker.
+async fn approvals_decided_before_0002_count_as_delivered(db: &TestDb) {
+    let old = TestDb::at_version(db.store.backend(), 1).await;
+    let id = || ApplicationId::generate().as_str().to_owned();
+    let (before, denied, after) = (id(), id(), id());
+    let day = 86_400_000;
+    let now = chrono::Utc::now().timestamp_millis();
+    // Decided under 0001, a day before the upgrade.
+    old.execute_sql(&old_request_rows(&before, "approved", now - day))
+        .await;
+    old.execute_sql(&old_request_rows(&denied, "denied", now - day))
+        .await;
+    old.store.migrate_to(5).await.unwrap();
+    // Approved by a keygate with 0002 (past 0002's second), its DM not sent
+    // yet: the worker must still deliver it.
+    let later = chrono::Utc::now().timestamp_millis() + 2_000;
+    old.execute_sql(&old_request_rows(&after, "approved", later))
+        .await;
+    old.store.migrate().await.unwrap();
+
+    let mut delivered = old
+        .text_pairs("SELECT app_id, CAST(delivered_at AS TEXT) FROM approval_requests")
+        .await;
+    delivered.sort();
+    let mut expected = vec![
+        (before.clone(), Some((now - day).to_string())),
+        (denied, None),
+        (after.clone(), None),
+    ];
+    expected.sort();
+    assert_eq!(delivered, expected);
+    // What the approval worker would retry: the later one alone.
+    old.clock
+        .set(chrono::Utc::now() + chrono::TimeDelta::days(1));
+    let stalled = old.service.stalled_requests().await.unwrap();
+    let undelivered: Vec<&str> = stalled.undelivered.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(undelivered, vec![after.as_str()]);
     old.close().await;
 }

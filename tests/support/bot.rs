@@ -1,4 +1,4 @@
-//! The real keygate bot, started against a fake Discord on a fresh SQLite store.
+//! The real keygate bot, started against a fake Discord on a fresh store (or one a test prepared).
 
 use super::TestDb;
 use super::fake_discord::{FakeDiscord, TestUser};
@@ -40,11 +40,17 @@ impl Harness {
     /// The bot on a fresh store of `backend`, its service on the test's
     /// manual clock (`db.clock`) when `manual_clock`.
     pub async fn start_with(backend: Backend, manual_clock: bool) -> Self {
-        let fake = FakeDiscord::start().await;
         let db = match backend {
             Backend::Sqlite => TestDb::sqlite().await,
             Backend::Postgres => TestDb::postgres().await,
         };
+        Self::start_on(db, manual_clock).await
+    }
+
+    /// The bot on `db` as it is (a database prepared by the test, such as
+    /// one upgraded from an older keygate).
+    pub async fn start_on(db: TestDb, manual_clock: bool) -> Self {
+        let fake = FakeDiscord::start().await;
         // A short grace, so tests see stalled requests retried in seconds.
         let policy = Policy {
             stall_grace: chrono::TimeDelta::seconds(1),

@@ -381,3 +381,33 @@ pub async fn revoke(
     let name = service.app(guild, app).await?.details.name;
     service.revoke(guild, app, actor, &name).await
 }
+
+/// One application row as a keygate before 0005 stored it: its key only lower-cased.
+pub fn old_app_row(id: &str, name: &str, status: &str, created_at: i64) -> String {
+    format!(
+        "INSERT INTO applications (id, guild_id, owner_id, name, name_key, uri, description, \
+         login_user_type, source_app, status, created_at, updated_at) VALUES \
+         ('{id}', {guild}, {owner}, '{name}', '{key}', 'https://spa.example.com', '', \
+         'guest', 'external_cma', '{status}', {created_at}, {created_at});",
+        guild = GUILD.0,
+        owner = ALICE.0,
+        key = name.trim().to_lowercase(),
+    )
+}
+
+/// An approval request as a keygate at 0001 stored it, with its application.
+pub fn old_request_rows(id: &str, status: &str, decided_at: i64) -> String {
+    let day = 86_400_000;
+    format!(
+        "{app} INSERT INTO approval_requests (app_id, guild_id, requester_id, \
+         approvals_required, status, created_at, expires_at, decided_at, decided_by) \
+         VALUES ('{id}', {guild}, {owner}, 1, '{status}', {created}, {expires}, \
+         {decided_at}, {bob});",
+        app = old_app_row(id, &format!("App {id}"), status, decided_at - 1_000),
+        guild = GUILD.0,
+        owner = ALICE.0,
+        created = decided_at - 1_000,
+        expires = decided_at + 3 * day,
+        bob = BOB.0,
+    )
+}
