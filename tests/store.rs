@@ -1649,7 +1649,7 @@ async fn stored_name_keys_are_recomputed_once(db: &TestDb) {
     assert_eq!(svc.list_apps(GUILD).await.unwrap().len(), 5);
     let found = svc.app_by_name(GUILD, "Front Desk").await.unwrap();
     assert_eq!(found.id.as_str(), fullwidth);
-    let logged = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    let logged = logs.text();
     assert!(
         logged.lines().any(|l| l.contains("WARN")
             && l.contains("compare equal")

@@ -339,36 +339,19 @@ pub async fn active_app(db: &TestDb, name: &str) -> (ApplicationId, ApiKey) {
 
 /// Every log line of this test binary at `filter`, to check for secrets.
 /// The first call in a binary installs the capture; later calls share it.
-pub fn captured_logs(filter: &str) -> Arc<std::sync::Mutex<Vec<u8>>> {
-    static LOGS: std::sync::OnceLock<Arc<std::sync::Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+pub fn captured_logs(filter: &str) -> keygate::telemetry::LogBuffer {
+    static LOGS: std::sync::OnceLock<keygate::telemetry::LogBuffer> = std::sync::OnceLock::new();
     LOGS.get_or_init(|| {
-        let buffer = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let sink = buffer.clone();
-        let writer = move || Capture(sink.clone());
+        let buffer = keygate::telemetry::LogBuffer::default();
         keygate::telemetry::init(
             keygate::config::LogFormat::Pretty,
             tracing_subscriber::EnvFilter::new(filter),
-            writer,
+            buffer.clone(),
         )
         .expect("install the log capture");
         buffer
     })
     .clone()
-}
-
-struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// Revokes the app as the revoke form does, typing its name.
