@@ -2,19 +2,60 @@
 
 use crate::config::LogFormat;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use tracing_subscriber::filter::{EnvFilter, filter_fn};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, fmt};
 
-/// serenity records each REST request, body included, as a span field, and
-/// logs gateway payloads it cannot parse in full at debug level; a DM's body,
-/// and a button press on a DM, hold a secret. So its spans are dropped and its
-/// events capped at info, whatever RUST_LOG asks for.
+/// Crates that log what they carry: serenity records each REST request, body
+/// included, as a span field, and logs gateway payloads it cannot parse in
+/// full at debug; tungstenite logs every websocket message, payload and all,
+/// at trace; hyper, h2, reqwest and rustls log connection and header detail at
+/// debug and trace. A DM's body, and a button press on a DM, hold a secret.
+const CAPPED: [&str; 8] = [
+    "serenity",
+    "tungstenite",
+    "tokio_tungstenite",
+    "hyper",
+    "hyper_util",
+    "h2",
+    "reqwest",
+    "rustls",
+];
+
+fn is_capped(target: &str) -> bool {
+    CAPPED.iter().any(|c| {
+        target
+            .strip_prefix(c)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+    })
+}
+
+/// Their spans are dropped and their events capped at info, whatever
+/// RUST_LOG asks for: a filter of its own rather than an `EnvFilter`
+/// directive, which a more specific one (`hyper::proto=trace`) or a span
+/// directive would override.
 fn keeps(meta: &tracing::Metadata<'_>) -> bool {
-    !(meta.is_span() && meta.target().starts_with("serenity"))
+    !is_capped(meta.target()) || (meta.is_event() && *meta.level() <= tracing::Level::INFO)
+}
+
+/// The subscriber `init` installs, writing to `writer`, filtered by `filter`
+/// and by `keeps`.
+fn subscriber<W>(
+    format: LogFormat,
+    filter: EnvFilter,
+    writer: W,
+) -> impl tracing::Subscriber + Send + Sync + 'static
+where
+    W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+{
+    let layer = match format {
+        LogFormat::Pretty => fmt::layer().with_writer(writer).boxed(),
+        LogFormat::Json => fmt::layer().json().with_writer(writer).boxed(),
+    };
+    tracing_subscriber::registry().with(layer.with_filter(filter_fn(keeps)).with_filter(filter))
 }
 
 /// Installs the global subscriber writing to `writer`, filtered by `filter`.
@@ -26,15 +67,40 @@ pub fn init<W>(
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
-    // A constant directive: it parses or this line is wrong, caught by every test.
-    let filter = filter.add_directive("serenity=info".parse().expect("a valid directive"));
-    let layer = match format {
-        LogFormat::Pretty => fmt::layer().with_writer(writer).boxed(),
-        LogFormat::Json => fmt::layer().json().with_writer(writer).boxed(),
-    };
-    tracing_subscriber::registry()
-        .with(layer.with_filter(filter_fn(keeps)).with_filter(filter))
-        .try_init()
+    subscriber(format, filter, writer).try_init()
+}
+
+/// Log lines kept in memory, for tests that read what was logged (a
+/// `MakeWriter`: every clone appends to the same buffer).
+#[derive(Debug, Clone, Default)]
+pub struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl LogBuffer {
+    /// Everything written so far.
+    pub fn text(&self) -> String {
+        let bytes = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for LogBuffer {
+    type Writer = LogBuffer;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
 }
 
 /// Upper bounds (seconds) of the verify latency histogram: the API answers
@@ -99,4 +165,81 @@ fn describe() {
         "keygate_discord_interactions_total",
         "Discord interactions received, by kind"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The lines `emit` logs under `spec`, as the binary would filter them.
+    fn logged(spec: &str, emit: impl FnOnce()) -> String {
+        let buffer = LogBuffer::default();
+        let subscriber = subscriber(LogFormat::Json, EnvFilter::new(spec), buffer.clone());
+        tracing::subscriber::with_default(subscriber, emit);
+        buffer.text()
+    }
+
+    fn emit_everywhere() {
+        tracing::info!(target: "keygate::discord", "keygate info");
+        tracing::debug!(target: "keygate::discord", "keygate debug");
+        tracing::info!(target: "sqlx::query", "sqlx info");
+        for target in CAPPED {
+            // Targets must be constants: one callsite per crate.
+            macro_rules! at {
+                ($t:literal) => {
+                    if target == $t {
+                        tracing::warn!(target: $t, "capped warn");
+                        tracing::trace!(target: $t, "frame payload kgs_SECRET");
+                        tracing::debug!(target: concat!($t, "::proto"), "body kgs_SECRET");
+                        let span = tracing::info_span!(target: $t, "request", body = "kgs_SECRET");
+                        let _in = span.enter();
+                        tracing::info!(target: "keygate::discord", "inside a capped span");
+                    }
+                };
+            }
+            at!("serenity");
+            at!("tungstenite");
+            at!("tokio_tungstenite");
+            at!("hyper");
+            at!("hyper_util");
+            at!("h2");
+            at!("reqwest");
+            at!("rustls");
+        }
+    }
+
+    /// Even trace, and a more specific directive for a capped crate, let no
+    /// capped crate log below info, nor any of its spans' fields.
+    #[test]
+    fn capped_crates_log_nothing_below_info_whatever_rust_log_says() {
+        for spec in [
+            "trace",
+            "hyper::proto=trace,serenity=trace,trace",
+            "[request]=trace",
+        ] {
+            let text = logged(spec, emit_everywhere);
+            assert!(!text.contains("kgs_SECRET"), "{spec}: {text}");
+            if spec != "[request]=trace" {
+                assert_eq!(text.matches("capped warn").count(), CAPPED.len(), "{spec}");
+            }
+        }
+        assert!(!is_capped("hyperion") && is_capped("hyper") && is_capped("h2::codec"));
+    }
+
+    /// `info,keygate=debug` keeps every info line, keygate's and others', and
+    /// adds keygate's debug ones.
+    #[test]
+    fn a_crate_directive_adds_to_the_default_level() {
+        let text = logged("info,keygate=debug", emit_everywhere);
+        assert!(text.contains("keygate info"), "{text}");
+        assert!(text.contains("keygate debug"), "{text}");
+        assert!(text.contains("sqlx info"), "{text}");
+        assert_eq!(
+            text.matches("inside a capped span").count(),
+            CAPPED.len(),
+            "{text}"
+        );
+        let text = logged("info", emit_everywhere);
+        assert!(text.contains("keygate info") && !text.contains("keygate debug"));
+    }
 }

@@ -55,6 +55,15 @@ async fn with_approvals(n: u8) -> Harness {
 
 /// `/app create` through Submit; returns the requester's wizard message.
 async fn submit_request(fake: &FakeDiscord, user: &TestUser, name: &str) -> Value {
+    submit_described(fake, user, name, "needs approval").await
+}
+
+async fn submit_described(
+    fake: &FakeDiscord,
+    user: &TestUser,
+    name: &str,
+    description: &str,
+) -> Value {
     let i = fake
         .slash_command(user, "app", Some("create"), vec![])
         .await;
@@ -65,7 +74,7 @@ async fn submit_request(fake: &FakeDiscord, user: &TestUser, name: &str) -> Valu
     let fields = [
         ("name", name),
         ("uri", "https://spa.example.com"),
-        ("description", "needs approval"),
+        ("description", description),
         ("login_urls", "https://spa.example.com/cb"),
         ("logout_urls", ""),
     ];
@@ -819,5 +828,142 @@ async fn denying_your_own_request_says_why() {
     assert!(said.contains("your own request"), "{said}");
     assert!(!said.contains("Something went wrong"), "{said}");
     assert_eq!(refused["flags"].as_u64().unwrap() & EPHEMERAL, EPHEMERAL);
+    h.close().await;
+}
+
+/// A database from before 0002_approval_delivery: its approved requests got
+/// their credentials at approval, the old way. After the upgrade the bot must
+/// not DM those requesters again (an empty "credentials follow" note), while
+/// a request approved since, not delivered yet, still gets its credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_from_0001_sends_old_requesters_nothing() {
+    use keygate::domain::credentials::ApplicationId;
+    let db = support::TestDb::at_version(keygate::store::Backend::Sqlite, 1).await;
+    let old = ApplicationId::generate();
+    let decided = chrono::Utc::now().timestamp_millis() - 86_400_000;
+    db.execute_sql(&support::old_request_rows(
+        old.as_str(),
+        "approved",
+        decided,
+    ))
+    .await;
+    db.execute_sql(&format!(
+        "INSERT INTO app_secrets (app_id, secret_hash, secret_prefix, created_at) \
+         VALUES ('{old}', '{}', 'kgs_Old', {decided})",
+        "0".repeat(64)
+    ))
+    .await;
+    db.store.migrate().await.unwrap();
+
+    // Approved after the upgrade, before the bot ran: the worker delivers it.
+    db.clock.set(chrono::Utc::now());
+    let settings = GuildSettings {
+        approvals_required: 1,
+        ..GuildSettings::defaults(GUILD)
+    };
+    let svc = &db.service;
+    svc.save_settings(Actor::member(UserId(alice().id)), &settings)
+        .await
+        .unwrap();
+    let new = support::submit(svc, UserId(bob().id), "Approved Since")
+        .await
+        .app;
+    svc.approve(GUILD, &new.id, Actor::approver(UserId(alice().id)))
+        .await
+        .unwrap();
+
+    let h = Harness::start_on(db, false).await;
+    // Oldest first: once the newer one is delivered, the worker has passed the old one.
+    dm_with_credentials(&h.fake, bob().id).await;
+    assert_eq!(
+        h.fake.dm_messages(alice().id),
+        Vec::<Value>::new(),
+        "the old requester is told nothing"
+    );
+    let request = h.service.approval_request(&old).await.unwrap().unwrap();
+    assert_eq!(
+        request.status,
+        keygate::domain::approval::RequestStatus::Approved
+    );
+    h.close().await;
+}
+
+/// What members type reaches Discord as text: no masked link, no bold, in the
+/// approvals channel, the denial the requester reads, and the audit channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_markdown_reaches_discord_escaped() {
+    let h = with_approvals(1).await;
+    submit_described(
+        &h.fake,
+        &alice(),
+        "Spa __Mobile__",
+        "[Approve](https://evil.example) **bold**",
+    )
+    .await;
+    let request = request_message(&h.fake);
+    let embed = &request["embeds"][0];
+    assert_eq!(embed["title"], r"Application request: Spa \_\_Mobile\_\_");
+    let description = embed["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "Description")
+        .expect("a Description field");
+    assert_eq!(
+        description["value"],
+        r"\[Approve\](https://evil.example) \*\*bold\*\*"
+    );
+    let i = h
+        .fake
+        .slash_command(&alice(), "app", Some("list"), vec![])
+        .await;
+    let listed = h.fake.response(&i).await;
+    let listed = listed["data"]["embeds"][0]["description"].as_str().unwrap();
+    assert!(listed.starts_with(r"**Spa \_\_Mobile\_\_** — "), "{listed}");
+
+    let i = h
+        .fake
+        .press_button(&bob(), &request, &component(&request, "deny"))
+        .await;
+    let modal = h.fake.response(&i).await;
+    let modal_id = modal["data"]["custom_id"].as_str().unwrap().to_owned();
+    let reason = "||see [the form](https://evil.example)||";
+    let escaped = r"\|\|see \[the form\](https://evil.example)\|\|";
+    let i = h
+        .fake
+        .submit_modal(&bob(), &modal_id, &[("reason", reason)], Some(&request))
+        .await;
+    let denied = shown(&h.fake, &i, 7).await;
+    let state = denied["embeds"][0]["description"].as_str().unwrap();
+    assert!(state.ends_with(escaped), "{state}");
+    h.fake
+        .wait_until("the requester is told, escaped", |f| {
+            f.dm_messages(alice().id)
+                .iter()
+                .any(|m| text(m).ends_with(escaped))
+        })
+        .await;
+    h.fake
+        .wait_until("the audit channel names the app, escaped", |f| {
+            f.channel_messages(AUDIT).iter().any(|m| {
+                m["embeds"][0]["fields"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|f| {
+                        f["name"] == "Application"
+                            && f["value"]
+                                .as_str()
+                                .is_some_and(|v| v.starts_with(r"Spa \_\_Mobile\_\_ ("))
+                    })
+            })
+        })
+        .await;
+    // Nothing the bot sent anywhere holds the typed link unescaped.
+    for r in h.fake.requests() {
+        let body = r.body.to_string();
+        assert!(!body.contains("[Approve](https"), "{} {body}", r.path);
+        assert!(!body.contains("**bold**"), "{} {body}", r.path);
+    }
     h.close().await;
 }

@@ -29,7 +29,7 @@ const TOKENS: [&str; 2] = ["first-token-0123456789", "second-token-0123456789"];
 /// No clear key or Secret in any log line of this binary, at any level.
 fn assert_not_logged(secrets: &[&str]) {
     let logs = captured_logs("trace");
-    let text = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    let text = logs.text();
     for s in secrets {
         assert!(!text.contains(s), "a presented credential reached the logs");
     }

@@ -1240,8 +1240,7 @@ async fn a_revoked_app_gets_no_late_delivery(backend: Backend) {
 /// A database keygate used before rotation existed: an active app, a revoked
 /// one, and a key that expired long ago.
 async fn a_database_from_before_the_lifecycle_migrates_straight(backend: Backend) {
-    let db = TestDb::unmigrated(backend).await;
-    db.migrate_to(3).await;
+    let db = TestDb::at_version(backend, 3).await;
     let now = chrono::Utc::now().timestamp_millis();
     let year = 365 * 86_400_000_i64;
     let app = |id: &str, name: &str, status: &str| {
@@ -1258,16 +1257,16 @@ async fn a_database_from_before_the_lifecycle_migrates_straight(backend: Backend
     let active = "app_0000000000000000000act";
     let revoked = "app_0000000000000000000rev";
     let stale = "app_000000000000000000stal";
-    db.execute_sql(&[
-        &app(active, "Active", "key_issued"),
-        &app(revoked, "Gone", "revoked"),
-        &app(stale, "Stale", "key_issued"),
-        &format!(
+    for sql in [
+        app(active, "Active", "key_issued"),
+        app(revoked, "Gone", "revoked"),
+        app(stale, "Stale", "key_issued"),
+        format!(
             "INSERT INTO app_secrets (app_id, secret_hash, secret_prefix, created_at, id) VALUES \
              ('{active}', 'h1', 'kgs_a', {now}, 'sec_a'), ('{revoked}', 'h2', 'kgs_r', {now}, 'sec_r'), \
              ('{stale}', 'h3', 'kgs_s', {now}, 'sec_s')"
         ),
-        &format!(
+        format!(
             "INSERT INTO api_keys (key_hash, app_id, key_prefix, created_at, expires_at, revoked_at, id) VALUES \
              ('k1', '{active}', 'kg_a', {}, {}, NULL, 'key_a'), \
              ('k2', '{revoked}', 'kg_r', {now}, {}, {now}, 'key_r'), \
@@ -1278,8 +1277,9 @@ async fn a_database_from_before_the_lifecycle_migrates_straight(backend: Backend
             now - 2 * year,
             now - year
         ),
-    ])
-    .await;
+    ] {
+        db.execute_sql(&sql).await;
+    }
     db.store.migrate().await.unwrap();
 
     let active = ApplicationId::parse(active).unwrap();

@@ -42,6 +42,9 @@ on_both_stores!(
     list_and_show_apps,
     revoking_one_app_leaves_the_others_cached,
     a_reconnected_listener_flushes_the_cache,
+    names_compare_after_nfkc,
+    stored_name_keys_are_recomputed_once,
+    approvals_decided_before_0002_count_as_delivered,
 );
 
 async fn require_approvals(db: &TestDb, n: u8) {
@@ -1581,4 +1584,135 @@ async fn a_reconnected_listener_flushes_the_cache(db: &TestDb) {
     let _ = stop.send(true);
     follower.await.unwrap();
     peer.store().close().await;
+}
+
+/// Fullwidth and other compatibility forms of a live name are refused.
+async fn names_compare_after_nfkc(db: &TestDb) {
+    let svc = &db.service;
+    submit(svc, ALICE, "Front Desk").await;
+    let DraftStart::New(d) = svc.start_draft(GUILD, BOB).await.unwrap() else {
+        panic!()
+    };
+    for look_alike in [
+        "ＦＲＯＮＴ desk",
+        "ＦＲＯＮＴ\u{3000}ＤＥＳＫ",
+        "front desk",
+    ] {
+        match svc
+            .advance_draft(&d.id, BOB, DraftInput::Details(form(look_alike)))
+            .await
+        {
+            Err(ServiceError::Validation(e)) => {
+                assert!(e.to_string().contains("already exists"), "{e}")
+            }
+            other => panic!("{look_alike:?} should clash with Front Desk, got {other:?}"),
+        }
+    }
+    let found = svc.app_by_name(GUILD, "ＦＲＯＮＴ ＤＥＳＫ").await.unwrap();
+    assert_eq!(found.details.name, "Front Desk");
+}
+
+/// Migration 0005's Rust step recomputes every stored name key, keeps two
+/// live apps whose names now collide (the older keeps the name; both are
+/// logged), and runs once.
+async fn stored_name_keys_are_recomputed_once(db: &TestDb) {
+    let logs = captured_logs("info");
+    let old = TestDb::at_version(db.store.backend(), 4).await;
+    let id = || ApplicationId::generate().as_str().to_owned();
+    let (fullwidth, ascii, denied, spa, plain) = (id(), id(), id(), id(), id());
+    let rows = [
+        old_app_row(&fullwidth, "ＦＲＯＮＴ desk", "key_issued", 1_000),
+        // Distinct before 0005 ("front desk" vs "ｆｒｏｎｔ desk"), equal now.
+        old_app_row(&ascii, "Front Desk", "approved", 2_000),
+        // A dead row holds no name: it gets its key, and no collision.
+        old_app_row(&denied, "ＳＰＡ", "denied", 3_000),
+        old_app_row(&spa, "Spa", "pending_approval", 4_000),
+        old_app_row(&plain, "Lobby", "approved", 5_000),
+    ];
+    old.execute_sql(&rows.concat()).await;
+    old.store.migrate().await.unwrap();
+
+    let keys_sql = "SELECT id, name_key FROM applications ORDER BY created_at";
+    let expected: Vec<(String, Option<String>)> = [
+        (&fullwidth, "front desk".to_owned()),
+        (&ascii, format!("front desk\u{1f}{ascii}")),
+        (&denied, "spa".to_owned()),
+        (&spa, "spa".to_owned()),
+        (&plain, "lobby".to_owned()),
+    ]
+    .into_iter()
+    .map(|(id, key)| (id.clone(), Some(key)))
+    .collect();
+    assert_eq!(old.text_pairs(keys_sql).await, expected);
+    // Both live apps are kept; the name belongs to the older one.
+    let svc = &old.service;
+    assert_eq!(svc.list_apps(GUILD).await.unwrap().len(), 5);
+    let found = svc.app_by_name(GUILD, "Front Desk").await.unwrap();
+    assert_eq!(found.id.as_str(), fullwidth);
+    let logged = logs.text();
+    assert!(
+        logged.lines().any(|l| l.contains("WARN")
+            && l.contains("compare equal")
+            && l.contains(&fullwidth)
+            && l.contains(&ascii)),
+        "the collision is logged at warn with both apps"
+    );
+
+    // Once: a later start finds it done and rewrites nothing, even a key
+    // that a recomputation would change.
+    old.execute_sql(&format!(
+        "UPDATE applications SET name_key = 'untouched' WHERE id = '{plain}'"
+    ))
+    .await;
+    old.store.migrate().await.unwrap();
+    let again = old.text_pairs(keys_sql).await;
+    assert_eq!(again[4].1.as_deref(), Some("untouched"));
+    assert_eq!(again[..4], expected[..4]);
+    let marks = old
+        .text_pairs("SELECT id, CAST(done_at AS TEXT) FROM data_migrations")
+        .await;
+    assert_eq!(marks.len(), 1, "{marks:?}");
+    old.close().await;
+}
+
+/// Migration 0006: requests approved before 0002 (which added `delivered_at`)
+/// were delivered at approval; they count as delivered, and only they. One
+/// approved after 0002 and not delivered yet stays for the worker.
+async fn approvals_decided_before_0002_count_as_delivered(db: &TestDb) {
+    let old = TestDb::at_version(db.store.backend(), 1).await;
+    let id = || ApplicationId::generate().as_str().to_owned();
+    let (before, denied, after) = (id(), id(), id());
+    let day = 86_400_000;
+    let now = chrono::Utc::now().timestamp_millis();
+    // Decided under 0001, a day before the upgrade.
+    old.execute_sql(&old_request_rows(&before, "approved", now - day))
+        .await;
+    old.execute_sql(&old_request_rows(&denied, "denied", now - day))
+        .await;
+    old.store.migrate_to(5).await.unwrap();
+    // Approved by a keygate with 0002 (past 0002's second), its DM not sent
+    // yet: the worker must still deliver it.
+    let later = chrono::Utc::now().timestamp_millis() + 2_000;
+    old.execute_sql(&old_request_rows(&after, "approved", later))
+        .await;
+    old.store.migrate().await.unwrap();
+
+    let mut delivered = old
+        .text_pairs("SELECT app_id, CAST(delivered_at AS TEXT) FROM approval_requests")
+        .await;
+    delivered.sort();
+    let mut expected = vec![
+        (before.clone(), Some((now - day).to_string())),
+        (denied, None),
+        (after.clone(), None),
+    ];
+    expected.sort();
+    assert_eq!(delivered, expected);
+    // What the approval worker would retry: the later one alone.
+    old.clock
+        .set(chrono::Utc::now() + chrono::TimeDelta::days(1));
+    let stalled = old.service.stalled_requests().await.unwrap();
+    let undelivered: Vec<&str> = stalled.undelivered.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(undelivered, vec![after.as_str()]);
+    old.close().await;
 }

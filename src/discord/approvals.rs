@@ -4,7 +4,7 @@
 use super::custom_id::{Action, CustomId};
 use super::delivery;
 use super::error::{BotError, BotResult, stale};
-use super::render::{detail_fields, scope_labels, source_label};
+use super::render::{detail_fields, scope_labels, source_label, user_text};
 use super::reply::{FIELD_MAX, clip, count_rest_error, count_rest_error_in, no_pings, private};
 use super::wizard::code;
 use super::{Bot, is_manager};
@@ -79,7 +79,7 @@ fn request_embed(
                 request
                     .decided_by
                     .map_or_else(String::new, |u| format!("<@{u}>")),
-                request.deny_reason.as_deref().unwrap_or("")
+                user_text(request.deny_reason.as_deref().unwrap_or(""))
             ),
             0xE74C3C,
         ),
@@ -87,7 +87,10 @@ fn request_embed(
         RequestStatus::Expired => ("⌛ Expired without a decision.".to_owned(), 0x95A5A6),
     };
     let embed = CreateEmbed::new()
-        .title(clip(&format!("Application request: {}", d.name), 256))
+        .title(clip(
+            &format!("Application request: {}", user_text(&d.name)),
+            256,
+        ))
         .description(clip(&state, 4096))
         .colour(colour)
         .field("Requester", format!("<@{}>", request.requester_id), true)
@@ -457,9 +460,10 @@ pub async fn on_deny_reason(
         &ctx.http,
         app.owner_id,
         format!(
-            "⛔ Your request for {} was denied by <@{}>: {reason}",
+            "⛔ Your request for {} was denied by <@{}>: {}",
             code(&app.details.name),
-            actor.user_id
+            actor.user_id,
+            user_text(&reason)
         ),
     )
     .await;

@@ -1,6 +1,7 @@
 //! Posts the audit outbox to each guild's audit channel, in order, once each.
 
 use super::approvals::message_link;
+use super::render::user_text;
 use super::reply::{clip, count_rest_error, no_pings};
 use crate::domain::audit::AuditKind;
 use crate::service::{AuditPost, Service};
@@ -44,7 +45,10 @@ fn message(post: &AuditPost) -> CreateMessage {
     if let Some(app) = &post.app {
         embed = embed.field(
             "Application",
-            clip(&format!("{} (`{}`)", app.details.name, app.id), 1024),
+            clip(
+                &format!("{} (`{}`)", user_text(&app.details.name), app.id),
+                1024,
+            ),
             true,
         );
     }

@@ -2,7 +2,7 @@
 
 use super::custom_id::CustomId;
 use super::error::{BotError, BotResult, stale};
-use super::render::{credential_line, detail_fields, scope_labels, source_label};
+use super::render::{credential_line, detail_fields, scope_labels, source_label, user_text};
 use super::reply::{FIELD_MAX, clip, no_pings};
 use super::wizard::{self, code};
 use super::{Bot, Context, approvals};
@@ -106,7 +106,7 @@ fn summary_line(app: &Application) -> String {
         .map_or_else(|| "no key".to_owned(), |p| format!("`{p}…`"));
     format!(
         "**{}** — {}{marker} · {} · {} · {key} · <@{}> · <t:{}:d>",
-        app.details.name.replace('*', "\\*"),
+        user_text(&app.details.name),
         app.source_app.label(),
         app.user_type.label(),
         app.status.label(),
@@ -242,7 +242,7 @@ pub async fn show(
         }
     };
     let embed = CreateEmbed::new()
-        .title(app.details.name.clone())
+        .title(clip(&user_text(&app.details.name), 256))
         .colour(0x5865F2)
         .field("Application ID", format!("`{}`", app.id), false)
         .field("Status", app.status.label(), true)
@@ -327,7 +327,10 @@ async fn history_message(
         lines.join("\n")
     };
     let embed = CreateEmbed::new()
-        .title(clip(&format!("History of {}", app.details.name), 256))
+        .title(clip(
+            &format!("History of {}", user_text(&app.details.name)),
+            256,
+        ))
         .description(clip(&text, 4096))
         .footer(serenity::CreateEmbedFooter::new(format!(
             "Page {}",

@@ -2,7 +2,7 @@
 
 use super::custom_id::{Action, CustomId};
 use super::error::{BotError, BotResult, stale};
-use super::render::{detail_fields, scope_labels, source_label};
+use super::render::{detail_fields, scope_labels, source_label, user_text};
 use super::reply::{FIELD_MAX, MESSAGE_MAX, clip, count_rest_error_in, no_pings, private};
 use super::{Bot, is_manager};
 use super::{approvals, delivery};
@@ -257,7 +257,7 @@ pub fn step_message(
         WizardStep::Review => {
             let mut embed = CreateEmbed::new().title("Review").colour(0x5865F2);
             if let Some(det) = &d.details {
-                embed = detail_fields(embed.field("Name", det.name.as_str(), true), det);
+                embed = detail_fields(embed.field("Name", user_text(&det.name), true), det);
             }
             if let Some(t) = d.user_type {
                 embed = embed.field("Login User Type", t.label(), true);

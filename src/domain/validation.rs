@@ -1,9 +1,11 @@
 //! Validation of what a member types into the Create Application form.
 
-use crate::domain::application::AppDetails;
+use crate::domain::application::{AppDetails, quoted};
 use crate::domain::catalog::ScopeCatalog;
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use unicode_normalization::UnicodeNormalization;
+use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 use url::{Host, Url};
 
 pub const NAME_MAX_CHARS: usize = 100;
@@ -100,11 +102,39 @@ impl Problems {
     }
 }
 
-/// The key two names share when they differ only in case: names are unique
-/// per guild ignoring case. Computed here rather than with SQL `lower()`,
-/// which SQLite applies to ASCII only.
+/// The key two names share when they differ only in case or in Unicode
+/// compatibility forms (`ＦＲＯＮＴ desk` and `Front Desk`): names are unique
+/// per guild by it. NFKC, then lower case, then NFKC again, since lower-casing
+/// can leave a string that is no longer normalized. Computed here rather than
+/// in SQL, which has no NFKC (and SQLite's `lower()` is ASCII only); the
+/// stored keys were recomputed with it once (`store::data_migrations`).
 pub fn name_key(name: &str) -> String {
-    name.trim().to_lowercase()
+    let folded: String = name
+        .nfkc()
+        .collect::<String>()
+        .to_lowercase()
+        .nfkc()
+        .collect();
+    folded.trim().to_owned()
+}
+
+/// The first Unicode format character (general category Cf: bidi overrides
+/// such as U+202E, zero-width spaces and joiners, the soft hyphen) in `text`.
+/// They are invisible, so a name or URL holding one reads as something else:
+/// `txt.exe` written backwards, or two names that look the same.
+fn format_character(text: &str) -> Option<char> {
+    text.chars()
+        .find(|c| c.general_category() == GeneralCategory::Format)
+}
+
+/// The message for a format character, naming it by code point only: echoing
+/// it would carry the trick into the reply.
+fn invisible(c: char) -> String {
+    format!(
+        "must not contain invisible formatting characters such as bidi overrides or \
+         zero-width spaces (found U+{:04X})",
+        u32::from(c)
+    )
 }
 
 /// Checks the whole form, reporting every problem, and returns it cleaned up:
@@ -128,10 +158,15 @@ pub fn validate_form(form: &AppForm) -> Result<AppDetails, ValidationErrors> {
             "must not contain control characters such as line breaks or tabs",
         );
     }
+    if let Some(c) = format_character(name) {
+        problems.add(Field::Name, invisible(c));
+    }
 
     let uri = form.uri.trim();
     if uri.is_empty() {
         problems.add(Field::Uri, "is required");
+    } else if let Some(c) = format_character(uri) {
+        problems.add(Field::Uri, invisible(c));
     } else if let Err(message) = check_uri(uri) {
         problems.add(Field::Uri, message);
     }
@@ -151,6 +186,9 @@ pub fn validate_form(form: &AppForm) -> Result<AppDetails, ValidationErrors> {
         .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
     {
         problems.add(Field::Description, "must not contain control characters");
+    }
+    if let Some(c) = format_character(description) {
+        problems.add(Field::Description, invisible(c));
     }
 
     let post_login_urls = redirect_urls(&form.post_login_urls, Field::PostLoginUrls, &mut problems);
@@ -174,18 +212,28 @@ fn parse_web_url(text: &str) -> Result<Url, String> {
     if text.chars().count() > URI_MAX_CHARS {
         return Err(format!("must be at most {URI_MAX_CHARS} characters"));
     }
-    let url = Url::parse(text).map_err(|e| format!("`{text}` is not an absolute URL ({e})"))?;
+    // Messages quote the URL with `quoted`, so a backtick in it cannot end
+    // the code span and turn the rest of the reply into markdown.
+    let shown = quoted(text);
+    let url = Url::parse(text).map_err(|e| format!("{shown} is not an absolute URL ({e})"))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(format!(
-            "`{text}` uses the `{}:` scheme; only http and https are allowed",
+            "{shown} uses the `{}:` scheme; only http and https are allowed",
             url.scheme()
         ));
     }
     if url.host().is_none() {
-        return Err(format!("`{text}` has no host"));
+        return Err(format!("{shown} has no host"));
     }
     if !url.username().is_empty() || url.password().is_some() {
-        return Err(format!("`{text}` must not contain a user name or password"));
+        return Err(format!("{shown} must not contain a user name or password"));
+    }
+    // Plain http only to the developer's own machine, for the app's URI as
+    // for its redirect targets.
+    if url.scheme() == "http" && !is_loopback(&url) {
+        return Err(format!(
+            "{shown} must use https (http is allowed only for localhost)"
+        ));
     }
     Ok(url)
 }
@@ -203,8 +251,8 @@ fn is_loopback(url: &Url) -> bool {
     }
 }
 
-/// One URL a line. Redirect targets get OAuth's stricter rules: https (plain
-/// http only to the developer's own machine) and no fragment.
+/// One URL a line. Redirect targets get OAuth's rules: https (plain http only
+/// to the developer's own machine, as for the URI) and no fragment.
 fn redirect_urls(text: &str, field: Field, problems: &mut Problems) -> Vec<String> {
     let mut urls: Vec<String> = Vec::new();
     if text.chars().count() > REDIRECT_FIELD_MAX_CHARS {
@@ -214,7 +262,13 @@ fn redirect_urls(text: &str, field: Field, problems: &mut Problems) -> Vec<Strin
         );
         return urls;
     }
-    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+    let lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    for (number, line) in (1..).zip(lines) {
+        if let Some(c) = format_character(line) {
+            // Named by its line, not quoted: see `invisible`.
+            problems.add(field, format!("URL {number} {}", invisible(c)));
+            continue;
+        }
         let url = match parse_web_url(line) {
             Ok(url) => url,
             Err(message) => {
@@ -222,15 +276,11 @@ fn redirect_urls(text: &str, field: Field, problems: &mut Problems) -> Vec<Strin
                 continue;
             }
         };
-        if url.scheme() == "http" && !is_loopback(&url) {
+        if url.fragment().is_some() {
             problems.add(
                 field,
-                format!("`{line}` must use https (http is allowed only for localhost)"),
+                format!("{} must not contain a `#` fragment", quoted(line)),
             );
-            continue;
-        }
-        if url.fragment().is_some() {
-            problems.add(field, format!("`{line}` must not contain a `#` fragment"));
             continue;
         }
         if !urls.iter().any(|u| u == line) {
@@ -261,7 +311,7 @@ pub fn validate_scopes(
         if !catalog.contains(scope) {
             problems.add(
                 Field::Scopes,
-                format!("`{scope}` is not an API group of this catalog"),
+                format!("{} is not an API group of this catalog", quoted(scope)),
             );
         } else if !chosen.contains(scope) {
             chosen.push(scope.clone());
@@ -580,8 +630,99 @@ mod tests {
                 Field::Uri,
                 "not an absolute URL",
             ),
+            (
+                "right-to-left override in name",
+                AppForm {
+                    name: "Spa\u{202E}gpj.exe".into(),
+                    ..valid()
+                },
+                Field::Name,
+                "invisible formatting characters",
+            ),
+            (
+                "zero-width space in name",
+                AppForm {
+                    name: "Front\u{200B}Desk".into(),
+                    ..valid()
+                },
+                Field::Name,
+                "(found U+200B)",
+            ),
+            (
+                "zero-width joiner in description",
+                AppForm {
+                    description: "Guests\u{200D} book".into(),
+                    ..valid()
+                },
+                Field::Description,
+                "(found U+200D)",
+            ),
+            (
+                "left-to-right isolate in description",
+                AppForm {
+                    description: "Guests \u{2066}book\u{2069}".into(),
+                    ..valid()
+                },
+                Field::Description,
+                "(found U+2066)",
+            ),
+            (
+                "byte order mark in uri",
+                AppForm {
+                    uri: "https://spa\u{FEFF}.example.com".into(),
+                    ..valid()
+                },
+                Field::Uri,
+                "(found U+FEFF)",
+            ),
+            (
+                "bidi override in login redirect",
+                AppForm {
+                    post_login_urls:
+                        "https://spa.example.com/cb\nhttps://spa.example.com/\u{202E}bc".into(),
+                    ..valid()
+                },
+                Field::PostLoginUrls,
+                "URL 2 must not contain invisible formatting characters",
+            ),
+            (
+                "soft hyphen in logout redirect",
+                AppForm {
+                    post_logout_urls: "https://spa.exa\u{AD}mple.com/bye".into(),
+                    ..valid()
+                },
+                Field::PostLogoutUrls,
+                "(found U+00AD)",
+            ),
+            (
+                "http uri off localhost",
+                AppForm {
+                    uri: "http://spa.example.com".into(),
+                    ..valid()
+                },
+                Field::Uri,
+                "must use https (http is allowed only for localhost)",
+            ),
+            (
+                "http uri to a look-alike host",
+                AppForm {
+                    uri: "http://localhost.evil.example".into(),
+                    ..valid()
+                },
+                Field::Uri,
+                "must use https",
+            ),
+            (
+                "backtick in a bad uri stays quoted",
+                AppForm {
+                    uri: "ftp://x` [a](https://evil.example)".into(),
+                    ..valid()
+                },
+                Field::Uri,
+                "`ftp://xˋ [a](https://evil.example)`",
+            ),
         ];
-        assert!(cases.len() >= 30);
+        assert!(cases.len() >= 40);
         for (what, form, field, needle) in cases {
             let found = problems(form);
             assert!(
@@ -654,6 +795,61 @@ mod tests {
     fn names_compare_without_case() {
         assert_eq!(name_key(" Spa MOBILE "), name_key("spa mobile"));
         assert_eq!(name_key("ÉCLAT"), name_key("éclat"));
+    }
+
+    /// Compatibility forms of a name share its key: each pair collides.
+    #[test]
+    fn names_compare_after_nfkc() {
+        let same = [
+            ("ＦＲＯＮＴ desk", "Front Desk"),
+            ("ＦＲＯＮＴ\u{3000}ｄｅｓｋ", "front desk"),
+            ("Ｓｐａ Ｍｏｂｉｌｅ", "SPA MOBILE"),
+            // Decomposed é (e + combining acute) and the precomposed one.
+            ("E\u{301}clat", "éclat"),
+            ("ﬁle desk", "FILE DESK"),
+            ("Spa ②", "spa 2"),
+            ("\u{212A}elvin", "kelvin"),
+        ];
+        for (a, b) in same {
+            assert_eq!(name_key(a), name_key(b), "{a:?} vs {b:?}");
+        }
+        // Cross-script look-alikes stay distinct: Cyrillic а is not Latin a.
+        assert_ne!(name_key("Sp\u{430}"), name_key("Spa"));
+        assert_eq!(name_key("ＦＲＯＮＴ desk"), "front desk");
+        // A key is its own key: recomputing stored keys changes nothing twice.
+        for (a, _) in same {
+            assert_eq!(name_key(&name_key(a)), name_key(a), "{a:?}");
+        }
+    }
+
+    #[test]
+    fn visible_unicode_is_accepted() {
+        let form = AppForm {
+            name: "Spa Café 東京 🧖".into(),
+            description: "Réservez vos soins. 予約できます。".into(),
+            uri: "http://localhost:3000".into(),
+            ..valid()
+        };
+        assert!(validate_form(&form).is_ok(), "{:?}", validate_form(&form));
+    }
+
+    /// A URL with a format character is named by its position, never
+    /// echoed: the reply would otherwise carry the override too.
+    #[test]
+    fn format_characters_are_never_echoed() {
+        let form = AppForm {
+            name: "a\u{202E}b".into(),
+            uri: "https://a\u{202E}.example.com".into(),
+            description: "d\u{202E}".into(),
+            post_login_urls: "https://\u{202E}x.example.com".into(),
+            post_logout_urls: "https://x.example.com/\u{202E}".into(),
+        };
+        let found = problems(form);
+        assert_eq!(found.len(), 5, "{found:?}");
+        assert!(
+            found.iter().all(|(_, m)| !m.contains('\u{202E}')),
+            "{found:?}"
+        );
     }
 
     #[test]

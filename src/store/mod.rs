@@ -7,6 +7,7 @@ mod approvals;
 mod apps;
 mod audit;
 mod credentials;
+mod data_migrations;
 mod drafts;
 mod redactions;
 mod settings;
@@ -199,11 +200,26 @@ impl Store {
         }
     }
 
-    /// Applies the backend's pending migrations.
+    /// Applies the backend's pending migrations, then the data migrations
+    /// that must run in Rust.
     pub async fn migrate(&self) -> StoreResult<()> {
+        self.migrate_to(i64::MAX).await
+    }
+
+    /// Applies the migrations up to `version` only, with the Rust steps of
+    /// those: what a database of an older keygate holds (tests of upgrades).
+    pub async fn migrate_to(&self, version: i64) -> StoreResult<()> {
         match self {
-            Self::Sqlite(pool, _) => self.migrator().run(pool).await?,
-            Self::Postgres(pool) => self.migrator().run(pool).await?,
+            Self::Sqlite(pool, _) => self.migrator().run_to(version, pool).await?,
+            Self::Postgres(pool) => self.migrator().run_to(version, pool).await?,
+        }
+        if version >= data_migrations::NFKC_NAME_KEYS_VERSION {
+            let mut tx = self.begin().await?;
+            // None: done before, by this process or another.
+            match tx.nfkc_name_keys(to_ms(Utc::now())).await? {
+                Some(_) => tx.commit().await?,
+                None => tx.rollback().await?,
+            }
         }
         Ok(())
     }

@@ -1,4 +1,4 @@
-//! The real keygate bot, started against a fake Discord on a fresh SQLite store.
+//! The real keygate bot, started against a fake Discord on a fresh store (or one a test prepared).
 
 use super::TestDb;
 use super::fake_discord::{FakeDiscord, TestUser};
@@ -51,11 +51,21 @@ impl Harness {
         manual_clock: bool,
         stall_grace: chrono::TimeDelta,
     ) -> Self {
-        let fake = FakeDiscord::start().await;
         let db = match backend {
             Backend::Sqlite => TestDb::sqlite().await,
             Backend::Postgres => TestDb::postgres().await,
         };
+        Self::start_on_with(db, manual_clock, stall_grace).await
+    }
+
+    /// The bot on `db` as it is (a database prepared by the test, such as
+    /// one upgraded from an older keygate).
+    pub async fn start_on(db: TestDb, manual_clock: bool) -> Self {
+        Self::start_on_with(db, manual_clock, chrono::TimeDelta::seconds(1)).await
+    }
+
+    async fn start_on_with(db: TestDb, manual_clock: bool, stall_grace: chrono::TimeDelta) -> Self {
+        let fake = FakeDiscord::start().await;
         let policy = Policy {
             stall_grace,
             ..Policy::default()

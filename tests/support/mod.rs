@@ -44,35 +44,31 @@ fn postgres_url() -> String {
 
 impl TestDb {
     pub async fn sqlite() -> Self {
-        Self::sqlite_unmigrated().await.migrated().await
+        Self::sqlite_at(i64::MAX).await
     }
 
     /// Each test gets its own schema, so tests run in parallel on one database.
     pub async fn postgres() -> Self {
-        Self::postgres_unmigrated().await.migrated().await
+        Self::postgres_at(i64::MAX).await
     }
 
-    /// A fresh store of `backend` with no migration applied yet.
-    pub async fn unmigrated(backend: keygate::store::Backend) -> Self {
+    /// A fresh store of `backend` migrated up to `version` only: the database
+    /// of an older keygate, to test an upgrade (`store.migrate()` then runs the rest).
+    pub async fn at_version(backend: keygate::store::Backend, version: i64) -> Self {
         match backend {
-            keygate::store::Backend::Sqlite => Self::sqlite_unmigrated().await,
-            keygate::store::Backend::Postgres => Self::postgres_unmigrated().await,
+            keygate::store::Backend::Sqlite => Self::sqlite_at(version).await,
+            keygate::store::Backend::Postgres => Self::postgres_at(version).await,
         }
     }
 
-    async fn migrated(self) -> Self {
-        self.store.migrate().await.expect("migrate");
-        self
-    }
-
-    async fn sqlite_unmigrated() -> Self {
+    async fn sqlite_at(version: i64) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let options = SqliteConnectOptions::new().filename(dir.path().join("keygate.db"));
         let store = Store::connect_sqlite(options).await.expect("open sqlite");
-        Self::ready(store, Cleanup::Sqlite(dir)).await
+        Self::ready(store, Cleanup::Sqlite(dir), version).await
     }
 
-    async fn postgres_unmigrated() -> Self {
+    async fn postgres_at(version: i64) -> Self {
         let url = postgres_url();
         let schema = format!(
             "kg_test_{}",
@@ -103,11 +99,13 @@ impl TestDb {
                 admin_url: url,
                 schema,
             },
+            version,
         )
         .await
     }
 
-    async fn ready(store: Store, cleanup: Cleanup) -> Self {
+    async fn ready(store: Store, cleanup: Cleanup, version: i64) -> Self {
+        store.migrate_to(version).await.expect("migrate");
         let clock = Clock::manual(Utc.with_ymd_and_hms(2026, 11, 26, 12, 0, 0).unwrap());
         let service = Service::new(store.clone(), Arc::new(ScopeCatalog::builtin()))
             .with_clock(clock.clone());
@@ -169,35 +167,6 @@ impl TestDb {
         }
     }
 
-    /// Runs statements with no parameters, bypassing the store.
-    pub async fn execute_sql(&self, statements: &[&str]) {
-        for sql in statements {
-            let sql = sqlx::AssertSqlSafe(sql.to_string());
-            match &self.store {
-                Store::Sqlite(pool, _) => sqlx::query(sql).execute(pool).await.map(drop),
-                Store::Postgres(pool) => sqlx::query(sql).execute(pool).await.map(drop),
-            }
-            .unwrap_or_else(|e| panic!("{e}"));
-        }
-    }
-
-    /// Applies the migrations up to `version` only, as an older keygate would have.
-    pub async fn migrate_to(&self, version: i64) {
-        match &self.store {
-            Store::Sqlite(pool, _) => {
-                sqlx::migrate!("migrations/sqlite")
-                    .run_to(version, pool)
-                    .await
-            }
-            Store::Postgres(pool) => {
-                sqlx::migrate!("migrations/postgres")
-                    .run_to(version, pool)
-                    .await
-            }
-        }
-        .expect("migrate to a version");
-    }
-
     /// Runs one statement with one integer parameter, bypassing the store.
     pub async fn execute_raw(&self, sql: &'static str, param: i64) -> Result<u64, sqlx::Error> {
         Ok(match &self.store {
@@ -212,6 +181,27 @@ impl TestDb {
                 .await?
                 .rows_affected(),
         })
+    }
+
+    /// Runs statements written by a test (a database's past, for upgrades),
+    /// bypassing the store.
+    pub async fn execute_sql(&self, sql: &str) {
+        let sql = sqlx::AssertSqlSafe(sql.to_owned());
+        match &self.store {
+            Store::Sqlite(pool, _) => sqlx::raw_sql(sql).execute(pool).await.map(drop),
+            Store::Postgres(pool) => sqlx::raw_sql(sql).execute(pool).await.map(drop),
+        }
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Rows of two text columns (the second may be NULL), bypassing the store.
+    pub async fn text_pairs(&self, sql: &str) -> Vec<(String, Option<String>)> {
+        let sql = sqlx::AssertSqlSafe(sql.to_owned());
+        match &self.store {
+            Store::Sqlite(pool, _) => sqlx::query_as(sql).fetch_all(pool).await,
+            Store::Postgres(pool) => sqlx::query_as(sql).fetch_all(pool).await,
+        }
+        .unwrap_or_else(|e| panic!("{e}"))
     }
 
     pub async fn row_counts(&self) -> Vec<(&'static str, i64)> {
@@ -350,36 +340,19 @@ pub async fn active_app(db: &TestDb, name: &str) -> (ApplicationId, ApiKey) {
 
 /// Every log line of this test binary at `filter`, to check for secrets.
 /// The first call in a binary installs the capture; later calls share it.
-pub fn captured_logs(filter: &str) -> Arc<std::sync::Mutex<Vec<u8>>> {
-    static LOGS: std::sync::OnceLock<Arc<std::sync::Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+pub fn captured_logs(filter: &str) -> keygate::telemetry::LogBuffer {
+    static LOGS: std::sync::OnceLock<keygate::telemetry::LogBuffer> = std::sync::OnceLock::new();
     LOGS.get_or_init(|| {
-        let buffer = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let sink = buffer.clone();
-        let writer = move || Capture(sink.clone());
+        let buffer = keygate::telemetry::LogBuffer::default();
         keygate::telemetry::init(
             keygate::config::LogFormat::Pretty,
             tracing_subscriber::EnvFilter::new(filter),
-            writer,
+            buffer.clone(),
         )
         .expect("install the log capture");
         buffer
     })
     .clone()
-}
-
-struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// Revokes the app as the revoke form does, typing its name.
@@ -391,4 +364,34 @@ pub async fn revoke(
 ) -> Result<keygate::domain::application::Application, keygate::service::ServiceError> {
     let name = service.app(guild, app).await?.details.name;
     service.revoke(guild, app, actor, &name).await
+}
+
+/// One application row as a keygate before 0005 stored it: its key only lower-cased.
+pub fn old_app_row(id: &str, name: &str, status: &str, created_at: i64) -> String {
+    format!(
+        "INSERT INTO applications (id, guild_id, owner_id, name, name_key, uri, description, \
+         login_user_type, source_app, status, created_at, updated_at) VALUES \
+         ('{id}', {guild}, {owner}, '{name}', '{key}', 'https://spa.example.com', '', \
+         'guest', 'external_cma', '{status}', {created_at}, {created_at});",
+        guild = GUILD.0,
+        owner = ALICE.0,
+        key = name.trim().to_lowercase(),
+    )
+}
+
+/// An approval request as a keygate at 0001 stored it, with its application.
+pub fn old_request_rows(id: &str, status: &str, decided_at: i64) -> String {
+    let day = 86_400_000;
+    format!(
+        "{app} INSERT INTO approval_requests (app_id, guild_id, requester_id, \
+         approvals_required, status, created_at, expires_at, decided_at, decided_by) \
+         VALUES ('{id}', {guild}, {owner}, 1, '{status}', {created}, {expires}, \
+         {decided_at}, {bob});",
+        app = old_app_row(id, &format!("App {id}"), status, decided_at - 1_000),
+        guild = GUILD.0,
+        owner = ALICE.0,
+        created = decided_at - 1_000,
+        expires = decided_at + 3 * day,
+        bob = BOB.0,
+    )
 }
