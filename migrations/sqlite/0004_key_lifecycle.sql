@@ -25,7 +25,7 @@ UPDATE api_keys SET next_warning_at = CASE
     WHEN created_at < expires_at - 604800000 THEN expires_at - 604800000
     WHEN created_at < expires_at - 86400000 THEN expires_at - 86400000
     END
-    WHERE revoked_at IS NULL;
+    WHERE revoked_at IS NULL AND expires_at > CAST(strftime('%s', 'now') AS BIGINT) * 1000;
 -- Keys that stopped working before this migration need no expiry event now.
 UPDATE api_keys SET expiry_recorded_at = expires_at WHERE expires_at <= CAST(strftime('%s', 'now') AS BIGINT) * 1000;
 -- At most one current key per application: of concurrent rotations one wins.

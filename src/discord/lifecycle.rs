@@ -471,9 +471,12 @@ async fn deliver_new_credential(
 
 /// What a failed warning means for its queue.
 enum WarningFailure {
-    /// The owner cannot get it by DM (closed DMs, left the server), or the bot
-    /// is not in the server any more: it goes to the audit channel.
+    /// The owner cannot get it by DM (closed DMs, left the server): it goes
+    /// to the audit channel.
     Unreachable,
+    /// The bot is not in the server any more (or may not see it): nobody
+    /// there can be told, so the stage is done.
+    GuildGone,
     /// Rate limited: the pass stops, and this warning waits at least this long.
     RateLimited,
     Other,
@@ -487,9 +490,10 @@ fn classify(e: &serenity::Error) -> WarningFailure {
             WarningFailure::RateLimited
         }
         _ => match discord_code(e) {
-            // 50007 closed DMs, 10007 unknown member, 10004 unknown guild,
-            // 50001 missing access.
-            Some(50007 | 10007 | 10004 | 50001) => WarningFailure::Unreachable,
+            // 50007 closed DMs, 10007 unknown member.
+            Some(50007 | 10007) => WarningFailure::Unreachable,
+            // 10004 unknown guild, 50001 missing access.
+            Some(10004 | 50001) => WarningFailure::GuildGone,
             _ => WarningFailure::Other,
         },
     }
@@ -547,9 +551,16 @@ pub async fn tick(http: &Http, service: &Service) -> anyhow::Result<()> {
                 count_rest_error(&e);
                 match classify(&e) {
                     WarningFailure::Unreachable => true,
+                    WarningFailure::GuildGone => {
+                        tracing::warn!(app = %w.app.id, error = %e, "the bot is not in the app's server; its expiry warning is dropped");
+                        service.warning_sent(&w, false).await?;
+                        continue;
+                    }
                     WarningFailure::RateLimited => {
                         service.warning_failed(&w, Some(RATE_LIMIT_WAIT)).await?;
                         tracing::warn!(app = %w.app.id, "rate limited sending expiry warnings; backing off");
+                        // The whole queue waits, not just this warning.
+                        tokio::time::sleep(RATE_LIMIT_WAIT).await;
                         break;
                     }
                     WarningFailure::Other => {

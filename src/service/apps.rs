@@ -356,7 +356,13 @@ impl Service {
             None if app.status != AppStatus::Approved => {
                 return Err(ServiceError::NotApproved(app.status));
             }
-            None => issue_secret(&mut tx, &app, now).await?,
+            None => {
+                // Taken in turn with a revocation (PostgreSQL locks the row).
+                if !tx.touch_live_app(&app.id, now).await? {
+                    return Err(ServiceError::NotApproved(AppStatus::Revoked));
+                }
+                issue_secret(&mut tx, &app, now).await?
+            }
         };
         let dm_lifetime = tx.guild_settings(guild).await?.dm_lifetime;
         tx.commit().await?;
@@ -391,6 +397,11 @@ impl Service {
             CredentialKind::Key => ServiceError::KeyAlreadyGenerated,
             CredentialKind::Secret => ServiceError::CredentialsAlreadyIssued,
         };
+        // Locks the app's row (PostgreSQL), so a revocation waits for this,
+        // or this one sees the app revoked.
+        if !tx.touch_live_app(&app.id, now).await? {
+            return Err(ServiceError::NotApproved(AppStatus::Revoked));
+        }
         if !tx.revoke_credential(old, now).await? {
             return Err(taken());
         }

@@ -77,7 +77,7 @@ pub struct Rotated {
     /// When the old credential stops working (now for `grace:now`).
     pub grace_ends_at: DateTime<Utc>,
     /// The old credential stopped working at once (`grace:now`, or it had
-    /// expired already).
+    /// expired already): what the messages say.
     pub cut_off: bool,
     /// Earlier replaced credentials whose grace this rotation ended.
     pub ended: Vec<StoredCredential>,
@@ -262,6 +262,8 @@ impl Service {
         let ended = tx.end_graces(&app.id, old.kind, now).await?;
         let grace_ends_at = grace.ends_at(now, old.expires_at);
         let cut_off = grace == Grace::Now;
+        // What the messages say: an old key already past its expiry stops now too.
+        let stops_now = cut_off || grace_ends_at <= now;
         if !tx
             .replace_credential(
                 &old,
@@ -296,7 +298,7 @@ impl Service {
             quoted(&app.details.name),
             record.prefix,
             old.prefix,
-            grace_text(grace_ends_at, cut_off)
+            grace_text(grace_ends_at, stops_now)
         );
         for e in &ended {
             summary.push_str(&format!("; the grace of {}… ended early", e.prefix));
@@ -314,7 +316,7 @@ impl Service {
             new,
             new_id: record.id,
             old,
-            cut_off,
+            cut_off: stops_now,
             grace_ends_at,
             ended,
             dm_lifetime: settings.dm_lifetime,

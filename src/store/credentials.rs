@@ -220,9 +220,15 @@ impl Tx {
     ) -> StoreResult<bool> {
         let revoked = cut_off.then_some(to_ms(now));
         let sql = sqlx::AssertSqlSafe(format!(
-            "UPDATE {} SET replaced_by = $1, rotated_by = $2, grace_ends_at = $3, revoked_at = $4 \
+            "UPDATE {} SET replaced_by = $1, rotated_by = $2, grace_ends_at = $3, revoked_at = $4{} \
              WHERE id = $5 AND replaced_by IS NULL AND revoked_at IS NULL",
-            table(old.kind).name
+            table(old.kind).name,
+            // A replaced key is warned of no more.
+            if old.kind == CredentialKind::Key {
+                ", next_warning_at = NULL"
+            } else {
+                ""
+            }
         ));
         let n = on_conn!(self, c => sqlx::query(sql)
             .bind(new_id)
@@ -264,8 +270,13 @@ impl Tx {
         now: DateTime<Utc>,
     ) -> StoreResult<bool> {
         let sql = sqlx::AssertSqlSafe(format!(
-            "UPDATE {} SET revoked_at = $1 WHERE id = $2 AND replaced_by IS NULL AND revoked_at IS NULL",
-            table(c.kind).name
+            "UPDATE {} SET revoked_at = $1{} WHERE id = $2 AND replaced_by IS NULL AND revoked_at IS NULL",
+            table(c.kind).name,
+            if c.kind == CredentialKind::Key {
+                ", next_warning_at = NULL"
+            } else {
+                ""
+            }
         ));
         let n = on_conn!(self, conn => sqlx::query(sql)
             .bind(to_ms(now))
@@ -317,8 +328,13 @@ impl Tx {
         let mut n = 0;
         for kind in CredentialKind::ALL {
             let sql = sqlx::AssertSqlSafe(format!(
-                "UPDATE {} SET revoked_at = $1 WHERE app_id = $2 AND revoked_at IS NULL",
-                table(kind).name
+                "UPDATE {} SET revoked_at = $1{} WHERE app_id = $2 AND revoked_at IS NULL",
+                table(kind).name,
+                if kind == CredentialKind::Key {
+                    ", next_warning_at = NULL"
+                } else {
+                    ""
+                }
             ));
             n += on_conn!(self, c => sqlx::query(sql)
                 .bind(to_ms(now))
