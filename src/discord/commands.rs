@@ -28,7 +28,7 @@ async fn may_view(bot: &Bot, guild: GuildId, member: Option<&serenity::Member>) 
         || approvals::is_approver(bot, guild, member).await?)
 }
 
-fn member_of<'a>(ctx: &'a Context<'_>) -> Option<&'a serenity::Member> {
+pub(super) fn member_of<'a>(ctx: &'a Context<'_>) -> Option<&'a serenity::Member> {
     match ctx {
         poise::Context::Application(actx) => actx.interaction.member.as_deref(),
         poise::Context::Prefix(_) => None,

@@ -1,7 +1,7 @@
 //! `/app rotate`, `/app revoke`, their confirmations, and the expiry-warning worker.
 
 use super::approvals::is_approver;
-use super::commands::{guild_of, resolve};
+use super::commands::{guild_of, member_of, resolve};
 use super::custom_id::{Action, CustomId};
 use super::delivery::{fill_dm, finish_only, follow_up_privately, open_dm, rotated_text};
 use super::error::{BotError, BotResult, stale};
@@ -79,6 +79,11 @@ async fn actor(
     })
 }
 
+/// The member running a slash command, judged as `actor` judges.
+async fn command_actor(ctx: &Context<'_>, guild: GuildId) -> BotResult<Actor> {
+    actor(ctx.data(), Some(guild), ctx.author(), member_of(ctx)).await
+}
+
 /// What the member is about to confirm, and the Confirm button bound to the
 /// credential that is current now.
 fn confirmation(plan: &RotationPlan) -> (String, Vec<CreateActionRow>) {
@@ -126,17 +131,8 @@ pub async fn rotate(
 ) -> BotResult<()> {
     ctx.defer_ephemeral().await?;
     let guild = guild_of(&ctx)?;
-    let poise::Context::Application(actx) = ctx else {
-        return Err(BotError::User("use the slash command".into()));
-    };
     let bot = ctx.data();
-    let actor = actor(
-        bot,
-        Some(guild),
-        ctx.author(),
-        actx.interaction.member.as_deref(),
-    )
-    .await?;
+    let actor = command_actor(&ctx, guild).await?;
     let app = resolve(&ctx, guild, &app).await?;
     let kind = match what.unwrap_or(What::Key) {
         What::Key => CredentialKind::Key,
@@ -189,14 +185,7 @@ pub async fn revoke(
         return Err(BotError::User("use the slash command".into()));
     };
     let guild = guild_of(&ctx)?;
-    let bot = ctx.data();
-    let actor = actor(
-        bot,
-        Some(guild),
-        ctx.author(),
-        actx.interaction.member.as_deref(),
-    )
-    .await?;
+    let actor = command_actor(&ctx, guild).await?;
     let app = resolve(&ctx, guild, &app).await?;
     if !actor.may_manage(&app) {
         return Err(crate::service::ServiceError::NotAllowed.into());
