@@ -5,6 +5,10 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+/// What a pass asks of the next: `Some(wait)` when Discord rate-limited it,
+/// so the whole queue waits that long instead of one tick.
+pub type Pass = anyhow::Result<Option<Duration>>;
+
 /// Spawns `pass` every `tick` until stopped. The work lives in the database,
 /// so a failed pass is logged and simply runs again on the next tick.
 pub fn every<F, Fut>(
@@ -15,15 +19,19 @@ pub fn every<F, Fut>(
 ) -> JoinHandle<()>
 where
     F: FnMut() -> Fut + Send + 'static,
-    Fut: Future<Output = anyhow::Result<()>> + Send,
+    Fut: Future<Output = Pass> + Send,
 {
     tokio::spawn(async move {
         loop {
-            if let Err(e) = pass().await {
-                tracing::warn!(error = format!("{e:#}"), "{what} pass failed; retrying");
-            }
+            let wait = match pass().await {
+                Ok(wait) => wait.map_or(tick, |w| w.max(tick)),
+                Err(e) => {
+                    tracing::warn!(error = format!("{e:#}"), "{what} pass failed; retrying");
+                    tick
+                }
+            };
             tokio::select! {
-                _ = tokio::time::sleep(tick) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = stop.changed() => return,
             }
         }

@@ -45,6 +45,7 @@ on_both_stores!(
     names_compare_after_nfkc,
     stored_name_keys_are_recomputed_once,
     approvals_decided_before_0002_count_as_delivered,
+    retry_schedules_and_channel_pauses_round_trip,
 );
 
 async fn require_approvals(db: &TestDb, n: u8) {
@@ -1715,4 +1716,80 @@ async fn approvals_decided_before_0002_count_as_delivered(db: &TestDb) {
     let undelivered: Vec<&str> = stalled.undelivered.iter().map(|a| a.id.as_str()).collect();
     assert_eq!(undelivered, vec![after.as_str()]);
     old.close().await;
+}
+
+async fn retry_schedules_and_channel_pauses_round_trip(db: &TestDb) {
+    use keygate::domain::retry::{ChannelLoss, Job};
+    let (app, _) = active_app(db, "Retried").await;
+    let now = db.clock.now();
+    let later = now + chrono::TimeDelta::seconds(2);
+    let mut tx = db.store.begin().await.unwrap();
+    tx.schedule_redaction(&DmRedaction {
+        channel_id: ChannelId(10),
+        message_id: MessageId(7),
+        app_id: app.clone(),
+        user_id: ALICE,
+        due_at: now,
+    })
+    .await
+    .unwrap();
+    tx.record_failure(Job::Redact, "10:7", 1, now)
+        .await
+        .unwrap();
+    tx.record_failure(Job::Redact, "10:7", 2, later)
+        .await
+        .unwrap();
+    assert!(tx.mark_alerted(Job::Redact, "10:7", now).await.unwrap());
+    assert!(
+        !tx.mark_alerted(Job::Redact, "10:7", later).await.unwrap(),
+        "told once"
+    );
+    // A request that is not pending has nothing left to retry.
+    tx.record_failure(Job::PostRequest, app.as_str(), 1, later)
+        .await
+        .unwrap();
+    let retries = tx.retries(Job::Redact).await.unwrap();
+    let r = retries["10:7"];
+    assert_eq!((r.failures, r.next_attempt_at, r.alerted), (2, later, true));
+    assert!(tx.retries(Job::Deliver).await.unwrap().is_empty());
+
+    assert_eq!(tx.purge_settled_retries().await.unwrap(), 1);
+    assert!(tx.retries(Job::PostRequest).await.unwrap().is_empty());
+    assert_eq!(tx.retries(Job::Redact).await.unwrap().len(), 1, "still due");
+    tx.mark_redacted(ChannelId(10), MessageId(7), None, now)
+        .await
+        .unwrap();
+    assert_eq!(tx.purge_settled_retries().await.unwrap(), 1);
+
+    let (c, g) = (ChannelId(20), GuildId(1));
+    assert!(
+        tx.pause_channel(g, c, ChannelLoss::MissingPermissions, now, later)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !tx.pause_channel(
+            g,
+            c,
+            ChannelLoss::UnknownChannel,
+            later,
+            later + chrono::TimeDelta::minutes(10)
+        )
+        .await
+        .unwrap(),
+        "paused once; the probe moves"
+    );
+    let pause = tx.channel_pauses().await.unwrap()[&c];
+    assert_eq!(
+        (pause.loss, pause.paused_at, pause.next_probe_at),
+        (
+            ChannelLoss::UnknownChannel,
+            now,
+            later + chrono::TimeDelta::minutes(10)
+        )
+    );
+    assert!(!tx.unpause_channels(&[ChannelId(21)]).await.unwrap());
+    assert!(tx.unpause_channels(&[ChannelId(21), c]).await.unwrap());
+    assert!(tx.channel_pauses().await.unwrap().is_empty());
+    tx.commit().await.unwrap();
 }

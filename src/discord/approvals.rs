@@ -1,18 +1,23 @@
 //! Approval requests on Discord: the approvals-channel message, Approve/Deny,
 //! Withdraw, the Reveal fallback, and reminders and expiry over time.
 
+use super::access::{BotStanding, ChannelAccess};
 use super::custom_id::{Action, CustomId};
 use super::delivery;
 use super::error::{BotError, BotResult, stale};
 use super::render::{detail_fields, scope_labels, source_label, user_text};
-use super::reply::{FIELD_MAX, clip, count_rest_error, count_rest_error_in, no_pings, private};
+use super::reply::{
+    FIELD_MAX, RestFailure, clip, count_rest_error, count_rest_error_in, no_pings, private,
+};
 use super::wizard::code;
 use super::{Bot, is_manager};
 use crate::domain::application::{AppStatus, Application};
 use crate::domain::approval::{ApprovalRequest, DENY_REASON_MAX_CHARS, RequestStatus};
 use crate::domain::credentials::ApplicationId;
 use crate::domain::ids::{ChannelId, GuildId, MessageId, UserId};
-use crate::service::{Actor, ApproveOutcome, Service, ServiceError};
+use crate::domain::retry::{ChannelLoss, Job};
+use crate::runtime::Pass;
+use crate::service::{Actor, ApproveOutcome, ChannelUse, Retry, RetryGate, Service, ServiceError};
 use poise::serenity_prelude as serenity;
 use serenity::{
     ActionRowComponent, ButtonStyle, ComponentInteraction, CreateActionRow, CreateButton,
@@ -209,19 +214,35 @@ async fn tell_requester(http: &Http, user: UserId, text: String) {
     }
 }
 
+/// A nonce of at most Discord's 25 characters for a post about `app`, so
+/// that a retry of a post that went through (a crash before it was marked)
+/// shows once.
+fn nonce(prefix: char, app: &ApplicationId) -> serenity::Nonce {
+    let id = app.as_str();
+    let tail = id.get(id.len().saturating_sub(24)..).unwrap_or(id);
+    serenity::Nonce::String(format!("{prefix}{tail}"))
+}
+
 /// Approved: the credentials go to the requester by DM. The DM is opened
 /// before the secret exists, so closed DMs cost nothing: the bot then posts a
 /// Reveal button in the wizard's channel, and the secret is issued when the
-/// requester presses it.
+/// requester presses it. If the bot may not post there either, the audit
+/// channel asks for the requester's DMs, once, and delivery is tried again
+/// at each probe.
 async fn deliver_after_approval(
     http: &Http,
     service: &Service,
+    gate: &mut RetryGate,
     app: &Application,
-) -> anyhow::Result<()> {
+) -> Pass {
+    let item = app.id.as_str();
     // Revoked (or otherwise ended) since its approval: nothing to deliver.
     if !matches!(app.status, AppStatus::Approved | AppStatus::KeyIssued) {
         service.approval_delivered(&app.id).await?;
-        return Ok(());
+        service
+            .job_succeeded(gate, Job::Deliver, item, None)
+            .await?;
+        return Ok(None);
     }
     let request = service.approval_request(&app.id).await?;
     let opened = async {
@@ -241,7 +262,7 @@ async fn deliver_after_approval(
         .await
     }
     .await;
-    match opened {
+    let failed = match opened {
         Ok(sent) => {
             // A retry after a crash between issuing and filling the DM gets a
             // new Secret in place of the lost one (the service revokes it).
@@ -250,53 +271,112 @@ async fn deliver_after_approval(
                 // It reached the requester already (Reveal, or an earlier pass).
                 Err(ServiceError::CredentialsAlreadyIssued) => {
                     service.approval_delivered(&app.id).await?;
-                    return Ok(());
+                    service
+                        .job_succeeded(gate, Job::Deliver, item, None)
+                        .await?;
+                    return Ok(None);
                 }
                 // Another delivery of it may still be under way: a later pass
                 // decides, and this note goes.
                 Err(ServiceError::CredentialsBeingDelivered) => {
                     sent.delete(http).await?;
-                    return Ok(());
+                    return Ok(None);
                 }
                 // Revoked between the check above and now.
                 Err(ServiceError::NotApproved(_)) => {
                     sent.delete(http).await?;
                     service.approval_delivered(&app.id).await?;
-                    return Ok(());
+                    service
+                        .job_succeeded(gate, Job::Deliver, item, None)
+                        .await?;
+                    return Ok(None);
                 }
                 Err(e) => return Err(e.into()),
             };
             delivery::fill_approval_dm(http, service, &creds, &sent).await?;
             service.approval_delivered(&app.id).await?;
-            Ok(())
-        }
-        Err(e) => {
-            tracing::info!(app = %app.id, error = %e, "DMs closed after approval; posting a Reveal button");
-            let Some(channel) = request.and_then(|r| r.origin_channel) else {
-                return Err(anyhow::anyhow!(
-                    "no channel to post the Reveal button in for {}",
-                    app.id
-                ));
-            };
-            let message = CreateMessage::new()
-                .content(format!(
-                    "<@{}>, {} was approved. Your DMs are closed: press **Reveal** to see its credentials (only you can, once).",
-                    app.owner_id,
-                    code(&app.details.name)
-                ))
-                .components(vec![CreateActionRow::Buttons(vec![
-                    CreateButton::new(CustomId::app(app.id.as_str(), Action::Reveal).to_string())
-                        .label("Reveal")
-                        .style(ButtonStyle::Primary),
-                ])])
-                // The requester, and no one else, is pinged.
-                .allowed_mentions(no_pings().users(vec![serenity::UserId::new(app.owner_id.0)]));
-            serenity::ChannelId::new(channel.0)
-                .send_message(http, message)
+            service
+                .job_succeeded(gate, Job::Deliver, item, None)
                 .await?;
-            service.approval_delivered(&app.id).await?;
-            Ok(())
+            return Ok(None);
         }
+        Err(e) if RestFailure::of(&e) == RestFailure::DmsClosed => {
+            let origin = request.and_then(|r| r.origin_channel);
+            match post_reveal(http, app, origin).await {
+                Ok(true) => {
+                    service.approval_delivered(&app.id).await?;
+                    service
+                        .job_succeeded(gate, Job::Deliver, item, None)
+                        .await?;
+                    return Ok(None);
+                }
+                Ok(false) => {
+                    if service.delivery_held(app, origin).await? {
+                        tracing::warn!(app = %app.id, "approved credentials can reach their requester neither by DM nor by a Reveal button; the audit channel was told");
+                    }
+                    service
+                        .job_failed(gate, Job::Deliver, item, Retry::Probe)
+                        .await?;
+                    return Ok(None);
+                }
+                Err(e) => e,
+            }
+        }
+        Err(e) => e,
+    };
+    count_rest_error(&failed);
+    let (retry, wait) = match RestFailure::of(&failed) {
+        RestFailure::RateLimited(wait) => (Retry::AtLeast(wait), Some(wait)),
+        _ => (Retry::Backoff, None),
+    };
+    let next = service.job_failed(gate, Job::Deliver, item, retry).await?;
+    tracing::warn!(app = %app.id, error = %failed, retry_at = %next, "could not deliver approved credentials");
+    Ok(wait)
+}
+
+/// Posts the Reveal button for a requester whose DMs are closed, in the
+/// channel they ran the wizard in; false when there is none or the bot may
+/// not post there (checked first, so a lost permission costs no refused post).
+async fn post_reveal(
+    http: &Http,
+    app: &Application,
+    origin: Option<ChannelId>,
+) -> serenity::Result<bool> {
+    let Some(channel) = origin else {
+        return Ok(false);
+    };
+    let me = http.get_current_user().await?;
+    let standing = BotStanding::read(http, serenity::GuildId::new(app.guild_id.0), me.id).await?;
+    if standing
+        .access(http, serenity::ChannelId::new(channel.0))
+        .await?
+        != ChannelAccess::CanPost
+    {
+        return Ok(false);
+    }
+    let message = CreateMessage::new()
+        .content(format!(
+            "<@{}>, {} was approved. Your DMs are closed: press **Reveal** to see its credentials (only you can, once).",
+            app.owner_id,
+            code(&app.details.name)
+        ))
+        .components(vec![CreateActionRow::Buttons(vec![
+            CreateButton::new(CustomId::app(app.id.as_str(), Action::Reveal).to_string())
+                .label("Reveal")
+                .style(ButtonStyle::Primary),
+        ])])
+        .nonce(nonce('v', &app.id))
+        .enforce_nonce(true)
+        // The requester, and no one else, is pinged.
+        .allowed_mentions(no_pings().users(vec![serenity::UserId::new(app.owner_id.0)]));
+    match serenity::ChannelId::new(channel.0)
+        .send_message(http, message)
+        .await
+    {
+        Ok(_) => Ok(true),
+        // Lost between the check and the post.
+        Err(e) if matches!(RestFailure::of(&e), RestFailure::Channel(_)) => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
@@ -357,12 +437,16 @@ pub async fn on_component(
             component
                 .create_response(&ctx.http, CreateInteractionResponse::UpdateMessage(update))
                 .await?;
-            if let ApproveOutcome::Approved(app) = outcome
-                && let Err(e) = deliver_after_approval(&ctx.http, &bot.service, &app).await
-            {
-                // The approval stands; the approvals worker delivers later.
-                count_rest_error_in(&e);
-                tracing::warn!(app = %app.id, error = format!("{e:#}"), "could not deliver approved credentials yet");
+            if let ApproveOutcome::Approved(app) = outcome {
+                let delivered = async {
+                    let mut gate = bot.service.retry_gate(Job::Deliver).await?;
+                    deliver_after_approval(&ctx.http, &bot.service, &mut gate, &app).await
+                };
+                if let Err(e) = delivered.await {
+                    // The approval stands; the approvals worker delivers later.
+                    count_rest_error_in(&e);
+                    tracing::warn!(app = %app.id, error = format!("{e:#}"), "could not deliver approved credentials yet");
+                }
             }
         }
         Action::Deny => {
@@ -483,23 +567,51 @@ pub async fn withdraw(
     Ok(app)
 }
 
-/// One pass: expires requests and sends half-time reminders. It runs from
-/// the database, so both happen on time across restarts.
-pub async fn tick(http: &Http, service: &Service) -> anyhow::Result<()> {
+/// One pass: posts and delivers what a failure left undone, expires
+/// requests and sends half-time reminders. It runs from the database, so all
+/// of it happens on time across restarts; each failing item backs off on its
+/// own, a lost approvals channel pauses what goes there, and a 429 holds the
+/// whole queue.
+pub async fn tick(http: &Http, service: &Service) -> Pass {
     let stalled = service.stalled_requests().await?;
-    for (app, request) in stalled.unposted {
-        if let Err(e) = post_request(http, service, &app, &request).await {
-            count_rest_error_in(&e);
-            tracing::warn!(app = %app.id, error = format!("{e:#}"), "could not post a request; will retry");
+    if !stalled.unposted.is_empty() {
+        let mut gate = service.retry_gate(Job::PostRequest).await?;
+        for (app, request) in stalled.unposted {
+            let channel = service.settings(app.guild_id).await?.approvals_channel;
+            if !gate.may_try(app.id.as_str(), channel) {
+                if let Some(loss) = channel.and_then(|c| gate.paused(c)).map(|p| p.loss) {
+                    tell_held(http, service, &mut gate, &app, loss).await?;
+                }
+                continue;
+            }
+            let wait = match post_request(http, service, &app, &request).await {
+                Ok(_) => {
+                    service
+                        .job_succeeded(&mut gate, Job::PostRequest, app.id.as_str(), channel)
+                        .await?;
+                    None
+                }
+                Err(e) => request_post_failed(http, service, &mut gate, &app, channel, &e).await?,
+            };
+            if wait.is_some() {
+                return Ok(wait);
+            }
         }
     }
-    for app in stalled.undelivered {
-        if let Err(e) = deliver_after_approval(http, service, &app).await {
-            count_rest_error_in(&e);
-            tracing::warn!(app = %app.id, error = format!("{e:#}"), "could not deliver approved credentials; will retry");
+    if !stalled.undelivered.is_empty() {
+        let mut gate = service.retry_gate(Job::Deliver).await?;
+        for app in stalled.undelivered {
+            if !gate.may_try(app.id.as_str(), None) {
+                continue;
+            }
+            let wait = deliver_after_approval(http, service, &mut gate, &app).await?;
+            if wait.is_some() {
+                return Ok(wait);
+            }
         }
     }
     for (app, _) in service.expire_due_requests().await? {
+        // Told once: the request is already expired in the database.
         if let Err(e) = refresh_request_message(http, service, &app).await {
             tracing::warn!(app = %app.id, error = %e, "could not mark the request expired");
         }
@@ -513,11 +625,27 @@ pub async fn tick(http: &Http, service: &Service) -> anyhow::Result<()> {
         )
         .await;
     }
-    for (app, request) in service.due_reminders().await? {
+    remind(http, service).await
+}
+
+/// Approvers are reminded of requests at half their lifetime; a reminder is
+/// marked sent once posted.
+async fn remind(http: &Http, service: &Service) -> Pass {
+    let due = service.due_reminders().await?;
+    if due.is_empty() {
+        return Ok(None);
+    }
+    let mut gate = service.retry_gate(Job::Remind).await?;
+    for (app, request) in due {
+        let item = app.id.as_str();
         let settings = service.settings(app.guild_id).await?;
         let Some(channel) = settings.approvals_channel else {
+            service.reminder_sent(&app.id).await?;
             continue;
         };
+        if !gate.may_try(item, Some(channel)) {
+            continue;
+        }
         let link = request
             .message
             .map(|m| format!(" [Open the request]({}).", message_link(app.guild_id, m)))
@@ -529,17 +657,113 @@ pub async fn tick(http: &Http, service: &Service) -> anyhow::Result<()> {
             usize::from(request.approvals_required).saturating_sub(request.approvers.len()),
             request.expires_at.timestamp()
         );
-        // One failed post must not cost the reminders after it.
         let message = CreateMessage::new()
             .content(text)
+            .nonce(nonce('r', &app.id))
+            .enforce_nonce(true)
             .allowed_mentions(no_pings());
-        if let Err(e) = serenity::ChannelId::new(channel.0)
+        let e = match serenity::ChannelId::new(channel.0)
             .send_message(http, message)
             .await
         {
-            count_rest_error(&e);
-            tracing::warn!(app = %app.id, error = %e, "could not post a reminder");
+            Ok(_) => {
+                service.reminder_sent(&app.id).await?;
+                service
+                    .job_succeeded(&mut gate, Job::Remind, item, Some(channel))
+                    .await?;
+                continue;
+            }
+            Err(e) => e,
+        };
+        count_rest_error(&e);
+        match RestFailure::of(&e) {
+            RestFailure::Channel(loss) => {
+                service
+                    .channel_refused(
+                        &mut gate,
+                        app.guild_id,
+                        channel,
+                        loss,
+                        ChannelUse::Approvals,
+                    )
+                    .await?;
+            }
+            RestFailure::RateLimited(wait) => {
+                service
+                    .job_failed(&gate, Job::Remind, item, Retry::AtLeast(wait))
+                    .await?;
+                return Ok(Some(wait));
+            }
+            _ => {
+                let next = service
+                    .job_failed(&gate, Job::Remind, item, Retry::Backoff)
+                    .await?;
+                tracing::warn!(app = %app.id, error = %e, retry_at = %next, "could not post a reminder");
+            }
         }
+    }
+    Ok(None)
+}
+
+/// What a failed post of a request means, for Submit and the worker alike:
+/// a lost channel pauses its queue and tells the requester once; a 429 asks
+/// the queue to wait (returned); anything else backs the request off.
+pub async fn request_post_failed(
+    http: &Http,
+    service: &Service,
+    gate: &mut RetryGate,
+    app: &Application,
+    channel: Option<ChannelId>,
+    e: &anyhow::Error,
+) -> Pass {
+    count_rest_error_in(e);
+    let item = app.id.as_str();
+    match (RestFailure::in_chain(e), channel) {
+        (RestFailure::Channel(loss), Some(channel)) => {
+            service
+                .channel_refused(gate, app.guild_id, channel, loss, ChannelUse::Approvals)
+                .await?;
+            tell_held(http, service, gate, app, loss).await?;
+            Ok(None)
+        }
+        (RestFailure::RateLimited(wait), _) => {
+            service
+                .job_failed(gate, Job::PostRequest, item, Retry::AtLeast(wait))
+                .await?;
+            Ok(Some(wait))
+        }
+        _ => {
+            let next = service
+                .job_failed(gate, Job::PostRequest, item, Retry::Backoff)
+                .await?;
+            tracing::warn!(app = %app.id, error = format!("{e:#}"), retry_at = %next, "could not post a request");
+            Ok(None)
+        }
+    }
+}
+
+/// What the requester of a request held behind a lost approvals channel reads.
+pub fn held_text(app: &Application, loss: ChannelLoss) -> String {
+    format!(
+        "⏸️ Your request for {} waits to be posted to the approvals channel: {}. It is posted as soon as an admin fixes that or names another channel with /keygate setup; there is nothing for you to do.",
+        code(&app.details.name),
+        loss.explain()
+    )
+}
+
+/// Tells the requester, by DM and once per request, that it is held.
+async fn tell_held(
+    http: &Http,
+    service: &Service,
+    gate: &mut RetryGate,
+    app: &Application,
+    loss: ChannelLoss,
+) -> anyhow::Result<()> {
+    if service
+        .alert_once(gate, Job::PostRequest, app.id.as_str())
+        .await?
+    {
+        tell_requester(http, app.owner_id, held_text(app, loss)).await;
     }
     Ok(())
 }

@@ -2,9 +2,10 @@
 
 use super::approvals::message_link;
 use super::render::user_text;
-use super::reply::{clip, count_rest_error, no_pings};
+use super::reply::{RestFailure, clip, count_rest_error, no_pings};
 use crate::domain::audit::AuditKind;
-use crate::service::{AuditPost, Service};
+use crate::runtime::Pass;
+use crate::service::{AuditPost, Retry, Service};
 use poise::serenity_prelude as serenity;
 use serenity::{CreateEmbed, CreateMessage, Http, Nonce};
 use std::time::Duration;
@@ -16,9 +17,12 @@ const BATCH: u32 = 100;
 fn colour(kind: AuditKind) -> u32 {
     match kind {
         AuditKind::Approved | AuditKind::CredentialsIssued | AuditKind::KeyGenerated => 0x2ECC71,
-        AuditKind::Denied | AuditKind::KeyRevoked | AuditKind::Expired | AuditKind::KeyExpired => {
-            0xE74C3C
-        }
+        AuditKind::Denied
+        | AuditKind::KeyRevoked
+        | AuditKind::Expired
+        | AuditKind::KeyExpired
+        | AuditKind::ChannelPaused
+        | AuditKind::DeliveryHeld => 0xE74C3C,
         AuditKind::DraftSubmitted | AuditKind::ApprovalVote | AuditKind::ExpiryWarning => 0xF1C40F,
         AuditKind::SettingsChanged
         | AuditKind::KeyRotated
@@ -68,14 +72,17 @@ fn message(post: &AuditPost) -> CreateMessage {
         .enforce_nonce(true)
 }
 
-/// One pass: posts what is due.
-pub async fn post_due(http: &Http, service: &Service) -> anyhow::Result<()> {
+/// One pass: posts what is due. A failure holds back the rest of that
+/// guild's events, to keep their order; an audit channel the bot lost is
+/// tried again every probe interval, or at once when setup changes it.
+pub async fn post_due(http: &Http, service: &Service) -> Pass {
     let posts = service.due_audit_posts(BATCH).await?;
-    // A failure holds back the rest of that guild's events, to keep their order.
     let mut failed = std::collections::HashSet::new();
+    // After a 429 the whole queue waits; what this pass claimed goes back.
+    let mut held = None;
     for post in posts {
         let guild = post.event.guild_id;
-        if failed.contains(&guild) {
+        if held.is_some() || failed.contains(&guild) {
             service.release_audit_post(post.event.id).await?;
             continue;
         }
@@ -84,22 +91,33 @@ pub async fn post_due(http: &Http, service: &Service) -> anyhow::Result<()> {
             service.audit_posted(post.event.id).await?;
             continue;
         };
-        match serenity::ChannelId::new(channel.0)
+        let e = match serenity::ChannelId::new(channel.0)
             .send_message(http, message(&post))
             .await
         {
             Ok(_) => {
                 service.audit_posted(post.event.id).await?;
+                continue;
             }
-            Err(e) => {
-                failed.insert(guild);
-                let next = service
-                    .audit_post_failed(post.event.id, post.attempts, None)
-                    .await?;
-                count_rest_error(&e);
-                tracing::warn!(event = post.event.id, error = %e, retry_at = %next, "could not post an audit event");
+            Err(e) => e,
+        };
+        failed.insert(guild);
+        count_rest_error(&e);
+        let (retry, wait) = match RestFailure::of(&e) {
+            RestFailure::Channel(loss) => {
+                // Nobody can be told in the channel itself: the log says it,
+                // once per probe.
+                tracing::error!(guild = %guild, channel = %channel, code = loss.code(), "Discord refuses keygate in the audit channel; audit events wait for it");
+                (Retry::Probe, None)
             }
-        }
+            RestFailure::RateLimited(wait) => (Retry::AtLeast(wait), Some(wait)),
+            _ => (Retry::Backoff, None),
+        };
+        let next = service
+            .audit_post_failed(post.event.id, post.attempts, retry)
+            .await?;
+        tracing::warn!(event = post.event.id, error = %e, retry_at = %next, "could not post an audit event");
+        held = held.or(wait);
     }
-    Ok(())
+    Ok(held)
 }

@@ -3,12 +3,16 @@
 use super::Bot;
 use super::custom_id::{Action, CustomId};
 use super::error::{BotResult, stale};
-use super::reply::{count_rest_error, no_pings, private};
+use super::reply::{RestFailure, count_rest_error, no_pings, private};
 use super::wizard::code;
 use crate::domain::application::{AppStatus, Application};
 use crate::domain::credentials::ApplicationId;
 use crate::domain::ids::{ChannelId, MessageId, UserId};
-use crate::service::{Actor, IssuedCredentials, NewCredential, Rotated, Service, grace_text};
+use crate::domain::retry::Job;
+use crate::runtime::Pass;
+use crate::service::{
+    Actor, IssuedCredentials, NewCredential, Retry, Rotated, Service, grace_text,
+};
 use chrono::{DateTime, TimeDelta, Utc};
 use poise::serenity_prelude as serenity;
 use serenity::{
@@ -434,32 +438,54 @@ pub async fn on_component(
 }
 
 /// One pass: redacts DMs whose lifetime ran out. It runs from the database,
-/// so redactions due while the bot was down happen as soon as it is back.
-pub async fn redact_due(http: &Http, service: &Service) -> anyhow::Result<()> {
-    for due in service.due_redactions().await? {
+/// so redactions due while the bot was down happen as soon as it is back; a
+/// failing one backs off on its own (the secret stays only as long as
+/// Discord refuses the edit), and a 429 holds the whole queue.
+pub async fn redact_due(http: &Http, service: &Service) -> Pass {
+    let due = service.due_redactions().await?;
+    if due.is_empty() {
+        return Ok(None);
+    }
+    let mut gate = service.retry_gate(Job::Redact).await?;
+    for due in due {
+        let item = format!("{}:{}", due.channel_id, due.message_id);
+        if !gate.may_try(&item, None) {
+            continue;
+        }
         let app = service.app_by_id(&due.app_id).await?;
         let edit = EditMessage::new()
             .content(redacted_text(&app))
             .components(redacted_buttons(&app))
             .allowed_mentions(no_pings());
         let channel = serenity::ChannelId::new(due.channel_id.0);
-        match channel
+        if let Err(e) = channel
             .edit_message(http, serenity::MessageId::new(due.message_id.0), edit)
             .await
         {
-            Ok(_) => {}
-            // The user deleted the DM: nothing is left to redact.
-            Err(serenity::Error::Http(serenity::HttpError::UnsuccessfulRequest(r)))
-                if r.error.code == 10008 => {}
-            Err(e) => {
-                count_rest_error(&e);
-                tracing::warn!(app = %app.id, error = %e, "could not redact a DM; will retry");
-                continue;
+            match RestFailure::of(&e) {
+                // The user deleted the DM: nothing is left to redact.
+                RestFailure::UnknownMessage => {}
+                failure => {
+                    count_rest_error(&e);
+                    let retry = match failure {
+                        RestFailure::RateLimited(wait) => Retry::AtLeast(wait),
+                        _ => Retry::Backoff,
+                    };
+                    let next = service.job_failed(&gate, Job::Redact, &item, retry).await?;
+                    tracing::warn!(app = %app.id, error = %e, retry_at = %next, "could not redact a DM");
+                    if let RestFailure::RateLimited(wait) = failure {
+                        return Ok(Some(wait));
+                    }
+                    continue;
+                }
             }
         }
         service
             .complete_redaction(&app, due.channel_id, due.message_id, Some(due.due_at))
             .await?;
+        service
+            .job_succeeded(&mut gate, Job::Redact, &item, None)
+            .await?;
     }
-    Ok(())
+    Ok(None)
 }

@@ -5,12 +5,13 @@ use super::commands::{guild_of, member_of, resolve};
 use super::custom_id::{Action, CustomId};
 use super::delivery::{fill_dm, finish_only, follow_up_privately, open_dm, rotated_text};
 use super::error::{BotError, BotResult, stale};
-use super::reply::{count_rest_error, no_pings};
+use super::reply::{RestFailure, count_rest_error, discord_code, no_pings};
 use super::wizard::code;
 use super::{Bot, Context, is_manager};
 use crate::domain::application::Application;
 use crate::domain::ids::{GuildId, UserId};
 use crate::domain::lifecycle::{CredentialKind, Grace};
+use crate::runtime::Pass;
 use crate::service::{Actor, ClaimedWarning, RotationPlan, Service, grace_text};
 use poise::CreateReply;
 use poise::serenity_prelude as serenity;
@@ -324,13 +325,6 @@ fn dms_closed(e: &serenity::Error) -> bool {
     discord_code(e) == Some(50007)
 }
 
-fn discord_code(e: &serenity::Error) -> Option<isize> {
-    match e {
-        serenity::Error::Http(serenity::HttpError::UnsuccessfulRequest(r)) => Some(r.error.code),
-        _ => None,
-    }
-}
-
 /// Confirm and Issue again: the new credential goes to the owner, by DM, or
 /// (DMs closed) to an owner who pressed in a message only they see; anyone
 /// else is told before anything changes.
@@ -466,30 +460,23 @@ enum WarningFailure {
     /// The bot is not in the server any more (or may not see it): nobody
     /// there can be told, so the stage is done.
     GuildGone,
-    /// Rate limited: the pass stops, and this warning waits at least this long.
-    RateLimited,
+    /// Rate limited: the pass stops, and the queue waits this long.
+    RateLimited(Duration),
     Other,
 }
 
 fn classify(e: &serenity::Error) -> WarningFailure {
-    match e {
-        serenity::Error::Http(serenity::HttpError::UnsuccessfulRequest(r))
-            if r.status_code.as_u16() == 429 =>
-        {
-            WarningFailure::RateLimited
-        }
-        _ => match discord_code(e) {
-            // 50007 closed DMs, 10007 unknown member.
-            Some(50007 | 10007) => WarningFailure::Unreachable,
-            // 10004 unknown guild, 50001 missing access.
-            Some(10004 | 50001) => WarningFailure::GuildGone,
-            _ => WarningFailure::Other,
-        },
+    if let RestFailure::RateLimited(wait) = RestFailure::of(e) {
+        return WarningFailure::RateLimited(wait);
+    }
+    match discord_code(e) {
+        // 50007 closed DMs, 10007 unknown member.
+        Some(50007 | 10007) => WarningFailure::Unreachable,
+        // 10004 unknown guild, 50001 missing access.
+        Some(10004 | 50001) => WarningFailure::GuildGone,
+        _ => WarningFailure::Other,
     }
 }
-
-/// serenity drops a 429's `retry_after` behind `DISCORD_API_URL`: at least this.
-const RATE_LIMIT_WAIT: Duration = Duration::from_secs(5);
 
 async fn send_warning(http: &Http, w: &ClaimedWarning) -> Result<(), serenity::Error> {
     let app = &w.app;
@@ -528,8 +515,8 @@ async fn send_warning(http: &Http, w: &ClaimedWarning) -> Result<(), serenity::E
 
 /// One pass: sends due expiry warnings, each claimed by one process just
 /// before it is sent, and records expiries. It runs from the database, so a
-/// restart loses none; failures back off per key, and a 429 ends the pass.
-pub async fn tick(http: &Http, service: &Service) -> anyhow::Result<()> {
+/// restart loses none; failures back off per key, and a 429 holds the queue.
+pub async fn tick(http: &Http, service: &Service) -> Pass {
     for due in service.due_warnings().await? {
         let Some(w) = service.claim_warning(due).await? else {
             continue;
@@ -545,12 +532,11 @@ pub async fn tick(http: &Http, service: &Service) -> anyhow::Result<()> {
                         service.warning_sent(&w, false).await?;
                         continue;
                     }
-                    WarningFailure::RateLimited => {
-                        service.warning_failed(&w, Some(RATE_LIMIT_WAIT)).await?;
+                    WarningFailure::RateLimited(wait) => {
+                        service.warning_failed(&w, Some(wait)).await?;
                         tracing::warn!(app = %w.app.id, "rate limited sending expiry warnings; backing off");
                         // The whole queue waits, not just this warning.
-                        tokio::time::sleep(RATE_LIMIT_WAIT).await;
-                        break;
+                        return Ok(Some(wait));
                     }
                     WarningFailure::Other => {
                         let next = service.warning_failed(&w, None).await?;
@@ -563,5 +549,5 @@ pub async fn tick(http: &Http, service: &Service) -> anyhow::Result<()> {
         service.warning_sent(&w, to_audit).await?;
     }
     service.record_expiries().await?;
-    Ok(())
+    Ok(None)
 }

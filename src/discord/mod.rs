@@ -4,6 +4,7 @@
 //! selects and modals are routed by their custom_id and load their state from
 //! the database, so they keep working across restarts and processes.
 
+mod access;
 mod approvals;
 mod audit_poster;
 mod commands;
@@ -199,7 +200,10 @@ pub async fn start(config: &Config, service: Service) -> anyhow::Result<BotHandl
         }),
         every("draft purge", DRAFT_PURGE_TICK, stopped, move || {
             let service = service.clone();
-            async move { Ok(service.purge_expired_drafts().await.map(drop)?) }
+            async move {
+                service.purge_expired_drafts().await?;
+                Ok(None)
+            }
         }),
     ];
     let client = tokio::spawn(async move { client.start().await });

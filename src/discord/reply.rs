@@ -1,6 +1,7 @@
 //! How the bot answers: no pings, ephemeral messages, and errors users can act on.
 
 use super::error::BotError;
+use crate::domain::retry::{ChannelLoss, rate_limit_wait};
 use poise::serenity_prelude as serenity;
 use rand::distr::{Alphanumeric, SampleString};
 use serenity::{
@@ -37,6 +38,54 @@ pub fn clip(text: &str, max: usize) -> String {
     let mut out: String = text.chars().take(max.saturating_sub(1)).collect();
     out.push('…');
     out
+}
+
+/// Discord's JSON error code of a failed REST call (50007, 10008…), if it has one.
+pub fn discord_code(e: &serenity::Error) -> Option<isize> {
+    match e {
+        serenity::Error::Http(serenity::HttpError::UnsuccessfulRequest(r)) => Some(r.error.code),
+        _ => None,
+    }
+}
+
+/// What a failed REST call means for the background job that made it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestFailure {
+    /// The bot lost the channel it posted to: the channel's queue pauses.
+    Channel(ChannelLoss),
+    /// A 429: the whole queue waits this long.
+    RateLimited(std::time::Duration),
+    /// The user's DMs are closed (50007): the job's fallback applies.
+    DmsClosed,
+    /// The message is gone (10008).
+    UnknownMessage,
+    /// Anything else (a 5xx, a timeout): the item backs off.
+    Other,
+}
+
+impl RestFailure {
+    pub fn of(e: &serenity::Error) -> Self {
+        let serenity::Error::Http(serenity::HttpError::UnsuccessfulRequest(r)) = e else {
+            return Self::Other;
+        };
+        if r.status_code.as_u16() == 429 {
+            // serenity keeps no `retry_after` of a 429 it hands back.
+            return Self::RateLimited(rate_limit_wait(None));
+        }
+        match r.error.code {
+            50007 => Self::DmsClosed,
+            10008 => Self::UnknownMessage,
+            code => ChannelLoss::from_code(code).map_or(Self::Other, Self::Channel),
+        }
+    }
+
+    /// The failure of the Discord call somewhere in `err`'s chain; a failure
+    /// of ours (the database) is `Other`.
+    pub fn in_chain(err: &anyhow::Error) -> Self {
+        err.chain()
+            .find_map(|c| c.downcast_ref::<serenity::Error>())
+            .map_or(Self::Other, Self::of)
+    }
 }
 
 /// Counts a failed Discord REST call by its HTTP status, for `/metrics`.

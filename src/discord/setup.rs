@@ -1,6 +1,7 @@
 //! `/keygate setup` and `/keygate settings`: a guild's configuration.
 
 use super::Context;
+use super::access::{BotStanding, ChannelAccess};
 use super::error::{BotError, BotResult};
 use super::reply::no_pings;
 use crate::domain::ids::{ChannelId, GuildId, RoleId, UserId};
@@ -8,12 +9,7 @@ use crate::domain::settings::GuildSettings;
 use crate::service::{Actor, Clearable, SettingsChange};
 use poise::CreateReply;
 use poise::serenity_prelude as serenity;
-use serenity::{CreateEmbed, Permissions};
-
-/// What the bot needs in a channel it posts embeds to.
-const POSTING: Permissions = Permissions::VIEW_CHANNEL
-    .union(Permissions::SEND_MESSAGES)
-    .union(Permissions::EMBED_LINKS);
+use serenity::CreateEmbed;
 
 fn guild_of(ctx: &Context<'_>) -> BotResult<GuildId> {
     ctx.guild_id()
@@ -57,43 +53,26 @@ pub async fn keygate(_ctx: Context<'_>) -> BotResult<()> {
     Ok(())
 }
 
-/// The guild's roles and the bot's member: what the bot's permissions in
-/// any of its channels are computed from (read once per command).
-struct BotStanding {
-    guild: serenity::PartialGuild,
-    me: serenity::Member,
-}
-
 async fn bot_standing(ctx: &Context<'_>, guild: serenity::GuildId) -> BotResult<BotStanding> {
-    let http = ctx.http();
-    Ok(BotStanding {
-        guild: http.get_guild(guild).await?,
-        me: http.get_member(guild, ctx.framework().bot_id).await?,
-    })
+    Ok(BotStanding::read(ctx.http(), guild, ctx.framework().bot_id).await?)
 }
 
-/// Refuses a channel the bot cannot post embeds in, from the guild's roles,
-/// the bot's member and the channel's overwrites.
+/// Refuses a channel the bot cannot post embeds in.
 async fn check_channel(
     ctx: &Context<'_>,
     standing: &BotStanding,
     channel: serenity::ChannelId,
     what: &str,
 ) -> BotResult<()> {
-    let not_here = || BotError::User(format!("{what} must be a text channel of this server"));
-    let serenity::Channel::Guild(found) = ctx.http().get_channel(channel).await? else {
-        return Err(not_here());
-    };
-    if found.guild_id != standing.guild.id {
-        return Err(not_here());
-    }
-    let permissions = standing.guild.user_permissions_in(&found, &standing.me);
-    if !permissions.contains(POSTING) {
-        return Err(BotError::User(format!(
+    match standing.access(ctx.http(), channel).await? {
+        ChannelAccess::CanPost => Ok(()),
+        ChannelAccess::Elsewhere => Err(BotError::User(format!(
+            "{what} must be a text channel of this server"
+        ))),
+        ChannelAccess::CannotPost => Err(BotError::User(format!(
             "I cannot post in <#{channel}> (I need View Channel, Send Messages and Embed Links there), so the {what} was not changed"
-        )));
+        ))),
     }
-    Ok(())
 }
 
 fn is_manager(ctx: &Context<'_>) -> bool {

@@ -3,12 +3,13 @@
 use super::custom_id::{Action, CustomId};
 use super::error::{BotError, BotResult, stale};
 use super::render::{detail_fields, scope_labels, source_label, user_text};
-use super::reply::{FIELD_MAX, MESSAGE_MAX, clip, count_rest_error_in, no_pings, private};
+use super::reply::{FIELD_MAX, MESSAGE_MAX, clip, no_pings, private};
 use super::{Bot, is_manager};
 use super::{approvals, delivery};
 use crate::domain::application::{LoginUserType, SourceApp};
 use crate::domain::catalog::{ApiGroup, ScopeCatalog};
 use crate::domain::ids::{ChannelId, UserId};
+use crate::domain::retry::Job;
 use crate::domain::validation::{
     AppForm, DESCRIPTION_MAX_CHARS, NAME_MAX_CHARS, REDIRECT_FIELD_MAX_CHARS, URI_MAX_CHARS,
     ValidationErrors,
@@ -492,25 +493,43 @@ async fn on_submitted(
             // Answered first; the post to the approvals channel follows.
             let (text, rows) = approvals::waiting_message(&app, &request, None);
             component
-                .create_response(&ctx.http, update(private(text).components(rows)))
+                .create_response(&ctx.http, update(private(text).components(rows.clone())))
                 .await?;
+            let mut gate = bot.service.retry_gate(Job::PostRequest).await?;
+            let channel = bot.service.settings(app.guild_id).await?.approvals_channel;
+            let edit = |text: String, rows| {
+                serenity::EditInteractionResponse::new()
+                    .content(text)
+                    .components(rows)
+                    .allowed_mentions(no_pings())
+            };
+            if let Some(loss) = channel.and_then(|c| gate.paused(c)).map(|p| p.loss) {
+                // Held behind a channel Discord refuses the bot in: the worker
+                // posts it once the channel works; the requester reads why here.
+                bot.service
+                    .alert_once(&mut gate, Job::PostRequest, app.id.as_str())
+                    .await?;
+                component
+                    .edit_response(&ctx.http, edit(approvals::held_text(&app, loss), rows))
+                    .await?;
+                return Ok(());
+            }
             match approvals::post_request(&ctx.http, &bot.service, &app, &request).await {
                 Ok(posted) => {
                     let (text, rows) = approvals::waiting_message(&app, &request, Some(posted));
-                    component
-                        .edit_response(
-                            &ctx.http,
-                            serenity::EditInteractionResponse::new()
-                                .content(text)
-                                .components(rows)
-                                .allowed_mentions(no_pings()),
-                        )
-                        .await?;
+                    component.edit_response(&ctx.http, edit(text, rows)).await?;
                 }
                 // The request is saved; the approvals worker posts it later.
                 Err(e) => {
-                    count_rest_error_in(&e);
-                    tracing::warn!(app = %app.id, error = format!("{e:#}"), "could not post a request yet");
+                    approvals::request_post_failed(
+                        &ctx.http,
+                        &bot.service,
+                        &mut gate,
+                        &app,
+                        channel,
+                        &e,
+                    )
+                    .await?;
                 }
             }
             Ok(())

@@ -26,10 +26,15 @@ pub enum AuditKind {
     ExpiryWarning,
     /// A credential that never reached its owner was replaced by a new one.
     CredentialReissued,
+    /// Discord refused the bot in a channel; what was bound for it waits.
+    ChannelPaused,
+    /// Approved credentials that can reach the requester neither by DM nor
+    /// by a Reveal button.
+    DeliveryHeld,
 }
 
 impl AuditKind {
-    pub const ALL: [AuditKind; 17] = [
+    pub const ALL: [AuditKind; 19] = [
         Self::DraftSubmitted,
         Self::ApprovalVote,
         Self::Approved,
@@ -47,6 +52,8 @@ impl AuditKind {
         Self::KeyExpired,
         Self::ExpiryWarning,
         Self::CredentialReissued,
+        Self::ChannelPaused,
+        Self::DeliveryHeld,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -68,6 +75,8 @@ impl AuditKind {
             Self::KeyExpired => "key_expired",
             Self::ExpiryWarning => "expiry_warning",
             Self::CredentialReissued => "credential_reissued",
+            Self::ChannelPaused => "channel_paused",
+            Self::DeliveryHeld => "delivery_held",
         }
     }
 
@@ -94,6 +103,8 @@ impl AuditKind {
             Self::KeyExpired => "Key expired",
             Self::ExpiryWarning => "Expiry warning",
             Self::CredentialReissued => "Issued again",
+            Self::ChannelPaused => "Channel unusable",
+            Self::DeliveryHeld => "Delivery held",
         }
     }
 }

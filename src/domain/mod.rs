@@ -7,6 +7,7 @@ pub mod catalog;
 pub mod credentials;
 pub mod ids;
 pub mod lifecycle;
+pub mod retry;
 pub mod settings;
 pub mod validation;
 pub mod verification;

@@ -263,12 +263,15 @@ pub async fn start(
             let service = service.clone();
             move || {
                 let service = service.clone();
-                async move { Ok(service.flush_last_used().await.map(drop)?) }
+                async move {
+                    service.flush_last_used().await?;
+                    Ok(None)
+                }
             }
         }),
         crate::runtime::every("metrics upkeep", METRICS_UPKEEP, stopped, || async {
             crate::telemetry::metrics().run_upkeep();
-            Ok(())
+            Ok(None)
         }),
     ];
     tracing::info!(%addr, tokens = tokens.len(), "verify API listening");

@@ -1,6 +1,6 @@
 //! The audit log as the Discord layer reads it: the outbox to post, and history.
 
-use super::{Service, ServiceResult};
+use super::{Retry, Service, ServiceResult};
 use crate::domain::application::Application;
 use crate::domain::audit::AuditEvent;
 use crate::domain::credentials::ApplicationId;
@@ -106,17 +106,14 @@ impl Service {
         Ok(())
     }
 
-    /// Retry later: after `retry_after` when Discord said so, else with backoff.
+    /// Retry later; the guild's later events wait behind it, in order.
     pub async fn audit_post_failed(
         &self,
         event_id: i64,
         attempts: u32,
-        retry_after: Option<std::time::Duration>,
+        retry: Retry,
     ) -> ServiceResult<DateTime<Utc>> {
-        let backoff = retry_after
-            .and_then(|d| TimeDelta::from_std(d).ok())
-            .unwrap_or_else(|| TimeDelta::milliseconds(100 * 2_i64.pow(attempts.min(7))));
-        let next = self.clock.now() + backoff;
+        let next = retry.at(self.clock.now(), attempts.saturating_add(1));
         let mut tx = self.store.begin().await?;
         tx.defer_audit_post(event_id, next).await?;
         tx.commit().await?;

@@ -9,6 +9,7 @@ use crate::domain::ids::GuildId;
 use crate::domain::lifecycle::{
     CredentialKind, CredentialState, Grace, StoredCredential, due_stage, next_warning,
 };
+use crate::domain::retry::backoff;
 use crate::domain::validation::name_key;
 use crate::store::{DueWarning, StoreError, Tx};
 use chrono::{DateTime, TimeDelta, Utc};
@@ -16,15 +17,6 @@ use chrono::{DateTime, TimeDelta, Utc};
 /// A process sending an expiry warning holds it this long; within Discord's
 /// nonce window, so a retry after a crash cannot post it twice.
 const WARNING_LEASE: TimeDelta = TimeDelta::seconds(60);
-
-/// The wait after `failures` failed tries: 1 s doubling, each with up to a
-/// quarter more at random, never over 10 minutes.
-fn backoff(failures: u32) -> TimeDelta {
-    let cap = TimeDelta::minutes(10);
-    let base = (TimeDelta::seconds(1) * 2_i32.saturating_pow(failures.min(10))).min(cap);
-    let jitter = rand::random_range(0..=base.num_milliseconds() / 4);
-    (base + TimeDelta::milliseconds(jitter)).min(cap)
-}
 
 /// What `/app rotate` would do, shown before the member confirms.
 #[derive(Debug, Clone)]
@@ -456,7 +448,7 @@ impl Service {
         retry_after: Option<std::time::Duration>,
     ) -> ServiceResult<DateTime<Utc>> {
         let now = self.clock.now();
-        let mut wait = backoff(w.due.failures);
+        let mut wait = backoff(w.due.failures.saturating_add(1));
         if let Some(r) = retry_after.and_then(|r| TimeDelta::from_std(r).ok()) {
             wait = wait.max(r);
         }

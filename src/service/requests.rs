@@ -74,34 +74,31 @@ impl Service {
         Ok(expired)
     }
 
-    /// Pending requests at half their lifetime, each claimed so approvers are
-    /// reminded once, whichever process gets there first.
+    /// Pending requests at half their lifetime whose approvers were not
+    /// reminded yet. A reminder is marked sent only once it was posted
+    /// ([`Service::reminder_sent`]); its post carries a nonce, so two
+    /// processes that both post it show it once.
     pub async fn due_reminders(&self) -> ServiceResult<Vec<(Application, ApprovalRequest)>> {
         let now = self.clock.now();
-        let due = {
-            let mut tx = self.store.read().await?;
-            let ids = tx.requests_to_remind(now).await?;
-            tx.rollback().await?;
-            ids
-        };
+        let mut tx = self.store.read().await?;
         let mut reminders = Vec::new();
-        for id in due {
-            let mut tx = self.store.begin().await?;
-            if !tx.mark_reminded(&id, now).await? {
-                tx.rollback().await?;
-                continue;
-            }
-            let request = tx.approval_request(&id).await?;
-            let app = match &request {
-                Some(r) => tx.app(r.guild_id, &id).await?,
-                None => None,
-            };
-            tx.commit().await?;
-            if let (Some(app), Some(request)) = (app, request) {
-                reminders.push((app, request));
+        for id in tx.requests_to_remind(now).await? {
+            if let Some(r) = tx.approval_request(&id).await?
+                && let Some(app) = tx.app(r.guild_id, &id).await?
+            {
+                reminders.push((app, r));
             }
         }
+        tx.rollback().await?;
         Ok(reminders)
+    }
+
+    /// The reminder was posted (or has nowhere to go).
+    pub async fn reminder_sent(&self, app: &ApplicationId) -> ServiceResult<()> {
+        let mut tx = self.store.begin().await?;
+        tx.mark_reminded(app, self.clock.now()).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Requests and approvals whose Discord side did not happen (a failed

@@ -64,6 +64,7 @@ impl Service {
         let now = self.clock.now();
         let mut tx = self.store.begin().await?;
         let mut s = tx.guild_settings(guild).await?;
+        let before = (s.audit_channel, s.approvals_channel);
         let mut changed = Vec::new();
         if let Some(c) = change.audit_channel {
             s.audit_channel = Some(c);
@@ -131,6 +132,22 @@ impl Service {
             ));
         }
         tx.save_guild_settings(&s, now).await?;
+        // Naming a channel again, or another one, is how an admin says the
+        // problem is fixed: whatever waited for the old or the new channel
+        // is tried at once.
+        let named = |set: bool, cleared: Clearable| set || change.clear == Some(cleared);
+        let mut touched = Vec::new();
+        if named(change.audit_channel.is_some(), Clearable::AuditChannel) {
+            touched.extend([before.0, s.audit_channel].into_iter().flatten());
+            tx.hasten_guild_outbox(guild, now).await?;
+        }
+        if named(
+            change.approvals_channel.is_some(),
+            Clearable::ApprovalsChannel,
+        ) {
+            touched.extend([before.1, s.approvals_channel].into_iter().flatten());
+        }
+        tx.unpause_channels(&touched).await?;
         let event = NewAuditEvent {
             guild_id: guild,
             app_id: None,

@@ -268,6 +268,8 @@ impl Service {
     pub async fn purge_expired_drafts(&self) -> ServiceResult<u64> {
         let mut tx = self.store.begin().await?;
         let n = tx.delete_expired_drafts(self.clock.now()).await?;
+        // Housekeeping of the same kind, on the same slow tick.
+        tx.purge_settled_retries().await?;
         tx.commit().await?;
         Ok(n)
     }

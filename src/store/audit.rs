@@ -205,4 +205,21 @@ impl Tx {
             .rows_affected());
         Ok(())
     }
+
+    /// Makes the guild's waiting events due now: its audit channel changed,
+    /// so a wait for the old one no longer applies.
+    pub async fn hasten_guild_outbox(
+        &mut self,
+        guild: GuildId,
+        now: DateTime<Utc>,
+    ) -> StoreResult<u64> {
+        Ok(on_conn!(self, c => sqlx::query(
+            "UPDATE audit_outbox SET next_attempt_at = $1 \
+             WHERE guild_id = $2 AND posted_at IS NULL AND next_attempt_at > $1")
+            .bind(to_ms(now))
+            .bind(guild.to_db())
+            .execute(&mut *c)
+            .await?
+            .rows_affected()))
+    }
 }

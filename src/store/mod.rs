@@ -10,12 +10,14 @@ mod credentials;
 mod data_migrations;
 mod drafts;
 mod redactions;
+mod retries;
 mod settings;
 mod verification;
 
 pub use audit::OutboxEntry;
 pub use credentials::DueWarning;
 pub use redactions::DmRedaction;
+pub use retries::{ChannelPause, RetryState};
 pub use verification::{CredentialChange, CredentialChanges, Gauges};
 
 use chrono::{DateTime, Utc};
@@ -33,7 +35,7 @@ static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/s
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
 /// Every table, for diagnostics and for tests that check nothing was written.
-pub const TABLES: [&str; 12] = [
+pub const TABLES: [&str; 14] = [
     "guild_settings",
     "wizard_drafts",
     "applications",
@@ -46,6 +48,8 @@ pub const TABLES: [&str; 12] = [
     "audit_events",
     "audit_outbox",
     "dm_redactions",
+    "job_retries",
+    "channel_pauses",
 ];
 
 #[derive(Debug, thiserror::Error)]

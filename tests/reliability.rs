@@ -1,0 +1,295 @@
+//! End to end: background jobs under a refusing Discord — bounded retries,
+//! paused channels and their resumption — on a manual clock.
+
+mod support;
+
+use chrono::TimeDelta;
+use keygate::domain::ids::{ChannelId, GuildId, RoleId, UserId};
+use keygate::domain::settings::GuildSettings;
+use keygate::service::Actor;
+use keygate::store::Backend;
+use serde_json::{Value, json};
+use support::bot::{Harness, alice, component, shown, text};
+use support::fake_discord::{FakeDiscord, TestUser};
+use support::flows::to_review;
+
+const GUILD: GuildId = GuildId(FakeDiscord::GUILD_ID);
+const APPROVALS: u64 = 4_000_000_000_000_102;
+const AUDIT: u64 = 4_000_000_000_000_103;
+const NEW_APPROVALS: u64 = 4_000_000_000_000_104;
+const NEW_AUDIT: u64 = 4_000_000_000_000_105;
+const APPROVER_ROLE: u64 = 6_000_000_000_000_102;
+const SEND_MESSAGES: u64 = 1 << 11;
+
+end_to_end_on_both_stores!(
+    a_refused_approvals_channel_is_probed_not_hammered_and_resumes_on_setup,
+    a_refused_audit_channel_keeps_its_queue_in_order_until_setup_changes_it,
+    an_approval_that_can_reach_nobody_asks_for_open_dms_once,
+);
+
+fn requester() -> TestUser {
+    TestUser::admin(2_000_000_000_000_101, "rita")
+}
+
+fn approver() -> TestUser {
+    TestUser::member(2_000_000_000_000_102, "arno").with_roles(&[APPROVER_ROLE])
+}
+
+/// A guild needing one approval, on the manual clock.
+async fn guild(backend: Backend) -> Harness {
+    let h = Harness::start_with(backend, true).await;
+    for (id, name) in [
+        (APPROVALS, "approvals"),
+        (AUDIT, "audit"),
+        (NEW_APPROVALS, "approvals-2"),
+        (NEW_AUDIT, "audit-2"),
+    ] {
+        h.fake.add_channel(id, name);
+    }
+    let settings = GuildSettings {
+        approvals_required: 1,
+        approvals_channel: Some(ChannelId(APPROVALS)),
+        audit_channel: Some(ChannelId(AUDIT)),
+        approver_role: Some(RoleId(APPROVER_ROLE)),
+        ..GuildSettings::defaults(GUILD)
+    };
+    h.service
+        .save_settings(Actor::member(UserId(alice().id)), &settings)
+        .await
+        .unwrap();
+    h
+}
+
+/// Every later post to `channel` is refused with Missing Permissions.
+fn refuse_posts_in(fake: &FakeDiscord, channel: u64) {
+    fake.fail(
+        "POST",
+        &format!("/channels/{channel}/messages"),
+        403,
+        json!({"code": 50013, "message": "Missing Permissions"}),
+        usize::MAX,
+    );
+}
+
+fn posts_to(fake: &FakeDiscord, channel: u64) -> usize {
+    let path = format!("/channels/{channel}/messages");
+    fake.requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path == path)
+        .count()
+}
+
+/// Lets an hour pass on the manual clock, in steps the workers (ticking in
+/// real time) each get to see.
+async fn an_hour_passes(h: &Harness) {
+    for _ in 0..20 {
+        h.db.clock.advance(TimeDelta::minutes(3));
+        tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    }
+}
+
+fn audit_titles(fake: &FakeDiscord, channel: u64) -> Vec<String> {
+    fake.channel_messages(channel)
+        .iter()
+        .filter_map(|m| m["embeds"][0]["title"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// `/app create` through Submit; returns the requester's wizard message.
+async fn submit(h: &Harness, user: &TestUser, name: &str) -> Value {
+    let review = to_review(&h.fake, user, name).await;
+    let i = h
+        .fake
+        .press_button(user, &review, &component(&review, "submit"))
+        .await;
+    shown(&h.fake, &i, 7).await;
+    // The post follows the acknowledgement.
+    let before = h.fake.requests().len();
+    h.fake
+        .wait_until("the request's post is tried", |f| {
+            f.requests()[before..]
+                .iter()
+                .any(|r| r.path.contains("/messages") && r.method == "POST")
+        })
+        .await;
+    h.fake.message_of(&i).expect("the wizard's message")
+}
+
+async fn setup(h: &Harness, option: &str, channel: u64) {
+    let i = h
+        .fake
+        .slash_command(
+            &alice(),
+            "keygate",
+            Some("setup"),
+            vec![(option, json!(channel.to_string()))],
+        )
+        .await;
+    let saved = h.fake.followups(&i, 1).await.remove(0);
+    assert!(text(&saved).contains("Settings saved"), "{saved:#}");
+}
+
+async fn a_refused_approvals_channel_is_probed_not_hammered_and_resumes_on_setup(backend: Backend) {
+    let h = guild(backend).await;
+    let rita = requester();
+    refuse_posts_in(&h.fake, APPROVALS);
+    submit(&h, &rita, "Front Desk").await;
+    h.fake
+        .wait_until("the audit channel hears of it", |f| {
+            audit_titles(f, AUDIT)
+                .iter()
+                .any(|t| t == "Channel unusable")
+        })
+        .await;
+
+    an_hour_passes(&h).await;
+
+    let tries = posts_to(&h.fake, APPROVALS);
+    assert!(tries < 100, "{tries} posts reached the refusing channel");
+    // One at Submit, then one probe per 10 minutes (seen in 3-minute steps).
+    assert!(tries <= 8, "probed more than every 10 minutes: {tries}");
+    assert!(tries >= 4, "probed every 10 minutes or so: {tries}");
+    let alerts = audit_titles(&h.fake, AUDIT)
+        .into_iter()
+        .filter(|t| t == "Channel unusable")
+        .count();
+    assert_eq!(alerts, 1, "the audit channel is told once");
+    let held: Vec<_> = h
+        .fake
+        .dm_messages(rita.id)
+        .into_iter()
+        .filter(|m| text(m).contains("waits to be posted"))
+        .collect();
+    assert_eq!(held.len(), 1, "the requester is told once: {held:#?}");
+    assert!(h.fake.channel_messages(APPROVALS).is_empty());
+
+    setup(&h, "approvals_channel", NEW_APPROVALS).await;
+    h.fake
+        .wait_until("the request reaches the new channel", |f| {
+            f.channel_messages(NEW_APPROVALS)
+                .iter()
+                .any(|m| m["embeds"].to_string().contains("Front Desk"))
+        })
+        .await;
+    // Pressing Approve there works as ever.
+    let request = h.fake.channel_messages(NEW_APPROVALS).remove(0);
+    let i = h
+        .fake
+        .press_button(&approver(), &request, &component(&request, "approve"))
+        .await;
+    h.fake.response(&i).await;
+    h.fake.wait_for_dm(rita.id, 2).await;
+    assert_eq!(
+        posts_to(&h.fake, NEW_APPROVALS),
+        1,
+        "posted once, no duplicate"
+    );
+    h.close().await;
+}
+
+async fn a_refused_audit_channel_keeps_its_queue_in_order_until_setup_changes_it(backend: Backend) {
+    let h = guild(backend).await;
+    refuse_posts_in(&h.fake, AUDIT);
+    // No approvals needed: each app is registered at Submit, several events each.
+    let mut settings = h.service.settings(GUILD).await.unwrap();
+    settings.approvals_required = 0;
+    h.service
+        .save_settings(Actor::member(UserId(alice().id)), &settings)
+        .await
+        .unwrap();
+    let rita = requester();
+    for name in ["Alpha", "Bravo", "Charlie"] {
+        let review = to_review(&h.fake, &rita, name).await;
+        let i = h
+            .fake
+            .press_button(&rita, &review, &component(&review, "submit"))
+            .await;
+        shown(&h.fake, &i, 7).await;
+    }
+    an_hour_passes(&h).await;
+    let tries = posts_to(&h.fake, AUDIT);
+    assert!(tries < 100, "{tries} posts reached the refusing channel");
+    assert!(tries <= 8, "probed more than every 10 minutes: {tries}");
+
+    setup(&h, "audit_channel", NEW_AUDIT).await;
+    let recorded = h
+        .service
+        .store()
+        .read()
+        .await
+        .unwrap()
+        .audit_events(GUILD, None, 1000)
+        .await
+        .unwrap()
+        .len();
+    // The first settings may have reached the old channel before it refused.
+    let expected = recorded - h.fake.channel_messages(AUDIT).len();
+    h.fake
+        .wait_until("every event reaches the new channel", |f| {
+            f.channel_messages(NEW_AUDIT).len() >= expected
+        })
+        .await;
+    let posted: Vec<String> = h
+        .fake
+        .channel_messages(NEW_AUDIT)
+        .iter()
+        .map(|m| m["embeds"][0]["fields"].to_string())
+        .collect();
+    assert_eq!(posted.len(), expected, "each event once");
+    let first = |name: &str| posted.iter().position(|p| p.contains(name)).unwrap();
+    assert!(
+        first("Alpha") < first("Bravo") && first("Bravo") < first("Charlie"),
+        "in order: {posted:#?}"
+    );
+    h.close().await;
+}
+
+async fn an_approval_that_can_reach_nobody_asks_for_open_dms_once(backend: Backend) {
+    let h = guild(backend).await;
+    let rita = requester();
+    submit(&h, &rita, "Closed Doors").await;
+    h.fake
+        .wait_until("the request is posted", |f| {
+            !f.channel_messages(APPROVALS).is_empty()
+        })
+        .await;
+    h.fake.close_dms_of(rita.id);
+    // The wizard ran in the fake's default channel: the bot may not post there.
+    h.fake
+        .deny_bot_in_channel(FakeDiscord::CHANNEL_ID, SEND_MESSAGES);
+    let request = h.fake.channel_messages(APPROVALS).remove(0);
+    let i = h
+        .fake
+        .press_button(&approver(), &request, &component(&request, "approve"))
+        .await;
+    h.fake.response(&i).await;
+    h.fake
+        .wait_until("the audit channel asks for open DMs", |f| {
+            audit_titles(f, AUDIT).iter().any(|t| t == "Delivery held")
+        })
+        .await;
+    let before = h.fake.requests().len();
+    an_hour_passes(&h).await;
+    let during = h.fake.requests().len() - before;
+    // A try per 10 minutes, a few calls each, and audit posts.
+    assert!(during < 100, "{during} requests in an hour");
+    let held = audit_titles(&h.fake, AUDIT)
+        .into_iter()
+        .filter(|t| t == "Delivery held")
+        .count();
+    assert_eq!(held, 1, "told once");
+    assert_eq!(
+        posts_to(&h.fake, FakeDiscord::CHANNEL_ID),
+        0,
+        "no refused post was made"
+    );
+    let summary = h
+        .fake
+        .channel_messages(AUDIT)
+        .iter()
+        .find(|m| m["embeds"][0]["title"] == "Delivery held")
+        .unwrap()["embeds"][0]["description"]
+        .to_string();
+    assert!(summary.contains("open their DMs"), "{summary}");
+    h.close().await;
+}
