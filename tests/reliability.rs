@@ -11,7 +11,7 @@ use keygate::store::Backend;
 use serde_json::{Value, json};
 use support::bot::{Harness, alice, component, shown, text};
 use support::fake_discord::{FakeDiscord, TestUser};
-use support::flows::to_review;
+use support::flows::{submit_and_get_dm, to_review};
 
 const GUILD: GuildId = GuildId(FakeDiscord::GUILD_ID);
 const APPROVALS: u64 = 4_000_000_000_000_102;
@@ -25,6 +25,8 @@ end_to_end_on_both_stores!(
     a_refused_approvals_channel_is_probed_not_hammered_and_resumes_on_setup,
     a_refused_audit_channel_keeps_its_queue_in_order_until_setup_changes_it,
     an_approval_that_can_reach_nobody_asks_for_open_dms_once,
+    a_failed_redaction_keeps_its_backoff_across_a_restart,
+    a_rate_limit_holds_the_queue_at_least_five_seconds,
 );
 
 fn requester() -> TestUser {
@@ -291,5 +293,112 @@ async fn an_approval_that_can_reach_nobody_asks_for_open_dms_once(backend: Backe
         .unwrap()["embeds"][0]["description"]
         .to_string();
     assert!(summary.contains("open their DMs"), "{summary}");
+    h.close().await;
+}
+
+fn patches_of(fake: &FakeDiscord, message: &str) -> usize {
+    fake.requests()
+        .iter()
+        .filter(|r| r.method == "PATCH" && r.path.ends_with(&format!("/messages/{message}")))
+        .count()
+}
+
+async fn no_approvals(h: &Harness) {
+    let mut settings = h.service.settings(GUILD).await.unwrap();
+    settings.approvals_required = 0;
+    h.service
+        .save_settings(Actor::member(UserId(alice().id)), &settings)
+        .await
+        .unwrap();
+}
+
+async fn a_failed_redaction_keeps_its_backoff_across_a_restart(backend: Backend) {
+    let mut h = guild(backend).await;
+    no_approvals(&h).await;
+    let rita = requester();
+    let review = to_review(&h.fake, &rita, "Redacted Later").await;
+    let (dm, _, secret) = submit_and_get_dm(&h, &rita, &review).await;
+    let message = dm["id"].as_str().unwrap().to_owned();
+    let edits = patches_of(&h.fake, &message);
+    h.fake.fail(
+        "PATCH",
+        &format!("/messages/{message}"),
+        500,
+        json!({"code": 0, "message": "Internal Server Error"}),
+        2,
+    );
+    // The DM's lifetime (15 minutes) ends.
+    h.db.clock.advance(TimeDelta::minutes(16));
+    h.fake
+        .wait_until("the redaction is tried", |f| {
+            patches_of(f, &message) > edits
+        })
+        .await;
+
+    // Its next try is a second away on the clock, which stands still: a
+    // restarted bot reads that from the database and waits too.
+    h.restart().await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(
+        patches_of(&h.fake, &message),
+        edits + 1,
+        "waits its backoff"
+    );
+
+    h.db.clock.advance(TimeDelta::milliseconds(1300));
+    h.fake
+        .wait_until("the second try", |f| patches_of(f, &message) > edits + 1)
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(
+        patches_of(&h.fake, &message),
+        edits + 2,
+        "the wait doubled: 2 s"
+    );
+    h.db.clock.advance(TimeDelta::seconds(3));
+    let user = rita.id;
+    h.fake
+        .wait_until("the DM is redacted", |f| {
+            f.dm_messages(user)
+                .iter()
+                .any(|m| m["id"] == message.as_str() && !text(m).contains(&secret))
+        })
+        .await;
+    h.close().await;
+}
+
+async fn a_rate_limit_holds_the_queue_at_least_five_seconds(backend: Backend) {
+    let h = guild(backend).await;
+    h.fake
+        .wait_until("the first settings are posted", |f| {
+            !f.channel_messages(AUDIT).is_empty()
+        })
+        .await;
+    let before = posts_to(&h.fake, AUDIT);
+    h.fake.fail(
+        "POST",
+        &format!("/channels/{AUDIT}/messages"),
+        429,
+        json!({"message": "You are being rate limited.", "retry_after": 0.01, "global": false}),
+        1,
+    );
+    no_approvals(&h).await;
+    h.fake
+        .wait_until("the post is tried", |f| posts_to(f, AUDIT) > before)
+        .await;
+    let limited = std::time::Instant::now();
+    // The event itself is due again on the clock at once: only the queue's
+    // hold keeps the poster off Discord.
+    h.db.clock.advance(TimeDelta::minutes(1));
+    h.fake
+        .wait_until("the post is tried again", |f| {
+            posts_to(f, AUDIT) > before + 1
+        })
+        .await;
+    let held = limited.elapsed();
+    assert!(
+        held >= std::time::Duration::from_millis(4900),
+        "the queue waited only {held:?} after a 429"
+    );
     h.close().await;
 }
