@@ -1,7 +1,61 @@
-//! What the bot may do in a channel, worked out from Discord's REST API.
+//! Who may do what: members' rights from their roles and the server's
+//! settings, and the bot's own permissions in a channel from Discord's REST API.
 
+use super::Bot;
+use super::error::BotResult;
+use crate::domain::ids::GuildId;
 use poise::serenity_prelude as serenity;
 use serenity::{Http, Permissions};
+
+/// Manage Server (or Administrator, which implies it).
+pub fn is_manager(member: &serenity::Member) -> bool {
+    member
+        .permissions
+        .is_some_and(|p| p.manage_guild() || p.administrator())
+}
+
+/// Holds the guild's approver role, or Manage Server when none is set;
+/// judged on the member as the interaction shows them now.
+pub async fn is_approver(
+    bot: &Bot,
+    guild: GuildId,
+    member: Option<&serenity::Member>,
+) -> BotResult<bool> {
+    let Some(member) = member else {
+        return Ok(false);
+    };
+    let settings = bot.service.settings(guild).await?;
+    Ok(match settings.approver_role {
+        Some(role) => member.roles.iter().any(|r| r.get() == role.0),
+        None => is_manager(member),
+    })
+}
+
+/// Holds the guild's creator role, or Manage Server.
+pub async fn can_create(
+    bot: &Bot,
+    guild: GuildId,
+    member: Option<&serenity::Member>,
+) -> BotResult<bool> {
+    let Some(member) = member else {
+        return Ok(false);
+    };
+    let settings = bot.service.settings(guild).await?;
+    Ok(match settings.creator_role {
+        Some(role) => member.roles.iter().any(|r| r.get() == role.0) || is_manager(member),
+        None => is_manager(member),
+    })
+}
+
+/// Whether the member may see the guild's applications: its creators and
+/// approvers may (`/app list`'s rule, for every way of naming an app).
+pub async fn may_view(
+    bot: &Bot,
+    guild: GuildId,
+    member: Option<&serenity::Member>,
+) -> BotResult<bool> {
+    Ok(can_create(bot, guild, member).await? || is_approver(bot, guild, member).await?)
+}
 
 /// What the bot needs in a channel it posts embeds to.
 pub const POSTING: Permissions = Permissions::VIEW_CHANNEL

@@ -1,16 +1,15 @@
 //! Approval requests on Discord: the approvals-channel message, Approve/Deny,
 //! Withdraw, the Reveal fallback, and reminders and expiry over time.
 
-use super::access::{BotStanding, ChannelAccess};
+use super::Bot;
+use super::access::{BotStanding, ChannelAccess, is_approver};
 use super::custom_id::{Action, CustomId};
 use super::delivery;
 use super::error::{BotError, BotResult, stale};
-use super::render::{detail_fields, scope_labels, source_label, user_text};
+use super::render::{code, detail_fields, message_link, scope_labels, source_label, user_text};
 use super::reply::{
     FIELD_MAX, RestFailure, clip, count_rest_error, count_rest_error_in, no_pings, private,
 };
-use super::wizard::code;
-use super::{Bot, is_manager};
 use crate::domain::application::{AppStatus, Application};
 use crate::domain::approval::{ApprovalRequest, DENY_REASON_MAX_CHARS, RequestStatus};
 use crate::domain::credentials::ApplicationId;
@@ -28,27 +27,6 @@ use std::time::Duration;
 
 pub const TICK: Duration = Duration::from_millis(500);
 
-/// Holds the guild's approver role, or Manage Server when none is set;
-/// judged on the member as the interaction shows them now.
-pub async fn is_approver(
-    bot: &Bot,
-    guild: GuildId,
-    member: Option<&serenity::Member>,
-) -> BotResult<bool> {
-    let Some(member) = member else {
-        return Ok(false);
-    };
-    let settings = bot.service.settings(guild).await?;
-    Ok(match settings.approver_role {
-        Some(role) => member.roles.iter().any(|r| r.get() == role.0),
-        None => is_manager(member),
-    })
-}
-
-pub fn message_link(guild: GuildId, (channel, message): (ChannelId, MessageId)) -> String {
-    format!("https://discord.com/channels/{guild}/{channel}/{message}")
-}
-
 fn mention_list(users: &[UserId]) -> String {
     users
         .iter()
@@ -57,7 +35,47 @@ fn mention_list(users: &[UserId]) -> String {
         .join(", ")
 }
 
-/// The request as approvers see it: every field, the requester and the count.
+/// The request's message as approvers see it, built in one place for its
+/// post, its refreshes and the answers to Approve and Deny: the embed, and
+/// the decision buttons while it is pending; pings off.
+struct RequestView {
+    embed: CreateEmbed,
+    buttons: Vec<CreateActionRow>,
+}
+
+impl RequestView {
+    fn of(app: &Application, request: &ApprovalRequest, service: &Service) -> Self {
+        Self {
+            embed: request_embed(app, request, service.catalog()),
+            buttons: decision_buttons(&app.id, request),
+        }
+    }
+
+    fn post(self) -> CreateMessage {
+        CreateMessage::new()
+            .embed(self.embed)
+            .components(self.buttons)
+            .allowed_mentions(no_pings())
+    }
+
+    fn edit(self) -> EditMessage {
+        EditMessage::new()
+            .embed(self.embed)
+            .components(self.buttons)
+            .allowed_mentions(no_pings())
+    }
+
+    fn update(self) -> CreateInteractionResponse {
+        CreateInteractionResponse::UpdateMessage(
+            CreateInteractionResponseMessage::new()
+                .embed(self.embed)
+                .components(self.buttons)
+                .allowed_mentions(no_pings()),
+        )
+    }
+}
+
+/// Every field, the requester and the count.
 fn request_embed(
     app: &Application,
     request: &ApprovalRequest,
@@ -134,12 +152,8 @@ pub async fn post_request(
     let channel = settings
         .approvals_channel
         .ok_or_else(|| BotError::User("this server requires approvals but has no approvals channel; ask an admin to run /keygate setup".into()))?;
-    let message = CreateMessage::new()
-        .embed(request_embed(app, request, service.catalog()))
-        .components(decision_buttons(&app.id, request))
-        .allowed_mentions(no_pings());
     let sent = serenity::ChannelId::new(channel.0)
-        .send_message(http, message)
+        .send_message(http, RequestView::of(app, request, service).post())
         .await?;
     let posted = (channel, MessageId(sent.id.get()));
     service
@@ -160,12 +174,12 @@ async fn refresh_request_message(
     let Some((channel, message)) = request.message else {
         return Ok(());
     };
-    let edit = EditMessage::new()
-        .embed(request_embed(app, &request, service.catalog()))
-        .components(decision_buttons(&app.id, &request))
-        .allowed_mentions(no_pings());
     serenity::ChannelId::new(channel.0)
-        .edit_message(http, serenity::MessageId::new(message.0), edit)
+        .edit_message(
+            http,
+            serenity::MessageId::new(message.0),
+            RequestView::of(app, &request, service).edit(),
+        )
         .await?;
     Ok(())
 }
@@ -430,12 +444,11 @@ pub async fn on_component(
                 .approval_request(&id)
                 .await?
                 .ok_or(BotError::User("no such request".into()))?;
-            let update = CreateInteractionResponseMessage::new()
-                .embed(request_embed(&app, &request, bot.service.catalog()))
-                .components(decision_buttons(&id, &request))
-                .allowed_mentions(no_pings());
             component
-                .create_response(&ctx.http, CreateInteractionResponse::UpdateMessage(update))
+                .create_response(
+                    &ctx.http,
+                    RequestView::of(&app, &request, &bot.service).update(),
+                )
                 .await?;
             if let ApproveOutcome::Approved(app) = outcome {
                 let delivered = async {
@@ -530,12 +543,9 @@ pub async fn on_deny_reason(
         .approval_request(&id)
         .await?
         .ok_or(BotError::User("no such request".into()))?;
-    let update = CreateInteractionResponseMessage::new()
-        .embed(request_embed(&app, &request, bot.service.catalog()))
-        .components(vec![])
-        .allowed_mentions(no_pings());
+    // Decided: the view has no buttons left.
     let response = if modal.message.is_some() {
-        CreateInteractionResponse::UpdateMessage(update)
+        RequestView::of(&app, &request, &bot.service).update()
     } else {
         CreateInteractionResponse::Message(private("Denied."))
     };

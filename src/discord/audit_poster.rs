@@ -1,7 +1,6 @@
 //! Posts the audit outbox to each guild's audit channel, in order, once each.
 
-use super::approvals::message_link;
-use super::render::user_text;
+use super::render::{message_link, user_text};
 use super::reply::{RestFailure, clip, count_rest_error, no_pings};
 use crate::domain::audit::AuditKind;
 use crate::runtime::Pass;

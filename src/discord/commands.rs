@@ -1,10 +1,12 @@
 //! Slash commands: `/app create`, `/app list`, `/app show`.
 
+use super::access::{can_create, may_view};
 use super::custom_id::CustomId;
 use super::error::{BotError, BotResult, stale};
+use super::render::code;
 use super::render::{credential_line, detail_fields, scope_labels, source_label, user_text};
 use super::reply::{FIELD_MAX, clip, no_pings};
-use super::wizard::{self, code};
+use super::wizard;
 use super::{Bot, Context, approvals};
 use crate::domain::application::Application;
 use crate::domain::credentials::{APP_ID_PREFIX, ApplicationId};
@@ -19,13 +21,6 @@ pub(super) fn guild_of(ctx: &Context<'_>) -> BotResult<GuildId> {
     ctx.guild_id()
         .map(|g| GuildId(g.get()))
         .ok_or_else(|| BotError::User("use this command in a server".into()))
-}
-
-/// Whether the member may see the guild's applications: its creators and
-/// approvers may (`/app list`'s rule, for every way of naming an app).
-async fn may_view(bot: &Bot, guild: GuildId, member: Option<&serenity::Member>) -> BotResult<bool> {
-    Ok(wizard::can_create(bot, guild, member).await?
-        || approvals::is_approver(bot, guild, member).await?)
 }
 
 pub(super) fn member_of<'a>(ctx: &'a Context<'_>) -> Option<&'a serenity::Member> {
@@ -74,7 +69,7 @@ pub async fn create(ctx: Context<'_>) -> BotResult<()> {
     };
     let guild = guild_of(&ctx)?;
     let bot = ctx.data();
-    if !wizard::can_create(bot, guild, actx.interaction.member.as_deref()).await? {
+    if !can_create(bot, guild, actx.interaction.member.as_deref()).await? {
         return Err(BotError::User(
             "you need the Manage Server permission or this server's creator role to register applications".into(),
         ));

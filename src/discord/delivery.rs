@@ -3,8 +3,8 @@
 use super::Bot;
 use super::custom_id::{Action, CustomId};
 use super::error::{BotResult, stale};
+use super::render::code;
 use super::reply::{RestFailure, count_rest_error, no_pings, private};
-use super::wizard::code;
 use crate::domain::application::{AppStatus, Application};
 use crate::domain::credentials::ApplicationId;
 use crate::domain::ids::{ChannelId, MessageId, UserId};

@@ -1,13 +1,13 @@
 //! `/app rotate`, `/app revoke`, their confirmations, and the expiry-warning worker.
 
-use super::approvals::is_approver;
+use super::access::{is_approver, is_manager};
 use super::commands::{guild_of, member_of, resolve};
 use super::custom_id::{Action, CustomId};
 use super::delivery::{fill_dm, finish_only, follow_up_privately, open_dm, rotated_text};
 use super::error::{BotError, BotResult, stale};
+use super::render::code;
 use super::reply::{RestFailure, count_rest_error, discord_code, no_pings};
-use super::wizard::code;
-use super::{Bot, Context, is_manager};
+use super::{Bot, Context};
 use crate::domain::application::Application;
 use crate::domain::ids::{GuildId, UserId};
 use crate::domain::lifecycle::{CredentialKind, Grace};

@@ -75,13 +75,6 @@ impl Bot {
     }
 }
 
-/// Manage Server (or Administrator, which implies it).
-fn is_manager(member: &serenity::Member) -> bool {
-    member
-        .permissions
-        .is_some_and(|p| p.manage_guild() || p.administrator())
-}
-
 /// A running bot: its shards and its workers (redactions, approvals, audit posts).
 pub struct BotHandle {
     shard_manager: Arc<serenity::ShardManager>,

@@ -3,9 +3,18 @@
 use super::reply::{FIELD_MAX, clip};
 use crate::domain::application::{AppDetails, SourceApp, quoted};
 use crate::domain::catalog::ScopeCatalog;
+use crate::domain::ids::{ChannelId, GuildId, MessageId};
 use crate::domain::lifecycle::{CredentialKind, CredentialState, StoredCredential};
 use chrono::{DateTime, Utc};
 use poise::serenity_prelude::CreateEmbed;
+
+/// A name or URL in a code span, where Discord reads no markdown.
+pub use crate::domain::application::quoted as code;
+
+/// The link that opens a message in Discord.
+pub fn message_link(guild: GuildId, (channel, message): (ChannelId, MessageId)) -> String {
+    format!("https://discord.com/channels/{guild}/{channel}/{message}")
+}
 
 /// Text a member typed (a name, a description, a deny reason), made to read
 /// as typed in a message or embed outside a code span: every character that

@@ -1,10 +1,11 @@
 //! The `/app create` wizard on Discord: the modal, the step messages and their components.
 
+use super::Bot;
+use super::access::can_create;
 use super::custom_id::{Action, CustomId};
 use super::error::{BotError, BotResult, stale};
-use super::render::{detail_fields, scope_labels, source_label, user_text};
+use super::render::{code, detail_fields, scope_labels, source_label, user_text};
 use super::reply::{FIELD_MAX, MESSAGE_MAX, clip, no_pings, private};
-use super::{Bot, is_manager};
 use super::{approvals, delivery};
 use crate::domain::application::{LoginUserType, SourceApp};
 use crate::domain::catalog::{ApiGroup, ScopeCatalog};
@@ -30,8 +31,6 @@ const FIELD_URI: &str = "uri";
 const FIELD_DESCRIPTION: &str = "description";
 const FIELD_LOGIN_URLS: &str = "login_urls";
 const FIELD_LOGOUT_URLS: &str = "logout_urls";
-
-pub use crate::domain::application::quoted as code;
 
 fn limit(n: usize) -> u16 {
     u16::try_from(n).unwrap_or(u16::MAX)
@@ -542,7 +541,6 @@ async fn on_submitted(
     }
 }
 
-/// The member behind a guild interaction may create applications.
 /// Refuses a member who may no longer create applications (their role or
 /// the server's creator role changed since the wizard began).
 async fn require_creator(bot: &Bot, component: &ComponentInteraction) -> BotResult<()> {
@@ -557,19 +555,4 @@ async fn require_creator(bot: &Bot, component: &ComponentInteraction) -> BotResu
             "you may no longer register applications in this server (you need the Manage Server permission or its creator role)".into(),
         ))
     }
-}
-
-pub async fn can_create(
-    bot: &Bot,
-    guild: crate::domain::ids::GuildId,
-    member: Option<&serenity::Member>,
-) -> BotResult<bool> {
-    let Some(member) = member else {
-        return Ok(false);
-    };
-    let settings = bot.service.settings(guild).await?;
-    Ok(match settings.creator_role {
-        Some(role) => member.roles.iter().any(|r| r.get() == role.0) || is_manager(member),
-        None => is_manager(member),
-    })
 }
