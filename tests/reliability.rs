@@ -27,6 +27,7 @@ end_to_end_on_both_stores!(
     an_approval_that_can_reach_nobody_asks_for_open_dms_once,
     a_failed_redaction_keeps_its_backoff_across_a_restart,
     a_rate_limit_holds_the_queue_at_least_five_seconds,
+    a_reminder_that_failed_is_posted_later_once,
 );
 
 fn requester() -> TestUser {
@@ -400,5 +401,48 @@ async fn a_rate_limit_holds_the_queue_at_least_five_seconds(backend: Backend) {
         held >= std::time::Duration::from_millis(4900),
         "the queue waited only {held:?} after a 429"
     );
+    h.close().await;
+}
+
+async fn a_reminder_that_failed_is_posted_later_once(backend: Backend) {
+    let h = guild(backend).await;
+    let mut settings = h.service.settings(GUILD).await.unwrap();
+    settings.request_expiry = TimeDelta::hours(2);
+    h.service
+        .save_settings(Actor::member(UserId(alice().id)), &settings)
+        .await
+        .unwrap();
+    submit(&h, &requester(), "Remind Me").await;
+    h.fake
+        .wait_until("the request is posted", |f| {
+            !f.channel_messages(APPROVALS).is_empty()
+        })
+        .await;
+    h.fake.fail(
+        "POST",
+        &format!("/channels/{APPROVALS}/messages"),
+        500,
+        json!({"code": 0, "message": "Internal Server Error"}),
+        1,
+    );
+    let before = posts_to(&h.fake, APPROVALS);
+    // Half the request's lifetime.
+    h.db.clock.advance(TimeDelta::minutes(61));
+    h.fake
+        .wait_until("the reminder is tried", |f| posts_to(f, APPROVALS) > before)
+        .await;
+    h.db.clock.advance(TimeDelta::seconds(2));
+    let reminders = |f: &FakeDiscord| {
+        f.channel_messages(APPROVALS)
+            .iter()
+            .filter(|m| text(m).contains("Reminder"))
+            .count()
+    };
+    h.fake
+        .wait_until("the reminder is posted", |f| reminders(f) == 1)
+        .await;
+    h.db.clock.advance(TimeDelta::minutes(5));
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_eq!(reminders(&h.fake), 1, "reminded once");
     h.close().await;
 }
