@@ -11,9 +11,9 @@ use keygate::domain::ids::{ChannelId, GuildId, MessageId};
 use keygate::domain::settings::GuildSettings;
 use keygate::domain::validation::{AppForm, Field};
 use keygate::domain::verification::{Expectations, VerifyCode};
-use keygate::domain::wizard::WizardStep;
+use keygate::domain::wizard::{SavedDraft, WizardStep};
 use keygate::service::{
-    Actor, ApproveOutcome, DraftInput, DraftStart, Policy, Service, ServiceError,
+    Actor, ApproveOutcome, DraftInput, DraftStart, Policy, Service, ServiceError, new_draft_id,
 };
 use keygate::store::DmRedaction;
 use keygate::store::{Backend, Store};
@@ -35,6 +35,7 @@ on_both_stores!(
     last_used_is_written_at_most_once_a_minute,
     readiness_follows_the_database,
     drafts_belong_to_one_user_and_survive_a_restart,
+    concurrent_forms_leave_one_draft,
     names_are_unique_per_guild_ignoring_case,
     audit_log_is_append_only_and_outbox_posts_once,
     redactions_are_scheduled_and_done_once,
@@ -1125,6 +1126,45 @@ async fn drafts_belong_to_one_user_and_survive_a_restart(db: &TestDb) {
     ));
     db.clock.advance(chrono::TimeDelta::minutes(61));
     assert_eq!(svc.purge_expired_drafts().await.unwrap(), 1);
+}
+
+/// Forms of one member's submitted at once: fresh ones, then Start overs of
+/// the draft that won. The store's one-draft-per-user rule lets one in.
+async fn concurrent_forms_leave_one_draft(db: &TestDb) {
+    let svc = &db.service;
+    let count = |results: &[Result<SavedDraft, ServiceError>]| {
+        let won: Vec<&SavedDraft> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+        for r in results {
+            assert!(matches!(r, Ok(_) | Err(ServiceError::DraftExists)), "{r:?}");
+        }
+        assert_eq!(won.len(), 1, "{results:?}");
+        won[0].clone()
+    };
+    let fresh = futures_util::future::join_all((0..6).map(|n| {
+        let name = format!("Fresh {n}");
+        async move {
+            svc.create_draft(GUILD, &new_draft_id(), ALICE, form(&name), None)
+                .await
+        }
+    }))
+    .await;
+    let first = count(&fresh);
+    assert!(db.row_counts().await.contains(&("wizard_drafts", 1)));
+    let over = futures_util::future::join_all((0..6).map(|n| {
+        let (name, old) = (format!("Over {n}"), first.id.clone());
+        async move {
+            svc.create_draft(GUILD, &new_draft_id(), ALICE, form(&name), Some(&old))
+                .await
+        }
+    }))
+    .await;
+    let second = count(&over);
+    assert!(db.row_counts().await.contains(&("wizard_drafts", 1)));
+    assert_eq!(svc.draft(&second.id, ALICE).await.unwrap(), second);
+    assert!(matches!(
+        svc.draft(&first.id, ALICE).await,
+        Err(ServiceError::DraftNotFound)
+    ));
 }
 
 async fn names_are_unique_per_guild_ignoring_case(db: &TestDb) {
