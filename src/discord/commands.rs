@@ -1,6 +1,6 @@
 //! Slash commands: `/app create`, `/app list`, `/app show`.
 
-use super::custom_id::CustomId;
+use super::custom_id::{CustomId, NewDraft};
 use super::error::{BotError, BotResult, stale};
 use super::render::{credential_line, detail_fields, scope_labels, source_label, user_text};
 use super::reply::{FIELD_MAX, clip, no_pings};
@@ -10,6 +10,7 @@ use crate::domain::application::Application;
 use crate::domain::credentials::{APP_ID_PREFIX, ApplicationId};
 use crate::domain::ids::{GuildId, UserId};
 use crate::domain::lifecycle::StoredCredential;
+use crate::domain::validation::AppForm;
 use crate::service::{DraftStart, ServiceError};
 use poise::CreateReply;
 use poise::serenity_prelude as serenity;
@@ -80,9 +81,16 @@ pub async fn create(ctx: Context<'_>) -> BotResult<()> {
         ));
     }
     let user = UserId(ctx.author().id.get());
-    let response = match bot.service.start_draft(guild, user).await? {
-        DraftStart::New(saved) => {
-            CreateInteractionResponse::Modal(wizard::modal(&saved.id, &saved.draft.form))
+    // Answered with a modal, which cannot follow a deferral: reads only. The
+    // new draft is stored when its form is submitted.
+    let response = match bot.service.open_draft(guild, user).await? {
+        DraftStart::New(id) => {
+            let draft = NewDraft {
+                id,
+                opener: user,
+                replacing: None,
+            };
+            CreateInteractionResponse::Modal(wizard::new_draft_modal(&draft, &AppForm::default()))
         }
         DraftStart::Existing(saved) => {
             CreateInteractionResponse::Message(wizard::resume_prompt(&saved))

@@ -19,9 +19,12 @@ use super::apps::{IssuedCredentials, Submitted};
 /// What `/app create` found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DraftStart {
-    New(SavedDraft),
+    /// No open draft: the id a new one will have. Nothing is stored yet; the
+    /// draft is written when its form is submitted (`create_draft`), since the
+    /// form is a modal, which must be the command's first answer.
+    New(String),
     /// The user already has an open draft here: offer Resume or Start over.
-    Existing(SavedDraft),
+    Existing(Box<SavedDraft>),
 }
 
 /// What the user did on a step, as typed: checked before it reaches the draft.
@@ -66,40 +69,20 @@ fn name_taken(name: &str) -> ValidationErrors {
 }
 
 impl Service {
-    /// Opens a new draft, or returns the user's open one.
-    pub async fn start_draft(&self, guild: GuildId, user: UserId) -> ServiceResult<DraftStart> {
-        let now = self.clock.now();
-        let mut tx = self.store.begin().await?;
-        if let Some(existing) = tx.draft_for_user(guild, user).await? {
-            if existing.expires_at > now {
-                tx.rollback().await?;
-                return Ok(DraftStart::Existing(existing));
+    /// The user's open draft, or the id for a new one. Reads only: the
+    /// answer to `/app create` is a modal, which cannot follow a deferral, so
+    /// nothing is written before it. An expired draft counts as none; the new
+    /// draft's creation drops it.
+    pub async fn open_draft(&self, guild: GuildId, user: UserId) -> ServiceResult<DraftStart> {
+        let mut tx = self.store.read().await?;
+        let existing = tx.draft_for_user(guild, user).await?;
+        tx.rollback().await?;
+        Ok(match existing {
+            Some(existing) if existing.expires_at > self.clock.now() => {
+                DraftStart::Existing(Box::new(existing))
             }
-            tx.delete_draft(&existing.id).await?;
-        }
-        let draft = SavedDraft {
-            id: new_draft_id(),
-            guild_id: guild,
-            user_id: user,
-            draft: WizardDraft::new(),
-            created_at: now,
-            expires_at: now + self.policy.draft_ttl,
-        };
-        tx.insert_draft(&draft).await?;
-        tx.commit().await?;
-        Ok(DraftStart::New(draft))
-    }
-
-    /// Start over: drops the user's open draft, if any, and opens a new one.
-    pub async fn restart_draft(&self, guild: GuildId, user: UserId) -> ServiceResult<SavedDraft> {
-        let mut tx = self.store.begin().await?;
-        if let Some(existing) = tx.draft_for_user(guild, user).await? {
-            tx.delete_draft(&existing.id).await?;
-        }
-        tx.commit().await?;
-        match self.start_draft(guild, user).await? {
-            DraftStart::New(d) | DraftStart::Existing(d) => Ok(d),
-        }
+            _ => DraftStart::New(new_draft_id()),
+        })
     }
 
     /// The form of a draft that was offered but not stored was submitted:
