@@ -182,8 +182,8 @@ type Round = anyhow::Result<(Vec<Duration>, Duration)>;
 
 /// A new application through the whole wizard, with its key: the clear key.
 async fn issue_key(svc: &Service, name: &str) -> anyhow::Result<(ApplicationId, String)> {
-    let id = match svc.start_draft(GUILD, OWNER).await? {
-        DraftStart::New(d) => d.id,
+    let id = match svc.open_draft(GUILD, OWNER).await? {
+        DraftStart::New(id) => id,
         DraftStart::Existing(d) => bail!("an open draft {} is in the way", d.id),
     };
     let form = AppForm {
@@ -193,8 +193,8 @@ async fn issue_key(svc: &Service, name: &str) -> anyhow::Result<(ApplicationId, 
         post_login_urls: "https://spa.example.com/callback".into(),
         post_logout_urls: "https://spa.example.com/signed-out".into(),
     };
+    svc.create_draft(GUILD, &id, OWNER, form, None).await?;
     for input in [
-        DraftInput::Details(form),
         DraftInput::UserType(LoginUserType::Guest),
         DraftInput::SourceApp(SourceApp::ExternalCma),
         DraftInput::Next,

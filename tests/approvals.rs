@@ -703,18 +703,17 @@ async fn history_lists_an_apps_events_newest_first_in_pages() {
     // Built through the service for speed: the history is what matters here.
     let guild_app = {
         use keygate::domain::application::{LoginUserType, SourceApp};
-        use keygate::service::{DraftInput, DraftStart};
+        use keygate::service::DraftInput;
         let user = UserId(alice().id);
-        let DraftStart::New(d) = h.service.start_draft(GUILD, user).await.unwrap() else {
-            panic!("a new draft")
-        };
         let form = keygate::domain::validation::AppForm {
             name: "Storied".into(),
             uri: "https://storied.example.com".into(),
             ..Default::default()
         };
+        let d = support::new_draft(&h.service, GUILD, user, form)
+            .await
+            .unwrap();
         for input in [
-            DraftInput::Details(form),
             DraftInput::UserType(LoginUserType::Guest),
             DraftInput::SourceApp(SourceApp::Bot),
             DraftInput::Next,

@@ -11,9 +11,9 @@ use keygate::domain::ids::{ChannelId, GuildId, MessageId};
 use keygate::domain::settings::GuildSettings;
 use keygate::domain::validation::{AppForm, Field};
 use keygate::domain::verification::{Expectations, VerifyCode};
-use keygate::domain::wizard::WizardStep;
+use keygate::domain::wizard::{SavedDraft, WizardStep};
 use keygate::service::{
-    Actor, ApproveOutcome, DraftInput, DraftStart, Policy, Service, ServiceError,
+    Actor, ApproveOutcome, DraftInput, DraftStart, Policy, Service, ServiceError, new_draft_id,
 };
 use keygate::store::DmRedaction;
 use keygate::store::{Backend, Store};
@@ -35,6 +35,7 @@ on_both_stores!(
     last_used_is_written_at_most_once_a_minute,
     readiness_follows_the_database,
     drafts_belong_to_one_user_and_survive_a_restart,
+    concurrent_forms_leave_one_draft,
     names_are_unique_per_guild_ignoring_case,
     audit_log_is_append_only_and_outbox_posts_once,
     redactions_are_scheduled_and_done_once,
@@ -337,7 +338,7 @@ async fn approval_rules_hold(db: &TestDb) {
 async fn bad_input_is_rejected_and_writes_nothing(db: &TestDb) {
     let svc = &db.service;
     submit(svc, BOB, "Spa Mobile").await;
-    let DraftStart::New(draft) = svc.start_draft(GUILD, ALICE).await.unwrap() else {
+    let DraftStart::New(offered) = svc.open_draft(GUILD, ALICE).await.unwrap() else {
         panic!("new draft")
     };
     let bad_forms: Vec<(&str, AppForm, Field)> = vec![
@@ -524,9 +525,38 @@ async fn bad_input_is_rejected_and_writes_nothing(db: &TestDb) {
             Field::PostLogoutUrls,
         ),
     ];
+    // A refused first form: the draft is not stored at all.
+    let before = db.row_counts().await;
+    let mut cases = 0;
+    for (what, bad, field) in bad_forms.clone() {
+        match svc.create_draft(GUILD, &offered, ALICE, bad, None).await {
+            Err(ServiceError::Validation(errors)) => {
+                assert!(errors.on(field).next().is_some(), "{what}: {errors}");
+            }
+            other => panic!("{what}: expected a validation error, got {other:?}"),
+        }
+        cases += 1;
+    }
+    assert_eq!(
+        db.row_counts().await,
+        before,
+        "a refused first form wrote something"
+    );
+    // An id the service did not make is never stored.
+    assert!(matches!(
+        svc.create_draft(GUILD, "x", ALICE, form("ok"), None).await,
+        Err(ServiceError::DraftNotFound)
+    ));
+    cases += 1;
+
+    // A stored draft: refused input leaves it as it was.
+    let draft = svc
+        .create_draft(GUILD, &offered, ALICE, form("ok"), None)
+        .await
+        .unwrap();
+    assert_eq!(draft.draft.step, WizardStep::Options);
     let before = db.row_counts().await;
     let saved_before = svc.draft(&draft.id, ALICE).await.unwrap();
-    let mut cases = 0;
     for (what, bad, field) in bad_forms {
         match svc
             .advance_draft(&draft.id, ALICE, DraftInput::Details(bad))
@@ -539,13 +569,8 @@ async fn bad_input_is_rejected_and_writes_nothing(db: &TestDb) {
         }
         cases += 1;
     }
-    // Input on the wrong step, unknown scopes, Next with nothing chosen.
-    let step_errors = [
-        DraftInput::UserType(LoginUserType::Guest),
-        DraftInput::SourceApp(SourceApp::Bot),
-        DraftInput::Back,
-        DraftInput::Next,
-    ];
+    // Input on the wrong step, Next with nothing chosen.
+    let step_errors = [DraftInput::Scopes(vec!["guests".into()]), DraftInput::Next];
     for input in step_errors {
         assert!(
             matches!(
@@ -577,8 +602,14 @@ async fn bad_input_is_rejected_and_writes_nothing(db: &TestDb) {
             .await,
         Err(ServiceError::NotYourDraft)
     ));
-    cases += 2;
-    assert!(cases >= 30, "{cases} cases");
+    // Nor does another member's form, submitted with the stored id, touch it.
+    assert!(matches!(
+        svc.create_draft(GUILD, &draft.id, BOB, form("ok"), None)
+            .await,
+        Err(ServiceError::NotYourDraft)
+    ));
+    cases += 3;
+    assert!(cases >= 50, "{cases} cases");
     assert_eq!(
         db.row_counts().await,
         before,
@@ -1050,10 +1081,17 @@ async fn readiness_follows_the_database(db: &TestDb) {
 
 async fn drafts_belong_to_one_user_and_survive_a_restart(db: &TestDb) {
     let svc = &db.service;
-    let DraftStart::New(draft) = svc.start_draft(GUILD, ALICE).await.unwrap() else {
+    // Offered, not stored: /app create reads only, so it offers a new id again.
+    let DraftStart::New(offered) = svc.open_draft(GUILD, ALICE).await.unwrap() else {
         panic!("new")
     };
-    svc.advance_draft(&draft.id, ALICE, DraftInput::Details(form("Resumable")))
+    assert!(matches!(
+        svc.open_draft(GUILD, ALICE).await.unwrap(),
+        DraftStart::New(again) if again != offered
+    ));
+    assert!(db.row_counts().await.contains(&("wizard_drafts", 0)));
+    let draft = svc
+        .create_draft(GUILD, &offered, ALICE, form("Resumable"), None)
         .await
         .unwrap();
     svc.advance_draft(
@@ -1064,7 +1102,7 @@ async fn drafts_belong_to_one_user_and_survive_a_restart(db: &TestDb) {
     .await
     .unwrap();
     // One open draft per user per guild: /app create again offers it back.
-    let DraftStart::Existing(again) = svc.start_draft(GUILD, ALICE).await.unwrap() else {
+    let DraftStart::Existing(again) = svc.open_draft(GUILD, ALICE).await.unwrap() else {
         panic!("existing")
     };
     assert_eq!(again.id, draft.id);
@@ -1097,8 +1135,38 @@ async fn drafts_belong_to_one_user_and_survive_a_restart(db: &TestDb) {
         "Back keeps selections"
     );
 
-    // Start over replaces it; Cancel deletes it.
-    let fresh = svc.restart_draft(GUILD, ALICE).await.unwrap();
+    // A second fresh form of Alice's (an earlier /app create's) cannot
+    // replace it, nor can a Start over that names another member's draft.
+    assert!(matches!(
+        svc.create_draft(GUILD, &new_draft_id(), ALICE, form("Second"), None)
+            .await,
+        Err(ServiceError::DraftExists)
+    ));
+    let carols = new_draft(svc, GUILD, CAROL, form("Carol's")).await.unwrap();
+    assert!(matches!(
+        svc.create_draft(
+            GUILD,
+            &new_draft_id(),
+            ALICE,
+            form("Second"),
+            Some(&carols.id)
+        )
+        .await,
+        Err(ServiceError::DraftExists)
+    ));
+    assert_eq!(svc.draft(&carols.id, CAROL).await.unwrap(), carols);
+    // Start over replaces it when the new form is stored, in one step;
+    // Cancel deletes it.
+    let fresh = svc
+        .create_draft(
+            GUILD,
+            &new_draft_id(),
+            ALICE,
+            form("Fresh"),
+            Some(&draft.id),
+        )
+        .await
+        .unwrap();
     assert_ne!(fresh.id, draft.id);
     assert!(matches!(
         svc.draft(&draft.id, ALICE).await,
@@ -1109,23 +1177,61 @@ async fn drafts_belong_to_one_user_and_survive_a_restart(db: &TestDb) {
         svc.draft(&fresh.id, ALICE).await,
         Err(ServiceError::DraftNotFound)
     ));
+    svc.cancel_draft(&carols.id, CAROL).await.unwrap();
 
-    // Drafts expire after an hour untouched.
-    let DraftStart::New(old) = svc.start_draft(GUILD, BOB).await.unwrap() else {
-        panic!("new")
-    };
+    // Drafts expire after an hour untouched; a new one takes an expired
+    // one's place.
+    let old = new_draft(svc, GUILD, BOB, form("Late")).await.unwrap();
     db.clock.advance(chrono::TimeDelta::minutes(61));
     assert!(matches!(
         svc.advance_draft(&old.id, BOB, DraftInput::Details(form("Late")))
             .await,
         Err(ServiceError::DraftNotFound)
     ));
-    assert!(matches!(
-        svc.start_draft(GUILD, BOB).await.unwrap(),
-        DraftStart::New(_)
-    ));
+    let later = new_draft(svc, GUILD, BOB, form("Later")).await.unwrap();
+    assert_eq!(svc.draft(&later.id, BOB).await.unwrap(), later);
+    assert!(db.row_counts().await.contains(&("wizard_drafts", 1)));
     db.clock.advance(chrono::TimeDelta::minutes(61));
     assert_eq!(svc.purge_expired_drafts().await.unwrap(), 1);
+}
+
+/// Forms of one member's submitted at once: fresh ones, then Start overs of
+/// the draft that won. The store's one-draft-per-user rule lets one in.
+async fn concurrent_forms_leave_one_draft(db: &TestDb) {
+    let svc = &db.service;
+    let count = |results: &[Result<SavedDraft, ServiceError>]| {
+        let won: Vec<&SavedDraft> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+        for r in results {
+            assert!(matches!(r, Ok(_) | Err(ServiceError::DraftExists)), "{r:?}");
+        }
+        assert_eq!(won.len(), 1, "{results:?}");
+        won[0].clone()
+    };
+    let fresh = futures_util::future::join_all((0..6).map(|n| {
+        let name = format!("Fresh {n}");
+        async move {
+            svc.create_draft(GUILD, &new_draft_id(), ALICE, form(&name), None)
+                .await
+        }
+    }))
+    .await;
+    let first = count(&fresh);
+    assert!(db.row_counts().await.contains(&("wizard_drafts", 1)));
+    let over = futures_util::future::join_all((0..6).map(|n| {
+        let (name, old) = (format!("Over {n}"), first.id.clone());
+        async move {
+            svc.create_draft(GUILD, &new_draft_id(), ALICE, form(&name), Some(&old))
+                .await
+        }
+    }))
+    .await;
+    let second = count(&over);
+    assert!(db.row_counts().await.contains(&("wizard_drafts", 1)));
+    assert_eq!(svc.draft(&second.id, ALICE).await.unwrap(), second);
+    assert!(matches!(
+        svc.draft(&first.id, ALICE).await,
+        Err(ServiceError::DraftNotFound)
+    ));
 }
 
 async fn names_are_unique_per_guild_ignoring_case(db: &TestDb) {
@@ -1142,11 +1248,11 @@ async fn names_are_unique_per_guild_ignoring_case(db: &TestDb) {
         }
         other => panic!("expected a name clash, got {other:?}"),
     }
-    let DraftStart::New(d) = svc.start_draft(GUILD, DAVE).await.unwrap() else {
+    let DraftStart::New(d) = svc.open_draft(GUILD, DAVE).await.unwrap() else {
         panic!()
     };
     assert!(matches!(
-        svc.advance_draft(&d.id, DAVE, DraftInput::Details(form("éclat spa")))
+        svc.create_draft(GUILD, &d, DAVE, form("éclat spa"), None)
             .await,
         Err(ServiceError::Validation(_))
     ));
@@ -1154,17 +1260,12 @@ async fn names_are_unique_per_guild_ignoring_case(db: &TestDb) {
     svc.deny(GUILD, &first.id, Actor::approver(BOB), "try again")
         .await
         .unwrap();
-    svc.advance_draft(&d.id, DAVE, DraftInput::Details(form("éclat spa")))
+    svc.create_draft(GUILD, &d, DAVE, form("éclat spa"), None)
         .await
         .unwrap();
     // Another guild is another organization.
     let other = keygate::domain::ids::GuildId(GUILD.0 + 1);
-    let DraftStart::New(o) = svc.start_draft(other, ALICE).await.unwrap() else {
-        panic!()
-    };
-    svc.advance_draft(&o.id, ALICE, DraftInput::Details(form("Twin")))
-        .await
-        .unwrap();
+    new_draft(svc, other, ALICE, form("Twin")).await.unwrap();
 }
 
 async fn audit_log_is_append_only_and_outbox_posts_once(db: &TestDb) {
@@ -1591,7 +1692,7 @@ async fn a_reconnected_listener_flushes_the_cache(db: &TestDb) {
 async fn names_compare_after_nfkc(db: &TestDb) {
     let svc = &db.service;
     submit(svc, ALICE, "Front Desk").await;
-    let DraftStart::New(d) = svc.start_draft(GUILD, BOB).await.unwrap() else {
+    let DraftStart::New(d) = svc.open_draft(GUILD, BOB).await.unwrap() else {
         panic!()
     };
     for look_alike in [
@@ -1600,7 +1701,7 @@ async fn names_compare_after_nfkc(db: &TestDb) {
         "front desk",
     ] {
         match svc
-            .advance_draft(&d.id, BOB, DraftInput::Details(form(look_alike)))
+            .create_draft(GUILD, &d, BOB, form(look_alike), None)
             .await
         {
             Err(ServiceError::Validation(e)) => {

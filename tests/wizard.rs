@@ -2,16 +2,19 @@
 
 mod support;
 
-use keygate::domain::ids::GuildId;
+use keygate::domain::ids::{GuildId, UserId};
 use keygate::domain::settings::GuildSettings;
 use keygate::domain::verification::{Expectations, VerifyCode};
-use keygate::service::{Actor, ServiceError};
+use keygate::domain::wizard::SavedDraft;
+use keygate::service::{Actor, DraftStart, ServiceError};
 use serde_json::{Value, json};
 use support::bot::{
     Harness, alice, bob, component, generate_key_in_dm, selected, shown, text, token,
 };
 use support::fake_discord::{FakeDiscord, TestUser};
-use support::flows::{form_fields, open_wizard, submit_and_get_dm, submit_form, to_review};
+use support::flows::{
+    form_fields, open_wizard, step2_to_review, submit_and_get_dm, submit_form, to_review,
+};
 use support::verify;
 
 const GUILD: GuildId = GuildId(FakeDiscord::GUILD_ID);
@@ -325,7 +328,7 @@ async fn a_restarted_bot_continues_the_wizard() {
         .await;
     let resumed = shown(&h.fake, &i, 7).await;
     assert!(resumed["content"].as_str().unwrap().contains("Step 3 of 4"));
-    // Start over drops the draft and opens an empty form.
+    // Start over opens an empty form; its submission drops the draft.
     let i = h
         .fake
         .slash_command(&alice(), "app", Some("create"), vec![])
@@ -341,6 +344,16 @@ async fn a_restarted_bot_continues_the_wizard() {
         fresh["data"]["components"][0]["components"][0]["value"].is_null(),
         "{fresh:#}"
     );
+    let modal = fresh["data"]["custom_id"].as_str().unwrap();
+    let i = submit_form(
+        &h.fake,
+        &alice(),
+        modal,
+        &form_fields("Second life"),
+        Some(&prompt),
+    )
+    .await;
+    shown(&h.fake, &i, 7).await;
     let i = h
         .fake
         .press_button(&alice(), &step3, &component(&step3, "next"))
@@ -353,6 +366,174 @@ async fn a_restarted_bot_continues_the_wizard() {
             .contains("expired or was closed"),
         "{stale:#}"
     );
+    h.close().await;
+}
+
+/// The REST calls the bot made from `since` on, as `METHOD path`.
+fn calls_since(fake: &FakeDiscord, since: usize) -> Vec<String> {
+    fake.requests()[since..]
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect()
+}
+
+fn callback_of(i: &support::fake_discord::Interaction) -> String {
+    format!("POST /interactions/{}/{}/callback", i.id, i.token)
+}
+
+/// The open draft of a member, as `/app create` would find it (a read).
+async fn open_draft_of(h: &Harness, user: &TestUser) -> Option<SavedDraft> {
+    match h.service.open_draft(GUILD, UserId(user.id)).await.unwrap() {
+        DraftStart::New(_) => None,
+        DraftStart::Existing(saved) => Some(*saved),
+    }
+}
+
+/// A modal cannot follow a deferral, so `/app create` answers with it after
+/// reads only: the draft is stored when the form is submitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_answers_with_the_form_and_stores_the_draft_on_its_submission() {
+    let h = Harness::start().await;
+    let since = h.fake.requests().len();
+    let i = h
+        .fake
+        .slash_command(&alice(), "app", Some("create"), vec![])
+        .await;
+    let r = h.fake.response(&i).await;
+    assert_eq!(r["type"], 9, "a modal: {r:#}");
+    assert_eq!(
+        calls_since(&h.fake, since).first(),
+        Some(&callback_of(&i)),
+        "the interaction's first REST call is its callback"
+    );
+    let counts = h.db.row_counts().await;
+    assert!(
+        counts.contains(&("wizard_drafts", 0)),
+        "nothing is stored before the form is submitted: {counts:?}"
+    );
+    assert_eq!(open_draft_of(&h, &alice()).await, None);
+
+    // The submission stores the draft, and the wizard runs to the end.
+    let modal = r["data"]["custom_id"].as_str().unwrap();
+    let i = submit_form(&h.fake, &alice(), modal, &form_fields("Late Bloom"), None).await;
+    let step2 = shown(&h.fake, &i, 4).await;
+    let saved = open_draft_of(&h, &alice()).await.expect("stored now");
+    assert_eq!(saved.draft.form.name, "Late Bloom");
+    assert_eq!(saved.user_id, UserId(alice().id));
+    assert!(
+        modal.contains(&saved.id),
+        "the form's id is the draft's: {modal}"
+    );
+    let review = step2_to_review(&h.fake, &alice(), &step2).await;
+    let (_, app_id, _) = submit_and_get_dm(&h, &alice(), &review).await;
+    let app = h.service.app_by_name(GUILD, "Late Bloom").await.unwrap();
+    assert_eq!(app.id.as_str(), app_id);
+    let counts = h.db.row_counts().await;
+    assert!(counts.contains(&("wizard_drafts", 0)), "{counts:?}");
+    h.close().await;
+}
+
+/// A form offered to one member stores nothing when another submits it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offered_form_is_stored_for_its_member_only() {
+    let h = Harness::start().await;
+    let modal = open_wizard(&h.fake, &alice()).await;
+    let i = submit_form(&h.fake, &bob(), &modal, &form_fields("Squatter"), None).await;
+    let refused = shown(&h.fake, &i, 4).await;
+    assert!(text(&refused).contains("not your wizard"), "{refused:#}");
+    let counts = h.db.row_counts().await;
+    assert!(counts.contains(&("wizard_drafts", 0)), "{counts:?}");
+    assert_eq!(open_draft_of(&h, &bob()).await, None);
+    let i = submit_form(&h.fake, &alice(), &modal, &form_fields("Mine"), None).await;
+    shown(&h.fake, &i, 4).await;
+    let saved = open_draft_of(&h, &alice()).await.expect("Alice's draft");
+    assert_eq!(saved.draft.form.name, "Mine");
+    h.close().await;
+}
+
+/// Start over answers with a form too: the old draft is dropped when the new
+/// form is submitted, so dismissing the form keeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_over_replaces_the_draft_only_when_its_form_is_submitted() {
+    let h = Harness::start().await;
+    let modal = open_wizard(&h.fake, &alice()).await;
+    let i = submit_form(&h.fake, &alice(), &modal, &form_fields("Original"), None).await;
+    let step2 = shown(&h.fake, &i, 4).await;
+    let i = h
+        .fake
+        .select(&alice(), &step2, &component(&step2, "usertype"), &["guest"])
+        .await;
+    let step2 = shown(&h.fake, &i, 7).await;
+    let original = open_draft_of(&h, &alice()).await.expect("stored");
+
+    let start_over = || async {
+        let i = h
+            .fake
+            .slash_command(&alice(), "app", Some("create"), vec![])
+            .await;
+        let prompt = shown(&h.fake, &i, 4).await;
+        assert!(text(&prompt).contains("Original"), "{prompt:#}");
+        let since = h.fake.requests().len();
+        let i = h
+            .fake
+            .press_button(&alice(), &prompt, &component(&prompt, "restart"))
+            .await;
+        let r = h.fake.response(&i).await;
+        assert_eq!(r["type"], 9, "a modal: {r:#}");
+        assert_eq!(calls_since(&h.fake, since).first(), Some(&callback_of(&i)));
+        (prompt, r["data"]["custom_id"].as_str().unwrap().to_owned())
+    };
+
+    // Dismissed (the member closes the form): the draft is as it was.
+    let (_, dismissed) = start_over().await;
+    assert_eq!(
+        open_draft_of(&h, &alice()).await.as_ref(),
+        Some(&original),
+        "Start over wrote before its form"
+    );
+    let i = h
+        .fake
+        .select(&alice(), &step2, &component(&step2, "source"), &["bot"])
+        .await;
+    let step2 = shown(&h.fake, &i, 7).await;
+    assert_eq!(selected(&step2, "usertype"), vec!["guest"]);
+
+    // Submitted: the new draft takes the old one's place, in one step.
+    let (prompt, modal) = start_over().await;
+    assert_ne!(modal, dismissed, "each form offers a draft of its own");
+    let i = submit_form(
+        &h.fake,
+        &alice(),
+        &modal,
+        &form_fields("Replacement"),
+        Some(&prompt),
+    )
+    .await;
+    let fresh = shown(&h.fake, &i, 7).await;
+    assert!(text(&fresh).contains("Step 2 of 4"), "{fresh:#}");
+    assert!(selected(&fresh, "usertype").is_empty(), "{fresh:#}");
+    let replacement = open_draft_of(&h, &alice()).await.expect("the new draft");
+    assert_ne!(replacement.id, original.id);
+    assert_eq!(replacement.draft.form.name, "Replacement");
+    let counts = h.db.row_counts().await;
+    assert!(counts.contains(&("wizard_drafts", 1)), "{counts:?}");
+    let i = h
+        .fake
+        .press_button(&alice(), &step2, &component(&step2, "next"))
+        .await;
+    assert!(
+        text(&shown(&h.fake, &i, 4).await).contains("expired or was closed"),
+        "the old draft is gone"
+    );
+    // The dismissed form, were it submitted now, would find another draft
+    // than the one it replaces: refused, and the replacement stays.
+    let i = submit_form(&h.fake, &alice(), &dismissed, &form_fields("Stale"), None).await;
+    let refused = shown(&h.fake, &i, 4).await;
+    assert!(
+        text(&refused).contains("already have an unfinished application"),
+        "{refused:#}"
+    );
+    assert_eq!(open_draft_of(&h, &alice()).await, Some(replacement));
     h.close().await;
 }
 

@@ -1,7 +1,7 @@
 //! Slash commands: `/app create`, `/app list`, `/app show`.
 
 use super::access::{can_create, may_view};
-use super::custom_id::CustomId;
+use super::custom_id::{CustomId, NewDraft};
 use super::error::{BotError, BotResult, stale};
 use super::render::code;
 use super::render::{credential_line, detail_fields, scope_labels, source_label, user_text};
@@ -12,6 +12,7 @@ use crate::domain::application::Application;
 use crate::domain::credentials::{APP_ID_PREFIX, ApplicationId};
 use crate::domain::ids::{GuildId, UserId};
 use crate::domain::lifecycle::StoredCredential;
+use crate::domain::validation::AppForm;
 use crate::service::{DraftStart, ServiceError};
 use poise::CreateReply;
 use poise::serenity_prelude as serenity;
@@ -75,9 +76,16 @@ pub async fn create(ctx: Context<'_>) -> BotResult<()> {
         ));
     }
     let user = UserId(ctx.author().id.get());
-    let response = match bot.service.start_draft(guild, user).await? {
-        DraftStart::New(saved) => {
-            CreateInteractionResponse::Modal(wizard::modal(&saved.id, &saved.draft.form))
+    // Answered with a modal, which cannot follow a deferral: reads only. The
+    // new draft is stored when its form is submitted.
+    let response = match bot.service.open_draft(guild, user).await? {
+        DraftStart::New(id) => {
+            let draft = NewDraft {
+                id,
+                opener: user,
+                replacing: None,
+            };
+            CreateInteractionResponse::Modal(wizard::new_draft_modal(&draft, &AppForm::default()))
         }
         DraftStart::Existing(saved) => {
             CreateInteractionResponse::Message(wizard::resume_prompt(&saved))

@@ -1,6 +1,7 @@
 //! Component custom_ids (`kg:<kind>:<id>:<action>`), built and parsed in this one place.
 
 use crate::domain::credentials::ApplicationId;
+use crate::domain::ids::UserId;
 use std::fmt;
 
 /// What a component belongs to.
@@ -8,6 +9,9 @@ use std::fmt;
 pub enum Kind {
     /// A wizard draft; the id is the draft id.
     Draft,
+    /// A wizard draft offered but not stored yet (its form not submitted);
+    /// the id is `<draft id>_<opener>[_<draft it replaces>]`, see `NewDraft`.
+    NewDraft,
     /// A registered application; the id is its Application ID.
     App,
     /// A page of an application's history; the id is `<page>_<Application ID>`.
@@ -93,6 +97,17 @@ impl Action {
     }
 }
 
+/// A draft that exists only in the components offering it, until its form
+/// is submitted: what that submission must know to store it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDraft {
+    pub id: String,
+    /// The member it was offered to: only their submission stores it.
+    pub opener: UserId,
+    /// Start over: the draft to drop when this one is stored.
+    pub replacing: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CustomId {
     pub kind: Kind,
@@ -107,6 +122,42 @@ impl CustomId {
             id: id.to_owned(),
             action,
         }
+    }
+
+    pub fn new_draft(draft: &NewDraft, action: Action) -> Self {
+        let mut id = format!("{}_{}", draft.id, draft.opener.0);
+        if let Some(old) = &draft.replacing {
+            id.push('_');
+            id.push_str(old);
+        }
+        Self {
+            kind: Kind::NewDraft,
+            id,
+            action,
+        }
+    }
+
+    /// The draft a `newdraft` custom_id offers, if well formed.
+    pub fn new_draft_parts(&self) -> Option<NewDraft> {
+        if self.kind != Kind::NewDraft {
+            return None;
+        }
+        let mut parts = self.id.split('_');
+        let id = parts.next().filter(|p| !p.is_empty())?;
+        let opener = parts.next()?.parse().ok()?;
+        let replacing = match parts.next() {
+            None => None,
+            Some(old) if !old.is_empty() => Some(old.to_owned()),
+            Some(_) => return None,
+        };
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(NewDraft {
+            id: id.to_owned(),
+            opener: UserId(opener),
+            replacing,
+        })
     }
 
     pub fn history(app: &str, page: u32) -> Self {
@@ -144,7 +195,7 @@ impl CustomId {
         let id = match self.kind {
             Kind::App => self.id.as_str(),
             Kind::History => self.history_page()?.1,
-            Kind::Draft | Kind::Credential => return None,
+            Kind::Draft | Kind::NewDraft | Kind::Credential => return None,
         };
         ApplicationId::parse(id).ok()
     }
@@ -165,6 +216,7 @@ impl CustomId {
         }
         let kind = match parts.next()? {
             "draft" => Kind::Draft,
+            "newdraft" => Kind::NewDraft,
             "app" => Kind::App,
             "history" => Kind::History,
             "cred" => Kind::Credential,
@@ -190,6 +242,7 @@ impl fmt::Display for CustomId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match self.kind {
             Kind::Draft => "draft",
+            Kind::NewDraft => "newdraft",
             Kind::App => "app",
             Kind::History => "history",
             Kind::Credential => "cred",
@@ -204,9 +257,20 @@ mod tests {
 
     #[test]
     fn every_action_round_trips_within_discords_limit() {
+        let fresh = NewDraft {
+            id: "dAbcdefghijklmno".into(),
+            opener: UserId(u64::MAX),
+            replacing: None,
+        };
+        let over = NewDraft {
+            replacing: Some("dPqrstuvwxyz0123".into()),
+            ..fresh.clone()
+        };
         for (action, _) in ACTIONS {
             for id in [
                 CustomId::draft("dAbc123", action),
+                CustomId::new_draft(&fresh, action),
+                CustomId::new_draft(&over, action),
                 CustomId::app("app_abcdefghijklmnopqrstuv", action),
                 CustomId::credential("30d", "key_abcdefghijklmnopqrstuv", action),
             ] {
@@ -232,5 +296,33 @@ mod tests {
         ] {
             assert_eq!(CustomId::parse(text), None, "{text}");
         }
+    }
+
+    #[test]
+    fn a_new_draft_names_its_opener_and_what_it_replaces() {
+        let over = NewDraft {
+            id: "dNew".into(),
+            opener: UserId(42),
+            replacing: Some("dOld".into()),
+        };
+        let text = CustomId::new_draft(&over, Action::Details).to_string();
+        assert_eq!(text, "kg:newdraft:dNew_42_dOld:details");
+        let parsed = CustomId::parse(&text).and_then(|c| c.new_draft_parts());
+        assert_eq!(parsed, Some(over));
+        for broken in [
+            "kg:newdraft:dNew:details",
+            "kg:newdraft:dNew_x:details",
+            "kg:newdraft:dNew_42_:details",
+            "kg:newdraft:_42:details",
+            "kg:newdraft:dNew_42_dOld_more:details",
+        ] {
+            let parts = CustomId::parse(broken).and_then(|c| c.new_draft_parts());
+            assert_eq!(parts, None, "{broken}");
+        }
+        // A stored draft's custom_id is not a new draft's.
+        assert_eq!(
+            CustomId::draft("dNew", Action::Edit).new_draft_parts(),
+            None
+        );
     }
 }

@@ -18,6 +18,7 @@ mod setup;
 mod wizard;
 
 use crate::config::Config;
+use crate::domain::ids::UserId;
 use crate::domain::validation::AppForm;
 use crate::runtime::every;
 use crate::service::Service;
@@ -37,8 +38,10 @@ pub use delivery::redacted_text;
 /// State shared by every handler.
 pub struct Bot {
     pub service: Service,
-    /// The last rejected form per draft, to pre-fill the modal again.
-    rejected_forms: Mutex<HashMap<String, AppForm>>,
+    /// The last rejected form per draft, with the member who typed it, to
+    /// pre-fill the modal again (for them alone: a draft not stored yet has
+    /// no owner in the database to check).
+    rejected_forms: Mutex<HashMap<String, (UserId, AppForm)>>,
 }
 
 pub type Context<'a> = poise::Context<'a, Bot, BotError>;
@@ -51,23 +54,26 @@ impl Bot {
         }
     }
 
-    fn forms(&self) -> std::sync::MutexGuard<'_, HashMap<String, AppForm>> {
+    fn forms(&self) -> std::sync::MutexGuard<'_, HashMap<String, (UserId, AppForm)>> {
         self.rejected_forms
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn remember_rejected(&self, draft: &str, form: AppForm) {
+    fn remember_rejected(&self, draft: &str, user: UserId, form: AppForm) {
         let mut forms = self.forms();
         // Bounded: a form is only worth keeping while its draft lives.
         if forms.len() >= 10_000 {
             forms.clear();
         }
-        forms.insert(draft.to_owned(), form);
+        forms.insert(draft.to_owned(), (user, form));
     }
 
-    fn rejected(&self, draft: &str) -> Option<AppForm> {
-        self.forms().get(draft).cloned()
+    fn rejected(&self, draft: &str, user: UserId) -> Option<AppForm> {
+        self.forms()
+            .get(draft)
+            .filter(|(typed_by, _)| *typed_by == user)
+            .map(|(_, form)| form.clone())
     }
 
     fn forget_rejected(&self, draft: &str) {
@@ -278,6 +284,9 @@ async fn on_event(
             use custom_id::Action;
             let result = match (cid.kind, cid.action) {
                 (Kind::Draft, _) => wizard::on_component(ctx, bot, component, &cid).await,
+                (Kind::NewDraft, _) => {
+                    wizard::on_new_draft_component(ctx, bot, component, &cid).await
+                }
                 (Kind::App, Action::GenerateKey | Action::Finish) => {
                     delivery::on_component(ctx, bot, component, &cid).await
                 }
@@ -296,6 +305,9 @@ async fn on_event(
             let result = match (cid.kind, cid.action) {
                 (Kind::Draft, custom_id::Action::Details) => {
                     wizard::on_details(ctx, bot, modal, &cid.id).await
+                }
+                (Kind::NewDraft, custom_id::Action::Details) => {
+                    wizard::on_new_details(ctx, bot, modal, &cid).await
                 }
                 (Kind::App, custom_id::Action::DenyReason) => {
                     approvals::on_deny_reason(ctx, bot, modal, &cid).await

@@ -2,21 +2,21 @@
 
 use super::Bot;
 use super::access::can_create;
-use super::custom_id::{Action, CustomId};
+use super::custom_id::{Action, CustomId, NewDraft};
 use super::error::{BotError, BotResult, stale};
 use super::render::{code, detail_fields, scope_labels, source_label, user_text};
 use super::reply::{FIELD_MAX, MESSAGE_MAX, clip, no_pings, private};
 use super::{approvals, delivery};
 use crate::domain::application::{LoginUserType, SourceApp};
 use crate::domain::catalog::{ApiGroup, ScopeCatalog};
-use crate::domain::ids::{ChannelId, UserId};
+use crate::domain::ids::{ChannelId, GuildId, UserId};
 use crate::domain::retry::Job;
 use crate::domain::validation::{
     AppForm, DESCRIPTION_MAX_CHARS, NAME_MAX_CHARS, REDIRECT_FIELD_MAX_CHARS, URI_MAX_CHARS,
     ValidationErrors,
 };
 use crate::domain::wizard::{SavedDraft, WizardStep};
-use crate::service::{DraftInput, ServiceError, Submitted};
+use crate::service::{DraftInput, ServiceError, ServiceResult, Submitted, new_draft_id};
 use poise::serenity_prelude as serenity;
 use serenity::{
     ActionRowComponent, ButtonStyle, ComponentInteraction, ComponentInteractionDataKind,
@@ -36,8 +36,18 @@ fn limit(n: usize) -> u16 {
     u16::try_from(n).unwrap_or(u16::MAX)
 }
 
-/// The Create Application modal, pre-filled with `form`.
+/// The Create Application modal of a stored draft, pre-filled with `form`.
 pub fn modal(draft_id: &str, form: &AppForm) -> CreateModal {
+    form_modal(CustomId::draft(draft_id, Action::Details), form)
+}
+
+/// The Create Application modal of a draft not stored yet: its submission
+/// stores it.
+pub fn new_draft_modal(draft: &NewDraft, form: &AppForm) -> CreateModal {
+    form_modal(CustomId::new_draft(draft, Action::Details), form)
+}
+
+fn form_modal(custom_id: CustomId, form: &AppForm) -> CreateModal {
     let input =
         |style, label: &str, id: &str, value: &str, max: usize, required: bool, hint: &str| {
             let mut input = CreateInputText::new(style, label, id)
@@ -49,11 +59,7 @@ pub fn modal(draft_id: &str, form: &AppForm) -> CreateModal {
             }
             CreateActionRow::InputText(input)
         };
-    CreateModal::new(
-        CustomId::draft(draft_id, Action::Details).to_string(),
-        MODAL_TITLE,
-    )
-    .components(vec![
+    CreateModal::new(custom_id.to_string(), MODAL_TITLE).components(vec![
         input(
             InputTextStyle::Short,
             "Name",
@@ -122,7 +128,11 @@ fn form_of(modal: &ModalInteraction) -> AppForm {
 }
 
 fn button(draft_id: &str, action: Action, label: &str, style: ButtonStyle) -> CreateButton {
-    CreateButton::new(CustomId::draft(draft_id, action).to_string())
+    button_for(CustomId::draft(draft_id, action), label, style)
+}
+
+fn button_for(custom_id: CustomId, label: &str, style: ButtonStyle) -> CreateButton {
+    CreateButton::new(custom_id.to_string())
         .label(label)
         .style(style)
 }
@@ -302,7 +312,13 @@ pub fn resume_prompt(saved: &SavedDraft) -> CreateInteractionResponseMessage {
     ])])
 }
 
-fn invalid_form(draft_id: &str, errors: &ValidationErrors) -> CreateInteractionResponseMessage {
+/// `edit` and `cancel` are the message's buttons: a stored draft's, or those
+/// of a draft still to be stored.
+fn invalid_form(
+    errors: &ValidationErrors,
+    edit: CustomId,
+    cancel: CustomId,
+) -> CreateInteractionResponseMessage {
     let list: String = errors
         .0
         .iter()
@@ -314,8 +330,8 @@ fn invalid_form(draft_id: &str, errors: &ValidationErrors) -> CreateInteractionR
     let room = MESSAGE_MAX - intro.chars().count() - outro.chars().count();
     private(format!("{intro}{}{outro}", clip(&list, room))).components(vec![
         CreateActionRow::Buttons(vec![
-            button(draft_id, Action::Edit, "Edit form", ButtonStyle::Primary),
-            button(draft_id, Action::Cancel, "Cancel", ButtonStyle::Danger),
+            button_for(edit, "Edit form", ButtonStyle::Primary),
+            button_for(cancel, "Cancel", ButtonStyle::Danger),
         ]),
     ])
 }
@@ -349,7 +365,7 @@ fn modal_reply(
     }
 }
 
-/// The Create Application modal was submitted.
+/// The Create Application modal of a stored draft was submitted.
 pub async fn on_details(
     ctx: &serenity::Context,
     bot: &Bot,
@@ -358,22 +374,137 @@ pub async fn on_details(
 ) -> BotResult<()> {
     let user = UserId(modal.user.id.get());
     let form = form_of(modal);
-    let response = match bot
+    let result = bot
         .service
         .advance_draft(draft_id, user, DraftInput::Details(form.clone()))
-        .await
-    {
+        .await;
+    let buttons = (
+        CustomId::draft(draft_id, Action::Edit),
+        CustomId::draft(draft_id, Action::Cancel),
+    );
+    let response = details_response(bot, modal, draft_id, user, form, result, buttons)?;
+    modal.create_response(&ctx.http, response).await?;
+    Ok(())
+}
+
+/// The Create Application modal of a draft not stored yet was submitted:
+/// the draft is stored now (replacing the one Start over was pressed on),
+/// for the member it was offered to only.
+pub async fn on_new_details(
+    ctx: &serenity::Context,
+    bot: &Bot,
+    modal: &ModalInteraction,
+    cid: &CustomId,
+) -> BotResult<()> {
+    let user = UserId(modal.user.id.get());
+    let draft = offered_to(cid, user)?;
+    let guild = modal
+        .guild_id
+        .map(|g| GuildId(g.get()))
+        .ok_or_else(|| BotError::User("use this in a server".into()))?;
+    // This is where the draft is written, so the right to create is
+    // checked here too, as `/app create` checked it.
+    require_creator(bot, Some(guild), modal.member.as_ref()).await?;
+    let form = form_of(modal);
+    let result = bot
+        .service
+        .create_draft(
+            guild,
+            &draft.id,
+            user,
+            form.clone(),
+            draft.replacing.as_deref(),
+        )
+        .await;
+    let buttons = (
+        CustomId::new_draft(&draft, Action::Edit),
+        CustomId::new_draft(&draft, Action::Cancel),
+    );
+    let response = details_response(bot, modal, &draft.id, user, form, result, buttons)?;
+    modal.create_response(&ctx.http, response).await?;
+    Ok(())
+}
+
+/// The draft a `newdraft` form or button offers, to the member it was
+/// offered to only: nothing in the database says whose it is yet.
+fn offered_to(cid: &CustomId, user: UserId) -> BotResult<NewDraft> {
+    let draft = cid.new_draft_parts().ok_or_else(stale)?;
+    if draft.opener != user {
+        return Err(ServiceError::NotYourDraft.into());
+    }
+    Ok(draft)
+}
+
+/// The answer to a submitted form: the next step, or what to fix (the
+/// typed form kept in memory for the next modal, never written).
+fn details_response(
+    bot: &Bot,
+    modal: &ModalInteraction,
+    draft_id: &str,
+    user: UserId,
+    form: AppForm,
+    result: ServiceResult<SavedDraft>,
+    (edit, cancel): (CustomId, CustomId),
+) -> BotResult<CreateInteractionResponse> {
+    match result {
         Ok(saved) => {
             bot.forget_rejected(draft_id);
-            modal_reply(modal, step_message(&saved, bot.service.catalog()))
+            Ok(modal_reply(
+                modal,
+                step_message(&saved, bot.service.catalog()),
+            ))
         }
         Err(ServiceError::Validation(errors)) => {
-            bot.remember_rejected(draft_id, form);
-            modal_reply(modal, invalid_form(draft_id, &errors))
+            bot.remember_rejected(draft_id, user, form);
+            Ok(modal_reply(modal, invalid_form(&errors, edit, cancel)))
         }
-        Err(other) => return Err(other.into()),
+        Err(other) => Err(other.into()),
+    }
+}
+
+/// Edit form and Cancel under a refused form of a draft not stored yet.
+pub async fn on_new_draft_component(
+    ctx: &serenity::Context,
+    bot: &Bot,
+    component: &ComponentInteraction,
+    cid: &CustomId,
+) -> BotResult<()> {
+    let user = UserId(component.user.id.get());
+    let draft = offered_to(cid, user)?;
+    let response = match cid.action {
+        // Answered with a modal: reads only.
+        Action::Edit => {
+            let rejected = bot.rejected(&draft.id, user);
+            match bot.service.draft(&draft.id, user).await {
+                // Stored since (its form was submitted from another message).
+                Ok(saved) => CreateInteractionResponse::Modal(modal(
+                    &saved.id,
+                    &rejected.unwrap_or(saved.draft.form),
+                )),
+                Err(ServiceError::DraftNotFound) => CreateInteractionResponse::Modal(
+                    new_draft_modal(&draft, &rejected.unwrap_or_default()),
+                ),
+                Err(other) => return Err(other.into()),
+            }
+        }
+        Action::Cancel => {
+            // Nothing was stored, unless its form was since submitted from
+            // another message: then that draft goes, as Cancel does.
+            match bot.service.cancel_draft(&draft.id, user).await {
+                Ok(()) | Err(ServiceError::DraftNotFound) => {}
+                Err(other) => return Err(other.into()),
+            }
+            bot.forget_rejected(&draft.id);
+            let text = if draft.replacing.is_some() {
+                "Cancelled: nothing was saved, and your unfinished application is kept. Run `/app create` to resume it."
+            } else {
+                "Cancelled: nothing was saved. Run `/app create` to start again."
+            };
+            update(private(text).components(vec![]))
+        }
+        _ => return Err(stale()),
     };
-    modal.create_response(&ctx.http, response).await?;
+    component.create_response(&ctx.http, response).await?;
     Ok(())
 }
 
@@ -406,14 +537,17 @@ pub async fn on_component(
             }
         }
         Action::Restart => {
-            let guild = component
-                .guild_id
-                .ok_or_else(|| BotError::User("use this in a server".into()))?;
-            require_creator(bot, component).await?;
-            let fresh = service
-                .restart_draft(crate::domain::ids::GuildId(guild.get()), user)
-                .await?;
-            CreateInteractionResponse::Modal(modal(&fresh.id, &fresh.draft.form))
+            // Answered with a modal, which cannot follow a deferral: reads
+            // only. The old draft stays until the new form is submitted (a
+            // dismissed form keeps it); only its owner may start it over.
+            require_component_creator(bot, component).await?;
+            let old = service.draft(id, user).await?;
+            let fresh = NewDraft {
+                id: new_draft_id(),
+                opener: user,
+                replacing: Some(old.id),
+            };
+            CreateInteractionResponse::Modal(new_draft_modal(&fresh, &AppForm::default()))
         }
         Action::UserType | Action::SourceApp | Action::Scopes | Action::Next | Action::Back => {
             let input = match cid.action {
@@ -456,7 +590,7 @@ pub async fn on_component(
         }
         Action::Submit => {
             // The right to create is judged now, not when the wizard began.
-            require_creator(bot, component).await?;
+            require_component_creator(bot, component).await?;
             let origin = ChannelId(component.channel_id.get());
             let submitted = service.submit_draft(id, user, Some(origin)).await?;
             bot.forget_rejected(id);
@@ -474,7 +608,7 @@ pub async fn on_component(
 /// kept in memory only (rejected input is never written), else the saved one.
 async fn reopen_form(bot: &Bot, id: &str, user: UserId) -> BotResult<CreateInteractionResponse> {
     let saved = bot.service.draft(id, user).await?;
-    let form = bot.rejected(id).unwrap_or(saved.draft.form);
+    let form = bot.rejected(id, user).unwrap_or(saved.draft.form);
     Ok(CreateInteractionResponse::Modal(modal(id, &form)))
 }
 
@@ -543,12 +677,18 @@ async fn on_submitted(
 
 /// Refuses a member who may no longer create applications (their role or
 /// the server's creator role changed since the wizard began).
-async fn require_creator(bot: &Bot, component: &ComponentInteraction) -> BotResult<()> {
-    let guild = component
-        .guild_id
-        .map(|g| crate::domain::ids::GuildId(g.get()))
-        .ok_or_else(|| BotError::User("use this in a server".into()))?;
-    if can_create(bot, guild, component.member.as_ref()).await? {
+async fn require_component_creator(bot: &Bot, component: &ComponentInteraction) -> BotResult<()> {
+    let guild = component.guild_id.map(|g| GuildId(g.get()));
+    require_creator(bot, guild, component.member.as_ref()).await
+}
+
+async fn require_creator(
+    bot: &Bot,
+    guild: Option<GuildId>,
+    member: Option<&serenity::Member>,
+) -> BotResult<()> {
+    let guild = guild.ok_or_else(|| BotError::User("use this in a server".into()))?;
+    if can_create(bot, guild, member).await? {
         Ok(())
     } else {
         Err(BotError::User(

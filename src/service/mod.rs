@@ -19,7 +19,7 @@ pub use requests::Stalled;
 pub use retries::{ChannelUse, Retry, RetryGate};
 pub use settings::{Clearable, SettingsChange};
 pub use verify::{LAST_USED_GRANULARITY, Verdict};
-pub use wizard::{DraftInput, DraftStart};
+pub use wizard::{DraftInput, DraftStart, new_draft_id};
 
 use crate::domain::application::{AppStatus, LifecycleError};
 use crate::domain::approval::ApprovalError;
@@ -111,6 +111,10 @@ pub enum ServiceError {
     DraftNotFound,
     #[error("this is not your wizard")]
     NotYourDraft,
+    #[error(
+        "you already have an unfinished application in this server: run /app create to resume it or start over"
+    )]
+    DraftExists,
     #[error("no such application in this server")]
     AppNotFound,
     #[error("only the application's owner can do that")]

@@ -19,9 +19,12 @@ use super::apps::{IssuedCredentials, Submitted};
 /// What `/app create` found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DraftStart {
-    New(SavedDraft),
+    /// No open draft: the id a new one will have. Nothing is stored yet; the
+    /// draft is written when its form is submitted (`create_draft`), since the
+    /// form is a modal, which must be the command's first answer.
+    New(String),
     /// The user already has an open draft here: offer Resume or Start over.
-    Existing(SavedDraft),
+    Existing(Box<SavedDraft>),
 }
 
 /// What the user did on a step, as typed: checked before it reaches the draft.
@@ -35,9 +38,24 @@ pub enum DraftInput {
     Back,
 }
 
-fn draft_id() -> String {
+/// A fresh draft id, made in memory: it is stored only when the form it
+/// names is submitted.
+pub fn new_draft_id() -> String {
     // Only identifies the draft; the owner check, not secrecy, guards it.
-    format!("d{}", Alphanumeric.sample_string(&mut rand::rng(), 15))
+    format!(
+        "d{}",
+        Alphanumeric.sample_string(&mut rand::rng(), DRAFT_ID_RANDOM)
+    )
+}
+
+const DRAFT_ID_RANDOM: usize = 15;
+
+/// The shape `new_draft_id` makes. An id from a submitted form is stored as
+/// a new draft only when it has it, so nobody picks ids of their own.
+fn is_draft_id(id: &str) -> bool {
+    id.len() == 1 + DRAFT_ID_RANDOM
+        && id.starts_with('d')
+        && id.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
 fn name_taken(name: &str) -> ValidationErrors {
@@ -51,40 +69,76 @@ fn name_taken(name: &str) -> ValidationErrors {
 }
 
 impl Service {
-    /// Opens a new draft, or returns the user's open one.
-    pub async fn start_draft(&self, guild: GuildId, user: UserId) -> ServiceResult<DraftStart> {
+    /// The user's open draft, or the id for a new one. Reads only: the
+    /// answer to `/app create` is a modal, which cannot follow a deferral, so
+    /// nothing is written before it. An expired draft counts as none; the new
+    /// draft's creation drops it.
+    pub async fn open_draft(&self, guild: GuildId, user: UserId) -> ServiceResult<DraftStart> {
+        let mut tx = self.store.read().await?;
+        let existing = tx.draft_for_user(guild, user).await?;
+        tx.rollback().await?;
+        Ok(match existing {
+            Some(existing) if existing.expires_at > self.clock.now() => {
+                DraftStart::Existing(Box::new(existing))
+            }
+            _ => DraftStart::New(new_draft_id()),
+        })
+    }
+
+    /// The form of a draft that was offered but not stored was submitted:
+    /// stores the draft with it, in one transaction, for `actor` alone.
+    /// `replacing` is the draft that Start over offered to replace: it is
+    /// dropped now, not when the new form was opened, so a dismissed form
+    /// keeps it. Any other open draft of the user's stays and the form is
+    /// refused (`DraftExists`), so a member never has two; when two forms are
+    /// submitted at once, the store's one-draft-per-user rule lets one in.
+    /// An id that is already stored is an edit of that draft, its owner's only.
+    pub async fn create_draft(
+        &self,
+        guild: GuildId,
+        id: &str,
+        actor: UserId,
+        form: AppForm,
+        replacing: Option<&str>,
+    ) -> ServiceResult<SavedDraft> {
+        if !is_draft_id(id) {
+            return Err(ServiceError::DraftNotFound);
+        }
         let now = self.clock.now();
         let mut tx = self.store.begin().await?;
-        if let Some(existing) = tx.draft_for_user(guild, user).await? {
-            if existing.expires_at > now {
-                tx.rollback().await?;
-                return Ok(DraftStart::Existing(existing));
-            }
-            tx.delete_draft(&existing.id).await?;
+        if tx.draft_by_id(id).await?.is_some() {
+            // A retried submit, or the form reopened after it was stored.
+            let saved = self
+                .advance_in(&mut tx, id, actor, DraftInput::Details(form))
+                .await?;
+            tx.commit().await?;
+            return Ok(saved);
         }
-        let draft = SavedDraft {
-            id: draft_id(),
+        let mut draft = WizardDraft::new();
+        draft.apply(self.details_action(&mut tx, guild, form).await?)?;
+        if let Some(current) = tx.draft_for_user(guild, actor).await? {
+            let replaceable = current.expires_at <= now || replacing == Some(current.id.as_str());
+            if !replaceable {
+                return Err(ServiceError::DraftExists);
+            }
+            tx.delete_draft(&current.id).await?;
+        }
+        let saved = SavedDraft {
+            id: id.to_owned(),
             guild_id: guild,
-            user_id: user,
-            draft: WizardDraft::new(),
+            user_id: actor,
+            draft,
             created_at: now,
             expires_at: now + self.policy.draft_ttl,
         };
-        tx.insert_draft(&draft).await?;
-        tx.commit().await?;
-        Ok(DraftStart::New(draft))
-    }
-
-    /// Start over: drops the user's open draft, if any, and opens a new one.
-    pub async fn restart_draft(&self, guild: GuildId, user: UserId) -> ServiceResult<SavedDraft> {
-        let mut tx = self.store.begin().await?;
-        if let Some(existing) = tx.draft_for_user(guild, user).await? {
-            tx.delete_draft(&existing.id).await?;
+        match tx.insert_draft(&saved).await {
+            // Another submit of this user's got in first (the unique
+            // (guild, user) or the id): theirs stands.
+            Err(StoreError::Conflict("draft")) => return Err(ServiceError::DraftExists),
+            other => other?,
         }
         tx.commit().await?;
-        match self.start_draft(guild, user).await? {
-            DraftStart::New(d) | DraftStart::Existing(d) => Ok(d),
-        }
+        Ok(saved)
     }
 
     /// Loads a draft for its owner; anyone else is refused.
@@ -117,23 +171,24 @@ impl Service {
         actor: UserId,
         input: DraftInput,
     ) -> ServiceResult<SavedDraft> {
-        let now = self.clock.now();
         let mut tx = self.store.begin().await?;
-        let mut saved = self.owned_draft(&mut tx, id, actor).await?;
+        let saved = self.advance_in(&mut tx, id, actor, input).await?;
+        tx.commit().await?;
+        Ok(saved)
+    }
+
+    /// `advance_draft` inside the caller's transaction.
+    async fn advance_in(
+        &self,
+        tx: &mut Tx,
+        id: &str,
+        actor: UserId,
+        input: DraftInput,
+    ) -> ServiceResult<SavedDraft> {
+        let now = self.clock.now();
+        let mut saved = self.owned_draft(tx, id, actor).await?;
         let action = match input {
-            DraftInput::Details(form) => {
-                let details = validate_form(&form)?;
-                if tx
-                    .app_name_taken(saved.guild_id, &name_key(&details.name))
-                    .await?
-                {
-                    return Err(name_taken(&details.name).into());
-                }
-                WizardAction::SetDetails {
-                    form: Box::new(form),
-                    details: Box::new(details),
-                }
-            }
+            DraftInput::Details(form) => self.details_action(tx, saved.guild_id, form).await?,
             DraftInput::UserType(t) => WizardAction::SetUserType(t),
             DraftInput::SourceApp(s) => WizardAction::SetSourceApp(s),
             DraftInput::Scopes(scopes) => {
@@ -146,8 +201,24 @@ impl Service {
         saved.expires_at = now + self.policy.draft_ttl;
         tx.update_draft(&saved.id, &saved.draft, now, saved.expires_at)
             .await?;
-        tx.commit().await?;
         Ok(saved)
+    }
+
+    /// The form, checked: its fields, and a name free in the guild.
+    async fn details_action(
+        &self,
+        tx: &mut Tx,
+        guild: GuildId,
+        form: AppForm,
+    ) -> ServiceResult<WizardAction> {
+        let details = validate_form(&form)?;
+        if tx.app_name_taken(guild, &name_key(&details.name)).await? {
+            return Err(name_taken(&details.name).into());
+        }
+        Ok(WizardAction::SetDetails {
+            form: Box::new(form),
+            details: Box::new(details),
+        })
     }
 
     pub async fn cancel_draft(&self, id: &str, actor: UserId) -> ServiceResult<()> {

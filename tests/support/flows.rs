@@ -39,19 +39,23 @@ pub async fn open_wizard(fake: &FakeDiscord, user: &TestUser) -> String {
     r["data"]["custom_id"].as_str().unwrap().to_owned()
 }
 
-/// Answers the response of `i` and returns the message the user now sees.
 /// From `/app create` to the review step.
 pub async fn to_review(fake: &FakeDiscord, user: &TestUser, name: &str) -> Value {
     let modal = open_wizard(fake, user).await;
     let i = submit_form(fake, user, &modal, &form_fields(name), None).await;
     let step2 = shown(fake, &i, 4).await;
+    step2_to_review(fake, user, &step2).await
+}
+
+/// From step 2, as the form's submission showed it, to the review step.
+pub async fn step2_to_review(fake: &FakeDiscord, user: &TestUser, step2: &Value) -> Value {
     assert!(
         step2["content"].as_str().unwrap().contains("Step 2 of 4"),
         "{step2:#}"
     );
     assert_eq!(step2["flags"].as_u64().unwrap() & EPHEMERAL, EPHEMERAL);
     let i = fake
-        .select(user, &step2, &component(&step2, "usertype"), &["guest"])
+        .select(user, step2, &component(step2, "usertype"), &["guest"])
         .await;
     let step2 = shown(fake, &i, 7).await;
     let i = fake

@@ -12,7 +12,8 @@ use keygate::domain::catalog::ScopeCatalog;
 use keygate::domain::credentials::{ApiKey, ApplicationId};
 use keygate::domain::ids::{GuildId, UserId};
 use keygate::domain::validation::AppForm;
-use keygate::service::{Actor, Clock, DraftInput, DraftStart, Service, Submitted};
+use keygate::domain::wizard::SavedDraft;
+use keygate::service::{Actor, Clock, DraftInput, DraftStart, Service, ServiceError, Submitted};
 use keygate::store::{Store, TABLES};
 use rand::distr::{Alphanumeric, SampleString};
 use sqlx::postgres::PgConnectOptions;
@@ -305,13 +306,24 @@ pub async fn verify(service: &Service, key: &str) -> keygate::domain::verificati
         .code
 }
 
-pub async fn draft_to_review(svc: &Service, user: UserId, name: &str) -> String {
-    let id = match svc.start_draft(GUILD, user).await.unwrap() {
-        DraftStart::New(d) => d.id,
+/// What `/app create` then the form's submission do: the draft offered
+/// (nothing stored), then stored with `form`.
+pub async fn new_draft(
+    svc: &Service,
+    guild: GuildId,
+    user: UserId,
+    form: AppForm,
+) -> Result<SavedDraft, ServiceError> {
+    let id = match svc.open_draft(guild, user).await? {
+        DraftStart::New(id) => id,
         DraftStart::Existing(d) => panic!("unexpected open draft {}", d.id),
     };
+    svc.create_draft(guild, &id, user, form, None).await
+}
+
+pub async fn draft_to_review(svc: &Service, user: UserId, name: &str) -> String {
+    let id = new_draft(svc, GUILD, user, form(name)).await.unwrap().id;
     for input in [
-        DraftInput::Details(form(name)),
         DraftInput::UserType(LoginUserType::Guest),
         DraftInput::SourceApp(SourceApp::ExternalCma),
         DraftInput::Next,
