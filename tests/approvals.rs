@@ -533,6 +533,17 @@ async fn closed_dms_after_approval_reveal_once_for_the_requester_only() {
     assert_eq!(kind, 4);
     assert_eq!(revealed["flags"].as_u64().unwrap() & EPHEMERAL, EPHEMERAL);
     let secret = token(revealed["content"].as_str().unwrap(), "kgs_").expect("the secret, once");
+    // The Secret counts as shown once Discord took the reply, a write after
+    // it (a press before that is told it is being delivered); the public
+    // message loses its button after that write.
+    h.fake
+        .wait_until("the Reveal message says it was revealed", |f| {
+            f.channel_messages(FakeDiscord::CHANNEL_ID)
+                .iter()
+                .any(|m| text(m).contains("were revealed to the requester"))
+        })
+        .await;
+    // Pressed again on the message as a stale client still shows it.
     let (_, again) = press(&h.fake, &alice(), &reveal, "reveal").await;
     assert!(
         again["content"]
