@@ -1,14 +1,23 @@
-//! Who may see and do what, end to end: autocomplete, paging, withdraw, settings, rights re-checked.
+//! Who may see and do what, end to end on both stores: autocomplete, paging, withdraw, settings, rights re-checked.
 
 mod support;
 
 use keygate::domain::ids::{ChannelId, GuildId, RoleId, UserId};
 use keygate::domain::settings::GuildSettings;
 use keygate::service::Actor;
+use keygate::store::Backend;
 use serde_json::{Value, json};
 use support::bot::{Harness, alice, choice, component, shown, text};
 use support::fake_discord::{FakeDiscord, TestUser};
 use support::flows::to_review;
+
+end_to_end_on_both_stores!(
+    autocomplete_offers_nothing_to_a_member_who_may_see_nothing,
+    history_pages_follow_the_same_rule,
+    withdraw_says_the_same_for_not_yours_and_no_such_app,
+    settings_are_for_managers_and_can_be_cleared,
+    submit_and_start_over_recheck_the_right_to_create,
+);
 
 const GUILD: GuildId = GuildId(FakeDiscord::GUILD_ID);
 
@@ -36,9 +45,8 @@ async fn reply_text(h: &Harness, i: &support::fake_discord::Interaction) -> Stri
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn autocomplete_offers_nothing_to_a_member_who_may_see_nothing() {
-    let h = Harness::start().await;
+async fn autocomplete_offers_nothing_to_a_member_who_may_see_nothing(backend: Backend) {
+    let h = Harness::start_with(backend, false).await;
     app_of_alice(&h, "Secret Project").await;
     for sub in ["show", "history", "withdraw", "rotate", "revoke"] {
         let i = h
@@ -65,9 +73,8 @@ async fn autocomplete_offers_nothing_to_a_member_who_may_see_nothing() {
     h.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn history_pages_follow_the_same_rule() {
-    let h = Harness::start().await;
+async fn history_pages_follow_the_same_rule(backend: Backend) {
+    let h = Harness::start_with(backend, false).await;
     let app = app_of_alice(&h, "Paged").await;
     let i = h
         .fake
@@ -103,9 +110,8 @@ async fn history_pages_follow_the_same_rule() {
     h.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn withdraw_says_the_same_for_not_yours_and_no_such_app() {
-    let h = Harness::start().await;
+async fn withdraw_says_the_same_for_not_yours_and_no_such_app(backend: Backend) {
+    let h = Harness::start_with(backend, false).await;
     let approvals = 4_000_000_000_000_002;
     h.fake.add_channel(approvals, "approvals");
     let settings = GuildSettings {
@@ -140,9 +146,8 @@ async fn withdraw_says_the_same_for_not_yours_and_no_such_app() {
     h.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn settings_are_for_managers_and_can_be_cleared() {
-    let h = Harness::start().await;
+async fn settings_are_for_managers_and_can_be_cleared(backend: Backend) {
+    let h = Harness::start_with(backend, false).await;
     let i = h
         .fake
         .slash_command(&outsider(), "keygate", Some("settings"), vec![])
@@ -178,9 +183,8 @@ async fn settings_are_for_managers_and_can_be_cleared() {
     h.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn submit_and_start_over_recheck_the_right_to_create() {
-    let h = Harness::start().await;
+async fn submit_and_start_over_recheck_the_right_to_create(backend: Backend) {
+    let h = Harness::start_with(backend, false).await;
     let review = to_review(&h.fake, &alice(), "Demoted").await;
     // Alice loses Manage Server before she submits.
     let demoted = TestUser::member(alice().id, "alice");

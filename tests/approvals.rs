@@ -1,4 +1,4 @@
-//! End to end: approvals, the audit-log channel and `/keygate setup`, against a fake Discord.
+//! End to end on both stores: approvals, the audit-log channel and `/keygate setup`, against a fake Discord.
 
 mod support;
 
@@ -6,10 +6,28 @@ use keygate::domain::ids::{ChannelId, GuildId, RoleId, UserId};
 use keygate::domain::settings::GuildSettings;
 use keygate::domain::verification::VerifyCode;
 use keygate::service::{Actor, SettingsChange};
+use keygate::store::Backend;
 use serde_json::{Value, json};
 use support::bot::{Harness, alice, component, generate_key_in_dm, shown, text, token};
 use support::fake_discord::{FakeDiscord, TestUser};
 use support::verify;
+
+end_to_end_on_both_stores!(
+    one_approver_end_to_end,
+    two_approvers_each_counted_once_and_rules_enforced,
+    deny_with_a_reason_reaches_the_requester,
+    approve_and_deny_at_once_make_one_decision,
+    withdraw_closes_the_request,
+    requests_expire_with_a_reminder_also_across_a_restart,
+    closed_dms_after_approval_reveal_once_for_the_requester_only,
+    audit_channel_gets_every_event_in_order_through_failures_and_a_restart,
+    setup_is_for_managers_and_checks_the_channels,
+    history_lists_an_apps_events_newest_first_in_pages,
+    a_failed_post_or_delivery_is_retried_from_the_database,
+    denying_your_own_request_says_why,
+    an_upgrade_from_0001_sends_old_requesters_nothing,
+    typed_markdown_reaches_discord_escaped,
+);
 
 const GUILD: GuildId = GuildId(FakeDiscord::GUILD_ID);
 const APPROVALS: u64 = 4_000_000_000_000_002;
@@ -35,8 +53,8 @@ fn outsider() -> TestUser {
 }
 
 /// A harness whose guild requires `n` approvals from the approver role.
-async fn with_approvals(n: u8) -> Harness {
-    let h = Harness::start().await;
+async fn with_approvals(backend: Backend, n: u8) -> Harness {
+    let h = Harness::start_with(backend, false).await;
     h.fake.add_channel(APPROVALS, "approvals");
     h.fake.add_channel(AUDIT, "audit");
     let settings = GuildSettings {
@@ -181,9 +199,8 @@ async fn dm_with_credentials(fake: &FakeDiscord, user: u64) -> Value {
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_approver_end_to_end() {
-    let h = with_approvals(1).await;
+async fn one_approver_end_to_end(backend: Backend) {
+    let h = with_approvals(backend, 1).await;
     let waiting = submit_request(&h.fake, &alice(), "Back Office").await;
     assert!(
         text(&waiting).contains("waits for 1 approval"),
@@ -237,9 +254,8 @@ async fn one_approver_end_to_end() {
     h.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_approvers_each_counted_once_and_rules_enforced() {
-    let h = with_approvals(2).await;
+async fn two_approvers_each_counted_once_and_rules_enforced(backend: Backend) {
+    let h = with_approvals(backend, 2).await;
     submit_request(&h.fake, &alice(), "Two Keys").await;
     let request = request_message(&h.fake);
 
@@ -304,9 +320,8 @@ async fn two_approvers_each_counted_once_and_rules_enforced() {
     h.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deny_with_a_reason_reaches_the_requester() {
-    let h = with_approvals(1).await;
+async fn deny_with_a_reason_reaches_the_requester(backend: Backend) {
+    let h = with_approvals(backend, 1).await;
     submit_request(&h.fake, &alice(), "Denied App").await;
     let request = request_message(&h.fake);
     let i = h
@@ -344,9 +359,8 @@ async fn deny_with_a_reason_reaches_the_requester() {
     h.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn approve_and_deny_at_once_make_one_decision() {
-    let h = with_approvals(1).await;
+async fn approve_and_deny_at_once_make_one_decision(backend: Backend) {
+    let h = with_approvals(backend, 1).await;
     for round in 0..3 {
         submit_request(&h.fake, &alice(), &format!("Raced {round}")).await;
         let request = request_message(&h.fake);
@@ -376,9 +390,8 @@ async fn approve_and_deny_at_once_make_one_decision() {
     h.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn withdraw_closes_the_request() {
-    let h = with_approvals(1).await;
+async fn withdraw_closes_the_request(backend: Backend) {
+    let h = with_approvals(backend, 1).await;
     let waiting = submit_request(&h.fake, &alice(), "Changed My Mind").await;
     let (kind, withdrawn) = press(&h.fake, &alice(), &waiting, "withdraw").await;
     assert_eq!(kind, 7);
@@ -418,9 +431,8 @@ fn waiting_request_buttons(h: &Harness, request: &Value) -> Value {
     stale
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_expire_with_a_reminder_also_across_a_restart() {
-    let mut h = with_approvals(1).await;
+async fn requests_expire_with_a_reminder_also_across_a_restart(backend: Backend) {
+    let mut h = with_approvals(backend, 1).await;
     let mut settings = h.service.settings(GUILD).await.unwrap();
     settings.request_expiry = chrono::TimeDelta::seconds(2);
     h.service
@@ -488,9 +500,8 @@ async fn requests_expire_with_a_reminder_also_across_a_restart() {
     h.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn closed_dms_after_approval_reveal_once_for_the_requester_only() {
-    let h = with_approvals(1).await;
+async fn closed_dms_after_approval_reveal_once_for_the_requester_only(backend: Backend) {
+    let h = with_approvals(backend, 1).await;
     h.fake.close_dms_of(alice().id);
     submit_request(&h.fake, &alice(), "Revealed").await;
     let request = request_message(&h.fake);
@@ -533,6 +544,17 @@ async fn closed_dms_after_approval_reveal_once_for_the_requester_only() {
     assert_eq!(kind, 4);
     assert_eq!(revealed["flags"].as_u64().unwrap() & EPHEMERAL, EPHEMERAL);
     let secret = token(revealed["content"].as_str().unwrap(), "kgs_").expect("the secret, once");
+    // The Secret counts as shown once Discord took the reply, a write after
+    // it (a press before that is told it is being delivered); the public
+    // message loses its button after that write.
+    h.fake
+        .wait_until("the Reveal message says it was revealed", |f| {
+            f.channel_messages(FakeDiscord::CHANNEL_ID)
+                .iter()
+                .any(|m| text(m).contains("were revealed to the requester"))
+        })
+        .await;
+    // Pressed again on the message as a stale client still shows it.
     let (_, again) = press(&h.fake, &alice(), &reveal, "reveal").await;
     assert!(
         again["content"]
@@ -547,9 +569,8 @@ async fn closed_dms_after_approval_reveal_once_for_the_requester_only() {
     h.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn audit_channel_gets_every_event_in_order_through_failures_and_a_restart() {
-    let mut h = with_approvals(0).await;
+async fn audit_channel_gets_every_event_in_order_through_failures_and_a_restart(backend: Backend) {
+    let mut h = with_approvals(backend, 0).await;
     let path = format!("/channels/{AUDIT}/messages");
     h.fake.fail(
         "POST",
@@ -611,9 +632,8 @@ async fn audit_channel_gets_every_event_in_order_through_failures_and_a_restart(
     h.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn setup_is_for_managers_and_checks_the_channels() {
-    let h = Harness::start().await;
+async fn setup_is_for_managers_and_checks_the_channels(backend: Backend) {
+    let h = Harness::start_with(backend, false).await;
     h.fake.add_channel(APPROVALS, "approvals");
     h.fake.add_channel(AUDIT, "audit");
     let i = h
@@ -697,9 +717,8 @@ async fn setup_is_for_managers_and_checks_the_channels() {
     h.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn history_lists_an_apps_events_newest_first_in_pages() {
-    let h = with_approvals(0).await;
+async fn history_lists_an_apps_events_newest_first_in_pages(backend: Backend) {
+    let h = with_approvals(backend, 0).await;
     // Built through the service for speed: the history is what matters here.
     let guild_app = {
         use keygate::domain::application::{LoginUserType, SourceApp};
@@ -760,9 +779,8 @@ async fn history_lists_an_apps_events_newest_first_in_pages() {
     h.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_post_or_delivery_is_retried_from_the_database() {
-    let h = with_approvals(1).await;
+async fn a_failed_post_or_delivery_is_retried_from_the_database(backend: Backend) {
+    let h = with_approvals(backend, 1).await;
     // The approvals channel fails once: the requester still hears it is waiting,
     // and the request is posted by the worker soon after.
     let path = format!("/channels/{APPROVALS}/messages");
@@ -810,9 +828,8 @@ async fn a_failed_post_or_delivery_is_retried_from_the_database() {
     h.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn denying_your_own_request_says_why() {
-    let h = with_approvals(1).await;
+async fn denying_your_own_request_says_why(backend: Backend) {
+    let h = with_approvals(backend, 1).await;
     submit_request(&h.fake, &alice(), "Self Serve").await;
     let request = request_message(&h.fake);
     // The requester holds the approver role, but it is their own request.
@@ -835,10 +852,9 @@ async fn denying_your_own_request_says_why() {
 /// their credentials at approval, the old way. After the upgrade the bot must
 /// not DM those requesters again (an empty "credentials follow" note), while
 /// a request approved since, not delivered yet, still gets its credentials.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_upgrade_from_0001_sends_old_requesters_nothing() {
+async fn an_upgrade_from_0001_sends_old_requesters_nothing(backend: Backend) {
     use keygate::domain::credentials::ApplicationId;
-    let db = support::TestDb::at_version(keygate::store::Backend::Sqlite, 1).await;
+    let db = support::TestDb::at_version(backend, 1).await;
     let old = ApplicationId::generate();
     let decided = chrono::Utc::now().timestamp_millis() - 86_400_000;
     db.execute_sql(&support::old_request_rows(
@@ -890,9 +906,8 @@ async fn an_upgrade_from_0001_sends_old_requesters_nothing() {
 
 /// What members type reaches Discord as text: no masked link, no bold, in the
 /// approvals channel, the denial the requester reads, and the audit channel.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn typed_markdown_reaches_discord_escaped() {
-    let h = with_approvals(1).await;
+async fn typed_markdown_reaches_discord_escaped(backend: Backend) {
+    let h = with_approvals(backend, 1).await;
     submit_described(
         &h.fake,
         &alice(),

@@ -1,13 +1,16 @@
-//! Discord's 3-second deadline: with every REST call 1.5 s late, each interaction must answer first.
+//! Discord's 3-second deadline on both stores: with every REST call 1.5 s late, each interaction must answer first.
 
 mod support;
 
 use keygate::domain::ids::GuildId;
+use keygate::store::Backend;
 use serde_json::json;
 use std::time::Duration;
 use support::bot::{Harness, alice, bob, choice, component, generate_key_in_dm, text, token};
 use support::fake_discord::FakeDiscord;
 use support::flows::to_review;
+
+end_to_end_on_both_stores!(every_interaction_answers_first_when_discord_is_slow,);
 
 const GUILD: GuildId = GuildId(FakeDiscord::GUILD_ID);
 const APPROVALS: u64 = 4_000_000_000_000_002;
@@ -16,16 +19,10 @@ const AUDIT: u64 = 4_000_000_000_000_003;
 /// The fake refuses a callback later than 3 s after its interaction, as
 /// Discord does; at 1.5 s a call, a handler that makes any other REST call
 /// before its callback misses it, and its flow stops there.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_interaction_answers_first_when_discord_is_slow() {
+async fn every_interaction_answers_first_when_discord_is_slow(backend: Backend) {
     // Delivery takes several slow calls: the approvals worker must not take
     // over a request or an approval still being handled.
-    let h = Harness::start_with_stall_grace(
-        keygate::store::Backend::Sqlite,
-        false,
-        chrono::TimeDelta::seconds(30),
-    )
-    .await;
+    let h = Harness::start_with_stall_grace(backend, false, chrono::TimeDelta::seconds(30)).await;
     h.fake.add_channel(APPROVALS, "approvals");
     h.fake.add_channel(AUDIT, "audit");
     h.fake.set_latency(Some(Duration::from_millis(1500)));

@@ -1,4 +1,4 @@
-//! End to end: the real bot against a fake Discord, as a member would use it.
+//! End to end on both stores: the real bot against a fake Discord, as a member would use it.
 
 mod support;
 
@@ -7,6 +7,7 @@ use keygate::domain::settings::GuildSettings;
 use keygate::domain::verification::{Expectations, VerifyCode};
 use keygate::domain::wizard::SavedDraft;
 use keygate::service::{Actor, DraftStart, ServiceError};
+use keygate::store::Backend;
 use serde_json::{Value, json};
 use support::bot::{
     Harness, alice, bob, component, generate_key_in_dm, selected, shown, text, token,
@@ -16,6 +17,24 @@ use support::flows::{
     form_fields, open_wizard, step2_to_review, submit_and_get_dm, submit_form, to_review,
 };
 use support::verify;
+
+end_to_end_on_both_stores!(
+    whole_wizard_to_the_key_then_finish_redacts,
+    invalid_form_lists_every_problem_and_keeps_the_input,
+    back_and_next_keep_selections_and_cancel_deletes_the_draft,
+    a_restarted_bot_continues_the_wizard,
+    double_and_concurrent_generate_presses_make_one_key,
+    closed_dms_fall_back_to_an_ephemeral_reply,
+    another_user_cannot_drive_the_wizard,
+    short_dm_lifetime_redacts_also_across_a_restart,
+    user_text_never_pings,
+    list_show_and_autocomplete,
+    only_creators_may_start_the_wizard,
+    a_wizard_key_verifies_over_http_for_its_app_only,
+    create_answers_with_the_form_and_stores_the_draft_on_its_submission,
+    an_offered_form_is_stored_for_its_member_only,
+    start_over_replaces_the_draft_only_when_its_form_is_submitted,
+);
 
 const GUILD: GuildId = GuildId(FakeDiscord::GUILD_ID);
 const EPHEMERAL: u64 = 1 << 6;
@@ -55,10 +74,9 @@ fn guild_channel_bodies(fake: &FakeDiscord) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn whole_wizard_to_the_key_then_finish_redacts() {
+async fn whole_wizard_to_the_key_then_finish_redacts(backend: Backend) {
     let logs = logs();
-    let h = Harness::start().await;
+    let h = Harness::start_with(backend, false).await;
     let commands = h.fake.commands();
     assert_eq!(commands[0]["name"], "app");
 
@@ -145,9 +163,8 @@ async fn whole_wizard_to_the_key_then_finish_redacts() {
     h.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn invalid_form_lists_every_problem_and_keeps_the_input() {
-    let h = Harness::start().await;
+async fn invalid_form_lists_every_problem_and_keeps_the_input(backend: Backend) {
+    let h = Harness::start_with(backend, false).await;
     let modal = open_wizard(&h.fake, &alice()).await;
     let before = h.db.row_counts().await;
     let bad = vec![
@@ -216,9 +233,8 @@ async fn invalid_form_lists_every_problem_and_keeps_the_input() {
     h.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn back_and_next_keep_selections_and_cancel_deletes_the_draft() {
-    let h = Harness::start().await;
+async fn back_and_next_keep_selections_and_cancel_deletes_the_draft(backend: Backend) {
+    let h = Harness::start_with(backend, false).await;
     let review = to_review(&h.fake, &alice(), "Roundtrip").await;
     let i = h
         .fake
@@ -286,9 +302,8 @@ async fn back_and_next_keep_selections_and_cancel_deletes_the_draft() {
     h.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restarted_bot_continues_the_wizard() {
-    let mut h = Harness::start().await;
+async fn a_restarted_bot_continues_the_wizard(backend: Backend) {
+    let mut h = Harness::start_with(backend, false).await;
     let modal = open_wizard(&h.fake, &alice()).await;
     let i = submit_form(&h.fake, &alice(), &modal, &form_fields("Survivor"), None).await;
     let step2 = shown(&h.fake, &i, 4).await;
@@ -391,9 +406,8 @@ async fn open_draft_of(h: &Harness, user: &TestUser) -> Option<SavedDraft> {
 
 /// A modal cannot follow a deferral, so `/app create` answers with it after
 /// reads only: the draft is stored when the form is submitted.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn create_answers_with_the_form_and_stores_the_draft_on_its_submission() {
-    let h = Harness::start().await;
+async fn create_answers_with_the_form_and_stores_the_draft_on_its_submission(backend: Backend) {
+    let h = Harness::start_with(backend, false).await;
     let since = h.fake.requests().len();
     let i = h
         .fake
@@ -434,9 +448,8 @@ async fn create_answers_with_the_form_and_stores_the_draft_on_its_submission() {
 }
 
 /// A form offered to one member stores nothing when another submits it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_offered_form_is_stored_for_its_member_only() {
-    let h = Harness::start().await;
+async fn an_offered_form_is_stored_for_its_member_only(backend: Backend) {
+    let h = Harness::start_with(backend, false).await;
     let modal = open_wizard(&h.fake, &alice()).await;
     let i = submit_form(&h.fake, &bob(), &modal, &form_fields("Squatter"), None).await;
     let refused = shown(&h.fake, &i, 4).await;
@@ -453,9 +466,8 @@ async fn an_offered_form_is_stored_for_its_member_only() {
 
 /// Start over answers with a form too: the old draft is dropped when the new
 /// form is submitted, so dismissing the form keeps it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn start_over_replaces_the_draft_only_when_its_form_is_submitted() {
-    let h = Harness::start().await;
+async fn start_over_replaces_the_draft_only_when_its_form_is_submitted(backend: Backend) {
+    let h = Harness::start_with(backend, false).await;
     let modal = open_wizard(&h.fake, &alice()).await;
     let i = submit_form(&h.fake, &alice(), &modal, &form_fields("Original"), None).await;
     let step2 = shown(&h.fake, &i, 4).await;
@@ -537,9 +549,8 @@ async fn start_over_replaces_the_draft_only_when_its_form_is_submitted() {
     h.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn double_and_concurrent_generate_presses_make_one_key() {
-    let h = Harness::start().await;
+async fn double_and_concurrent_generate_presses_make_one_key(backend: Backend) {
+    let h = Harness::start_with(backend, false).await;
     let review = to_review(&h.fake, &alice(), "Racer").await;
     let (dm, _, _) = submit_and_get_dm(&h, &alice(), &review).await;
     let genkey = component(&dm, "genkey");
@@ -575,9 +586,8 @@ async fn double_and_concurrent_generate_presses_make_one_key() {
     h.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn closed_dms_fall_back_to_an_ephemeral_reply() {
-    let h = Harness::start().await;
+async fn closed_dms_fall_back_to_an_ephemeral_reply(backend: Backend) {
+    let h = Harness::start_with(backend, false).await;
     h.fake.close_dms_of(alice().id);
     let review = to_review(&h.fake, &alice(), "No DMs").await;
     let i = h
@@ -621,9 +631,8 @@ async fn closed_dms_fall_back_to_an_ephemeral_reply() {
     h.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn another_user_cannot_drive_the_wizard() {
-    let h = Harness::start().await;
+async fn another_user_cannot_drive_the_wizard(backend: Backend) {
+    let h = Harness::start_with(backend, false).await;
     let modal = open_wizard(&h.fake, &alice()).await;
     let i = submit_form(&h.fake, &alice(), &modal, &form_fields("Mine"), None).await;
     let step2 = shown(&h.fake, &i, 4).await;
@@ -671,9 +680,8 @@ async fn another_user_cannot_drive_the_wizard() {
     h.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn short_dm_lifetime_redacts_also_across_a_restart() {
-    let mut h = Harness::start().await;
+async fn short_dm_lifetime_redacts_also_across_a_restart(backend: Backend) {
+    let mut h = Harness::start_with(backend, false).await;
     let settings = GuildSettings {
         dm_lifetime: chrono::TimeDelta::seconds(1),
         ..GuildSettings::defaults(GUILD)
@@ -742,9 +750,8 @@ async fn short_dm_lifetime_redacts_also_across_a_restart() {
     h.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn user_text_never_pings() {
-    let h = Harness::start().await;
+async fn user_text_never_pings(backend: Backend) {
+    let h = Harness::start_with(backend, false).await;
     let name = "@everyone <@123> <@&456>";
     let review = to_review(&h.fake, &alice(), name).await;
     let (dm, _, _) = submit_and_get_dm(&h, &alice(), &review).await;
@@ -787,9 +794,8 @@ async fn user_text_never_pings() {
     h.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn list_show_and_autocomplete() {
-    let h = Harness::start().await;
+async fn list_show_and_autocomplete(backend: Backend) {
+    let h = Harness::start_with(backend, false).await;
     let (_, app_id, secret, _) = wizard_to_key(&h, &alice(), "Listed App").await;
 
     let i = h
@@ -863,9 +869,8 @@ async fn list_show_and_autocomplete() {
     h.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_creators_may_start_the_wizard() {
-    let h = Harness::start().await;
+async fn only_creators_may_start_the_wizard(backend: Backend) {
+    let h = Harness::start_with(backend, false).await;
     let member = TestUser::member(2_000_000_000_000_009, "carol");
     let i = h
         .fake
@@ -905,9 +910,8 @@ async fn only_creators_may_start_the_wizard() {
     h.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wizard_key_verifies_over_http_for_its_app_only() {
-    let h = Harness::start().await;
+async fn a_wizard_key_verifies_over_http_for_its_app_only(backend: Backend) {
+    let h = Harness::start_with(backend, false).await;
     let (_, app_id, secret, key) = wizard_to_key(&h, &alice(), "Verified App").await;
     let review = to_review(&h.fake, &bob(), "Another App").await;
     let (_, other_app, _) = submit_and_get_dm(&h, &bob(), &review).await;
