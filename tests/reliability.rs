@@ -28,6 +28,7 @@ end_to_end_on_both_stores!(
     a_failed_redaction_keeps_its_backoff_across_a_restart,
     a_rate_limit_holds_the_queue_at_least_five_seconds,
     a_reminder_that_failed_is_posted_later_once,
+    a_delivery_that_fails_midway_waits_its_backoff,
 );
 
 fn requester() -> TestUser {
@@ -444,5 +445,58 @@ async fn a_reminder_that_failed_is_posted_later_once(backend: Backend) {
     h.db.clock.advance(TimeDelta::minutes(5));
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     assert_eq!(reminders(&h.fake), 1, "reminded once");
+    h.close().await;
+}
+
+async fn a_delivery_that_fails_midway_waits_its_backoff(backend: Backend) {
+    let h = guild(backend).await;
+    let rita = requester();
+    submit(&h, &rita, "Half Delivered").await;
+    h.fake
+        .wait_until("the request is posted", |f| {
+            !f.channel_messages(APPROVALS).is_empty()
+        })
+        .await;
+    let dm = h.fake.open_dm_channel(rita.id);
+    // Every fill of the credentials note fails for now.
+    h.fake.fail(
+        "PATCH",
+        &format!("/channels/{dm}/messages/"),
+        500,
+        json!({"code": 0, "message": "Internal Server Error"}),
+        usize::MAX,
+    );
+    let request = h.fake.channel_messages(APPROVALS).remove(0);
+    let i = h
+        .fake
+        .press_button(&approver(), &request, &component(&request, "approve"))
+        .await;
+    h.fake.response(&i).await;
+    let fills = |f: &FakeDiscord| {
+        f.requests()
+            .iter()
+            .filter(|r| r.method == "PATCH" && r.path.starts_with(&format!("/channels/{dm}/")))
+            .count()
+    };
+    let to_dm = |f: &FakeDiscord| {
+        f.requests()
+            .iter()
+            .filter(|r| r.path.starts_with(&format!("/channels/{dm}/")))
+            .count()
+    };
+    h.fake
+        .wait_until("the fill is tried", |f| fills(f) >= 1)
+        .await;
+    // The worker takes over once the approval is past its stall grace; the
+    // clock then stands still, so a backoff is the only thing between tries.
+    h.db.clock.advance(TimeDelta::seconds(2));
+    h.fake
+        .wait_until("the worker tries", |f| fills(f) >= 2)
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let calls = to_dm(&h.fake);
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert_eq!(fills(&h.fake), 2, "no fill before the backoff ends");
+    assert_eq!(to_dm(&h.fake), calls, "no DM call before the backoff ends");
     h.close().await;
 }

@@ -242,8 +242,31 @@ fn nonce(prefix: char, app: &ApplicationId) -> serenity::Nonce {
 /// Reveal button in the wizard's channel, and the secret is issued when the
 /// requester presses it. If the bot may not post there either, the audit
 /// channel asks for the requester's DMs, once, and delivery is tried again
-/// at each probe.
+/// at each probe. Whatever fails on the way (a Discord call midway, the
+/// database) makes the delivery wait its backoff, not the next tick.
 async fn deliver_after_approval(
+    http: &Http,
+    service: &Service,
+    gate: &mut RetryGate,
+    app: &Application,
+) -> Pass {
+    let e = match deliver_once(http, service, gate, app).await {
+        Ok(wait) => return Ok(wait),
+        Err(e) => e,
+    };
+    count_rest_error_in(&e);
+    let (retry, wait) = match RestFailure::in_chain(&e) {
+        RestFailure::RateLimited(wait) => (Retry::AtLeast(wait), Some(wait)),
+        _ => (Retry::Backoff, None),
+    };
+    let next = service
+        .job_failed(gate, Job::Deliver, app.id.as_str(), retry)
+        .await?;
+    tracing::warn!(app = %app.id, error = format!("{e:#}"), retry_at = %next, "could not deliver approved credentials");
+    Ok(wait)
+}
+
+async fn deliver_once(
     http: &Http,
     service: &Service,
     gate: &mut RetryGate,
@@ -290,9 +313,14 @@ async fn deliver_after_approval(
                         .await?;
                     return Ok(None);
                 }
-                // Another delivery of it may still be under way: a later pass
-                // decides, and this note goes.
+                // Another delivery of it may still be under way: a later
+                // pass decides, after a backoff (not at the next tick, which
+                // would post and delete a note every half second meanwhile),
+                // and this note goes.
                 Err(ServiceError::CredentialsBeingDelivered) => {
+                    service
+                        .job_failed(gate, Job::Deliver, item, Retry::Backoff)
+                        .await?;
                     sent.delete(http).await?;
                     return Ok(None);
                 }
@@ -338,14 +366,7 @@ async fn deliver_after_approval(
         }
         Err(e) => e,
     };
-    count_rest_error(&failed);
-    let (retry, wait) = match RestFailure::of(&failed) {
-        RestFailure::RateLimited(wait) => (Retry::AtLeast(wait), Some(wait)),
-        _ => (Retry::Backoff, None),
-    };
-    let next = service.job_failed(gate, Job::Deliver, item, retry).await?;
-    tracing::warn!(app = %app.id, error = %failed, retry_at = %next, "could not deliver approved credentials");
-    Ok(wait)
+    Err(failed.into())
 }
 
 /// Posts the Reveal button for a requester whose DMs are closed, in the
