@@ -5,6 +5,7 @@ mod support;
 
 use chrono::TimeDelta;
 use keygate::domain::ids::{ChannelId, GuildId, RoleId, UserId};
+use keygate::domain::retry::Job;
 use keygate::domain::settings::GuildSettings;
 use keygate::service::Actor;
 use keygate::store::Backend;
@@ -29,6 +30,10 @@ end_to_end_on_both_stores!(
     a_rate_limit_holds_the_queue_at_least_five_seconds,
     a_reminder_that_failed_is_posted_later_once,
     a_delivery_that_fails_midway_waits_its_backoff,
+    a_deleted_or_hidden_approvals_channel_pauses_too,
+    a_redaction_of_a_deleted_dm_is_done,
+    a_rate_limited_request_post_waits_five_seconds,
+    a_deleted_wizard_channel_also_asks_for_open_dms,
 );
 
 fn requester() -> TestUser {
@@ -249,6 +254,29 @@ async fn a_refused_audit_channel_keeps_its_queue_in_order_until_setup_changes_it
 }
 
 async fn an_approval_that_can_reach_nobody_asks_for_open_dms_once(backend: Backend) {
+    // The wizard ran in the fake's default channel: the bot may not post there.
+    unreachable_requester(backend, |fake| {
+        fake.deny_bot_in_channel(FakeDiscord::CHANNEL_ID, SEND_MESSAGES)
+    })
+    .await;
+}
+
+async fn a_deleted_wizard_channel_also_asks_for_open_dms(backend: Backend) {
+    unreachable_requester(backend, |fake| {
+        fake.fail(
+            "GET",
+            &format!("/channels/{}", FakeDiscord::CHANNEL_ID),
+            404,
+            json!({"code": 10003, "message": "Unknown Channel"}),
+            usize::MAX,
+        )
+    })
+    .await;
+}
+
+/// Approval for a requester with closed DMs, after `break_channel` took the
+/// wizard's channel from the bot.
+async fn unreachable_requester(backend: Backend, break_channel: impl FnOnce(&FakeDiscord)) {
     let h = guild(backend).await;
     let rita = requester();
     submit(&h, &rita, "Closed Doors").await;
@@ -258,9 +286,7 @@ async fn an_approval_that_can_reach_nobody_asks_for_open_dms_once(backend: Backe
         })
         .await;
     h.fake.close_dms_of(rita.id);
-    // The wizard ran in the fake's default channel: the bot may not post there.
-    h.fake
-        .deny_bot_in_channel(FakeDiscord::CHANNEL_ID, SEND_MESSAGES);
+    break_channel(&h.fake);
     let request = h.fake.channel_messages(APPROVALS).remove(0);
     let i = h
         .fake
@@ -432,6 +458,7 @@ async fn a_reminder_that_failed_is_posted_later_once(backend: Backend) {
     h.fake
         .wait_until("the reminder is tried", |f| posts_to(f, APPROVALS) > before)
         .await;
+    retry_recorded(&h, Job::Remind).await;
     h.db.clock.advance(TimeDelta::seconds(2));
     let reminders = |f: &FakeDiscord| {
         f.channel_messages(APPROVALS)
@@ -487,6 +514,7 @@ async fn a_delivery_that_fails_midway_waits_its_backoff(backend: Backend) {
     h.fake
         .wait_until("the fill is tried", |f| fills(f) >= 1)
         .await;
+    retry_recorded(&h, Job::Deliver).await;
     // The worker takes over once the approval is past its stall grace; the
     // clock then stands still, so a backoff is the only thing between tries.
     h.db.clock.advance(TimeDelta::seconds(2));
@@ -498,5 +526,139 @@ async fn a_delivery_that_fails_midway_waits_its_backoff(backend: Backend) {
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     assert_eq!(fills(&h.fake), 2, "no fill before the backoff ends");
     assert_eq!(to_dm(&h.fake), calls, "no DM call before the backoff ends");
+    h.close().await;
+}
+
+/// Waits until a failure of `job` is stored: its next try is read off the
+/// clock then, so the clock may move only after.
+async fn retry_recorded(h: &Harness, job: Job) {
+    for _ in 0..100 {
+        let mut tx = h.service.store().read().await.unwrap();
+        let recorded = !tx.retries(job).await.unwrap().is_empty();
+        tx.rollback().await.unwrap();
+        if recorded {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("no failure of {job:?} was recorded");
+}
+
+async fn a_deleted_or_hidden_approvals_channel_pauses_too(backend: Backend) {
+    for (status, code, why) in [
+        (404, 10003, "it was deleted"),
+        (403, 50001, "cannot see it"),
+    ] {
+        let h = guild(backend).await;
+        h.fake.fail(
+            "POST",
+            &format!("/channels/{APPROVALS}/messages"),
+            status,
+            json!({"code": code, "message": "refused"}),
+            usize::MAX,
+        );
+        submit(&h, &requester(), "Nowhere To Go").await;
+        h.fake
+            .wait_until("the audit channel hears of it", |f| {
+                f.channel_messages(AUDIT)
+                    .iter()
+                    .any(|m| m["embeds"][0]["title"] == "Channel unusable")
+            })
+            .await;
+        let alert = h
+            .fake
+            .channel_messages(AUDIT)
+            .into_iter()
+            .find(|m| m["embeds"][0]["title"] == "Channel unusable")
+            .unwrap();
+        assert!(alert["embeds"].to_string().contains(why), "{alert:#}");
+        for _ in 0..10 {
+            h.db.clock.advance(TimeDelta::minutes(3));
+            tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+        }
+        let tries = posts_to(&h.fake, APPROVALS);
+        assert!(
+            (2..=5).contains(&tries),
+            "{code}: {tries} posts in 30 minutes"
+        );
+        h.close().await;
+    }
+}
+
+async fn a_redaction_of_a_deleted_dm_is_done(backend: Backend) {
+    let h = guild(backend).await;
+    no_approvals(&h).await;
+    let rita = requester();
+    let review = to_review(&h.fake, &rita, "Deleted DM").await;
+    let (dm, _, _) = submit_and_get_dm(&h, &rita, &review).await;
+    let message = dm["id"].as_str().unwrap().to_owned();
+    h.fake.fail(
+        "PATCH",
+        &format!("/messages/{message}"),
+        404,
+        json!({"code": 10008, "message": "Unknown Message"}),
+        usize::MAX,
+    );
+    let edits = patches_of(&h.fake, &message);
+    h.db.clock.advance(TimeDelta::minutes(16));
+    h.fake
+        .wait_until("the redaction is tried", |f| {
+            patches_of(f, &message) > edits
+        })
+        .await;
+    let channel = ChannelId(dm["channel_id"].as_str().unwrap().parse().unwrap());
+    let id = keygate::domain::ids::MessageId(message.parse().unwrap());
+    for _ in 0..100 {
+        let mut tx = h.service.store().read().await.unwrap();
+        let done = tx.redaction_done(channel, id).await.unwrap();
+        tx.rollback().await.unwrap();
+        if done == Some(true) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    h.db.clock.advance(TimeDelta::minutes(20));
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_eq!(
+        patches_of(&h.fake, &message),
+        edits + 1,
+        "a gone message is not edited again"
+    );
+    h.close().await;
+}
+
+async fn a_rate_limited_request_post_waits_five_seconds(backend: Backend) {
+    // On the system clock: the wait is Discord's, in real time.
+    let h = Harness::start_with(backend, false).await;
+    h.fake.add_channel(APPROVALS, "approvals");
+    let settings = GuildSettings {
+        approvals_required: 1,
+        approvals_channel: Some(ChannelId(APPROVALS)),
+        approver_role: Some(RoleId(APPROVER_ROLE)),
+        ..GuildSettings::defaults(GUILD)
+    };
+    h.service
+        .save_settings(Actor::member(UserId(alice().id)), &settings)
+        .await
+        .unwrap();
+    h.fake.fail(
+        "POST",
+        &format!("/channels/{APPROVALS}/messages"),
+        429,
+        json!({"message": "You are being rate limited.", "retry_after": 0.01, "global": false}),
+        1,
+    );
+    submit(&h, &requester(), "Slow Down").await;
+    let limited = std::time::Instant::now();
+    h.fake
+        .wait_until("the request is posted", |f| {
+            !f.channel_messages(APPROVALS).is_empty()
+        })
+        .await;
+    let waited = limited.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_millis(4800),
+        "posted again {waited:?} after a 429"
+    );
     h.close().await;
 }

@@ -3,6 +3,7 @@
 
 use super::Bot;
 use super::error::BotResult;
+use super::reply::discord_code;
 use crate::domain::ids::GuildId;
 use poise::serenity_prelude as serenity;
 use serenity::{Http, Permissions};
@@ -97,8 +98,18 @@ impl BotStanding {
         http: &Http,
         channel: serenity::ChannelId,
     ) -> serenity::Result<ChannelAccess> {
-        let serenity::Channel::Guild(found) = http.get_channel(channel).await? else {
-            return Ok(ChannelAccess::Elsewhere);
+        let found = match http.get_channel(channel).await {
+            Ok(serenity::Channel::Guild(found)) => found,
+            Ok(_) => return Ok(ChannelAccess::Elsewhere),
+            // Discord hides a channel the bot may not view (50001) and one
+            // that is gone (10003): answers, not failures.
+            Err(e) => {
+                return match discord_code(&e) {
+                    Some(50001) => Ok(ChannelAccess::CannotPost),
+                    Some(10003) => Ok(ChannelAccess::Elsewhere),
+                    _ => Err(e),
+                };
+            }
         };
         if found.guild_id != self.guild.id {
             return Ok(ChannelAccess::Elsewhere);

@@ -153,7 +153,15 @@ pub async fn post_request(
         .approvals_channel
         .ok_or_else(|| BotError::User("this server requires approvals but has no approvals channel; ask an admin to run /keygate setup".into()))?;
     let sent = serenity::ChannelId::new(channel.0)
-        .send_message(http, RequestView::of(app, request, service).post())
+        .send_message(
+            http,
+            RequestView::of(app, request, service)
+                .post()
+                // A retry of a post whose id was not recorded (a crash, a
+                // database error) shows once.
+                .nonce(nonce('q', &app.id))
+                .enforce_nonce(true),
+        )
         .await?;
     let posted = (channel, MessageId(sent.id.get()));
     service

@@ -663,6 +663,13 @@ async fn on_submitted(
                         &e,
                     )
                     .await?;
+                    // Refused just now: the requester reads why here too.
+                    if let Some(loss) = channel.and_then(|c| gate.paused(c)).map(|p| p.loss) {
+                        let (_, rows) = approvals::waiting_message(&app, &request, None);
+                        component
+                            .edit_response(&ctx.http, edit(approvals::held_text(&app, loss), rows))
+                            .await?;
+                    }
                 }
             }
             Ok(())

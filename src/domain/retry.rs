@@ -21,8 +21,14 @@ pub const RATE_LIMIT_FLOOR: std::time::Duration = std::time::Duration::from_secs
 pub fn backoff(failures: u32) -> TimeDelta {
     let doublings = failures.saturating_sub(1).min(10);
     let base = (TimeDelta::seconds(1) * 2_i32.pow(doublings)).min(BACKOFF_CAP);
-    let jitter = rand::random_range(0..=base.num_milliseconds() / 4);
-    (base + TimeDelta::milliseconds(jitter)).min(BACKOFF_CAP)
+    let jitter = TimeDelta::milliseconds(rand::random_range(0..=base.num_milliseconds() / 4));
+    if base == BACKOFF_CAP {
+        // At the cap the spread goes below it, or items failing together
+        // would all come back at the same instant from then on.
+        BACKOFF_CAP - jitter
+    } else {
+        (base + jitter).min(BACKOFF_CAP)
+    }
 }
 
 /// The wait after a 429: what Discord asked for, and never under the floor.
@@ -113,10 +119,16 @@ mod tests {
             assert!(first >= TimeDelta::seconds(1) && first <= TimeDelta::milliseconds(1250));
             let fourth = backoff(4);
             assert!(fourth >= TimeDelta::seconds(8) && fourth <= TimeDelta::seconds(10));
-            assert!(backoff(12) <= BACKOFF_CAP && backoff(12) >= TimeDelta::seconds(512));
-            assert_eq!(backoff(u32::MAX), BACKOFF_CAP.min(backoff(u32::MAX)));
+            let capped = backoff(12);
+            assert!(capped <= BACKOFF_CAP && capped >= BACKOFF_CAP * 3 / 4);
             assert!(backoff(u32::MAX) <= BACKOFF_CAP);
         }
+    }
+
+    #[test]
+    fn items_at_the_cap_stay_spread() {
+        let waits: std::collections::HashSet<_> = (0..50).map(|_| backoff(20)).collect();
+        assert!(waits.len() > 1, "every capped wait was the same");
     }
 
     #[test]
