@@ -170,7 +170,10 @@ pub async fn post_request(
     Ok(posted)
 }
 
-/// Shows the request's current state on its approvals message.
+/// Shows the request's current state on its approvals message. A failed
+/// edit is logged, not returned: the state is committed and the member's
+/// action succeeded, so they must not be told otherwise; the message is
+/// only a view of it. Tried once: a retry could only hammer a lost channel.
 async fn refresh_request_message(
     http: &Http,
     service: &Service,
@@ -182,13 +185,17 @@ async fn refresh_request_message(
     let Some((channel, message)) = request.message else {
         return Ok(());
     };
-    serenity::ChannelId::new(channel.0)
+    if let Err(e) = serenity::ChannelId::new(channel.0)
         .edit_message(
             http,
             serenity::MessageId::new(message.0),
             RequestView::of(app, &request, service).edit(),
         )
-        .await?;
+        .await
+    {
+        count_rest_error(&e);
+        tracing::warn!(app = %app.id, error = %e, "could not show the request's new state on its message");
+    }
     Ok(())
 }
 
@@ -322,12 +329,13 @@ async fn deliver_once(
                     return Ok(None);
                 }
                 // Another delivery of it may still be under way: a later
-                // pass decides, after a backoff (not at the next tick, which
-                // would post and delete a note every half second meanwhile),
-                // and this note goes.
+                // pass decides once that one had its time (not at the next
+                // tick, which would post and delete a note every half
+                // second meanwhile), and this note goes.
                 Err(ServiceError::CredentialsBeingDelivered) => {
+                    let grace = service.policy().stall_grace.to_std().unwrap_or_default();
                     service
-                        .job_failed(gate, Job::Deliver, item, Retry::Backoff)
+                        .job_failed(gate, Job::Deliver, item, Retry::AtLeast(grace))
                         .await?;
                     sent.delete(http).await?;
                     return Ok(None);
