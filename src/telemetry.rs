@@ -51,11 +51,73 @@ fn subscriber<W>(
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
+    let writer = Scrubbed(writer);
     let layer = match format {
         LogFormat::Pretty => fmt::layer().with_writer(writer).boxed(),
         LogFormat::Json => fmt::layer().json().with_writer(writer).boxed(),
     };
     tracing_subscriber::registry().with(layer.with_filter(filter_fn(keeps)).with_filter(filter))
+}
+
+/// Where a URL carries a credential: an interaction's token (valid 15
+/// minutes, enough to post as the bot in that interaction) follows
+/// `/interactions/<id>/` and `/webhooks/<application id>/`. A failed REST
+/// call's error names its URL, so any log line may hold one.
+const TOKEN_AFTER: [&str; 2] = ["/interactions/", "/webhooks/"];
+
+/// `line` with every token in such a URL replaced by `<token>`.
+pub fn scrub_tokens(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut rest = line;
+    while let Some((at, marker)) = TOKEN_AFTER
+        .iter()
+        .filter_map(|m| rest.find(m).map(|i| (i, *m)))
+        .min_by_key(|(i, _)| *i)
+    {
+        let id_start = at + marker.len();
+        out.push_str(&rest[..id_start]);
+        rest = &rest[id_start..];
+        let id_len = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if id_len == 0 || rest.as_bytes().get(id_len) != Some(&b'/') {
+            continue;
+        }
+        out.push_str(&rest[..=id_len]);
+        rest = &rest[id_len + 1..];
+        let token_len = rest
+            .bytes()
+            .take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+            .count();
+        if token_len > 0 {
+            out.push_str("<token>");
+            rest = &rest[token_len..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A `MakeWriter` whose writers scrub tokens from what they write. The fmt
+/// layer writes each event in one call, so a token is never split.
+struct Scrubbed<W>(W);
+
+struct ScrubWriter<W>(W);
+
+impl<W: std::io::Write> std::io::Write for ScrubWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        self.0.write_all(scrub_tokens(&text).as_bytes())?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl<'a, W: MakeWriter<'a>> MakeWriter<'a> for Scrubbed<W> {
+    type Writer = ScrubWriter<W::Writer>;
+    fn make_writer(&'a self) -> Self::Writer {
+        ScrubWriter(self.0.make_writer())
+    }
 }
 
 /// Installs the global subscriber writing to `writer`, filtered by `filter`.
@@ -170,6 +232,19 @@ fn describe() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn interaction_tokens_are_scrubbed_from_urls() {
+        let line = "error sending request for url (http://127.0.0.1:9/api/v10/interactions/123/aW50ZXJhY3Rpb246MTIz.x-y_z/callback) and /webhooks/456/tok3n/messages/@original";
+        let scrubbed = scrub_tokens(line);
+        assert_eq!(
+            scrubbed,
+            "error sending request for url (http://127.0.0.1:9/api/v10/interactions/123/<token>/callback) and /webhooks/456/<token>/messages/@original"
+        );
+        assert_eq!(scrub_tokens("/interactions/ no id"), "/interactions/ no id");
+        assert_eq!(scrub_tokens("plain line"), "plain line");
+        assert_eq!(scrub_tokens("/webhooks/12x/abc"), "/webhooks/12x/abc");
+    }
 
     /// The lines `emit` logs under `spec`, as the binary would filter them.
     fn logged(spec: &str, emit: impl FnOnce()) -> String {
