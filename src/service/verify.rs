@@ -7,10 +7,11 @@ use crate::domain::verification::{
 };
 use crate::store::CredentialChange;
 use chrono::{DateTime, TimeDelta, Utc};
+use moka::ops::compute::Op;
 use moka::sync::Cache;
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::{OnceCell, watch};
@@ -82,28 +83,89 @@ impl CachedKey {
 type KeyEntry = Option<Arc<CachedKey>>;
 type SecretEntry = Option<Arc<SecretStanding>>;
 
-/// Records by lookup, each read from the database once however many requests
-/// miss it at the same time. An entry goes into the cache empty, before its
-/// read starts, and is filled in place: an invalidation that follows a change
-/// reaches it whether or not its read has finished, so a read that may
-/// predate the change is never kept (only the requests that raced the change
-/// see it). No epoch is needed for that.
-struct Slots<K, V>(Cache<K, Arc<OnceCell<V>>>);
+/// One lookup's record, read once for every request that misses it meanwhile.
+struct Slot<V> {
+    /// Tells this slot from a later one for the same lookup, so that the
+    /// index forgets only what was evicted.
+    id: u64,
+    /// The cache's generation when the slot was made; its read starts later.
+    born: u64,
+    cell: OnceCell<Filled<V>>,
+}
 
-impl<K, V> Slots<K, V>
+struct Filled<V> {
+    value: V,
+    /// False when an invalidation came while the read was out: the record
+    /// may predate the change, so only the requests that waited on that read
+    /// get it.
+    kept: bool,
+}
+
+/// Lookups by the owner of their record, for dropping one owner's entries
+/// without walking the cache.
+type Index<K, O> = Arc<Mutex<HashMap<O, HashMap<K, u64>>>>;
+
+fn unindex<K: Hash + Eq, O: Hash + Eq>(index: &Index<K, O>, owner: &O, key: &K, id: u64) {
+    let mut index = index.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(keys) = index.get_mut(owner) {
+        if keys.get(key) == Some(&id) {
+            keys.remove(key);
+        }
+        if keys.is_empty() {
+            index.remove(owner);
+        }
+    }
+}
+
+/// Records by lookup, each read from the database once however many requests
+/// miss it at the same time.
+///
+/// Dropping one owner's records never walks moka's table: its iterator can
+/// spin without end while the table is rehashed (moka 0.12.16), and did so
+/// under the credential listener. A side index names each owner's filled
+/// lookups instead, and a generation, bumped by every invalidation, catches
+/// the reads still out then: a slot made before the latest invalidation is
+/// neither joined while its read is out nor kept once filled, since that read
+/// may predate the change (only the requests that raced the change see it).
+struct Slots<K, V, O> {
+    cache: Cache<K, Arc<Slot<V>>>,
+    index: Index<K, O>,
+    generation: AtomicU64,
+    next_id: AtomicU64,
+    owner: fn(&V) -> Option<O>,
+}
+
+impl<K, V, O> Slots<K, V, O>
 where
     K: Hash + Eq + Send + Sync + Clone + 'static,
     V: Clone + Send + Sync + 'static,
+    O: Hash + Eq + Send + Sync + 'static,
 {
-    /// None when `ttl` is zero: the cache is off.
-    fn new(ttl: Duration) -> Option<Self> {
-        (!ttl.is_zero()).then(|| {
-            Self(
-                Cache::builder()
-                    .max_capacity(CACHE_CAPACITY)
-                    .time_to_live(ttl)
-                    .build(),
-            )
+    /// None when `ttl` is zero: the cache is off. `owner` names whom a
+    /// record belongs to; records of nobody are dropped only all at once.
+    fn new(ttl: Duration, owner: fn(&V) -> Option<O>) -> Option<Self> {
+        if ttl.is_zero() {
+            return None;
+        }
+        let index: Index<K, O> = Arc::default();
+        let evicted = index.clone();
+        let cache = Cache::builder()
+            .max_capacity(CACHE_CAPACITY)
+            .time_to_live(ttl)
+            // Runs on the thread that removes the entry: never called while
+            // the index is locked here.
+            .eviction_listener(move |key: Arc<K>, slot: Arc<Slot<V>>, _| {
+                if let Some(o) = slot.cell.get().and_then(|f| owner(&f.value)) {
+                    unindex(&evicted, &o, &key, slot.id);
+                }
+            })
+            .build();
+        Some(Self {
+            cache,
+            index,
+            generation: AtomicU64::new(0),
+            next_id: AtomicU64::new(0),
+            owner,
         })
     }
 
@@ -114,35 +176,122 @@ where
     where
         Fut: Future<Output = Result<V, E>>,
     {
-        let slot = self.0.get_with(key, || Arc::new(OnceCell::new()));
-        let mut read = false;
-        let value = slot
-            .get_or_try_init(|| {
-                read = true;
-                load()
-            })
-            .await?;
-        Ok((value.clone(), !read))
+        let mut load = Some(load);
+        loop {
+            let slot = self.cache.get_with(key.clone(), || {
+                Arc::new(Slot {
+                    id: self.next_id.fetch_add(1, Ordering::Relaxed),
+                    born: self.generation.load(Ordering::SeqCst),
+                    cell: OnceCell::new(),
+                })
+            });
+            let usable = match slot.cell.get() {
+                Some(filled) => filled.kept,
+                None => slot.born == self.generation.load(Ordering::SeqCst),
+            };
+            if !usable {
+                self.discard(&key, &slot);
+                continue;
+            }
+            let mut read = false;
+            let filled = slot
+                .cell
+                .get_or_try_init(|| {
+                    read = true;
+                    let load = load
+                        .take()
+                        .expect("a slot is read at most once per request");
+                    self.fill(&key, &slot, load)
+                })
+                .await?;
+            if read {
+                self.settle(&key, &slot, &filled.value, filled.kept);
+            }
+            return Ok((filled.value.clone(), !read));
+        }
+    }
+
+    async fn fill<E, Fut>(
+        &self,
+        key: &K,
+        slot: &Slot<V>,
+        load: impl FnOnce() -> Fut,
+    ) -> Result<Filled<V>, E>
+    where
+        Fut: Future<Output = Result<V, E>>,
+    {
+        let value = load().await?;
+        // Indexed before the generation is read: an invalidation either
+        // finds the key in the index or has moved the generation by then.
+        if let Some(o) = (self.owner)(&value) {
+            let mut index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
+            index.entry(o).or_default().insert(key.clone(), slot.id);
+        }
+        let kept = slot.born == self.generation.load(Ordering::SeqCst);
+        Ok(Filled { value, kept })
+    }
+
+    /// After its own read: a slot not kept leaves the cache, and a slot the
+    /// cache no longer holds (removed before it was filled, so its eviction
+    /// named nobody) leaves the index.
+    fn settle(&self, key: &K, slot: &Arc<Slot<V>>, value: &V, kept: bool) {
+        let held = kept
+            && self
+                .cache
+                .get(key)
+                .is_some_and(|held| Arc::ptr_eq(&held, slot));
+        if held {
+            return;
+        }
+        if let Some(o) = (self.owner)(value) {
+            unindex(&self.index, &o, key, slot.id);
+        }
+        if !kept {
+            self.discard(key, slot);
+        }
+    }
+
+    /// Removes `slot`, and not a later one for the same key.
+    fn discard(&self, key: &K, slot: &Arc<Slot<V>>) {
+        self.cache
+            .entry(key.clone())
+            .and_compute_with(|entry| match entry {
+                Some(e) if Arc::ptr_eq(e.value(), slot) => Op::Remove,
+                _ => Op::Nop,
+            });
     }
 
     fn invalidate_all(&self) {
-        self.0.invalidate_all();
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.index
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        self.cache.invalidate_all();
     }
 
-    /// Drops, now, the records `stale` picks and every slot whose read is
-    /// still out (what it will hold is not known yet). A sweep of the table
-    /// rather than moka's lazy `invalidate_entries_if`: a slot inserted just
-    /// before the change could escape that one's bookkeeping, and changes are
-    /// rare enough for a walk of the table each. A slot inserted after the
-    /// sweep began was inserted after the change committed, so its read is
-    /// fresh.
-    fn invalidate_if(&self, stale: impl Fn(&V) -> bool) {
-        for (key, slot) in self.0.iter() {
-            if slot.get().is_none_or(&stale) {
-                self.0.invalidate(key.as_ref());
-            }
+    /// Drops, now, `owner`'s records, and makes every read still out not
+    /// kept (what it will hold is not known yet).
+    fn invalidate_owner(&self, owner: &O) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        let keys = self
+            .index
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(owner);
+        // The lock is released first: removal calls the eviction listener.
+        for key in keys.into_iter().flat_map(HashMap::into_keys) {
+            self.cache.invalidate(&key);
         }
     }
+}
+
+fn key_owner(entry: &KeyEntry) -> Option<ApplicationId> {
+    entry.as_ref().map(|k| k.standing.app.id.clone())
+}
+
+fn secret_owner(entry: &SecretEntry) -> Option<ApplicationId> {
+    entry.as_ref().map(|s| s.app.id.clone())
 }
 
 /// Stored credentials by lookup, positive and negative entries alike. The
@@ -150,10 +299,10 @@ where
 /// every request, so an expiry is exact.
 pub(super) struct VerifyCache {
     /// None when the cache is off (every request reads the database).
-    keys: Option<Slots<String, KeyEntry>>,
+    keys: Option<Slots<String, KeyEntry, ApplicationId>>,
     /// By the Secret's hash, like keys: an app may have two working Secrets
     /// (one in its rotation grace).
-    secrets: Option<Slots<String, SecretEntry>>,
+    secrets: Option<Slots<String, SecretEntry, ApplicationId>>,
     /// Last-used stamps waiting to be written, by key id.
     pending_uses: Mutex<HashMap<String, DateTime<Utc>>>,
     /// Whether this process currently hears other processes' changes.
@@ -163,8 +312,8 @@ pub(super) struct VerifyCache {
 impl VerifyCache {
     pub(super) fn new(ttl: Duration) -> Self {
         Self {
-            keys: Slots::new(ttl),
-            secrets: Slots::new(ttl),
+            keys: Slots::new(ttl, key_owner),
+            secrets: Slots::new(ttl, secret_owner),
             pending_uses: Mutex::new(HashMap::new()),
             following: AtomicBool::new(false),
         }
@@ -189,12 +338,10 @@ impl VerifyCache {
     /// a new one is random, so nobody presented it before it existed.
     pub(super) fn invalidate_app(&self, app: &ApplicationId) {
         if let Some(c) = &self.keys {
-            let app = app.clone();
-            c.invalidate_if(move |entry| entry.as_ref().is_some_and(|k| k.standing.app.id == app));
+            c.invalidate_owner(app);
         }
         if let Some(c) = &self.secrets {
-            let app = app.clone();
-            c.invalidate_if(move |entry| entry.as_ref().is_some_and(|s| s.app.id == app));
+            c.invalidate_owner(app);
         }
     }
 
@@ -252,14 +399,15 @@ fn cache_outcome(hit: bool) {
 }
 
 /// The record for `key`, through the cache when it is on.
-async fn lookup<K, V, Fut>(
-    cache: Option<&Slots<K, V>>,
+async fn lookup<K, V, O, Fut>(
+    cache: Option<&Slots<K, V, O>>,
     key: K,
     load: impl FnOnce() -> Fut,
 ) -> ServiceResult<V>
 where
     K: Hash + Eq + Send + Sync + Clone + 'static,
     V: Clone + Send + Sync + 'static,
+    O: Hash + Eq + Send + Sync + 'static,
     Fut: Future<Output = ServiceResult<V>>,
 {
     let (value, hit) = match cache {
@@ -432,8 +580,12 @@ mod tests {
     use std::time::Duration;
     use tokio::sync::Notify;
 
-    fn slots() -> Arc<Slots<&'static str, u32>> {
-        Arc::new(Slots::new(Duration::from_secs(60)).expect("a cache"))
+    /// Each record is owned by its own value.
+    fn slots<K>() -> Arc<Slots<K, u32, u32>>
+    where
+        K: std::hash::Hash + Eq + Send + Sync + Clone + 'static,
+    {
+        Arc::new(Slots::new(Duration::from_secs(60), |v| Some(*v)).expect("a cache"))
     }
 
     fn gate() -> Arc<Notify> {
@@ -506,26 +658,33 @@ mod tests {
         let get = |key, value| cache.get_or_load(key, read(&reads, None, Ok(value)));
         assert_eq!(get("a", 1).await, Ok((1, false)));
         assert_eq!(get("b", 2).await, Ok((2, false)));
-        cache.invalidate_if(|v| *v == 1);
+        cache.invalidate_owner(&1);
         assert_eq!(get("a", 10).await, Ok((10, false)), "read again");
         assert_eq!(get("b", 20).await, Ok((2, true)), "kept");
     }
 
-    /// A read that began before a change may return the old record. moka
-    /// applies an invalidation to an entry when it next looks at it, on a
-    /// read or in its upkeep; an entry still empty then must go, since what
-    /// it will hold is not known yet.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_read_racing_an_invalidation_is_not_kept() {
-        let (cache, reads, gate) = (slots(), Arc::new(AtomicUsize::new(0)), gate());
+    /// A read of 1 for "k", out until `gate` opens.
+    async fn read_held_open(
+        cache: &Arc<Slots<&'static str, u32, u32>>,
+        reads: &Arc<AtomicUsize>,
+        gate: &Arc<Notify>,
+    ) -> tokio::task::JoinHandle<Result<(u32, bool), ()>> {
         let racing = tokio::spawn({
-            let (cache, load) = (cache.clone(), read(&reads, Some(gate.clone()), Ok(1)));
+            let (cache, load) = (cache.clone(), read(reads, Some(gate.clone()), Ok(1)));
             async move { cache.get_or_load("k", load).await }
         });
         until("the racing read", || reads.load(Ordering::SeqCst) == 1).await;
-        cache.invalidate_if(|v| *v == 1);
-        // The upkeep meets the entry while its read is still out.
-        cache.0.run_pending_tasks();
+        racing
+    }
+
+    /// A read that began before a change may return the old record: the
+    /// requests that raced the change get it, and it is not kept.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_racing_an_invalidation_is_not_kept() {
+        let (cache, reads, gate) = (slots(), Arc::new(AtomicUsize::new(0)), gate());
+        let racing = read_held_open(&cache, &reads, &gate).await;
+        // Whose record it is, nobody knows yet: any owner's change counts.
+        cache.invalidate_owner(&99);
         gate.notify_one();
         assert_eq!(
             racing.await.unwrap(),
@@ -537,5 +696,89 @@ mod tests {
             Ok((2, false)),
             "the next one reads again"
         );
+    }
+
+    /// A request that comes after an invalidation returned does not wait on
+    /// a read that was out before it: that read may predate the change.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_out_before_an_invalidation_is_not_joined_after_it() {
+        let (cache, reads, gate) = (slots(), Arc::new(AtomicUsize::new(0)), gate());
+        let racing = read_held_open(&cache, &reads, &gate).await;
+        cache.invalidate_owner(&1);
+        assert_eq!(
+            cache.get_or_load("k", read(&reads, None, Ok(2))).await,
+            Ok((2, false)),
+            "a read of its own"
+        );
+        gate.notify_one();
+        assert_eq!(racing.await.unwrap(), Ok((1, false)));
+        assert_eq!(
+            cache.get_or_load("k", read(&reads, None, Ok(3))).await,
+            Ok((2, true)),
+            "the fresh record is the one kept"
+        );
+    }
+
+    /// Enough entries to rehash moka's table many times over, filled while
+    /// owners are invalidated: invalidation must finish (walking the table
+    /// could spin for good in moka 0.12.16) and must still reach every record
+    /// it owns, however the fills and invalidations interleaved.
+    #[test]
+    fn invalidation_under_churn_finishes_and_misses_nothing() {
+        const KEYS: u32 = 20_000;
+        const OWNERS: u32 = 16;
+        let cache = slots::<u32>();
+        let (done, finished) = std::sync::mpsc::channel();
+        let work = cache.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let mut tasks = tokio::task::JoinSet::new();
+                for t in 0..2 {
+                    let cache = work.clone();
+                    tasks.spawn(async move {
+                        for k in (t..KEYS).step_by(2) {
+                            let owner = k % OWNERS;
+                            let got = cache
+                                .get_or_load(k, || async move { Ok::<_, ()>(owner) })
+                                .await;
+                            assert_eq!(got.map(|(v, _)| v), Ok(owner));
+                            if k % 64 == 0 {
+                                tokio::task::yield_now().await;
+                            }
+                        }
+                    });
+                }
+                let cache = work.clone();
+                tasks.spawn(async move {
+                    for round in 0..2_000 {
+                        cache.invalidate_owner(&(round % OWNERS));
+                        tokio::task::yield_now().await;
+                    }
+                });
+                tasks.join_all().await;
+                for owner in 0..OWNERS {
+                    work.invalidate_owner(&owner);
+                }
+                for k in 0..KEYS {
+                    let reads = Arc::new(AtomicUsize::new(0));
+                    let got = work
+                        .get_or_load(k, read(&reads, None, Ok(k % OWNERS)))
+                        .await;
+                    assert_eq!(got, Ok((k % OWNERS, false)), "key {k} was kept");
+                }
+            });
+            done.send(()).unwrap();
+        });
+        finished
+            .recv_timeout(Duration::from_secs(120))
+            .expect("the churn finished in time");
+        // What is cached is indexed, and no more.
+        cache.cache.run_pending_tasks();
+        let indexed: usize = cache.index.lock().unwrap().values().map(|k| k.len()).sum();
+        assert_eq!(indexed as u64, cache.cache.entry_count());
     }
 }
