@@ -27,6 +27,7 @@ end_to_end_on_both_stores!(
     denying_your_own_request_says_why,
     an_upgrade_from_0001_sends_old_requesters_nothing,
     typed_markdown_reaches_discord_escaped,
+    setup_warns_when_reminders_could_not_ping_the_approvers,
 );
 
 const GUILD: GuildId = GuildId(FakeDiscord::GUILD_ID);
@@ -172,9 +173,18 @@ fn bodies_to(fake: &FakeDiscord, channel: u64) -> Vec<Value> {
         .collect()
 }
 
-/// Nothing the bot posts to a shared channel may ping anyone.
+/// Nothing the bot posts to a shared channel may ping anyone, but for
+/// reminders, which ping the approver role (checked where they are tested).
 fn assert_no_pings(fake: &FakeDiscord, channel: u64) {
-    for body in bodies_to(fake, channel) {
+    let is_reminder = |b: &Value| {
+        b["content"]
+            .as_str()
+            .is_some_and(|c| c.contains("Reminder:"))
+    };
+    for body in bodies_to(fake, channel)
+        .into_iter()
+        .filter(|b| !is_reminder(b))
+    {
         let allowed = &body["allowed_mentions"];
         assert_eq!(allowed["parse"], json!([]), "pings possible: {body}");
         assert!(
@@ -484,6 +494,24 @@ async fn requests_expire_with_a_reminder_also_across_a_restart(backend: Backend)
         .filter(|m| text(m).contains("Reminder"))
         .count();
     assert!(reminders >= 1);
+    // The reminder notifies the approver role, and only it.
+    let reminder = bodies_to(&h.fake, APPROVALS)
+        .into_iter()
+        .find(|b| {
+            b["content"]
+                .as_str()
+                .is_some_and(|c| c.contains("Reminder"))
+        })
+        .expect("the reminder's post");
+    assert!(
+        text(&reminder).contains(&format!("<@&{APPROVER_ROLE}>")),
+        "{reminder:#}"
+    );
+    assert_eq!(
+        reminder["allowed_mentions"],
+        json!({"parse": [], "users": [], "roles": [APPROVER_ROLE.to_string()]}),
+        "{reminder:#}"
+    );
     let request = request_message(&h.fake);
     let (_, late) = press(
         &h.fake,
@@ -981,4 +1009,38 @@ async fn typed_markdown_reaches_discord_escaped(backend: Backend) {
         assert!(!body.contains("**bold**"), "{} {body}", r.path);
     }
     h.close().await;
+}
+
+async fn setup_warns_when_reminders_could_not_ping_the_approvers(backend: Backend) {
+    let h = Harness::start_with(backend, false).await;
+    h.fake.add_role(APPROVER_ROLE, "approvers", 0);
+    // The fake's roles are not mentionable, and the bot lacks Mention Everyone.
+    let saved = set_approver_role(&h.fake).await;
+    assert!(
+        saved.contains("Settings saved") && saved.contains("Mention Everyone"),
+        "{saved}"
+    );
+    // View Channel, Send Messages, Embed Links and Mention Everyone.
+    let bits = (1 << 10) | (1 << 11) | (1 << 14) | (1 << 17);
+    h.fake
+        .add_role(FakeDiscord::BOT_ROLE_ID, FakeDiscord::BOT_NAME, bits);
+    let saved = set_approver_role(&h.fake).await;
+    assert!(
+        saved.contains("Settings saved") && !saved.contains("Mention Everyone"),
+        "{saved}"
+    );
+    h.close().await;
+}
+
+/// `/keygate setup approver_role:…` by Alice; the reply's text.
+async fn set_approver_role(fake: &FakeDiscord) -> String {
+    let i = fake
+        .slash_command(
+            &alice(),
+            "keygate",
+            Some("setup"),
+            vec![("approver_role", json!(APPROVER_ROLE.to_string()))],
+        )
+        .await;
+    text(&fake.followups(&i, 1).await.remove(0))
 }

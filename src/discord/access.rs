@@ -91,6 +91,14 @@ impl BotStanding {
         })
     }
 
+    /// Whether a message of the bot's that allows `role`'s mention pings its
+    /// members: Discord drops the ping unless the role is mentionable or the
+    /// bot has Mention Everyone (server-wide; channel overwrites aside).
+    pub fn can_ping(&self, role: serenity::RoleId) -> bool {
+        self.guild.roles.get(&role).is_some_and(|r| r.mentionable)
+            || self.guild.member_permissions(&self.me).mention_everyone()
+    }
+
     /// Whether the bot may post embeds in `channel`, from the guild's roles,
     /// its member and the channel's overwrites.
     pub async fn access(

@@ -697,18 +697,27 @@ async fn remind(http: &Http, service: &Service) -> Pass {
             .message
             .map(|m| format!(" [Open the request]({}).", message_link(app.guild_id, m)))
             .unwrap_or_default();
+        let approvers = settings
+            .approver_role
+            .map(|r| format!("<@&{r}> "))
+            .unwrap_or_default();
         let text = format!(
-            "⏰ Reminder: {} from <@{}> still needs {} approval(s) and expires <t:{}:R>.{link}",
+            "⏰ {approvers}Reminder: {} from <@{}> still needs {} approval(s) and expires <t:{}:R>.{link}",
             code(&app.details.name),
             request.requester_id,
             usize::from(request.approvals_required).saturating_sub(request.approvers.len()),
             request.expires_at.timestamp()
         );
+        // The approver role, and nobody else, is notified: a reminder that
+        // pings no one reminds no one.
+        let pings = settings.approver_role.map_or_else(no_pings, |r| {
+            no_pings().roles(vec![serenity::RoleId::new(r.0)])
+        });
         let message = CreateMessage::new()
             .content(text)
             .nonce(nonce('r', &app.id))
             .enforce_nonce(true)
-            .allowed_mentions(no_pings());
+            .allowed_mentions(pings);
         let e = match serenity::ChannelId::new(channel.0)
             .send_message(http, message)
             .await

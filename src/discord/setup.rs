@@ -134,12 +134,18 @@ pub async fn setup(
         (audit_channel, "audit channel"),
         (approvals_channel, "approvals channel"),
     ];
-    if channels.iter().any(|(c, _)| c.is_some()) {
+    let mut warning = None;
+    if channels.iter().any(|(c, _)| c.is_some()) || approver_role.is_some() {
         let standing = bot_standing(&ctx, discord_guild).await?;
         for (channel, what) in channels {
             if let Some(c) = channel {
                 check_channel(&ctx, &standing, c, what).await?;
             }
+        }
+        if let Some(role) = approver_role.filter(|r| !standing.can_ping(*r)) {
+            warning = Some(format!(
+                "\n⚠️ Reminders mention <@&{role}>, but Discord will not notify its members: make the role mentionable, or give keygate the Mention Everyone permission."
+            ));
         }
     }
     let change = SettingsChange {
@@ -162,7 +168,7 @@ pub async fn setup(
     ctx.send(
         CreateReply::default()
             .ephemeral(true)
-            .content("Settings saved.")
+            .content(format!("Settings saved.{}", warning.unwrap_or_default()))
             .embed(settings_embed(&settings))
             .allowed_mentions(no_pings()),
     )
