@@ -30,6 +30,72 @@ pub enum CatalogSource {
     File(PathBuf),
 }
 
+/// Which Discord shards this process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shards {
+    /// As many as Discord recommends (`GET /gateway/bot`), all in this process.
+    Auto,
+    /// Shards `first..=last` of `count`; other processes run the rest.
+    Range { first: u32, last: u32, count: u32 },
+}
+
+impl Shards {
+    /// Whether this process runs shard 0, which receives DMs and registers
+    /// the commands (once, not once per process).
+    pub fn runs_shard_zero(self) -> bool {
+        match self {
+            Self::Auto => true,
+            Self::Range { first, .. } => first == 0,
+        }
+    }
+
+    /// From `SHARD_COUNT` and `SHARD_IDS` (`N` or `A-B`, both ends included).
+    fn parse(count: Option<String>, ids: Option<String>) -> Result<Self, ConfigError> {
+        let count = match count {
+            None if ids.is_some() => {
+                return Err(invalid(
+                    "SHARD_IDS",
+                    "needs SHARD_COUNT too, so that every process agrees on the count",
+                ));
+            }
+            None => return Ok(Self::Auto),
+            Some(v) => match v.parse::<u32>() {
+                Ok(n) if n >= 1 => n,
+                _ => {
+                    return Err(invalid(
+                        "SHARD_COUNT",
+                        format!("`{v}` is not a number of shards (1 or more)"),
+                    ));
+                }
+            },
+        };
+        let (first, last) = match ids {
+            None => (0, count - 1),
+            Some(v) => {
+                let bad = || {
+                    invalid(
+                        "SHARD_IDS",
+                        format!("`{v}` is not N or A-B with A <= B < SHARD_COUNT ({count})"),
+                    )
+                };
+                let (a, b) = match v.split_once('-') {
+                    Some((a, b)) => (a.trim(), b.trim()),
+                    None => (v.as_str(), v.as_str()),
+                };
+                let (a, b) = (
+                    a.parse::<u32>().map_err(|_| bad())?,
+                    b.parse::<u32>().map_err(|_| bad())?,
+                );
+                if a > b || b >= count {
+                    return Err(bad());
+                }
+                (a, b)
+            }
+        };
+        Ok(Self::Range { first, last, count })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Required by `run` only; `migrate` works without it.
@@ -37,6 +103,7 @@ pub struct Config {
     pub database_url: String,
     pub discord_api_url: Option<Url>,
     pub discord_guild_id: Option<u64>,
+    pub shards: Shards,
     /// None: the verify API is disabled.
     pub http_addr: Option<SocketAddr>,
     /// Bearer tokens accepted on `/v1/*`; empty means none is required
@@ -118,6 +185,8 @@ impl Config {
                 )),
             })
             .transpose()?;
+
+        let shards = Shards::parse(set("SHARD_COUNT"), set("SHARD_IDS"))?;
 
         // Unset means the default address; set but empty means disabled.
         let http_addr = match get("HTTP_ADDR") {
@@ -214,6 +283,7 @@ impl Config {
             database_url,
             discord_api_url,
             discord_guild_id,
+            shards,
             http_addr,
             verify_tokens,
             verify_cache_ttl,
@@ -293,6 +363,59 @@ mod tests {
             !format!("{c:?}").contains("abc.def"),
             "the token never prints"
         );
+    }
+
+    #[test]
+    fn shards_are_all_by_default_and_a_range_of_an_agreed_count() {
+        assert_eq!(config(&[]).unwrap().shards, Shards::Auto);
+        let shards = |count: &str, ids: &str| {
+            let mut vars = vec![("SHARD_COUNT", count)];
+            if !ids.is_empty() {
+                vars.push(("SHARD_IDS", ids));
+            }
+            config(&vars).map(|c| c.shards)
+        };
+        assert_eq!(
+            shards("4", "").unwrap(),
+            Shards::Range {
+                first: 0,
+                last: 3,
+                count: 4
+            }
+        );
+        assert_eq!(
+            shards("4", "2-3").unwrap(),
+            Shards::Range {
+                first: 2,
+                last: 3,
+                count: 4
+            }
+        );
+        assert_eq!(
+            shards("2", "1").unwrap(),
+            Shards::Range {
+                first: 1,
+                last: 1,
+                count: 2
+            }
+        );
+        assert!(!shards("2", "1").unwrap().runs_shard_zero());
+        assert!(shards("2", "0").unwrap().runs_shard_zero());
+        for (count, ids) in [
+            ("0", ""),
+            ("x", ""),
+            ("2", "2"),
+            ("4", "3-1"),
+            ("4", "1-4"),
+            ("4", "a-b"),
+        ] {
+            let e = shards(count, ids).unwrap_err().to_string();
+            assert!(
+                e.starts_with("SHARD_COUNT is invalid") || e.starts_with("SHARD_IDS is invalid"),
+                "{e}"
+            );
+        }
+        assert!(problem(&[("SHARD_IDS", "0")]).contains("needs SHARD_COUNT"));
     }
 
     #[test]

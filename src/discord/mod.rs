@@ -17,7 +17,7 @@ mod reply;
 mod setup;
 mod wizard;
 
-use crate::config::Config;
+use crate::config::{Config, Shards};
 use crate::domain::ids::UserId;
 use crate::domain::validation::AppForm;
 use crate::runtime::every;
@@ -134,6 +134,7 @@ pub async fn start(config: &Config, service: Service) -> anyhow::Result<BotHandl
     crate::telemetry::metrics();
     let http = http(config)?;
     let guild = config.discord_guild_id;
+    let shards = config.shards;
     let bot = Bot::new(service.clone());
     let framework = poise::Framework::builder()
         .options(poise::FrameworkOptions {
@@ -147,14 +148,23 @@ pub async fn start(config: &Config, service: Service) -> anyhow::Result<BotHandl
         .setup(move |ctx, _ready, framework| {
             Box::pin(async move {
                 let commands = &framework.options().commands;
-                match guild {
-                    Some(g) => {
-                        poise::builtins::register_in_guild(ctx, commands, serenity::GuildId::new(g))
+                // One process registers them: the one that runs shard 0.
+                if shards.runs_shard_zero() {
+                    match guild {
+                        Some(g) => {
+                            poise::builtins::register_in_guild(
+                                ctx,
+                                commands,
+                                serenity::GuildId::new(g),
+                            )
                             .await?
+                        }
+                        None => poise::builtins::register_globally(ctx, commands).await?,
                     }
-                    None => poise::builtins::register_globally(ctx, commands).await?,
+                    tracing::info!(guild, "commands registered");
+                } else {
+                    tracing::info!("commands are registered by the process that runs shard 0");
                 }
-                tracing::info!(guild, "commands registered");
                 Ok(bot)
             })
         })
@@ -205,7 +215,17 @@ pub async fn start(config: &Config, service: Service) -> anyhow::Result<BotHandl
             }
         }),
     ];
-    let client = tokio::spawn(async move { client.start().await });
+    let client = tokio::spawn(async move {
+        match shards {
+            Shards::Auto => client.start_autosharded().await,
+            // serenity reads the range's end as included (it starts
+            // `end - start + 1` shards), so `first..last` runs first..=last;
+            // `first..last + 1` would start one shard too many (closed 4010).
+            Shards::Range { first, last, count } => {
+                client.start_shard_range(first..last, count).await
+            }
+        }
+    });
     Ok(BotHandle {
         shard_manager,
         client,
