@@ -415,6 +415,22 @@ async fn a_rate_limit_holds_the_queue_at_least_five_seconds(backend: Backend) {
         .wait_until("the post is tried", |f| posts_to(f, AUDIT) > before)
         .await;
     let limited = std::time::Instant::now();
+    // Its next try is read off the clock when the failure is stored: the
+    // clock moves only after.
+    for _ in 0..100 {
+        let mut tx = h.service.store().read().await.unwrap();
+        let failed = tx
+            .unposted_outbox(10)
+            .await
+            .unwrap()
+            .iter()
+            .any(|e| e.attempts > 0);
+        tx.rollback().await.unwrap();
+        if failed {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     // The event itself is due again on the clock at once: only the queue's
     // hold keeps the poster off Discord.
     h.db.clock.advance(TimeDelta::minutes(1));
