@@ -56,7 +56,7 @@ async fn every_interaction_answers_first_when_discord_is_slow(backend: Backend) 
         .fake
         .press_button(&alice(), &review, &component(&review, "submit"))
         .await;
-    assert_eq!(h.fake.response(&i).await["type"], 7);
+    assert_eq!(h.fake.response(&i).await["type"], 6);
     h.fake
         .wait_until("the request is posted", |f| {
             !f.channel_messages(APPROVALS).is_empty()
@@ -69,7 +69,7 @@ async fn every_interaction_answers_first_when_discord_is_slow(backend: Backend) 
         .fake
         .press_button(&bob(), &request, &component(&request, "approve"))
         .await;
-    assert_eq!(h.fake.response(&a).await["type"], 7);
+    assert_eq!(h.fake.response(&a).await["type"], 6);
     let user = alice().id;
     h.fake
         .wait_until("the credentials by DM", |f| {
@@ -89,7 +89,7 @@ async fn every_interaction_answers_first_when_discord_is_slow(backend: Backend) 
         .fake
         .press_button_in_dm(&alice(), &key_dm, &component(&key_dm, "finish"))
         .await;
-    assert_eq!(h.fake.response(&f).await["type"], 7);
+    assert_eq!(h.fake.response(&f).await["type"], 6);
 
     // Rotation: the command, then Confirm.
     let app = token(&text(&dm), "app_").unwrap();
