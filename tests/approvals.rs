@@ -115,11 +115,13 @@ async fn submit_described(
     let m = shown(fake, &i, 7).await;
     let i = fake.press_button(user, &m, &component(&m, "next")).await;
     let m = shown(fake, &i, 7).await;
+    // Counted before Submit: its post may be tried before the waiting
+    // message is seen.
+    let before = fake.requests().len();
     let i = fake.press_button(user, &m, &component(&m, "submit")).await;
     shown(fake, &i, 7).await;
     // Answered first; the request is posted after, and its link added (or,
     // when the post fails, the worker posts it later, unlinked).
-    let before = fake.requests().len();
     fake.wait_until("the request's post is tried", |f| {
         f.message_of(&i)
             .is_some_and(|m| text(&m).contains("discord.com/channels/"))
@@ -155,12 +157,17 @@ async fn press(fake: &FakeDiscord, user: &TestUser, message: &Value, action: &st
         .await;
     let r = fake.response(&i).await;
     let kind = r["type"].as_u64().unwrap();
-    let shown = if kind == 7 {
-        fake.message_of(&i).unwrap()
-    } else {
-        r["data"].clone()
-    };
-    (kind, shown)
+    match kind {
+        7 => (7, fake.message_of(&i).unwrap()),
+        // Deferred before writing: the message edited in place reads as an
+        // update (7), an ephemeral follow-up as a new message (4).
+        6 => {
+            let m = shown(fake, &i, 7).await;
+            let kind = if fake.followup_count(&i) > 0 { 4 } else { 7 };
+            (kind, m)
+        }
+        _ => (kind, r["data"].clone()),
+    }
 }
 
 /// Every body the bot sent to a channel, with its path.
@@ -382,19 +389,21 @@ async fn approve_and_deny_at_once_make_one_decision(backend: Backend) {
             h.fake
                 .submit_modal(&c, &modal_id, &[("reason", "no")], Some(&request))
         );
+        // Both are deferred before they write; the one that lost the race
+        // is told so in an ephemeral follow-up.
         let outcomes = [
-            h.fake.response(&approve).await,
-            h.fake.response(&deny).await,
+            shown(&h.fake, &approve, 7).await,
+            shown(&h.fake, &deny, 7).await,
         ];
-        let decided = outcomes.iter().filter(|r| r["type"] == 7).count();
-        assert_eq!(decided, 1, "round {round}: {outcomes:#?}");
-        let loser = outcomes.iter().find(|r| r["type"] == 4).unwrap();
+        let losers: Vec<_> = outcomes
+            .iter()
+            .filter(|m| text(m).contains("already"))
+            .collect();
+        assert_eq!(losers.len(), 1, "round {round}: {outcomes:#?}");
         assert!(
-            loser["data"]["content"]
-                .as_str()
-                .unwrap()
-                .contains("already"),
-            "{loser:#}"
+            losers[0]["flags"].as_u64().unwrap_or(0) & 64 != 0,
+            "ephemeral: {:#}",
+            losers[0]
         );
     }
     h.close().await;

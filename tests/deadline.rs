@@ -6,15 +6,65 @@ use keygate::domain::ids::GuildId;
 use keygate::store::Backend;
 use serde_json::json;
 use std::time::Duration;
-use support::bot::{Harness, alice, bob, choice, component, generate_key_in_dm, text, token};
-use support::fake_discord::FakeDiscord;
-use support::flows::to_review;
+use support::bot::{Harness, alice, bob, choice, component, shown, text, token};
+use support::fake_discord::{FakeDiscord, Interaction};
+use support::flows::{form_fields, open_wizard, submit_form, to_review};
 
 end_to_end_on_both_stores!(every_interaction_answers_first_when_discord_is_slow,);
 
 const GUILD: GuildId = GuildId(FakeDiscord::GUILD_ID);
 const APPROVALS: u64 = 4_000_000_000_000_002;
 const AUDIT: u64 = 4_000_000_000_000_003;
+
+/// The cause, not the clock: the first REST call the bot sent after `i`
+/// was dispatched is `i`'s callback, of type `kind` (a deferral, 5 or 6, for
+/// a handler that writes; the audit channel's poster runs on its own).
+async fn answered_first(h: &Harness, i: &Interaction, kind: u64) {
+    let r = h.fake.response(i).await;
+    let audit = format!("/channels/{AUDIT}/");
+    // The tail of an earlier interaction (its last edit or follow-up, by
+    // its own token) may still be on its way; it is not this handler's.
+    let earlier = |c: &str| {
+        (c.contains("/webhooks/") || c.contains("/interactions/")) && !c.contains(&i.token)
+    };
+    let calls: Vec<String> = h
+        .fake
+        .calls_after_dispatch(i)
+        .into_iter()
+        .filter(|c| !c.contains(&audit) && !earlier(c))
+        .collect();
+    let callback = format!("POST /interactions/{}/{}/callback", i.id, i.token);
+    assert_eq!(
+        calls.first(),
+        Some(&callback),
+        "calls: {calls:#?}, response: {r:#}"
+    );
+    assert_eq!(r["type"], kind, "response: {r:#}");
+}
+
+/// A request by alice waiting in the approvals channel, Discord fast
+/// meanwhile: returns the waiting message and the request.
+async fn submitted(h: &Harness, name: &str) -> (serde_json::Value, serde_json::Value) {
+    h.fake.set_latency(None);
+    let before = h.fake.channel_messages(APPROVALS).len();
+    let review = to_review(&h.fake, &alice(), name).await;
+    let i = h
+        .fake
+        .press_button(&alice(), &review, &component(&review, "submit"))
+        .await;
+    shown(&h.fake, &i, 7).await;
+    h.fake
+        .wait_until("the request is posted", |f| {
+            f.channel_messages(APPROVALS).len() > before
+                && f.message_of(&i)
+                    .is_some_and(|m| text(&m).contains("discord.com/channels/"))
+        })
+        .await;
+    let waiting = h.fake.message_of(&i).unwrap();
+    let request = h.fake.channel_messages(APPROVALS).pop().unwrap();
+    h.fake.set_latency(Some(Duration::from_millis(1500)));
+    (waiting, request)
+}
 
 /// The fake refuses a callback later than 3 s after its interaction, as
 /// Discord does; at 1.5 s a call, a handler that makes any other REST call
@@ -41,7 +91,7 @@ async fn every_interaction_answers_first_when_discord_is_slow(backend: Backend) 
             ],
         )
         .await;
-    assert_eq!(h.fake.response(&i).await["type"], 5);
+    answered_first(&h, &i, 5).await;
     let saved = h.fake.followups(&i, 1).await.remove(0);
     assert!(text(&saved).contains("Settings saved"), "{saved:#}");
     assert_eq!(
@@ -51,15 +101,45 @@ async fn every_interaction_answers_first_when_discord_is_slow(backend: Backend) 
 
     // The wizard, then Submit, which posts to the approvals channel after
     // its answer.
-    let review = to_review(&h.fake, &alice(), "Slow Spa").await;
+    // Each step of the wizard, Back included: the form (a modal opened by
+    // a command: type 5), then the selects and buttons (type 6).
+    let modal = open_wizard(&h.fake, &alice()).await;
+    let i = submit_form(&h.fake, &alice(), &modal, &form_fields("Slow Spa"), None).await;
+    answered_first(&h, &i, 5).await;
+    let m = shown(&h.fake, &i, 4).await;
+    let steps: [(&str, &[&str]); 7] = [
+        ("usertype", &["guest"]),
+        ("source", &["external_cma"]),
+        ("next", &[]),
+        ("scopes", &["appointments"]),
+        ("next", &[]),
+        ("back", &[]),
+        ("next", &[]),
+    ];
+    let mut m = m;
+    for (action, values) in steps {
+        let id = component(&m, action);
+        let i = if values.is_empty() {
+            h.fake.press_button(&alice(), &m, &id).await
+        } else {
+            h.fake.select(&alice(), &m, &id, values).await
+        };
+        answered_first(&h, &i, 6).await;
+        m = shown(&h.fake, &i, 7).await;
+    }
+    let review = m;
+    assert!(text(&review).contains("Review"), "{review:#}");
     let i = h
         .fake
         .press_button(&alice(), &review, &component(&review, "submit"))
         .await;
-    assert_eq!(h.fake.response(&i).await["type"], 7);
+    answered_first(&h, &i, 6).await;
+    // Its last call, the link's edit, done before the next interaction.
     h.fake
-        .wait_until("the request is posted", |f| {
+        .wait_until("the request is posted and linked", |f| {
             !f.channel_messages(APPROVALS).is_empty()
+                && f.message_of(&i)
+                    .is_some_and(|m| text(&m).contains("discord.com/channels/"))
         })
         .await;
     let request = h.fake.channel_messages(APPROVALS).pop().unwrap();
@@ -69,7 +149,7 @@ async fn every_interaction_answers_first_when_discord_is_slow(backend: Backend) 
         .fake
         .press_button(&bob(), &request, &component(&request, "approve"))
         .await;
-    assert_eq!(h.fake.response(&a).await["type"], 7);
+    answered_first(&h, &a, 6).await;
     let user = alice().id;
     h.fake
         .wait_until("the credentials by DM", |f| {
@@ -84,12 +164,28 @@ async fn every_interaction_answers_first_when_discord_is_slow(backend: Backend) 
         .into_iter()
         .find(|m| text(m).contains("Secret: `kgs_"))
         .unwrap();
-    let (key_dm, key) = generate_key_in_dm(&h.fake, &alice(), &dm).await;
+    let before = h.fake.dm_messages(user).len();
+    let g = h
+        .fake
+        .press_button_in_dm(&alice(), &dm, &component(&dm, "genkey"))
+        .await;
+    answered_first(&h, &g, 6).await;
+    h.fake
+        .wait_until("the key's own DM", |f| {
+            f.dm_messages(user)
+                .get(before)
+                .is_some_and(|m| text(m).contains("API key: `kg_"))
+        })
+        .await;
+    let key_dm = h.fake.dm_messages(user).remove(before);
+    let key = token(&text(&key_dm), "kg_").unwrap();
     let f = h
         .fake
         .press_button_in_dm(&alice(), &key_dm, &component(&key_dm, "finish"))
         .await;
-    assert_eq!(h.fake.response(&f).await["type"], 7);
+    answered_first(&h, &f, 6).await;
+    let finished = shown(&h.fake, &f, 7).await;
+    assert!(text(&finished).contains("removed"), "{finished:#}");
 
     // Rotation: the command, then Confirm.
     let app = token(&text(&dm), "app_").unwrap();
@@ -105,13 +201,13 @@ async fn every_interaction_answers_first_when_discord_is_slow(backend: Backend) 
             ],
         )
         .await;
-    assert_eq!(h.fake.response(&i).await["type"], 5);
+    answered_first(&h, &i, 5).await;
     let confirmation = h.fake.followups(&i, 1).await.remove(0);
     let c = h
         .fake
         .press_button(&bob(), &confirmation, &component(&confirmation, "confirm"))
         .await;
-    assert_eq!(h.fake.response(&c).await["type"], 6);
+    answered_first(&h, &c, 6).await;
     h.fake
         .wait_until("the new key by DM", |f| {
             f.dm_messages(user)
@@ -124,6 +220,84 @@ async fn every_interaction_answers_first_when_discord_is_slow(backend: Backend) 
         keygate::domain::verification::VerifyCode::Valid,
         "the old key is in its grace"
     );
+
+    // Cancel on a draft: type 6, then the draft is gone.
+    h.fake.set_latency(None);
+    let modal = open_wizard(&h.fake, &alice()).await;
+    let i = submit_form(&h.fake, &alice(), &modal, &form_fields("Slow Cancel"), None).await;
+    let step2 = shown(&h.fake, &i, 4).await;
+    h.fake.set_latency(Some(Duration::from_millis(1500)));
+    let c = h
+        .fake
+        .press_button(&alice(), &step2, &component(&step2, "cancel"))
+        .await;
+    answered_first(&h, &c, 6).await;
+    assert!(text(&shown(&h.fake, &c, 7).await).contains("Cancelled"));
+
+    // Deny: the button opens the reason's modal after reads only; the
+    // reason, submitted from the request's message, is deferred (type 6).
+    let (_, request) = submitted(&h, "Slow Deny").await;
+    let d = h
+        .fake
+        .press_button(&bob(), &request, &component(&request, "deny"))
+        .await;
+    answered_first(&h, &d, 9).await;
+    let reason = component(&request, "deny").replace(":deny", ":denyreason");
+    let r = h
+        .fake
+        .submit_modal(&bob(), &reason, &[("reason", "not now")], Some(&request))
+        .await;
+    answered_first(&h, &r, 6).await;
+    let denied = shown(&h.fake, &r, 7).await;
+    assert!(
+        denied["embeds"][0]["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("Denied by")),
+        "{denied:#}"
+    );
+
+    // Withdraw.
+    let (waiting, _) = submitted(&h, "Slow Withdraw").await;
+    let w = h
+        .fake
+        .press_button(&alice(), &waiting, &component(&waiting, "withdraw"))
+        .await;
+    answered_first(&h, &w, 6).await;
+    assert!(text(&shown(&h.fake, &w, 7).await).contains("withdrew"));
+
+    // Reveal: with the requester's DMs closed, approval posts a Reveal
+    // button; pressing it is deferred, and the secret follows privately.
+    let (_, request) = submitted(&h, "Slow Reveal").await;
+    h.fake.close_dms_of(user);
+    let a = h
+        .fake
+        .press_button(&bob(), &request, &component(&request, "approve"))
+        .await;
+    answered_first(&h, &a, 6).await;
+    // The fallback takes more slow calls than a wait allows.
+    h.fake.set_latency(None);
+    h.fake
+        .wait_until("the Reveal button", |f| {
+            f.channel_messages(FakeDiscord::CHANNEL_ID)
+                .iter()
+                .any(|m| text(m).contains("press **Reveal**"))
+        })
+        .await;
+    let reveal = h
+        .fake
+        .channel_messages(FakeDiscord::CHANNEL_ID)
+        .into_iter()
+        .rfind(|m| text(m).contains("press **Reveal**"))
+        .unwrap();
+    h.fake.set_latency(Some(Duration::from_millis(1500)));
+    let v = h
+        .fake
+        .press_button(&alice(), &reveal, &component(&reveal, "reveal"))
+        .await;
+    answered_first(&h, &v, 6).await;
+    let creds = h.fake.followups(&v, 1).await.remove(0);
+    assert!(text(&creds).contains("Secret: `kgs_"), "{creds:#}");
+    assert_eq!(creds["flags"].as_u64().unwrap_or(0) & 64, 64, "{creds:#}");
     h.fake.set_latency(None);
     h.close().await;
 }

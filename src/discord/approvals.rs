@@ -8,7 +8,8 @@ use super::delivery;
 use super::error::{BotError, BotResult, stale};
 use super::render::{code, detail_fields, message_link, scope_labels, source_label, user_text};
 use super::reply::{
-    FIELD_MAX, RestFailure, clip, count_rest_error, count_rest_error_in, no_pings, private,
+    FIELD_MAX, RestFailure, Screen, clip, count_rest_error, count_rest_error_in, defer_component,
+    defer_modal, no_pings,
 };
 use crate::domain::application::{AppStatus, Application};
 use crate::domain::approval::{ApprovalRequest, DENY_REASON_MAX_CHARS, RequestStatus};
@@ -20,8 +21,8 @@ use crate::service::{Actor, ApproveOutcome, ChannelUse, Retry, RetryGate, Servic
 use poise::serenity_prelude as serenity;
 use serenity::{
     ActionRowComponent, ButtonStyle, ComponentInteraction, CreateActionRow, CreateButton,
-    CreateEmbed, CreateInputText, CreateInteractionResponse, CreateInteractionResponseMessage,
-    CreateMessage, CreateModal, EditMessage, Http, InputTextStyle, ModalInteraction,
+    CreateEmbed, CreateInputText, CreateInteractionResponse, CreateMessage, CreateModal,
+    EditInteractionResponse, EditMessage, Http, InputTextStyle, ModalInteraction,
 };
 use std::time::Duration;
 
@@ -65,13 +66,12 @@ impl RequestView {
             .allowed_mentions(no_pings())
     }
 
-    fn update(self) -> CreateInteractionResponse {
-        CreateInteractionResponse::UpdateMessage(
-            CreateInteractionResponseMessage::new()
-                .embed(self.embed)
-                .components(self.buttons)
-                .allowed_mentions(no_pings()),
-        )
+    /// The edit of the message a deferred Approve or Deny was pressed on.
+    fn edit_original(self) -> EditInteractionResponse {
+        EditInteractionResponse::new()
+            .embed(self.embed)
+            .components(self.buttons)
+            .allowed_mentions(no_pings())
     }
 }
 
@@ -475,6 +475,9 @@ pub async fn on_component(
                 is_approver: is_approver(bot, guild, component.member.as_ref()).await?,
                 is_manager: false,
             };
+            // Acknowledged before the approval is written: it and the
+            // delivery after it would not fit in Discord's 3 seconds.
+            defer_component(&ctx.http, component).await?;
             let outcome = bot.service.approve(guild, &id, actor).await?;
             let request = bot
                 .service
@@ -482,9 +485,9 @@ pub async fn on_component(
                 .await?
                 .ok_or(BotError::User("no such request".into()))?;
             component
-                .create_response(
+                .edit_response(
                     &ctx.http,
-                    RequestView::of(&app, &request, &bot.service).update(),
+                    RequestView::of(&app, &request, &bot.service).edit_original(),
                 )
                 .await?;
             if let ApproveOutcome::Approved(app) = outcome {
@@ -522,15 +525,15 @@ pub async fn on_component(
                 .await?;
         }
         Action::Withdraw => {
+            // Acknowledged before the withdrawal is written.
+            defer_component(&ctx.http, component).await?;
             let app = bot
                 .service
                 .withdraw(guild, &id, Actor::member(user))
                 .await?;
             let update =
-                private(format!("↩️ You withdrew {}.", code(&app.details.name))).components(vec![]);
-            component
-                .create_response(&ctx.http, CreateInteractionResponse::UpdateMessage(update))
-                .await?;
+                Screen::new(format!("↩️ You withdrew {}.", code(&app.details.name))).edit();
+            component.edit_response(&ctx.http, update).await?;
             refresh_request_message(&ctx.http, &bot.service, &app).await?;
         }
         Action::Reveal => {
@@ -539,6 +542,9 @@ pub async fn on_component(
                     "only the requester can reveal these credentials".into(),
                 ));
             }
+            // Acknowledged before the secret is issued; the credentials
+            // then go in an ephemeral follow-up.
+            defer_component(&ctx.http, component).await?;
             let creds = bot.service.issue_credentials(guild, &id).await?;
             delivery::reveal(ctx, bot, component, &creds).await?;
         }
@@ -574,6 +580,8 @@ pub async fn on_deny_reason(
         is_approver: is_approver(bot, app.guild_id, modal.member.as_ref()).await?,
         is_manager: false,
     };
+    // Acknowledged before the denial is written.
+    defer_modal(&ctx.http, modal).await?;
     let (app, reason) = bot.service.deny(app.guild_id, &id, actor, &reason).await?;
     let request = bot
         .service
@@ -581,12 +589,12 @@ pub async fn on_deny_reason(
         .await?
         .ok_or(BotError::User("no such request".into()))?;
     // Decided: the view has no buttons left.
-    let response = if modal.message.is_some() {
-        RequestView::of(&app, &request, &bot.service).update()
+    let edit = if modal.message.is_some() {
+        RequestView::of(&app, &request, &bot.service).edit_original()
     } else {
-        CreateInteractionResponse::Message(private("Denied."))
+        Screen::new("Denied.").edit()
     };
-    modal.create_response(&ctx.http, response).await?;
+    modal.edit_response(&ctx.http, edit).await?;
     tell_requester(
         &ctx.http,
         app.owner_id,

@@ -4,7 +4,7 @@ use super::Bot;
 use super::custom_id::{Action, CustomId};
 use super::error::{BotResult, stale};
 use super::render::code;
-use super::reply::{RestFailure, count_rest_error, no_pings, private};
+use super::reply::{RestFailure, Screen, count_rest_error, defer_component, no_pings};
 use crate::domain::application::{AppStatus, Application};
 use crate::domain::credentials::ApplicationId;
 use crate::domain::ids::{ChannelId, MessageId, UserId};
@@ -16,7 +16,7 @@ use crate::service::{
 use chrono::{DateTime, TimeDelta, Utc};
 use poise::serenity_prelude as serenity;
 use serenity::{
-    ButtonStyle, ComponentInteraction, CreateActionRow, CreateButton, CreateInteractionResponse,
+    ButtonStyle, ComponentInteraction, CreateActionRow, CreateButton,
     CreateInteractionResponseFollowup, CreateMessage, EditMessage, Http,
 };
 use std::time::Duration;
@@ -219,14 +219,12 @@ pub async fn deliver(
     let app = &creds.app;
     let name = code(&app.details.name);
     let user = UserId(component.user.id.get());
-    // Answered first: the DM takes several calls.
-    let sending = private(format!(
+    // The Submit was acknowledged before anything was written; the DM
+    // takes several calls, so the member reads where it goes first.
+    let sending = Screen::new(format!(
         "✅ {name} is registered. Its Application ID and Secret are being **sent to your DMs**; generate the API key there."
-    ))
-    .components(vec![]);
-    component
-        .create_response(&ctx.http, CreateInteractionResponse::UpdateMessage(sending))
-        .await?;
+    ));
+    component.edit_response(&ctx.http, sending.edit()).await?;
     match open_dm(&ctx.http, user, format!("Credentials for {name} follow…")).await {
         Ok(sent) => {
             let text = credentials_text(app, creds.secret.expose(), &shown_once(creds.dm_lifetime));
@@ -292,8 +290,8 @@ pub async fn fill_approval_dm(
     .await
 }
 
-/// The Reveal button: the credentials in a reply only the requester sees, and
-/// the public message loses its button.
+/// The Reveal button, once acknowledged (type 6): the credentials in a
+/// follow-up only the requester sees, and the public message loses its button.
 pub async fn reveal(
     ctx: &serenity::Context,
     bot: &Bot,
@@ -301,23 +299,20 @@ pub async fn reveal(
     creds: &IssuedCredentials,
 ) -> BotResult<()> {
     let app = &creds.app;
-    let shown = private(credentials_text(app, creds.secret.expose(), EPHEMERAL_NOTE))
-        .components(buttons(&app.id, true));
-    component
-        .create_response(&ctx.http, CreateInteractionResponse::Message(shown))
-        .await?;
-    bot.service.credential_shown(&creds.secret_id).await?;
-    let done = EditMessage::new()
-        .content(format!(
-            "{} was approved; its credentials were revealed to the requester.",
-            code(&app.details.name)
-        ))
-        .components(vec![])
-        .allowed_mentions(no_pings());
-    component
-        .channel_id
-        .edit_message(&ctx.http, component.message.id, done)
-        .await?;
+    follow_up_privately(
+        &ctx.http,
+        &bot.service,
+        component,
+        credentials_text(app, creds.secret.expose(), EPHEMERAL_NOTE),
+        buttons(&app.id, true),
+        &creds.secret_id,
+    )
+    .await?;
+    let done = Screen::new(format!(
+        "{} was approved; its credentials were revealed to the requester.",
+        code(&app.details.name)
+    ));
+    component.edit_response(&ctx.http, done.edit()).await?;
     Ok(())
 }
 
@@ -334,9 +329,7 @@ pub async fn on_component(
     match cid.action {
         Action::GenerateKey => {
             // Acknowledged first: the key's DM takes several calls.
-            component
-                .create_response(&ctx.http, CreateInteractionResponse::Acknowledge)
-                .await?;
+            defer_component(&ctx.http, component).await?;
             let issued = bot
                 .service
                 .generate_api_key(app.guild_id, &app_id, actor)
@@ -414,14 +407,11 @@ pub async fn on_component(
                 .await?;
         }
         Action::Finish => {
+            // Acknowledged before the redaction is written.
+            defer_component(&ctx.http, component).await?;
             let app = bot.service.finish(app.guild_id, &app_id, actor).await?;
-            let message = serenity::CreateInteractionResponseMessage::new()
-                .content(redacted_text(&app))
-                .components(redacted_buttons(&app))
-                .allowed_mentions(no_pings());
-            component
-                .create_response(&ctx.http, CreateInteractionResponse::UpdateMessage(message))
-                .await?;
+            let message = Screen::new(redacted_text(&app)).components(redacted_buttons(&app));
+            component.edit_response(&ctx.http, message.edit()).await?;
             bot.service
                 .complete_redaction(
                     &app,

@@ -5,8 +5,9 @@ use crate::domain::retry::{ChannelLoss, rate_limit_wait};
 use poise::serenity_prelude as serenity;
 use rand::distr::{Alphanumeric, SampleString};
 use serenity::{
-    Builder, CreateAllowedMentions, CreateInteractionResponse, CreateInteractionResponseFollowup,
-    CreateInteractionResponseMessage, InteractionId,
+    Builder, ComponentInteraction, CreateActionRow, CreateAllowedMentions, CreateEmbed,
+    CreateInteractionResponse, CreateInteractionResponseFollowup, CreateInteractionResponseMessage,
+    EditInteractionResponse, Http, InteractionId, ModalInteraction,
 };
 
 /// Mentions allowed in anything the bot sends: none, so user-typed text such
@@ -21,6 +22,85 @@ pub fn private(content: impl Into<String>) -> CreateInteractionResponseMessage {
         .ephemeral(true)
         .allowed_mentions(no_pings())
         .content(content)
+}
+
+/// What a message shows, built once for both ways of showing it: as the
+/// first answer (a read-only handler) or as the edit after a deferral (a
+/// handler that writes, whose callback must come first).
+pub struct Screen {
+    content: String,
+    embeds: Vec<CreateEmbed>,
+    components: Vec<CreateActionRow>,
+}
+
+impl Screen {
+    pub fn new(content: impl Into<String>) -> Self {
+        Self {
+            content: content.into(),
+            embeds: Vec::new(),
+            components: Vec::new(),
+        }
+    }
+
+    pub fn embed(mut self, embed: CreateEmbed) -> Self {
+        self.embeds.push(embed);
+        self
+    }
+
+    /// The message's rows; none clears the ones it had.
+    pub fn components(mut self, rows: Vec<CreateActionRow>) -> Self {
+        self.components = rows;
+        self
+    }
+
+    /// As an ephemeral first answer, pings off.
+    pub fn message(self) -> CreateInteractionResponseMessage {
+        let message = private(self.content).components(self.components);
+        // Unset embeds are left as they were, as an update always did.
+        if self.embeds.is_empty() {
+            message
+        } else {
+            message.embeds(self.embeds)
+        }
+    }
+
+    /// As the edit of `@original` after a deferral, pings off; a deferred
+    /// message keeps the ephemeral state it was created with.
+    pub fn edit(self) -> EditInteractionResponse {
+        let edit = EditInteractionResponse::new()
+            .content(self.content)
+            .components(self.components)
+            .allowed_mentions(no_pings());
+        if self.embeds.is_empty() {
+            edit
+        } else {
+            edit.embeds(self.embeds)
+        }
+    }
+}
+
+/// Acknowledges a button or select with a deferred update (type 6): the
+/// handler's first REST call, so that its writes and slow calls cannot make
+/// it miss Discord's 3 seconds; it then edits the component's message.
+pub async fn defer_component(
+    http: &Http,
+    component: &ComponentInteraction,
+) -> serenity::Result<()> {
+    component
+        .create_response(http, CreateInteractionResponse::Acknowledge)
+        .await
+}
+
+/// Acknowledges a modal submission first, for the same reason: a deferred
+/// update (type 6) when the modal was opened from a message, which is then
+/// edited in place; else a deferred ephemeral message (type 5), then edited.
+pub async fn defer_modal(http: &Http, modal: &ModalInteraction) -> serenity::Result<()> {
+    let response = if modal.message.is_some() {
+        CreateInteractionResponse::Acknowledge
+    } else {
+        CreateInteractionResponse::Defer(CreateInteractionResponseMessage::new().ephemeral(true))
+    };
+    modal.create_response(http, response).await
 }
 
 /// What a message's content holds.

@@ -5,7 +5,9 @@ use super::access::can_create;
 use super::custom_id::{Action, CustomId, NewDraft};
 use super::error::{BotError, BotResult, stale};
 use super::render::{code, detail_fields, scope_labels, source_label, user_text};
-use super::reply::{FIELD_MAX, MESSAGE_MAX, clip, no_pings, private};
+use super::reply::{
+    FIELD_MAX, MESSAGE_MAX, Screen, clip, defer_component, defer_modal, no_pings, private,
+};
 use super::{approvals, delivery};
 use crate::domain::application::{LoginUserType, SourceApp};
 use crate::domain::catalog::{ApiGroup, ScopeCatalog};
@@ -162,10 +164,7 @@ fn nav(draft_id: &str, forward: Option<(Action, &str)>) -> CreateActionRow {
 }
 
 /// The wizard message for the draft's current step.
-pub fn step_message(
-    saved: &SavedDraft,
-    catalog: &ScopeCatalog,
-) -> CreateInteractionResponseMessage {
+pub fn step_message(saved: &SavedDraft, catalog: &ScopeCatalog) -> Screen {
     let d = &saved.draft;
     let id = saved.id.as_str();
     let name = d
@@ -180,11 +179,13 @@ pub fn step_message(
     match d.step {
         // The modal is the first step; a message for it only appears when the
         // user dismissed the modal and came back.
-        WizardStep::Details => private(format!("{header}: Details**\nOpen the form to continue."))
-            .components(vec![CreateActionRow::Buttons(vec![
-                button(id, Action::Edit, "Open form", ButtonStyle::Primary),
-                button(id, Action::Cancel, "Cancel", ButtonStyle::Danger),
-            ])]),
+        WizardStep::Details => Screen::new(format!(
+            "{header}: Details**\nOpen the form to continue."
+        ))
+        .components(vec![CreateActionRow::Buttons(vec![
+            button(id, Action::Edit, "Open form", ButtonStyle::Primary),
+            button(id, Action::Cancel, "Cancel", ButtonStyle::Danger),
+        ])]),
         WizardStep::Options => {
             let user_types = LoginUserType::ALL
                 .into_iter()
@@ -203,7 +204,7 @@ pub fn step_message(
                         .default_selection(d.source_app == Some(s))
                 })
                 .collect();
-            private(format!(
+            Screen::new(format!(
                 "{header}: Options**\nChoose who signs in to the app and where its traffic comes from."
             ))
             .components(vec![
@@ -241,7 +242,7 @@ pub fn step_message(
                         .description(format!("{} APIs", g.apis.len()))
                 })
                 .collect();
-            private(format!(
+            Screen::new(format!(
                 "{header}: Scope**\nTick the API groups the app may call. Pick a group under *View APIs* to see what it holds."
             ))
             .components(vec![
@@ -280,7 +281,7 @@ pub fn step_message(
                 clip(&scope_labels(&d.scopes, catalog), FIELD_MAX),
                 false,
             );
-            private(format!(
+            Screen::new(format!(
                 "{header}: Review**\nCheck everything, then Submit."
             ))
             .embed(embed)
@@ -314,11 +315,7 @@ pub fn resume_prompt(saved: &SavedDraft) -> CreateInteractionResponseMessage {
 
 /// `edit` and `cancel` are the message's buttons: a stored draft's, or those
 /// of a draft still to be stored.
-fn invalid_form(
-    errors: &ValidationErrors,
-    edit: CustomId,
-    cancel: CustomId,
-) -> CreateInteractionResponseMessage {
+fn invalid_form(errors: &ValidationErrors, edit: CustomId, cancel: CustomId) -> Screen {
     let list: String = errors
         .0
         .iter()
@@ -328,7 +325,7 @@ fn invalid_form(
     let intro = "**The form needs a few fixes:**";
     let outro = "\n\nNothing was saved. Press *Edit form* to correct it; what you typed is kept.";
     let room = MESSAGE_MAX - intro.chars().count() - outro.chars().count();
-    private(format!("{intro}{}{outro}", clip(&list, room))).components(vec![
+    Screen::new(format!("{intro}{}{outro}", clip(&list, room))).components(vec![
         CreateActionRow::Buttons(vec![
             button_for(edit, "Edit form", ButtonStyle::Primary),
             button_for(cancel, "Cancel", ButtonStyle::Danger),
@@ -352,19 +349,6 @@ fn update(message: CreateInteractionResponseMessage) -> CreateInteractionRespons
     CreateInteractionResponse::UpdateMessage(message)
 }
 
-/// Answers a modal submission: in place when the modal was opened from a
-/// wizard message (one evolving message), else as a new ephemeral message.
-fn modal_reply(
-    modal: &ModalInteraction,
-    message: CreateInteractionResponseMessage,
-) -> CreateInteractionResponse {
-    if modal.message.is_some() {
-        CreateInteractionResponse::UpdateMessage(message)
-    } else {
-        CreateInteractionResponse::Message(message)
-    }
-}
-
 /// The Create Application modal of a stored draft was submitted.
 pub async fn on_details(
     ctx: &serenity::Context,
@@ -374,6 +358,10 @@ pub async fn on_details(
 ) -> BotResult<()> {
     let user = UserId(modal.user.id.get());
     let form = form_of(modal);
+    // Acknowledged before the form is written: in place when the modal was
+    // opened from a wizard message (one evolving message), else as a new
+    // ephemeral one.
+    defer_modal(&ctx.http, modal).await?;
     let result = bot
         .service
         .advance_draft(draft_id, user, DraftInput::Details(form.clone()))
@@ -382,8 +370,8 @@ pub async fn on_details(
         CustomId::draft(draft_id, Action::Edit),
         CustomId::draft(draft_id, Action::Cancel),
     );
-    let response = details_response(bot, modal, draft_id, user, form, result, buttons)?;
-    modal.create_response(&ctx.http, response).await?;
+    let screen = details_screen(bot, draft_id, user, form, result, buttons)?;
+    modal.edit_response(&ctx.http, screen.edit()).await?;
     Ok(())
 }
 
@@ -406,6 +394,8 @@ pub async fn on_new_details(
     // checked here too, as `/app create` checked it.
     require_creator(bot, Some(guild), modal.member.as_ref()).await?;
     let form = form_of(modal);
+    // Acknowledged before the draft is stored, as a stored draft's form is.
+    defer_modal(&ctx.http, modal).await?;
     let result = bot
         .service
         .create_draft(
@@ -420,8 +410,8 @@ pub async fn on_new_details(
         CustomId::new_draft(&draft, Action::Edit),
         CustomId::new_draft(&draft, Action::Cancel),
     );
-    let response = details_response(bot, modal, &draft.id, user, form, result, buttons)?;
-    modal.create_response(&ctx.http, response).await?;
+    let screen = details_screen(bot, &draft.id, user, form, result, buttons)?;
+    modal.edit_response(&ctx.http, screen.edit()).await?;
     Ok(())
 }
 
@@ -437,26 +427,22 @@ fn offered_to(cid: &CustomId, user: UserId) -> BotResult<NewDraft> {
 
 /// The answer to a submitted form: the next step, or what to fix (the
 /// typed form kept in memory for the next modal, never written).
-fn details_response(
+fn details_screen(
     bot: &Bot,
-    modal: &ModalInteraction,
     draft_id: &str,
     user: UserId,
     form: AppForm,
     result: ServiceResult<SavedDraft>,
     (edit, cancel): (CustomId, CustomId),
-) -> BotResult<CreateInteractionResponse> {
+) -> BotResult<Screen> {
     match result {
         Ok(saved) => {
             bot.forget_rejected(draft_id);
-            Ok(modal_reply(
-                modal,
-                step_message(&saved, bot.service.catalog()),
-            ))
+            Ok(step_message(&saved, bot.service.catalog()))
         }
         Err(ServiceError::Validation(errors)) => {
             bot.remember_rejected(draft_id, user, form);
-            Ok(modal_reply(modal, invalid_form(&errors, edit, cancel)))
+            Ok(invalid_form(&errors, edit, cancel))
         }
         Err(other) => Err(other.into()),
     }
@@ -488,6 +474,8 @@ pub async fn on_new_draft_component(
             }
         }
         Action::Cancel => {
+            // Acknowledged before anything is deleted.
+            defer_component(&ctx.http, component).await?;
             // Nothing was stored, unless its form was since submitted from
             // another message: then that draft goes, as Cancel does.
             match bot.service.cancel_draft(&draft.id, user).await {
@@ -500,7 +488,10 @@ pub async fn on_new_draft_component(
             } else {
                 "Cancelled: nothing was saved. Run `/app create` to start again."
             };
-            update(private(text).components(vec![]))
+            component
+                .edit_response(&ctx.http, Screen::new(text).edit())
+                .await?;
+            return Ok(());
         }
         _ => return Err(stale()),
     };
@@ -533,7 +524,8 @@ pub async fn on_component(
             if saved.draft.step == WizardStep::Details {
                 CreateInteractionResponse::Modal(modal(id, &saved.draft.form))
             } else {
-                update(step_message(&saved, service.catalog()))
+                // Read only: answered with the step itself.
+                update(step_message(&saved, service.catalog()).message())
             }
         }
         Action::Restart => {
@@ -567,8 +559,12 @@ pub async fn on_component(
                 Action::Next => DraftInput::Next,
                 _ => DraftInput::Back,
             };
+            // Acknowledged before the step is written.
+            defer_component(&ctx.http, component).await?;
             let saved = service.advance_draft(id, user, input).await?;
-            update(step_message(&saved, service.catalog()))
+            let step = step_message(&saved, service.catalog()).edit();
+            component.edit_response(&ctx.http, step).await?;
+            return Ok(());
         }
         Action::ViewApis => {
             // Looking does not change the draft, but only its owner may look.
@@ -581,16 +577,21 @@ pub async fn on_component(
             CreateInteractionResponse::Message(apis_message(group))
         }
         Action::Cancel => {
+            // Acknowledged before the draft is deleted.
+            defer_component(&ctx.http, component).await?;
             service.cancel_draft(id, user).await?;
             bot.forget_rejected(id);
-            update(
-                private("Cancelled: nothing was saved. Run `/app create` to start again.")
-                    .components(vec![]),
-            )
+            let cancelled =
+                Screen::new("Cancelled: nothing was saved. Run `/app create` to start again.");
+            component.edit_response(&ctx.http, cancelled.edit()).await?;
+            return Ok(());
         }
         Action::Submit => {
             // The right to create is judged now, not when the wizard began.
             require_component_creator(bot, component).await?;
+            // Acknowledged before the application is written; the post or
+            // the delivery that follows edits this message.
+            defer_component(&ctx.http, component).await?;
             let origin = ChannelId(component.channel_id.get());
             let submitted = service.submit_draft(id, user, Some(origin)).await?;
             bot.forget_rejected(id);
@@ -623,11 +624,10 @@ async fn on_submitted(
     match (submitted.request, submitted.credentials) {
         (Some(request), _) => {
             let app = submitted.app;
-            // Answered first; the post to the approvals channel follows.
+            // Shown first; the post to the approvals channel follows.
             let (text, rows) = approvals::waiting_message(&app, &request, None);
-            component
-                .create_response(&ctx.http, update(private(text).components(rows.clone())))
-                .await?;
+            let waiting = Screen::new(text).components(rows.clone());
+            component.edit_response(&ctx.http, waiting.edit()).await?;
             let mut gate = bot.service.retry_gate(Job::PostRequest).await?;
             let channel = bot.service.settings(app.guild_id).await?.approvals_channel;
             let edit = |text: String, rows| {

@@ -260,11 +260,39 @@ pub fn token(text: &str, prefix: &str) -> Option<String> {
 }
 
 /// Waits for the response of `i`, checks its type, and returns the message the
-/// user now sees.
+/// user now sees. A handler that writes defers first, so an update (7) may
+/// come as a deferred update (6) and a new message (4) as a deferral (5 or 6):
+/// then what the user sees is the edit of `@original` that follows, or the
+/// ephemeral follow-up an error after the deferral is told in.
 pub async fn shown(fake: &FakeDiscord, i: &super::fake_discord::Interaction, kind: u64) -> Value {
     let r = fake.response(i).await;
-    assert_eq!(r["type"], kind, "response: {r:#}");
+    let got = r["type"].as_u64().unwrap_or(0);
+    let deferred = match kind {
+        7 => got == 6,
+        4 => got == 5 || got == 6,
+        _ => false,
+    };
+    assert!(got == kind || deferred, "wanted {kind}, response: {r:#}");
+    if deferred {
+        let edited = format!("/{}/messages/@original", i.token);
+        fake.wait_until("the deferred interaction's edit or follow-up", |f| {
+            f.followup_count(i) > 0
+                || f.requests()
+                    .iter()
+                    .any(|c| c.method == "PATCH" && c.path.ends_with(&edited))
+        })
+        .await;
+        if fake.followup_count(i) > 0 {
+            return fake.followups(i, 1).await.remove(0);
+        }
+    }
     fake.message_of(i).expect("a message")
+}
+
+/// Whether the interaction's response is a deferral (type 5 or 6): what a
+/// handler that writes answers before it writes.
+pub fn is_deferral(response: &Value) -> bool {
+    response["type"] == 5 || response["type"] == 6
 }
 
 /// A message's text content.

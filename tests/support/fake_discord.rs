@@ -105,6 +105,9 @@ pub struct Recorded {
     pub query: String,
     /// The JSON body; for multipart, the `payload_json` part; `Null` if none.
     pub body: Value,
+    /// When the bot sent it, before any latency: the order the bot made its
+    /// calls in, which the recording order (after the latency) need not be.
+    pub sent_at: std::time::Instant,
 }
 
 /// Handle of one interaction the fake created (and usually dispatched).
@@ -633,15 +636,38 @@ impl FakeDiscord {
             let conn = st.live.as_mut()?;
             conn.seq += 1;
             let frame = dispatch_frame(event, conn.seq, d.clone());
+            // Taken before the send: the bot's answer may be sent (and
+            // stamped) before this closure is done.
+            let at = std::time::Instant::now();
             conn.tx
                 .send(WsMessage::Text(frame.to_string().into()))
                 .ok()?;
             if let Some(inter) = interaction.and_then(|id| st.interactions.get_mut(&id)) {
-                inter.dispatched_at = Some(std::time::Instant::now());
+                inter.dispatched_at = Some(at);
             }
             Some(())
         })
         .await;
+    }
+
+    /// The REST calls the bot sent from the interaction's dispatch on, in the
+    /// order it sent them, as `METHOD path`: with a latency, whether its
+    /// callback came before anything else it did.
+    pub fn calls_after_dispatch(&self, i: &Interaction) -> Vec<String> {
+        let st = self.lock();
+        let Some(dispatched) = st.interactions.get(&i.id).and_then(|x| x.dispatched_at) else {
+            return Vec::new();
+        };
+        let mut calls: Vec<_> = st
+            .requests
+            .iter()
+            .filter(|r| r.sent_at >= dispatched)
+            .collect();
+        calls.sort_by_key(|r| r.sent_at);
+        calls
+            .into_iter()
+            .map(|r| format!("{} {}", r.method, r.path))
+            .collect()
     }
 
     /// Time from the interaction's dispatch to its callback, once both happened: what a
@@ -1975,6 +2001,7 @@ async fn rest_route(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let sent_at = std::time::Instant::now();
     let path = uri.path();
     let path = path.strip_prefix("/api/v10").unwrap_or(path).to_owned();
     let query = uri.query().unwrap_or("").to_owned();
@@ -2002,6 +2029,7 @@ async fn rest_route(
             path: path.clone(),
             query: query.clone(),
             body: json_body.clone(),
+            sent_at,
         });
         if st
             .hangs
