@@ -665,13 +665,22 @@ async fn a_rate_limited_request_post_waits_five_seconds(backend: Backend) {
         1,
     );
     submit(&h, &requester(), "Slow Down").await;
-    let limited = std::time::Instant::now();
     h.fake
         .wait_until("the request is posted", |f| {
             !f.channel_messages(APPROVALS).is_empty()
         })
         .await;
-    let waited = limited.elapsed();
+    // From when the bot sent the refused post to when it sent the next.
+    let path = format!("/channels/{APPROVALS}/messages");
+    let sent: Vec<_> = h
+        .fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.path == path)
+        .map(|r| r.sent_at)
+        .collect();
+    assert_eq!(sent.len(), 2, "the refused post and the one after");
+    let waited = sent[1].duration_since(sent[0]);
     assert!(
         waited >= std::time::Duration::from_millis(4800),
         "posted again {waited:?} after a 429"

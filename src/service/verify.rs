@@ -223,9 +223,17 @@ where
         let value = load().await?;
         // Indexed before the generation is read: an invalidation either
         // finds the key in the index or has moved the generation by then.
+        // A read outrun by a newer slot for the same key (it was discarded
+        // while out) must not take the key's entry from that slot: ids grow,
+        // so the newest slot's stays, and the old one's settling leaves it.
         if let Some(o) = (self.owner)(&value) {
             let mut index = self.index.lock().unwrap_or_else(PoisonError::into_inner);
-            index.entry(o).or_default().insert(key.clone(), slot.id);
+            index
+                .entry(o)
+                .or_default()
+                .entry(key.clone())
+                .and_modify(|id| *id = (*id).max(slot.id))
+                .or_insert(slot.id);
         }
         let kept = slot.born == self.generation.load(Ordering::SeqCst);
         Ok(Filled { value, kept })
@@ -640,6 +648,37 @@ mod tests {
             .iter()
             .filter(|a| a.as_ref().is_ok_and(|(_, hit)| !hit));
         assert_eq!(misses.count(), 1, "only the reader counts a miss");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_outrun_by_a_newer_one_leaves_it_indexed() {
+        let (cache, reads, gate) = (slots::<&str>(), Arc::new(AtomicUsize::new(0)), gate());
+        // Read A of "k" is out when another owner's invalidation comes.
+        let slow = {
+            let (cache, load) = (cache.clone(), read(&reads, Some(gate.clone()), Ok(7)));
+            tokio::spawn(async move { cache.get_or_load("k", load).await })
+        };
+        until("read A", || reads.load(Ordering::SeqCst) == 1).await;
+        cache.invalidate_owner(&99);
+        // Read B of "k" cannot join A, so it reads, and is cached and indexed.
+        assert_eq!(
+            cache.get_or_load("k", read(&reads, None, Ok(7))).await,
+            Ok((7, false))
+        );
+        // A finishes after B: it is not kept, and must not unindex B.
+        gate.notify_one();
+        assert_eq!(slow.await.unwrap(), Ok((7, false)));
+        assert_eq!(
+            cache.get_or_load("k", read(&reads, None, Ok(7))).await,
+            Ok((7, true)),
+            "B is cached"
+        );
+        cache.invalidate_owner(&7);
+        assert_eq!(
+            cache.get_or_load("k", read(&reads, None, Ok(7))).await,
+            Ok((7, false)),
+            "invalidating its owner reaches B"
+        );
     }
 
     #[tokio::test]
