@@ -67,15 +67,13 @@ impl Screen {
     /// As the edit of `@original` after a deferral, pings off; a deferred
     /// message keeps the ephemeral state it was created with.
     pub fn edit(self) -> EditInteractionResponse {
-        let edit = EditInteractionResponse::new()
+        // A screen is the whole message: no embeds clears the last screen's
+        // (Back from the review must not keep the review's embed).
+        EditInteractionResponse::new()
             .content(self.content)
             .components(self.components)
-            .allowed_mentions(no_pings());
-        if self.embeds.is_empty() {
-            edit
-        } else {
-            edit.embeds(self.embeds)
-        }
+            .embeds(self.embeds)
+            .allowed_mentions(no_pings())
     }
 }
 
