@@ -34,6 +34,8 @@ end_to_end_on_both_stores!(
     a_redaction_of_a_deleted_dm_is_done,
     a_rate_limited_request_post_waits_five_seconds,
     a_deleted_wizard_channel_also_asks_for_open_dms,
+    setup_refuses_a_channel_the_bot_cannot_see,
+    a_rate_limited_redaction_holds_its_queue_five_seconds,
 );
 
 fn requester() -> TestUser {
@@ -193,6 +195,22 @@ async fn a_refused_approvals_channel_is_probed_not_hammered_and_resumes_on_setup
         1,
         "posted once, no duplicate"
     );
+    // A retry of a post whose id was not recorded shows once: it carries a nonce.
+    let path = format!("/channels/{NEW_APPROVALS}/messages");
+    let post = h
+        .fake
+        .requests()
+        .into_iter()
+        .find(|r| r.method == "POST" && r.path == path)
+        .unwrap();
+    assert!(
+        post.body["nonce"]
+            .as_str()
+            .is_some_and(|n| n.starts_with('q') && n.len() <= 25),
+        "{:#}",
+        post.body
+    );
+    assert_eq!(post.body["enforce_nonce"], true);
     h.close().await;
 }
 
@@ -684,6 +702,79 @@ async fn a_rate_limited_request_post_waits_five_seconds(backend: Backend) {
     assert!(
         waited >= std::time::Duration::from_millis(4800),
         "posted again {waited:?} after a 429"
+    );
+    h.close().await;
+}
+
+async fn setup_refuses_a_channel_the_bot_cannot_see(backend: Backend) {
+    let h = guild(backend).await;
+    // Discord answers 403 50001 for a channel hidden from the bot.
+    h.fake.fail(
+        "GET",
+        &format!("/channels/{NEW_APPROVALS}"),
+        403,
+        json!({"code": 50001, "message": "Missing Access"}),
+        usize::MAX,
+    );
+    let i = h
+        .fake
+        .slash_command(
+            &alice(),
+            "keygate",
+            Some("setup"),
+            vec![("approvals_channel", json!(NEW_APPROVALS.to_string()))],
+        )
+        .await;
+    let refused = text(&h.fake.followups(&i, 1).await.remove(0));
+    assert!(refused.contains("cannot post"), "{refused}");
+    assert_eq!(
+        h.service.settings(GUILD).await.unwrap().approvals_channel,
+        Some(ChannelId(APPROVALS)),
+        "nothing changed"
+    );
+    h.close().await;
+}
+
+async fn a_rate_limited_redaction_holds_its_queue_five_seconds(backend: Backend) {
+    let h = guild(backend).await;
+    no_approvals(&h).await;
+    let rita = requester();
+    let review = to_review(&h.fake, &rita, "Rate Limited DM").await;
+    let (dm, _, _) = submit_and_get_dm(&h, &rita, &review).await;
+    let message = dm["id"].as_str().unwrap().to_owned();
+    let edits = patches_of(&h.fake, &message);
+    h.fake.fail(
+        "PATCH",
+        &format!("/messages/{message}"),
+        429,
+        json!({"message": "You are being rate limited.", "retry_after": 0.01, "global": false}),
+        1,
+    );
+    h.db.clock.advance(TimeDelta::minutes(16));
+    h.fake
+        .wait_until("the redaction is tried", |f| {
+            patches_of(f, &message) > edits
+        })
+        .await;
+    retry_recorded(&h, Job::Redact).await;
+    // The item is due again on the clock: only the queue's hold waits.
+    h.db.clock.advance(TimeDelta::minutes(1));
+    h.fake
+        .wait_until("the redaction is tried again", |f| {
+            patches_of(f, &message) > edits + 1
+        })
+        .await;
+    let sent: Vec<_> = h
+        .fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PATCH" && r.path.ends_with(&format!("/messages/{message}")))
+        .map(|r| r.sent_at)
+        .collect();
+    let waited = sent[edits + 1].duration_since(sent[edits]);
+    assert!(
+        waited >= std::time::Duration::from_millis(4900),
+        "the redaction queue waited only {waited:?} after a 429"
     );
     h.close().await;
 }

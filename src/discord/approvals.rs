@@ -337,7 +337,12 @@ async fn deliver_once(
                     service
                         .job_failed(gate, Job::Deliver, item, Retry::AtLeast(grace))
                         .await?;
-                    sent.delete(http).await?;
+                    // Its wait is set: a note that cannot be deleted must not
+                    // replace it with a shorter one.
+                    if let Err(e) = sent.delete(http).await {
+                        count_rest_error(&e);
+                        tracing::warn!(app = %app.id, error = %e, "could not delete a spare delivery note");
+                    }
                     return Ok(None);
                 }
                 // Revoked between the check above and now.
