@@ -292,7 +292,9 @@ async fn rotate_now(
     guild: Option<GuildId>,
     key: &str,
 ) -> BotResult<()> {
-    // Acknowledged first (a new message only the member sees), then read.
+    // Acknowledged first, then read. A deferred message (type 5), not a
+    // deferred update: the confirmation is a new message, and the warning
+    // it answers must stay as it was, Rotate now and all.
     component
         .create_response(
             &ctx.http,
