@@ -298,6 +298,29 @@ async fn every_interaction_answers_first_when_discord_is_slow(backend: Backend) 
     let creds = h.fake.followups(&v, 1).await.remove(0);
     assert!(text(&creds).contains("Secret: `kgs_"), "{creds:#}");
     assert_eq!(creds["flags"].as_u64().unwrap_or(0) & 64, 64, "{creds:#}");
+
+    // Revoke: the command answers with the name's modal (type 9); the name,
+    // submitted from no message, is deferred (type 5) before any write.
+    let r = h
+        .fake
+        .slash_command(&bob(), "app", Some("revoke"), vec![("app", json!(app))])
+        .await;
+    answered_first(&h, &r, 9).await;
+    let modal = h.fake.response(&r).await["data"]["custom_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let n = h
+        .fake
+        .submit_modal(&bob(), &modal, &[("name", "Slow Spa")], None)
+        .await;
+    answered_first(&h, &n, 5).await;
+    h.fake
+        .wait_until("the revocation is confirmed", |f| {
+            f.message_of(&n)
+                .is_some_and(|m| text(&m).contains("is revoked"))
+        })
+        .await;
     h.fake.set_latency(None);
     h.close().await;
 }
