@@ -10,7 +10,10 @@ use support::bot::{Harness, alice, bob, choice, component, shown, text, token};
 use support::fake_discord::{FakeDiscord, Interaction};
 use support::flows::{form_fields, open_wizard, submit_form, to_review};
 
-end_to_end_on_both_stores!(every_interaction_answers_first_when_discord_is_slow,);
+end_to_end_on_both_stores!(
+    every_interaction_answers_first_when_discord_is_slow,
+    the_wizard_forms_answer_first_when_discord_is_slow,
+);
 
 const GUILD: GuildId = GuildId(FakeDiscord::GUILD_ID);
 const APPROVALS: u64 = 4_000_000_000_000_002;
@@ -322,5 +325,104 @@ async fn every_interaction_answers_first_when_discord_is_slow(backend: Backend) 
         })
         .await;
     h.fake.set_latency(None);
+    h.close().await;
+}
+
+/// The wizard's other forms: Cancel on a refused form of a draft never
+/// stored, Back and Edit form on a stored draft, and Start over, each with
+/// its form.
+async fn the_wizard_forms_answer_first_when_discord_is_slow(backend: Backend) {
+    let h = Harness::start_with(backend, false).await;
+    let slow = || h.fake.set_latency(Some(Duration::from_millis(1500)));
+    let fast = || h.fake.set_latency(None);
+
+    // A refused form, nothing stored yet: its Cancel is deferred (type 6).
+    let modal = open_wizard(&h.fake, &alice()).await;
+    let mut bad = form_fields("Slow Refused");
+    bad[1].1 = "javascript:alert(1)".to_owned();
+    let i = submit_form(&h.fake, &alice(), &modal, &bad, None).await;
+    let refused = shown(&h.fake, &i, 4).await;
+    assert!(text(&refused).contains("needs a few fixes"), "{refused:#}");
+    slow();
+    let c = h
+        .fake
+        .press_button(&alice(), &refused, &component(&refused, "cancel"))
+        .await;
+    answered_first(&h, &c, 6).await;
+    shown(&h.fake, &c, 7).await;
+
+    // Edit form on a stored draft: the form (type 9), then its submission
+    // from the step's message, deferred (type 6).
+    fast();
+    let modal = open_wizard(&h.fake, &alice()).await;
+    let i = submit_form(&h.fake, &alice(), &modal, &form_fields("Slow Edit"), None).await;
+    let step2 = shown(&h.fake, &i, 4).await;
+    // Back from step 2 reopens the stored draft's form.
+    slow();
+    let e = h
+        .fake
+        .press_button(&alice(), &step2, &component(&step2, "back"))
+        .await;
+    answered_first(&h, &e, 9).await;
+    let form = h.fake.response(&e).await["data"]["custom_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Refused first: the stored draft's own Edit form, then the fixed form.
+    let s = submit_form(&h.fake, &alice(), &form, &bad, Some(&step2)).await;
+    answered_first(&h, &s, 6).await;
+    let refused = shown(&h.fake, &s, 7).await;
+    assert!(text(&refused).contains("needs a few fixes"), "{refused:#}");
+    let e = h
+        .fake
+        .press_button(&alice(), &refused, &component(&refused, "edit"))
+        .await;
+    answered_first(&h, &e, 9).await;
+    let form = h.fake.response(&e).await["data"]["custom_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let s = submit_form(
+        &h.fake,
+        &alice(),
+        &form,
+        &form_fields("Slow Edited"),
+        Some(&refused),
+    )
+    .await;
+    answered_first(&h, &s, 6).await;
+    let edited = shown(&h.fake, &s, 7).await;
+    assert!(text(&edited).contains("Step 2 of 4"), "{edited:#}");
+
+    // Start over: the form (type 9), then its submission from the prompt,
+    // deferred (type 6).
+    fast();
+    let i = h
+        .fake
+        .slash_command(&alice(), "app", Some("create"), vec![])
+        .await;
+    let prompt = shown(&h.fake, &i, 4).await;
+    slow();
+    let r = h
+        .fake
+        .press_button(&alice(), &prompt, &component(&prompt, "restart"))
+        .await;
+    answered_first(&h, &r, 9).await;
+    let form = h.fake.response(&r).await["data"]["custom_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let s = submit_form(
+        &h.fake,
+        &alice(),
+        &form,
+        &form_fields("Slow Restart"),
+        Some(&prompt),
+    )
+    .await;
+    answered_first(&h, &s, 6).await;
+    let fresh = shown(&h.fake, &s, 7).await;
+    assert!(text(&fresh).contains("Step 2 of 4"), "{fresh:#}");
+    fast();
     h.close().await;
 }
