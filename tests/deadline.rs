@@ -13,6 +13,7 @@ use support::flows::{form_fields, open_wizard, submit_form, to_review};
 end_to_end_on_both_stores!(
     every_interaction_answers_first_when_discord_is_slow,
     the_wizard_forms_answer_first_when_discord_is_slow,
+    issue_again_and_rotate_now_answer_first_when_discord_is_slow,
 );
 
 const GUILD: GuildId = GuildId(FakeDiscord::GUILD_ID);
@@ -424,5 +425,90 @@ async fn the_wizard_forms_answer_first_when_discord_is_slow(backend: Backend) {
     let fresh = shown(&h.fake, &s, 7).await;
     assert!(text(&fresh).contains("Step 2 of 4"), "{fresh:#}");
     fast();
+    h.close().await;
+}
+
+/// `/app show`'s Issue again (type 6), then the expiry warning's Rotate now
+/// in a DM (type 5).
+async fn issue_again_and_rotate_now_answer_first_when_discord_is_slow(backend: Backend) {
+    let h = Harness::start_with(backend, true).await;
+    h.fake.add_member(&alice());
+    let user = alice().id;
+    // Issued through the service and never shown, as after a lost DM.
+    let app = support::submit(&h.service, support::ALICE, "Slow Lost")
+        .await
+        .app
+        .id;
+    h.service
+        .generate_api_key(GUILD, &app, keygate::service::Actor::member(support::ALICE))
+        .await
+        .unwrap();
+    h.db.clock.advance(chrono::TimeDelta::seconds(2));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let i = h
+        .fake
+        .slash_command(
+            &alice(),
+            "app",
+            Some("show"),
+            vec![("app", json!(app.as_str()))],
+        )
+        .await;
+    h.fake.response(&i).await;
+    let show = h.fake.message_of(&i).unwrap();
+    let again = show["components"][0]["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["label"] == "Issue API key again")
+        .map(|b| b["custom_id"].as_str().unwrap().to_owned())
+        .expect("an Issue again button for the owner");
+    h.fake.set_latency(Some(Duration::from_millis(1500)));
+    let p = h.fake.press_button(&alice(), &show, &again).await;
+    answered_first(&h, &p, 6).await;
+    h.fake
+        .wait_until("the new key by DM", |f| {
+            f.dm_messages(user)
+                .iter()
+                .any(|m| text(m).contains("API key: `kg_"))
+        })
+        .await;
+
+    // The warning, sent fast; its Rotate now, slow.
+    h.fake.set_latency(None);
+    let key = {
+        let mut tx = h.db.store.read().await.unwrap();
+        let k = tx
+            .current_credential(&app, keygate::domain::lifecycle::CredentialKind::Key)
+            .await
+            .unwrap();
+        tx.rollback().await.unwrap();
+        k.unwrap()
+    };
+    let expires = key.expires_at.unwrap();
+    h.db.clock
+        .set(expires - chrono::TimeDelta::days(30) + chrono::TimeDelta::minutes(1));
+    let warned = |f: &FakeDiscord| {
+        f.dm_messages(user)
+            .into_iter()
+            .find(|m| m.to_string().contains(":rotatenow"))
+    };
+    h.fake
+        .wait_until("the 30-day warning", |f| warned(f).is_some())
+        .await;
+    let warning = warned(&h.fake).unwrap();
+    h.fake.set_latency(Some(Duration::from_millis(1500)));
+    let r = h
+        .fake
+        .press_button_in_dm(&alice(), &warning, &component(&warning, "rotatenow"))
+        .await;
+    answered_first(&h, &r, 5).await;
+    h.fake
+        .wait_until("the rotation confirmation", |f| {
+            f.message_of(&r)
+                .is_some_and(|m| text(&m).contains("Rotate the **API key**"))
+        })
+        .await;
+    h.fake.set_latency(None);
     h.close().await;
 }
