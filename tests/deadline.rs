@@ -10,7 +10,11 @@ use support::bot::{Harness, alice, bob, choice, component, shown, text, token};
 use support::fake_discord::{FakeDiscord, Interaction};
 use support::flows::{form_fields, open_wizard, submit_form, to_review};
 
-end_to_end_on_both_stores!(every_interaction_answers_first_when_discord_is_slow,);
+end_to_end_on_both_stores!(
+    every_interaction_answers_first_when_discord_is_slow,
+    the_wizard_forms_answer_first_when_discord_is_slow,
+    issue_again_and_rotate_now_answer_first_when_discord_is_slow,
+);
 
 const GUILD: GuildId = GuildId(FakeDiscord::GUILD_ID);
 const APPROVALS: u64 = 4_000_000_000_000_002;
@@ -298,6 +302,213 @@ async fn every_interaction_answers_first_when_discord_is_slow(backend: Backend) 
     let creds = h.fake.followups(&v, 1).await.remove(0);
     assert!(text(&creds).contains("Secret: `kgs_"), "{creds:#}");
     assert_eq!(creds["flags"].as_u64().unwrap_or(0) & 64, 64, "{creds:#}");
+
+    // Revoke: the command answers with the name's modal (type 9); the name,
+    // submitted from no message, is deferred (type 5) before any write.
+    let r = h
+        .fake
+        .slash_command(&bob(), "app", Some("revoke"), vec![("app", json!(app))])
+        .await;
+    answered_first(&h, &r, 9).await;
+    let modal = h.fake.response(&r).await["data"]["custom_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let n = h
+        .fake
+        .submit_modal(&bob(), &modal, &[("name", "Slow Spa")], None)
+        .await;
+    answered_first(&h, &n, 5).await;
+    h.fake
+        .wait_until("the revocation is confirmed", |f| {
+            f.message_of(&n)
+                .is_some_and(|m| text(&m).contains("is revoked"))
+        })
+        .await;
+    h.fake.set_latency(None);
+    h.close().await;
+}
+
+/// The wizard's other forms: Cancel on a refused form of a draft never
+/// stored, Back and Edit form on a stored draft, and Start over, each with
+/// its form.
+async fn the_wizard_forms_answer_first_when_discord_is_slow(backend: Backend) {
+    let h = Harness::start_with(backend, false).await;
+    let slow = || h.fake.set_latency(Some(Duration::from_millis(1500)));
+    let fast = || h.fake.set_latency(None);
+
+    // A refused form, nothing stored yet: its Cancel is deferred (type 6).
+    let modal = open_wizard(&h.fake, &alice()).await;
+    let mut bad = form_fields("Slow Refused");
+    bad[1].1 = "javascript:alert(1)".to_owned();
+    let i = submit_form(&h.fake, &alice(), &modal, &bad, None).await;
+    let refused = shown(&h.fake, &i, 4).await;
+    assert!(text(&refused).contains("needs a few fixes"), "{refused:#}");
+    slow();
+    let c = h
+        .fake
+        .press_button(&alice(), &refused, &component(&refused, "cancel"))
+        .await;
+    answered_first(&h, &c, 6).await;
+    shown(&h.fake, &c, 7).await;
+
+    // Edit form on a stored draft: the form (type 9), then its submission
+    // from the step's message, deferred (type 6).
+    fast();
+    let modal = open_wizard(&h.fake, &alice()).await;
+    let i = submit_form(&h.fake, &alice(), &modal, &form_fields("Slow Edit"), None).await;
+    let step2 = shown(&h.fake, &i, 4).await;
+    // Back from step 2 reopens the stored draft's form.
+    slow();
+    let e = h
+        .fake
+        .press_button(&alice(), &step2, &component(&step2, "back"))
+        .await;
+    answered_first(&h, &e, 9).await;
+    let form = h.fake.response(&e).await["data"]["custom_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Refused first: the stored draft's own Edit form, then the fixed form.
+    let s = submit_form(&h.fake, &alice(), &form, &bad, Some(&step2)).await;
+    answered_first(&h, &s, 6).await;
+    let refused = shown(&h.fake, &s, 7).await;
+    assert!(text(&refused).contains("needs a few fixes"), "{refused:#}");
+    let e = h
+        .fake
+        .press_button(&alice(), &refused, &component(&refused, "edit"))
+        .await;
+    answered_first(&h, &e, 9).await;
+    let form = h.fake.response(&e).await["data"]["custom_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let s = submit_form(
+        &h.fake,
+        &alice(),
+        &form,
+        &form_fields("Slow Edited"),
+        Some(&refused),
+    )
+    .await;
+    answered_first(&h, &s, 6).await;
+    let edited = shown(&h.fake, &s, 7).await;
+    assert!(text(&edited).contains("Step 2 of 4"), "{edited:#}");
+
+    // Start over: the form (type 9), then its submission from the prompt,
+    // deferred (type 6).
+    fast();
+    let i = h
+        .fake
+        .slash_command(&alice(), "app", Some("create"), vec![])
+        .await;
+    let prompt = shown(&h.fake, &i, 4).await;
+    slow();
+    let r = h
+        .fake
+        .press_button(&alice(), &prompt, &component(&prompt, "restart"))
+        .await;
+    answered_first(&h, &r, 9).await;
+    let form = h.fake.response(&r).await["data"]["custom_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let s = submit_form(
+        &h.fake,
+        &alice(),
+        &form,
+        &form_fields("Slow Restart"),
+        Some(&prompt),
+    )
+    .await;
+    answered_first(&h, &s, 6).await;
+    let fresh = shown(&h.fake, &s, 7).await;
+    assert!(text(&fresh).contains("Step 2 of 4"), "{fresh:#}");
+    fast();
+    h.close().await;
+}
+
+/// `/app show`'s Issue again (type 6), then the expiry warning's Rotate now
+/// in a DM (type 5).
+async fn issue_again_and_rotate_now_answer_first_when_discord_is_slow(backend: Backend) {
+    let h = Harness::start_with(backend, true).await;
+    h.fake.add_member(&alice());
+    let user = alice().id;
+    // Issued through the service and never shown, as after a lost DM.
+    let app = support::submit(&h.service, support::ALICE, "Slow Lost")
+        .await
+        .app
+        .id;
+    h.service
+        .generate_api_key(GUILD, &app, keygate::service::Actor::member(support::ALICE))
+        .await
+        .unwrap();
+    h.db.clock.advance(chrono::TimeDelta::seconds(2));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let i = h
+        .fake
+        .slash_command(
+            &alice(),
+            "app",
+            Some("show"),
+            vec![("app", json!(app.as_str()))],
+        )
+        .await;
+    h.fake.response(&i).await;
+    let show = h.fake.message_of(&i).unwrap();
+    let again = show["components"][0]["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["label"] == "Issue API key again")
+        .map(|b| b["custom_id"].as_str().unwrap().to_owned())
+        .expect("an Issue again button for the owner");
+    h.fake.set_latency(Some(Duration::from_millis(1500)));
+    let p = h.fake.press_button(&alice(), &show, &again).await;
+    answered_first(&h, &p, 6).await;
+    h.fake
+        .wait_until("the new key by DM", |f| {
+            f.dm_messages(user)
+                .iter()
+                .any(|m| text(m).contains("API key: `kg_"))
+        })
+        .await;
+
+    // The warning, sent fast; its Rotate now, slow.
+    h.fake.set_latency(None);
+    let key = {
+        let mut tx = h.db.store.read().await.unwrap();
+        let k = tx
+            .current_credential(&app, keygate::domain::lifecycle::CredentialKind::Key)
+            .await
+            .unwrap();
+        tx.rollback().await.unwrap();
+        k.unwrap()
+    };
+    let expires = key.expires_at.unwrap();
+    h.db.clock
+        .set(expires - chrono::TimeDelta::days(30) + chrono::TimeDelta::minutes(1));
+    let warned = |f: &FakeDiscord| {
+        f.dm_messages(user)
+            .into_iter()
+            .find(|m| m.to_string().contains(":rotatenow"))
+    };
+    h.fake
+        .wait_until("the 30-day warning", |f| warned(f).is_some())
+        .await;
+    let warning = warned(&h.fake).unwrap();
+    h.fake.set_latency(Some(Duration::from_millis(1500)));
+    let r = h
+        .fake
+        .press_button_in_dm(&alice(), &warning, &component(&warning, "rotatenow"))
+        .await;
+    answered_first(&h, &r, 5).await;
+    h.fake
+        .wait_until("the rotation confirmation", |f| {
+            f.message_of(&r)
+                .is_some_and(|m| text(&m).contains("Rotate the **API key**"))
+        })
+        .await;
     h.fake.set_latency(None);
     h.close().await;
 }
