@@ -270,15 +270,12 @@ async fn deliver_after_approval(
         Err(e) => e,
     };
     count_rest_error_in(&e);
-    let (retry, wait) = match RestFailure::in_chain(&e) {
-        RestFailure::RateLimited(wait) => (Retry::AtLeast(wait), Some(wait)),
-        _ => (Retry::Backoff, None),
-    };
+    let failure = RestFailure::in_chain(&e);
     let next = service
-        .job_failed(gate, Job::Deliver, app.id.as_str(), retry)
+        .job_failed(gate, Job::Deliver, app.id.as_str(), failure.retry())
         .await?;
     tracing::warn!(app = %app.id, error = format!("{e:#}"), retry_at = %next, "could not deliver approved credentials");
-    Ok(wait)
+    Ok(failure.hold())
 }
 
 async fn deliver_once(
@@ -757,17 +754,14 @@ async fn remind(http: &Http, service: &Service) -> Pass {
                     )
                     .await?;
             }
-            RestFailure::RateLimited(wait) => {
-                service
-                    .job_failed(&gate, Job::Remind, item, Retry::AtLeast(wait))
-                    .await?;
-                return Ok(Some(wait));
-            }
-            _ => {
+            failure => {
                 let next = service
-                    .job_failed(&gate, Job::Remind, item, Retry::Backoff)
+                    .job_failed(&gate, Job::Remind, item, failure.retry())
                     .await?;
                 tracing::warn!(app = %app.id, error = %e, retry_at = %next, "could not post a reminder");
+                if let Some(wait) = failure.hold() {
+                    return Ok(Some(wait));
+                }
             }
         }
     }
@@ -795,18 +789,12 @@ pub async fn request_post_failed(
             tell_held(http, service, gate, app, loss).await?;
             Ok(None)
         }
-        (RestFailure::RateLimited(wait), _) => {
-            service
-                .job_failed(gate, Job::PostRequest, item, Retry::AtLeast(wait))
-                .await?;
-            Ok(Some(wait))
-        }
-        _ => {
+        (failure, _) => {
             let next = service
-                .job_failed(gate, Job::PostRequest, item, Retry::Backoff)
+                .job_failed(gate, Job::PostRequest, item, failure.retry())
                 .await?;
             tracing::warn!(app = %app.id, error = format!("{e:#}"), retry_at = %next, "could not post a request");
-            Ok(None)
+            Ok(failure.hold())
         }
     }
 }

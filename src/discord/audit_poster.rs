@@ -109,8 +109,7 @@ pub async fn post_due(http: &Http, service: &Service) -> Pass {
                 tracing::error!(guild = %guild, channel = %channel, code = loss.code(), "Discord refuses keygate in the audit channel; audit events wait for it");
                 (Retry::Probe, None)
             }
-            RestFailure::RateLimited(wait) => (Retry::AtLeast(wait), Some(wait)),
-            _ => (Retry::Backoff, None),
+            failure => (failure.retry(), failure.hold()),
         };
         let next = service
             .audit_post_failed(post.event.id, post.attempts, retry)

@@ -10,9 +10,7 @@ use crate::domain::credentials::ApplicationId;
 use crate::domain::ids::{ChannelId, MessageId, UserId};
 use crate::domain::retry::Job;
 use crate::runtime::Pass;
-use crate::service::{
-    Actor, IssuedCredentials, NewCredential, Retry, Rotated, Service, grace_text,
-};
+use crate::service::{Actor, IssuedCredentials, NewCredential, Rotated, Service, grace_text};
 use chrono::{DateTime, TimeDelta, Utc};
 use poise::serenity_prelude as serenity;
 use serenity::{
@@ -457,13 +455,11 @@ pub async fn redact_due(http: &Http, service: &Service) -> Pass {
                 RestFailure::UnknownMessage => {}
                 failure => {
                     count_rest_error(&e);
-                    let retry = match failure {
-                        RestFailure::RateLimited(wait) => Retry::AtLeast(wait),
-                        _ => Retry::Backoff,
-                    };
-                    let next = service.job_failed(&gate, Job::Redact, &item, retry).await?;
+                    let next = service
+                        .job_failed(&gate, Job::Redact, &item, failure.retry())
+                        .await?;
                     tracing::warn!(app = %app.id, error = %e, retry_at = %next, "could not redact a DM");
-                    if let RestFailure::RateLimited(wait) = failure {
+                    if let Some(wait) = failure.hold() {
                         return Ok(Some(wait));
                     }
                     continue;

@@ -2,6 +2,7 @@
 
 use super::error::BotError;
 use crate::domain::retry::{ChannelLoss, rate_limit_wait};
+use crate::service::Retry;
 use poise::serenity_prelude as serenity;
 use rand::distr::{Alphanumeric, SampleString};
 use serenity::{
@@ -154,6 +155,23 @@ impl RestFailure {
             50007 => Self::DmsClosed,
             10008 => Self::UnknownMessage,
             code => ChannelLoss::from_code(code).map_or(Self::Other, Self::Channel),
+        }
+    }
+
+    /// How the item that failed so is tried again: no sooner than a 429's
+    /// wait, and after its backoff either way.
+    pub fn retry(self) -> Retry {
+        match self {
+            Self::RateLimited(wait) => Retry::AtLeast(wait),
+            _ => Retry::Backoff,
+        }
+    }
+
+    /// How long the item's whole queue waits: a 429's wait, else not at all.
+    pub fn hold(self) -> Option<std::time::Duration> {
+        match self {
+            Self::RateLimited(wait) => Some(wait),
+            _ => None,
         }
     }
 
