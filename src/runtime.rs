@@ -1,5 +1,6 @@
 //! Background workers and process shutdown, shared by the bot and the HTTP server.
 
+use crate::service::{Claim, Service};
 use std::sync::LazyLock;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -8,6 +9,16 @@ use tokio::task::JoinHandle;
 /// What a pass asks of the next: `Some(wait)` when Discord rate-limited it,
 /// so the whole queue waits that long instead of one tick.
 pub type Pass = anyhow::Result<Option<Duration>>;
+
+/// One item's work under its claim ([`Service::claimed`]): nothing when
+/// another process holds the item, the work's own outcome otherwise.
+pub async fn claimed(
+    service: &Service,
+    claim: Claim<'_>,
+    work: impl Future<Output = Pass>,
+) -> Pass {
+    Ok(service.claimed(claim, work).await?.transpose()?.flatten())
+}
 
 /// Spawns `pass` every `tick` until stopped. The work lives in the database,
 /// so a failed pass is logged and simply runs again on the next tick.

@@ -1131,7 +1131,7 @@ async fn a_key_generated_at_minute_14_does_not_keep_the_secret_past_15(backend: 
 }
 
 async fn a_crash_between_issuing_and_showing_the_secret_is_recovered(backend: Backend) {
-    let mut h = with_audit_channel(backend, false).await;
+    let mut h = with_audit_channel(backend, true).await;
     let approvals = 4_000_000_000_000_008;
     h.fake.add_channel(approvals, "approvals");
     let settings = GuildSettings {
@@ -1181,8 +1181,12 @@ async fn a_crash_between_issuing_and_showing_the_secret_is_recovered(backend: Ba
         .and_then(|r| token(&r.body.to_string(), "kgs_"))
         .unwrap();
 
-    // Back up: the approval is delivered with a new Secret; the lost one is dead.
+    // Back up once the dead process's lease on the delivery lapsed: the
+    // approval is delivered with a new Secret, in the same DM (its nonce),
+    // and the lost one is dead.
     h.fake.unhang();
+    h.db.clock
+        .advance(keygate::domain::retry::LEASE + chrono::TimeDelta::seconds(1));
     h.start_bot().await;
     let user = alice().id;
     h.fake
@@ -1195,6 +1199,13 @@ async fn a_crash_between_issuing_and_showing_the_secret_is_recovered(backend: Ba
     let dm = dms_with(&h.fake, user, "Secret: `kgs_").remove(0);
     let secret = token(&text(&dm), "kgs_").unwrap();
     assert_ne!(secret, lost);
+    let notes = h
+        .fake
+        .dm_messages(user)
+        .iter()
+        .filter(|m| text(m).contains("was approved"))
+        .count();
+    assert_eq!(notes, 0, "the one note was filled, no spare is left");
     let app = ApplicationId::parse(&token(&text(&dm), "app_").unwrap()).unwrap();
     assert_eq!(
         authenticate(&h.service, &app, &secret).await,

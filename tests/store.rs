@@ -47,6 +47,7 @@ on_both_stores!(
     stored_name_keys_are_recomputed_once,
     approvals_decided_before_0002_count_as_delivered,
     retry_schedules_and_channel_pauses_round_trip,
+    background_jobs_claim_each_item_for_one_process,
 );
 
 async fn require_approvals(db: &TestDb, n: u8) {
@@ -1892,5 +1893,128 @@ async fn retry_schedules_and_channel_pauses_round_trip(db: &TestDb) {
     assert!(!tx.unpause_channels(&[ChannelId(21)]).await.unwrap());
     assert!(tx.unpause_channels(&[ChannelId(21), c]).await.unwrap());
     assert!(tx.channel_pauses().await.unwrap().is_empty());
+    tx.commit().await.unwrap();
+}
+
+/// Two processes (two pools on one database) claim the items of the
+/// background jobs: one holds each until it gives it back or its lease
+/// lapses, and an item done needs no claim.
+async fn background_jobs_claim_each_item_for_one_process(db: &TestDb) {
+    use keygate::domain::retry::Job;
+    require_approvals(db, 1).await;
+    let app = submit(&db.service, ALICE, "Claimed").await.app.id;
+    let peer = db.peer_store().await;
+    let now = db.clock.now();
+    let lease = now + chrono::TimeDelta::seconds(60);
+    let claim = |store: &Store, job: Job, at: chrono::DateTime<chrono::Utc>| {
+        let (store, app) = (store.clone(), app.clone());
+        async move {
+            let mut tx = store.begin().await.unwrap();
+            let claimed = tx.claim_request(job, &app, at, lease).await.unwrap();
+            tx.commit().await.unwrap();
+            claimed
+        }
+    };
+    assert!(claim(&db.store, Job::PostRequest, now).await);
+    assert!(
+        !claim(&peer, Job::PostRequest, now).await,
+        "held by the first"
+    );
+    assert!(
+        !claim(&db.store, Job::Remind, now).await,
+        "one job at a time"
+    );
+    assert!(
+        claim(&peer, Job::PostRequest, lease).await,
+        "a lapsed lease is taken over"
+    );
+    let mut tx = peer.begin().await.unwrap();
+    tx.release_request(&app).await.unwrap();
+    tx.set_request_message(&app, ChannelId(30), MessageId(31))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert!(
+        !claim(&db.store, Job::PostRequest, now).await,
+        "posted: done"
+    );
+    assert!(!claim(&db.store, Job::Deliver, now).await, "not approved");
+    assert!(
+        claim(&db.store, Job::Remind, now).await,
+        "released, still to remind"
+    );
+
+    // PostgreSQL passes over a row another transaction has locked rather
+    // than wait for it (SQLite has a single writer: nobody else holds one).
+    if db.store.backend() == Backend::Postgres {
+        let mut holder = db.store.begin().await.unwrap();
+        holder.lock_approval_request(&app).await.unwrap();
+        let skipped = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            claim(&peer, Job::Remind, lease),
+        )
+        .await;
+        assert_eq!(
+            skipped,
+            Ok(false),
+            "SKIP LOCKED: not claimed, not waited for"
+        );
+        let mut expirer = peer.begin().await.unwrap();
+        let expiring = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            expirer.try_lock_approval_request(&app),
+        )
+        .await;
+        assert!(
+            matches!(expiring, Ok(Ok(None))),
+            "passed over: {expiring:?}"
+        );
+        expirer.rollback().await.unwrap();
+        holder.rollback().await.unwrap();
+        assert!(claim(&peer, Job::Remind, lease).await);
+    }
+
+    let mut tx = db.store.begin().await.unwrap();
+    tx.schedule_redaction(&DmRedaction {
+        channel_id: ChannelId(10),
+        message_id: MessageId(7),
+        app_id: app.clone(),
+        user_id: ALICE,
+        due_at: now,
+    })
+    .await
+    .unwrap();
+    assert!(
+        tx.claim_redaction(ChannelId(10), MessageId(7), now, lease)
+            .await
+            .unwrap()
+    );
+    tx.commit().await.unwrap();
+    let mut tx = peer.begin().await.unwrap();
+    assert!(
+        !tx.claim_redaction(ChannelId(10), MessageId(7), now, lease)
+            .await
+            .unwrap()
+    );
+    tx.release_redaction(ChannelId(10), MessageId(7))
+        .await
+        .unwrap();
+    assert!(
+        tx.claim_redaction(ChannelId(10), MessageId(7), now, lease)
+            .await
+            .unwrap()
+    );
+    tx.mark_redacted(ChannelId(10), MessageId(7), None, now)
+        .await
+        .unwrap();
+    tx.release_redaction(ChannelId(10), MessageId(7))
+        .await
+        .unwrap();
+    assert!(
+        !tx.claim_redaction(ChannelId(10), MessageId(7), now, lease)
+            .await
+            .unwrap(),
+        "done: nothing to claim"
+    );
     tx.commit().await.unwrap();
 }

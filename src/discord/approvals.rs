@@ -16,8 +16,11 @@ use crate::domain::approval::{ApprovalRequest, DENY_REASON_MAX_CHARS, RequestSta
 use crate::domain::credentials::ApplicationId;
 use crate::domain::ids::{ChannelId, GuildId, MessageId, UserId};
 use crate::domain::retry::{ChannelLoss, Job};
-use crate::runtime::Pass;
-use crate::service::{Actor, ApproveOutcome, ChannelUse, Retry, RetryGate, Service, ServiceError};
+use crate::domain::settings::GuildSettings;
+use crate::runtime::{Pass, claimed};
+use crate::service::{
+    Actor, ApproveOutcome, ChannelUse, Claim, Retry, RetryGate, Service, ServiceError,
+};
 use poise::serenity_prelude as serenity;
 use serenity::{
     ActionRowComponent, ButtonStyle, ComponentInteraction, CreateActionRow, CreateButton,
@@ -302,10 +305,14 @@ async fn deliver_once(
             "✅ {} was approved. Its credentials follow in this message…",
             code(&app.details.name)
         );
+        // A retry after a crash between this post and its fill gets the
+        // same message back (the nonce), and fills it.
         dm.send_message(
             http,
             CreateMessage::new()
                 .content(note)
+                .nonce(nonce('d', &app.id))
+                .enforce_nonce(true)
                 .allowed_mentions(no_pings()),
         )
         .await
@@ -325,21 +332,15 @@ async fn deliver_once(
                         .await?;
                     return Ok(None);
                 }
-                // Another delivery of it may still be under way: a later
-                // pass decides once that one had its time (not at the next
-                // tick, which would post and delete a note every half
-                // second meanwhile), and this note goes.
+                // Another delivery of it may still be under way (one whose
+                // lease lapsed): a later pass decides once that one had its
+                // time, not the next tick. The note stays: within Discord's
+                // nonce window it is the very message that delivery fills.
                 Err(ServiceError::CredentialsBeingDelivered) => {
                     let grace = service.policy().stall_grace.to_std().unwrap_or_default();
                     service
                         .job_failed(gate, Job::Deliver, item, Retry::AtLeast(grace))
                         .await?;
-                    // Its wait is set: a note that cannot be deleted must not
-                    // replace it with a shorter one.
-                    if let Err(e) = sent.delete(http).await {
-                        count_rest_error(&e);
-                        tracing::warn!(app = %app.id, error = %e, "could not delete a spare delivery note");
-                    }
                     return Ok(None);
                 }
                 // Revoked between the check above and now.
@@ -495,7 +496,10 @@ pub async fn on_component(
             if let ApproveOutcome::Approved(app) = outcome {
                 let delivered = async {
                     let mut gate = bot.service.retry_gate(Job::Deliver).await?;
-                    deliver_after_approval(&ctx.http, &bot.service, &mut gate, &app).await
+                    // Claimed like the worker's: one delivery at a time.
+                    let claim = Claim::Request(Job::Deliver, &app.id);
+                    let work = deliver_after_approval(&ctx.http, &bot.service, &mut gate, &app);
+                    claimed(&bot.service, claim, work).await
                 };
                 if let Err(e) = delivered.await {
                     // The approval stands; the approvals worker delivers later.
@@ -641,15 +645,21 @@ pub async fn tick(http: &Http, service: &Service) -> Pass {
                 }
                 continue;
             }
-            let wait = match post_request(http, service, &app, &request).await {
-                Ok(_) => {
-                    service
-                        .job_succeeded(&mut gate, Job::PostRequest, app.id.as_str(), channel)
-                        .await?;
-                    None
+            let claim = Claim::Request(Job::PostRequest, &app.id);
+            let wait = claimed(service, claim, async {
+                match post_request(http, service, &app, &request).await {
+                    Ok(_) => {
+                        service
+                            .job_succeeded(&mut gate, Job::PostRequest, app.id.as_str(), channel)
+                            .await?;
+                        Ok(None)
+                    }
+                    Err(e) => {
+                        request_post_failed(http, service, &mut gate, &app, channel, &e).await
+                    }
                 }
-                Err(e) => request_post_failed(http, service, &mut gate, &app, channel, &e).await?,
-            };
+            })
+            .await?;
             if wait.is_some() {
                 return Ok(wait);
             }
@@ -661,7 +671,13 @@ pub async fn tick(http: &Http, service: &Service) -> Pass {
             if !gate.may_try(app.id.as_str(), None) {
                 continue;
             }
-            let wait = deliver_after_approval(http, service, &mut gate, &app).await?;
+            let claim = Claim::Request(Job::Deliver, &app.id);
+            let wait = claimed(
+                service,
+                claim,
+                deliver_after_approval(http, service, &mut gate, &app),
+            )
+            .await?;
             if wait.is_some() {
                 return Ok(wait);
             }
@@ -694,74 +710,87 @@ async fn remind(http: &Http, service: &Service) -> Pass {
     }
     let mut gate = service.retry_gate(Job::Remind).await?;
     for (app, request) in due {
-        let item = app.id.as_str();
         let settings = service.settings(app.guild_id).await?;
         let Some(channel) = settings.approvals_channel else {
             service.reminder_sent(&app.id).await?;
             continue;
         };
-        if !gate.may_try(item, Some(channel)) {
+        if !gate.may_try(app.id.as_str(), Some(channel)) {
             continue;
         }
-        let link = request
-            .message
-            .map(|m| format!(" [Open the request]({}).", message_link(app.guild_id, m)))
-            .unwrap_or_default();
-        let approvers = settings
-            .approver_role
-            .map(|r| format!("<@&{r}> "))
-            .unwrap_or_default();
-        let text = format!(
-            "⏰ {approvers}Reminder: {} from <@{}> still needs {} approval(s) and expires <t:{}:R>.{link}",
-            code(&app.details.name),
-            request.requester_id,
-            usize::from(request.approvals_required).saturating_sub(request.approvers.len()),
-            request.expires_at.timestamp()
-        );
-        // The approver role, and nobody else, is notified: a reminder that
-        // pings no one reminds no one.
-        let pings = settings.approver_role.map_or_else(no_pings, |r| {
-            no_pings().roles(vec![serenity::RoleId::new(r.0)])
-        });
-        let message = CreateMessage::new()
-            .content(text)
-            .nonce(nonce('r', &app.id))
-            .enforce_nonce(true)
-            .allowed_mentions(pings);
-        let e = match serenity::ChannelId::new(channel.0)
-            .send_message(http, message)
-            .await
-        {
-            Ok(_) => {
-                service.reminder_sent(&app.id).await?;
-                service
-                    .job_succeeded(&mut gate, Job::Remind, item, Some(channel))
-                    .await?;
-                continue;
-            }
-            Err(e) => e,
-        };
-        count_rest_error(&e);
-        match RestFailure::of(&e) {
-            RestFailure::Channel(loss) => {
-                service
-                    .channel_refused(
-                        &mut gate,
-                        app.guild_id,
-                        channel,
-                        loss,
-                        ChannelUse::Approvals,
-                    )
-                    .await?;
-            }
-            failure => {
-                let next = service
-                    .job_failed(&gate, Job::Remind, item, failure.retry())
-                    .await?;
-                tracing::warn!(app = %app.id, error = %e, retry_at = %next, "could not post a reminder");
-                if let Some(wait) = failure.hold() {
-                    return Ok(Some(wait));
-                }
+        let claim = Claim::Request(Job::Remind, &app.id);
+        let work = post_reminder(http, service, &mut gate, &app, &request, &settings, channel);
+        let wait = claimed(service, claim, work).await?;
+        if wait.is_some() {
+            return Ok(wait);
+        }
+    }
+    Ok(None)
+}
+
+/// Posts one reminder, marked sent once posted; a 429's wait is returned.
+async fn post_reminder(
+    http: &Http,
+    service: &Service,
+    gate: &mut RetryGate,
+    app: &Application,
+    request: &ApprovalRequest,
+    settings: &GuildSettings,
+    channel: ChannelId,
+) -> Pass {
+    let item = app.id.as_str();
+    let link = request
+        .message
+        .map(|m| format!(" [Open the request]({}).", message_link(app.guild_id, m)))
+        .unwrap_or_default();
+    let approvers = settings
+        .approver_role
+        .map(|r| format!("<@&{r}> "))
+        .unwrap_or_default();
+    let text = format!(
+        "⏰ {approvers}Reminder: {} from <@{}> still needs {} approval(s) and expires <t:{}:R>.{link}",
+        code(&app.details.name),
+        request.requester_id,
+        usize::from(request.approvals_required).saturating_sub(request.approvers.len()),
+        request.expires_at.timestamp()
+    );
+    // The approver role, and nobody else, is notified: a reminder that
+    // pings no one reminds no one.
+    let pings = settings.approver_role.map_or_else(no_pings, |r| {
+        no_pings().roles(vec![serenity::RoleId::new(r.0)])
+    });
+    let message = CreateMessage::new()
+        .content(text)
+        .nonce(nonce('r', &app.id))
+        .enforce_nonce(true)
+        .allowed_mentions(pings);
+    let e = match serenity::ChannelId::new(channel.0)
+        .send_message(http, message)
+        .await
+    {
+        Ok(_) => {
+            service.reminder_sent(&app.id).await?;
+            service
+                .job_succeeded(gate, Job::Remind, item, Some(channel))
+                .await?;
+            return Ok(None);
+        }
+        Err(e) => e,
+    };
+    count_rest_error(&e);
+    match RestFailure::of(&e) {
+        RestFailure::Channel(loss) => {
+            service
+                .channel_refused(gate, app.guild_id, channel, loss, ChannelUse::Approvals)
+                .await?;
+        }
+        failure => {
+            let next = service
+                .job_failed(gate, Job::Remind, item, failure.retry())
+                .await?;
+            tracing::warn!(app = %app.id, error = %e, retry_at = %next, "could not post a reminder");
+            if let Some(wait) = failure.hold() {
+                return Ok(Some(wait));
             }
         }
     }

@@ -9,8 +9,11 @@ use crate::domain::application::{AppStatus, Application};
 use crate::domain::credentials::ApplicationId;
 use crate::domain::ids::{ChannelId, MessageId, UserId};
 use crate::domain::retry::Job;
-use crate::runtime::Pass;
-use crate::service::{Actor, IssuedCredentials, NewCredential, Rotated, Service, grace_text};
+use crate::runtime::{Pass, claimed};
+use crate::service::{
+    Actor, Claim, IssuedCredentials, NewCredential, RetryGate, Rotated, Service, grace_text,
+};
+use crate::store::DmRedaction;
 use chrono::{DateTime, TimeDelta, Utc};
 use poise::serenity_prelude as serenity;
 use serenity::{
@@ -440,38 +443,57 @@ pub async fn redact_due(http: &Http, service: &Service) -> Pass {
         if !gate.may_try(&item, None) {
             continue;
         }
-        let app = service.app_by_id(&due.app_id).await?;
-        let edit = EditMessage::new()
-            .content(redacted_text(&app))
-            .components(redacted_buttons(&app))
-            .allowed_mentions(no_pings());
-        let channel = serenity::ChannelId::new(due.channel_id.0);
-        if let Err(e) = channel
-            .edit_message(http, serenity::MessageId::new(due.message_id.0), edit)
-            .await
-        {
-            match RestFailure::of(&e) {
-                // The user deleted the DM: nothing is left to redact.
-                RestFailure::UnknownMessage => {}
-                failure => {
-                    count_rest_error(&e);
-                    let next = service
-                        .job_failed(&gate, Job::Redact, &item, failure.retry())
-                        .await?;
-                    tracing::warn!(app = %app.id, error = %e, retry_at = %next, "could not redact a DM");
-                    if let Some(wait) = failure.hold() {
-                        return Ok(Some(wait));
-                    }
-                    continue;
+        let claim = Claim::Redaction(due.channel_id, due.message_id);
+        let wait = claimed(
+            service,
+            claim,
+            redact_one(http, service, &mut gate, &due, &item),
+        )
+        .await?;
+        if wait.is_some() {
+            return Ok(wait);
+        }
+    }
+    Ok(None)
+}
+
+/// Redacts one due DM; a 429's wait is returned.
+async fn redact_one(
+    http: &Http,
+    service: &Service,
+    gate: &mut RetryGate,
+    due: &DmRedaction,
+    item: &str,
+) -> Pass {
+    let app = service.app_by_id(&due.app_id).await?;
+    let edit = EditMessage::new()
+        .content(redacted_text(&app))
+        .components(redacted_buttons(&app))
+        .allowed_mentions(no_pings());
+    let channel = serenity::ChannelId::new(due.channel_id.0);
+    if let Err(e) = channel
+        .edit_message(http, serenity::MessageId::new(due.message_id.0), edit)
+        .await
+    {
+        match RestFailure::of(&e) {
+            // The user deleted the DM: nothing is left to redact.
+            RestFailure::UnknownMessage => {}
+            failure => {
+                count_rest_error(&e);
+                let next = service
+                    .job_failed(gate, Job::Redact, item, failure.retry())
+                    .await?;
+                tracing::warn!(app = %app.id, error = %e, retry_at = %next, "could not redact a DM");
+                if let Some(wait) = failure.hold() {
+                    return Ok(Some(wait));
                 }
+                return Ok(None);
             }
         }
-        service
-            .complete_redaction(&app, due.channel_id, due.message_id, Some(due.due_at))
-            .await?;
-        service
-            .job_succeeded(&mut gate, Job::Redact, &item, None)
-            .await?;
     }
+    service
+        .complete_redaction(&app, due.channel_id, due.message_id, Some(due.due_at))
+        .await?;
+    service.job_succeeded(gate, Job::Redact, item, None).await?;
     Ok(None)
 }

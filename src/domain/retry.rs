@@ -11,6 +11,12 @@ pub const BACKOFF_CAP: TimeDelta = TimeDelta::minutes(10);
 /// noticed without a `/keygate setup`.
 pub const PROBE_EVERY: TimeDelta = TimeDelta::minutes(10);
 
+/// How long a process holds an item of a background job it is doing before
+/// another may take it over: long enough for a few slow Discord calls, and
+/// at most a minute, so that a takeover's post falls within Discord's nonce
+/// window and shows once.
+pub const LEASE: TimeDelta = TimeDelta::seconds(60);
+
 /// The least a queue waits after a 429. serenity drops the body's
 /// `retry_after` when it talks to `DISCORD_API_URL`, so most 429s carry none.
 pub const RATE_LIMIT_FLOOR: std::time::Duration = std::time::Duration::from_secs(5);

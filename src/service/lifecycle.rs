@@ -9,14 +9,10 @@ use crate::domain::ids::GuildId;
 use crate::domain::lifecycle::{
     CredentialKind, CredentialState, Grace, StoredCredential, due_stage, next_warning,
 };
-use crate::domain::retry::backoff;
+use crate::domain::retry::{LEASE, backoff};
 use crate::domain::validation::name_key;
 use crate::store::{DueWarning, StoreError, Tx};
 use chrono::{DateTime, TimeDelta, Utc};
-
-/// A process sending an expiry warning holds it this long; within Discord's
-/// nonce window, so a retry after a crash cannot post it twice.
-const WARNING_LEASE: TimeDelta = TimeDelta::seconds(60);
 
 /// What `/app rotate` would do, shown before the member confirms.
 #[derive(Debug, Clone)]
@@ -413,7 +409,7 @@ impl Service {
         Ok(due)
     }
 
-    /// Claims one due warning for `WARNING_LEASE`, just before it is sent:
+    /// Claims one due warning for `LEASE`, just before it is sent:
     /// another process skips it until it is sent or the lease lapses. None
     /// when another process took it first.
     pub async fn claim_warning(&self, w: DueWarning) -> ServiceResult<Option<ClaimedWarning>> {
@@ -425,7 +421,7 @@ impl Service {
             return Ok(None);
         };
         let mut tx = self.store.begin().await?;
-        if !tx.claim_warning(&w, now, now + WARNING_LEASE).await? {
+        if !tx.claim_warning(&w, now, now + LEASE).await? {
             tx.rollback().await?;
             return Ok(None);
         }

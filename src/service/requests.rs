@@ -35,7 +35,8 @@ impl Service {
         let mut expired = Vec::new();
         for id in due {
             let mut tx = self.store.begin().await?;
-            let Some(request) = tx.lock_approval_request(&id).await? else {
+            // One process expires it; the others pass it over.
+            let Some(request) = tx.try_lock_approval_request(&id).await? else {
                 continue;
             };
             if request.status != RequestStatus::Pending || request.expires_at > now {

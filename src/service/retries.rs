@@ -2,8 +2,9 @@
 
 use super::{Service, ServiceResult, audit};
 use crate::domain::audit::{AuditKind, NewAuditEvent};
-use crate::domain::ids::{ChannelId, GuildId};
-use crate::domain::retry::{ChannelLoss, Job, PROBE_EVERY, backoff};
+use crate::domain::credentials::ApplicationId;
+use crate::domain::ids::{ChannelId, GuildId, MessageId};
+use crate::domain::retry::{ChannelLoss, Job, LEASE, PROBE_EVERY, backoff};
 use crate::store::{ChannelPause, RetryState};
 use chrono::{DateTime, TimeDelta, Utc};
 use std::collections::{HashMap, HashSet};
@@ -104,7 +105,49 @@ impl ChannelUse {
     }
 }
 
+/// An item of a background job, which one process at a time does.
+#[derive(Debug, Clone, Copy)]
+pub enum Claim<'a> {
+    /// Posting, delivering or reminding a request.
+    Request(Job, &'a ApplicationId),
+    /// Redacting a DM.
+    Redaction(ChannelId, MessageId),
+}
+
 impl Service {
+    /// Does `work` if this process can claim the item for [`LEASE`]: None
+    /// when another process holds it or it needs doing no more. The lease is
+    /// given back once `work` ends, whatever came of it (its own writes say
+    /// whether the item is done); a process that dies holding it has it taken
+    /// over when it lapses.
+    pub async fn claimed<T>(
+        &self,
+        claim: Claim<'_>,
+        work: impl Future<Output = T>,
+    ) -> ServiceResult<Option<T>> {
+        let now = self.clock.now();
+        let mut tx = self.store.begin().await?;
+        let claimed = match claim {
+            Claim::Request(job, app) => tx.claim_request(job, app, now, now + LEASE).await?,
+            Claim::Redaction(channel, message) => {
+                tx.claim_redaction(channel, message, now, now + LEASE)
+                    .await?
+            }
+        };
+        tx.commit().await?;
+        if !claimed {
+            return Ok(None);
+        }
+        let done = work.await;
+        let mut tx = self.store.begin().await?;
+        match claim {
+            Claim::Request(_, app) => tx.release_request(app).await?,
+            Claim::Redaction(channel, message) => tx.release_redaction(channel, message).await?,
+        }
+        tx.commit().await?;
+        Ok(Some(done))
+    }
+
     /// The gate for one pass of `job`.
     pub async fn retry_gate(&self, job: Job) -> ServiceResult<RetryGate> {
         let mut tx = self.store.read().await?;

@@ -1,9 +1,10 @@
 //! Approval requests and their votes.
 
-use super::{StoreError, StoreResult, Tx, from_ms, on_conn, to_ms};
+use super::{StoreError, StoreResult, Tx, claim_sql, from_ms, on_conn, to_ms};
 use crate::domain::approval::{ApprovalRequest, RequestStatus};
 use crate::domain::credentials::ApplicationId;
 use crate::domain::ids::{ChannelId, GuildId, MessageId, UserId};
+use crate::domain::retry::Job;
 use chrono::{DateTime, Utc};
 
 const TABLE: &str = "approval_requests";
@@ -56,6 +57,29 @@ impl Tx {
             .execute(&mut *c)
             .await?
             .rows_affected());
+        self.approval_request(app).await
+    }
+
+    /// As `lock_approval_request`, for a background job: None at once when
+    /// another process holds the request (PostgreSQL's SKIP LOCKED), which
+    /// then deals with it, as well as when there is none.
+    pub async fn try_lock_approval_request(
+        &mut self,
+        app: &ApplicationId,
+    ) -> StoreResult<Option<ApprovalRequest>> {
+        let sql = claim_sql!(
+            self,
+            "UPDATE approval_requests SET status = status WHERE app_id IN",
+            "SELECT app_id FROM approval_requests WHERE app_id = $1"
+        );
+        let n = on_conn!(self, c => sqlx::query(sql)
+            .bind(app.as_str())
+            .execute(&mut *c)
+            .await?
+            .rows_affected());
+        if n == 0 {
+            return Ok(None);
+        }
         self.approval_request(app).await
     }
 
@@ -254,5 +278,57 @@ impl Tx {
             .await?
             .rows_affected());
         Ok(n == 1)
+    }
+
+    /// Takes the request for `job` until `lease_until`, if it still needs
+    /// that job and no other process holds it. False otherwise: someone else
+    /// does it, or did it already.
+    pub async fn claim_request(
+        &mut self,
+        job: Job,
+        app: &ApplicationId,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        // `$due`: the request still needs the job.
+        macro_rules! claim_if {
+            ($due:literal) => {
+                claim_sql!(
+                    self,
+                    "UPDATE approval_requests SET lease_until = $1 WHERE app_id IN",
+                    concat!(
+                        "SELECT app_id FROM approval_requests WHERE app_id = $2 \
+                     AND (lease_until IS NULL OR lease_until <= $3) AND ",
+                        $due
+                    )
+                )
+            };
+        }
+        let sql = match job {
+            Job::PostRequest => claim_if!("status = 'pending' AND message_id IS NULL"),
+            Job::Deliver => claim_if!("status = 'approved' AND delivered_at IS NULL"),
+            Job::Remind => claim_if!("status = 'pending' AND reminded_at IS NULL"),
+            // Not a request's job: nothing here to claim.
+            Job::Redact => return Ok(false),
+        };
+        let n = on_conn!(self, c => sqlx::query(sql)
+            .bind(to_ms(lease_until))
+            .bind(app.as_str())
+            .bind(to_ms(now))
+            .execute(&mut *c)
+            .await?
+            .rows_affected());
+        Ok(n == 1)
+    }
+
+    /// Ends this process's lease on the request: done, or given back to
+    /// whoever tries next.
+    pub async fn release_request(&mut self, app: &ApplicationId) -> StoreResult<()> {
+        on_conn!(self, c => sqlx::query("UPDATE approval_requests SET lease_until = NULL WHERE app_id = $1")
+            .bind(app.as_str())
+            .execute(&mut *c)
+            .await?
+            .rows_affected());
+        Ok(())
     }
 }

@@ -1,6 +1,6 @@
 //! The append-only audit log and its outbox of events still to post to Discord.
 
-use super::{StoreError, StoreResult, Tx, from_ms, on_conn, to_ms};
+use super::{StoreError, StoreResult, Tx, claim_sql, from_ms, on_conn, to_ms};
 use crate::domain::audit::{AuditEvent, AuditKind, NewAuditEvent};
 use crate::domain::credentials::ApplicationId;
 use crate::domain::ids::{GuildId, UserId};
@@ -147,9 +147,13 @@ impl Tx {
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
     ) -> StoreResult<bool> {
-        let n = on_conn!(self, c => sqlx::query(
-            "UPDATE audit_outbox SET next_attempt_at = $1 \
-             WHERE event_id = $2 AND posted_at IS NULL AND next_attempt_at <= $3")
+        let sql = claim_sql!(
+            self,
+            "UPDATE audit_outbox SET next_attempt_at = $1 WHERE event_id IN",
+            "SELECT event_id FROM audit_outbox \
+             WHERE event_id = $2 AND posted_at IS NULL AND next_attempt_at <= $3"
+        );
+        let n = on_conn!(self, c => sqlx::query(sql)
             .bind(to_ms(lease_until))
             .bind(event_id)
             .bind(to_ms(now))

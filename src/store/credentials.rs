@@ -1,6 +1,6 @@
 //! Keys and Secrets (hashes only): issue, rotation, revocation, delivery, expiry warnings.
 
-use super::{StoreError, StoreResult, Tx, from_ms, on_conn, to_ms};
+use super::{StoreError, StoreResult, Tx, claim_sql, from_ms, on_conn, to_ms};
 use crate::domain::credentials::{ApplicationId, CredentialHash};
 use crate::domain::ids::UserId;
 use crate::domain::lifecycle::{CredentialKind, StoredCredential};
@@ -401,9 +401,13 @@ impl Tx {
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
     ) -> StoreResult<bool> {
-        let n = on_conn!(self, c => sqlx::query(
-            "UPDATE api_keys SET warning_lease_until = $1 WHERE id = $2 AND next_warning_at = $3 \
-             AND (warning_lease_until IS NULL OR warning_lease_until <= $4)")
+        let sql = claim_sql!(
+            self,
+            "UPDATE api_keys SET warning_lease_until = $1 WHERE id IN",
+            "SELECT id FROM api_keys WHERE id = $2 AND next_warning_at = $3 \
+             AND (warning_lease_until IS NULL OR warning_lease_until <= $4)"
+        );
+        let n = on_conn!(self, c => sqlx::query(sql)
             .bind(to_ms(lease_until))
             .bind(&w.key.id)
             .bind(to_ms(w.due_at))

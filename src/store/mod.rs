@@ -140,6 +140,23 @@ macro_rules! on_conn {
 }
 pub(crate) use on_conn;
 
+/// A claim's statement, `$head (SELECT … $tail)`, for the transaction's
+/// backend: on PostgreSQL the inner SELECT takes the row `FOR UPDATE SKIP
+/// LOCKED`, so a process never waits on a row another one is claiming and
+/// passes it over instead; SQLite has no such clause and needs none, its
+/// single writer (`BEGIN IMMEDIATE`) already puts claims one after another.
+macro_rules! claim_sql {
+    ($tx:expr, $head:literal, $select:expr) => {
+        match &$tx.inner {
+            $crate::store::TxInner::Sqlite(_) => concat!($head, " (", $select, ")"),
+            $crate::store::TxInner::Postgres(_) => {
+                concat!($head, " (", $select, " FOR UPDATE SKIP LOCKED)")
+            }
+        }
+    };
+}
+pub(crate) use claim_sql;
+
 pub(crate) fn to_ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
 }

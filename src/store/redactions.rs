@@ -1,6 +1,6 @@
 //! Scheduled redactions of DMs that carried a secret.
 
-use super::{StoreError, StoreResult, Tx, from_ms, on_conn, to_ms};
+use super::{StoreError, StoreResult, Tx, claim_sql, from_ms, on_conn, to_ms};
 use crate::domain::credentials::ApplicationId;
 use crate::domain::ids::{ChannelId, MessageId, UserId};
 use chrono::{DateTime, Utc};
@@ -115,5 +115,47 @@ impl Tx {
             .fetch_optional(&mut *c)
             .await?);
         Ok(done.map(|d| d.is_some()))
+    }
+
+    /// Takes the due redaction until `lease_until`; false if it is done or
+    /// another process holds it.
+    pub async fn claim_redaction(
+        &mut self,
+        channel: ChannelId,
+        message: MessageId,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let sql = claim_sql!(
+            self,
+            "UPDATE dm_redactions SET lease_until = $1 WHERE (channel_id, message_id) IN",
+            "SELECT channel_id, message_id FROM dm_redactions WHERE channel_id = $2 \
+             AND message_id = $3 AND done_at IS NULL AND due_at <= $4 \
+             AND (lease_until IS NULL OR lease_until <= $4)"
+        );
+        let n = on_conn!(self, c => sqlx::query(sql)
+            .bind(to_ms(lease_until))
+            .bind(channel.to_db())
+            .bind(message.to_db())
+            .bind(to_ms(now))
+            .execute(&mut *c)
+            .await?
+            .rows_affected());
+        Ok(n == 1)
+    }
+
+    pub async fn release_redaction(
+        &mut self,
+        channel: ChannelId,
+        message: MessageId,
+    ) -> StoreResult<()> {
+        on_conn!(self, c => sqlx::query(
+            "UPDATE dm_redactions SET lease_until = NULL WHERE channel_id = $1 AND message_id = $2")
+            .bind(channel.to_db())
+            .bind(message.to_db())
+            .execute(&mut *c)
+            .await?
+            .rows_affected());
+        Ok(())
     }
 }

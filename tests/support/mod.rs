@@ -322,7 +322,11 @@ pub async fn new_draft(
 }
 
 pub async fn draft_to_review(svc: &Service, user: UserId, name: &str) -> String {
-    let id = new_draft(svc, GUILD, user, form(name)).await.unwrap().id;
+    draft_to_review_in(svc, GUILD, user, name).await
+}
+
+pub async fn draft_to_review_in(svc: &Service, guild: GuildId, user: UserId, name: &str) -> String {
+    let id = new_draft(svc, guild, user, form(name)).await.unwrap().id;
     for input in [
         DraftInput::UserType(LoginUserType::Guest),
         DraftInput::SourceApp(SourceApp::ExternalCma),
@@ -336,7 +340,11 @@ pub async fn draft_to_review(svc: &Service, user: UserId, name: &str) -> String 
 }
 
 pub async fn submit(svc: &Service, user: UserId, name: &str) -> Submitted {
-    let id = draft_to_review(svc, user, name).await;
+    submit_in(svc, GUILD, user, name).await
+}
+
+pub async fn submit_in(svc: &Service, guild: GuildId, user: UserId, name: &str) -> Submitted {
+    let id = draft_to_review_in(svc, guild, user, name).await;
     svc.submit_draft(&id, user, None).await.unwrap()
 }
 
