@@ -16,7 +16,7 @@ use serenity::all::{
 };
 use std::time::Duration;
 use support::fake_discord::{FakeDiscord, TestUser};
-use support::ping_bot::start_ping_bot;
+use support::ping_bot::{start_ping_bot, start_ping_bot_shard};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const ALICE: u64 = 2_000_000_000_000_001;
@@ -599,7 +599,7 @@ async fn raw_get(fake: &FakeDiscord, path: &str) -> String {
     out
 }
 
-async fn ping(fake: &FakeDiscord, user: &TestUser) {
+async fn ping(fake: &FakeDiscord, user: &TestUser) -> support::fake_discord::Interaction {
     let i = fake.slash_command(user, "ping", None, vec![]).await;
     let r = fake.response(&i).await;
     assert_eq!(
@@ -607,6 +607,7 @@ async fn ping(fake: &FakeDiscord, user: &TestUser) {
         (json!(4), json!("pong"))
     );
     assert_eq!(fake.message_of(&i).unwrap()["content"], "pong");
+    i
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -827,4 +828,173 @@ async fn the_bot_can_be_denied_a_channel() {
         }
         other => panic!("expected 403 50001, got {other:?}"),
     }
+}
+
+#[test]
+fn the_two_guilds_are_on_different_shards_of_two() {
+    // Discord's routing: (guild_id >> 22) % shard_count.
+    assert_eq!((FakeDiscord::GUILD_ID >> 22) % 2, 1);
+    assert_eq!((FakeDiscord::GUILD_2_ID >> 22) % 2, 0);
+    assert_eq!(FakeDiscord::shard_of(FakeDiscord::GUILD_ID, 2), 1);
+    assert_eq!(FakeDiscord::shard_of(FakeDiscord::GUILD_2_ID, 2), 0);
+    // With one shard everything is shard 0's.
+    assert_eq!(FakeDiscord::shard_of(FakeDiscord::GUILD_ID, 1), 0);
+}
+
+#[tokio::test]
+async fn the_second_guild_has_its_own_roles_channels_and_payloads() {
+    let fake = FakeDiscord::start().await;
+    let http = http(&fake);
+    let (one, two) = (
+        GuildId::new(FakeDiscord::GUILD_ID),
+        GuildId::new(FakeDiscord::GUILD_2_ID),
+    );
+    const AUDIT_2: u64 = 4_000_000_000_000_202;
+    fake.add_channel_in(FakeDiscord::GUILD_2_ID, AUDIT_2, "audit-2");
+    fake.add_role_in(FakeDiscord::GUILD_2_ID, 99, "Approvers 2", 0);
+
+    let partial = http.get_guild(two).await.unwrap();
+    assert_eq!(partial.owner_id.get(), FakeDiscord::OWNER_ID);
+    let mut roles: Vec<u64> = partial.roles.keys().map(|r| r.get()).collect();
+    roles.sort_unstable();
+    assert_eq!(
+        roles,
+        vec![99, FakeDiscord::GUILD_2_ID, FakeDiscord::BOT_ROLE_2_ID],
+        "@everyone is the guild's id; the first guild's roles are not listed"
+    );
+    assert_eq!(one.roles(&http).await.unwrap().len(), 2);
+    let mut channels: Vec<u64> = two
+        .channels(&http)
+        .await
+        .unwrap()
+        .keys()
+        .map(|c| c.get())
+        .collect();
+    channels.sort_unstable();
+    assert_eq!(channels, vec![FakeDiscord::CHANNEL_2_ID, AUDIT_2]);
+    assert_eq!(one.channels(&http).await.unwrap().len(), 1);
+    for (channel, guild) in [
+        (FakeDiscord::CHANNEL_ID, one),
+        (FakeDiscord::CHANNEL_2_ID, two),
+        (AUDIT_2, two),
+    ] {
+        let c = ChannelId::new(channel)
+            .to_channel(&http)
+            .await
+            .unwrap()
+            .guild()
+            .expect("a guild channel");
+        assert_eq!(c.guild_id, guild, "channel {channel}");
+    }
+    let me = two
+        .member(&http, UserId::new(FakeDiscord::APPLICATION_ID))
+        .await
+        .unwrap();
+    assert_eq!(me.guild_id, two);
+    assert_eq!(me.roles, vec![RoleId::new(FakeDiscord::BOT_ROLE_2_ID)]);
+    let channel = ChannelId::new(AUDIT_2)
+        .to_channel(&http)
+        .await
+        .unwrap()
+        .guild()
+        .unwrap();
+    assert!(
+        partial
+            .user_permissions_in(&channel, &me)
+            .contains(Permissions::SEND_MESSAGES)
+    );
+    ChannelId::new(AUDIT_2).say(&http, "hello").await.unwrap();
+    assert_eq!(fake.channel_messages(AUDIT_2).len(), 1);
+
+    // Members are the same in both guilds, each answered with the guild asked about.
+    let bob = TestUser::member(BOB, "bob").in_guild(FakeDiscord::GUILD_2_ID);
+    fake.add_member(&bob);
+    for guild in [one, two] {
+        assert_eq!(
+            guild
+                .member(&http, UserId::new(BOB))
+                .await
+                .unwrap()
+                .guild_id,
+            guild
+        );
+    }
+    // Discord answers 10004 for a guild the bot is not in.
+    let unknown = raw_get(&fake, "/api/v10/guilds/1000000000000003/channels").await;
+    assert!(unknown.starts_with("HTTP/1.1 404"), "{unknown}");
+    assert!(unknown.contains("10004"), "{unknown}");
+
+    let (_, d) = fake.slash_command_payload(&bob, "app", Some("list"), vec![]);
+    assert_eq!(d["data"]["guild_id"], FakeDiscord::GUILD_2_ID.to_string());
+    assert_eq!(
+        d["authorizing_integration_owners"]["0"],
+        FakeDiscord::GUILD_2_ID.to_string()
+    );
+    let SerenityInteraction::Command(c) = parse_interaction(&d) else {
+        panic!("not a command")
+    };
+    assert_eq!(c.guild_id, Some(two));
+    assert_eq!(c.channel_id.get(), FakeDiscord::CHANNEL_2_ID);
+    assert_eq!(c.member.expect("a member").user.id.get(), BOB);
+    let (_, d) = fake.autocomplete_payload(&bob, "app", Some("show"), "name", "sh");
+    assert_eq!(d["guild_id"], FakeDiscord::GUILD_2_ID.to_string());
+    assert_eq!(d["data"]["guild_id"], FakeDiscord::GUILD_2_ID.to_string());
+
+    // READY of shard 0 of 1 lists both guilds.
+    let ready = fake.ready_frame();
+    assert_eq!(ready["d"]["shard"], json!([0, 1]));
+    assert_eq!(ready["d"]["guilds"].as_array().unwrap().len(), 2);
+}
+
+/// Two processes, each running one shard of two: each guild's events reach its shard's
+/// connection, DMs shard 0's, and a resumed connection stays its shard's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_bots_on_shards_0_and_1_of_2_each_get_their_guilds_events() {
+    let fake = FakeDiscord::start().await;
+    let zero = start_ping_bot_shard(&fake, 0, 2).await;
+    fake.wait_shard_ready(0).await;
+    assert!(!fake.is_shard_connected(1));
+    let one = start_ping_bot_shard(&fake, 1, 2).await;
+    fake.wait_shard_ready(1).await;
+    assert_eq!(fake.connected_shards(), vec![(0, 2), (1, 2)]);
+    assert_eq!(fake.last_identify().unwrap()["shard"], json!([1, 2]));
+
+    let in_1 = TestUser::member(ALICE, "alice");
+    let in_2 = TestUser::member(BOB, "bob").in_guild(FakeDiscord::GUILD_2_ID);
+    let i = ping(&fake, &in_1).await;
+    assert_eq!(fake.dispatched_to(&i), Some(1));
+    let i = ping(&fake, &in_2).await;
+    assert_eq!(fake.dispatched_to(&i), Some(0));
+
+    // A DM has no guild: Discord sends it on shard 0.
+    let dm = UserId::new(ALICE)
+        .create_dm_channel(&zero.http)
+        .await
+        .unwrap();
+    dm.say(&zero.http, "hi").await.unwrap();
+    let message = fake.dm_messages(ALICE).remove(0);
+    let i = fake.press_button_in_dm(&in_1, &message, "nothing").await;
+    assert_eq!(fake.dispatched_to(&i), Some(0));
+
+    // Shard 1 resumes its own session; shard 0's connection is untouched.
+    let resumes = fake.resumes();
+    fake.disconnect_shard(1);
+    assert!(fake.is_shard_connected(0));
+    fake.wait_until("shard 1 resumes", |f| {
+        f.resumes() > resumes && f.is_shard_connected(1)
+    })
+    .await;
+    assert_eq!(fake.connected_shards(), vec![(0, 2), (1, 2)]);
+    let i = ping(&fake, &in_1).await;
+    assert_eq!(fake.dispatched_to(&i), Some(1));
+
+    one.shutdown().await;
+    fake.wait_until("shard 1 disconnects", |f| !f.is_shard_connected(1))
+        .await;
+    // Shard 0 still answers its guild.
+    let i = ping(&fake, &in_2).await;
+    assert_eq!(fake.dispatched_to(&i), Some(0));
+    zero.shutdown().await;
+    fake.wait_until("both are gone", |f| !f.is_connected())
+        .await;
 }

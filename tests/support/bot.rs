@@ -8,6 +8,7 @@ use keygate::domain::catalog::ScopeCatalog;
 use keygate::service::{Clock, Policy, Service};
 use keygate::store::Backend;
 use serde_json::Value;
+use std::ops::RangeInclusive;
 use std::sync::Arc;
 
 pub const ALICE_ID: u64 = 2_000_000_000_000_001;
@@ -174,6 +175,135 @@ impl Harness {
         self.stop_bot().await;
         self.db.close().await;
     }
+}
+
+/// A bot process that runs only shards `ids` of `count` (`SHARD_COUNT`/`SHARD_IDS`), one of
+/// several on a fake and a service they share, on a runtime of its own so that `kill` stops it
+/// the way a killed process stops. Without `DISCORD_GUILD_ID`: shard 0's process registers the
+/// commands globally, so they work in both of the fake's guilds.
+pub struct ShardProcess {
+    fake: FakeDiscord,
+    ids: RangeInclusive<u32>,
+    /// `None` once killed or stopped; dropping a runtime inside a test's runtime would panic.
+    running: Option<(tokio::runtime::Runtime, BotHandle)>,
+}
+
+impl ShardProcess {
+    /// Starts the process and waits until each of its shards is READY; the process running
+    /// shard 0 also until it has registered the commands. Its shards must not be connected
+    /// already (kill or stop the process that ran them first).
+    pub async fn start(
+        fake: &FakeDiscord,
+        service: &Service,
+        count: u32,
+        ids: RangeInclusive<u32>,
+    ) -> Self {
+        for shard in ids.clone() {
+            assert!(
+                !fake.is_shard_connected(shard),
+                "shard {shard} is already connected: its READY could not be told from the new one's"
+            );
+        }
+        let before = registrations(fake);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let (config, service) = (shard_config(fake, count, &ids), service.clone());
+        let bot = runtime
+            .spawn(async move { discord::start(&config, service).await })
+            .await
+            .expect("the bot's task")
+            .expect("start the bot");
+        let process = Self {
+            fake: fake.clone(),
+            ids: ids.clone(),
+            running: Some((runtime, bot)),
+        };
+        // serenity boots a process's shards 5 s apart: more than one costs that much.
+        for shard in ids.clone() {
+            fake.wait_shard_ready(shard).await;
+        }
+        if ids.contains(&0) {
+            fake.wait_until("shard 0's process registers the commands", |f| {
+                registrations(f) > before
+            })
+            .await;
+        }
+        process
+    }
+
+    /// Kills the process: its tasks stop where they are, nothing shuts down cleanly. Returns
+    /// once the fake has none of its shards connected.
+    pub async fn kill(mut self) {
+        if let Some((runtime, bot)) = self.running.take() {
+            runtime.shutdown_background();
+            drop(bot);
+        }
+        for shard in self.ids.clone() {
+            self.fake.disconnect_shard(shard);
+        }
+        self.wait_gone().await;
+    }
+
+    /// Stops the process as `keygate run` does on SIGTERM.
+    pub async fn stop(mut self) {
+        if let Some((runtime, bot)) = self.running.take() {
+            runtime
+                .spawn(async move { bot.shutdown().await })
+                .await
+                .expect("the bot's shutdown");
+            runtime.shutdown_background();
+        }
+        self.wait_gone().await;
+    }
+
+    async fn wait_gone(&self) {
+        let ids = self.ids.clone();
+        self.fake
+            .wait_until("the process's shards disconnect", |f| {
+                ids.clone().all(|s| !f.is_shard_connected(s))
+            })
+            .await;
+    }
+}
+
+impl Drop for ShardProcess {
+    /// A test that panicked before `kill` or `stop` must not panic again here.
+    fn drop(&mut self) {
+        if let Some((runtime, _bot)) = self.running.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// `PUT …/commands` calls so far: how shard 0's process is seen to register.
+fn registrations(fake: &FakeDiscord) -> usize {
+    fake.requests()
+        .iter()
+        .filter(|r| r.method == "PUT" && r.path.ends_with("/commands"))
+        .count()
+}
+
+/// The configuration of one of several `keygate run` processes that split `count` shards.
+fn shard_config(fake: &FakeDiscord, count: u32, ids: &RangeInclusive<u32>) -> Config {
+    let base = fake.base_url();
+    let count = count.to_string();
+    let ids = if ids.start() == ids.end() {
+        ids.start().to_string()
+    } else {
+        format!("{}-{}", ids.start(), ids.end())
+    };
+    Config::from_lookup(move |name| match name {
+        "DISCORD_TOKEN" => Some("fake-bot-token".into()),
+        "DISCORD_API_URL" => Some(base.clone()),
+        "HTTP_ADDR" => Some(String::new()),
+        "SHARD_COUNT" => Some(count.clone()),
+        "SHARD_IDS" => Some(ids.clone()),
+        _ => None,
+    })
+    .expect("shard process config")
 }
 
 /// Runs each named end-to-end test (a fn taking the `Backend`) once on

@@ -32,6 +32,9 @@ pub struct TestUser {
     pub roles: Vec<u64>,
     /// Guild permission bits, sent as the interaction's `member.permissions`.
     pub permissions: u64,
+    /// The guild their guild interactions come from: [`FakeDiscord::GUILD_ID`] unless
+    /// [`Self::in_guild`] says otherwise.
+    pub guild: u64,
 }
 
 impl TestUser {
@@ -42,6 +45,7 @@ impl TestUser {
             name: name.into(),
             roles: Vec::new(),
             permissions: Permissions::all().bits(),
+            guild: FakeDiscord::GUILD_ID,
         }
     }
 
@@ -51,6 +55,7 @@ impl TestUser {
             name: name.into(),
             roles: Vec::new(),
             permissions: member_permissions(),
+            guild: FakeDiscord::GUILD_ID,
         }
     }
 
@@ -61,6 +66,13 @@ impl TestUser {
 
     pub fn with_permissions(mut self, bits: u64) -> Self {
         self.permissions = bits;
+        self
+    }
+
+    /// Their guild interactions come from `guild` (one of the fake's two), and so go to the
+    /// shard that owns it.
+    pub fn in_guild(mut self, guild: u64) -> Self {
+        self.guild = guild;
         self
     }
 }
@@ -132,9 +144,14 @@ struct Inner {
 /// A gateway connection that has been answered READY or RESUMED.
 struct Conn {
     id: u64,
+    /// `[id, count]` as its IDENTIFY said (or, resumed, as its session's did).
+    shard: Shard,
     tx: mpsc::UnboundedSender<WsMessage>,
     seq: u64,
 }
+
+/// `(shard id, shard count)`.
+type Shard = (u32, u32);
 
 struct Inter {
     token: String,
@@ -144,6 +161,8 @@ struct Inter {
     callback: Option<Value>,
     /// When its INTERACTION_CREATE went out and when its callback came back.
     dispatched_at: Option<std::time::Instant>,
+    /// The shard whose connection its INTERACTION_CREATE went out on.
+    dispatched_to: Option<u32>,
     answered_at: Option<std::time::Instant>,
     /// Wakes `response()` waiters of this interaction only: with hundreds of
     /// concurrent users, waking every waiter on every change would cost the
@@ -156,6 +175,7 @@ struct Inter {
 
 /// A guild text channel.
 struct Chan {
+    guild: u64,
     name: String,
     position: u64,
     /// `(target id, type (0 role, 1 member), allow, deny)`.
@@ -203,7 +223,10 @@ struct St {
     heartbeats: usize,
     ack_heartbeats: bool,
     next_conn: u64,
-    live: Option<Conn>,
+    /// The ready connections by shard id: one per shard, the most recent.
+    live: BTreeMap<u32, Conn>,
+    /// The shard each session READY opened was for, so a RESUME resumes that shard.
+    sessions: HashMap<String, Shard>,
     interactions: HashMap<u64, Inter>,
     tokens: HashMap<String, u64>,
     messages: BTreeMap<u64, Value>,
@@ -216,9 +239,11 @@ struct St {
     /// Every REST call is answered this late; and, while set, a callback more
     /// than 3 s after its interaction's dispatch is refused, as Discord does.
     latency: Option<std::time::Duration>,
+    /// Members of both guilds alike (a member's payloads carry the guild asked about).
     members: HashMap<u64, TestUser>,
-    roles: BTreeMap<u64, (String, u64)>,
-    /// The guild's text channels.
+    /// `(guild, name, permissions)` by role id.
+    roles: BTreeMap<u64, (u64, String, u64)>,
+    /// The guilds' text channels.
     channels: BTreeMap<u64, Chan>,
     /// `(channel, nonce)` to the message first created with it.
     nonces: HashMap<(u64, String), u64>,
@@ -227,13 +252,46 @@ struct St {
 
 impl FakeDiscord {
     pub const GUILD_ID: u64 = 1_000_000_000_000_001;
+    /// The second guild: the next timestamp unit (`1 << 22`) after [`Self::GUILD_ID`], so with
+    /// two shards the other shard owns it (`(id >> 22) % 2` is 1 for GUILD_ID, 0 for this).
+    pub const GUILD_2_ID: u64 = Self::GUILD_ID + (1 << 22);
     pub const APPLICATION_ID: u64 = 3_000_000_000_000_001;
+    /// [`Self::GUILD_ID`]'s "general".
     pub const CHANNEL_ID: u64 = 4_000_000_000_000_001;
-    /// Owns the guild and the application.
+    /// [`Self::GUILD_2_ID`]'s "general".
+    pub const CHANNEL_2_ID: u64 = 4_000_000_000_000_201;
+    /// Owns both guilds and the application.
     pub const OWNER_ID: u64 = 5_000_000_000_000_001;
     pub const BOT_NAME: &str = "keygate";
-    /// The bot's own role, which the bot's member has.
+    /// The bot's own role in [`Self::GUILD_ID`], which the bot's member has.
     pub const BOT_ROLE_ID: u64 = 6_000_000_000_000_001;
+    /// The bot's own role in [`Self::GUILD_2_ID`]: a role belongs to one guild.
+    pub const BOT_ROLE_2_ID: u64 = 6_000_000_000_000_201;
+    /// The guilds the bot is in.
+    pub const GUILDS: [u64; 2] = [Self::GUILD_ID, Self::GUILD_2_ID];
+
+    /// The shard of `count` that Discord sends `guild`'s events on.
+    pub fn shard_of(guild: u64, count: u32) -> u32 {
+        u32::try_from((guild >> 22) % u64::from(count.max(1))).expect("a shard id fits in u32")
+    }
+
+    /// The bot's own role in `guild`.
+    pub fn bot_role_of(guild: u64) -> u64 {
+        if guild == Self::GUILD_2_ID {
+            Self::BOT_ROLE_2_ID
+        } else {
+            Self::BOT_ROLE_ID
+        }
+    }
+
+    /// The "general" channel of `guild`, where its interactions come from by default.
+    pub fn general_of(guild: u64) -> u64 {
+        if guild == Self::GUILD_2_ID {
+            Self::CHANNEL_2_ID
+        } else {
+            Self::CHANNEL_ID
+        }
+    }
 
     /// HELLO announces a 1000 ms heartbeat interval.
     pub async fn start() -> Self {
@@ -247,23 +305,23 @@ impl FakeDiscord {
         let port = listener.local_addr().expect("local addr").port();
         let base_url = format!("http://127.0.0.1:{port}");
         let mut roles = BTreeMap::new();
-        roles.insert(
-            Self::GUILD_ID,
-            ("@everyone".to_owned(), member_permissions()),
-        );
-        roles.insert(
-            Self::BOT_ROLE_ID,
-            (Self::BOT_NAME.to_owned(), bot_role_permissions()),
-        );
         let mut channels = BTreeMap::new();
-        channels.insert(
-            Self::CHANNEL_ID,
-            Chan {
-                name: "general".to_owned(),
-                position: 0,
-                overwrites: Vec::new(),
-            },
-        );
+        for guild in Self::GUILDS {
+            roles.insert(guild, (guild, "@everyone".to_owned(), member_permissions()));
+            roles.insert(
+                Self::bot_role_of(guild),
+                (guild, Self::BOT_NAME.to_owned(), bot_role_permissions()),
+            );
+            channels.insert(
+                Self::general_of(guild),
+                Chan {
+                    guild,
+                    name: "general".to_owned(),
+                    position: 0,
+                    overwrites: Vec::new(),
+                },
+            );
+        }
         let st = St {
             base_url: base_url.clone(),
             next_id: FIRST_ID,
@@ -278,7 +336,8 @@ impl FakeDiscord {
             heartbeats: 0,
             ack_heartbeats: true,
             next_conn: 0,
-            live: None,
+            live: BTreeMap::new(),
+            sessions: HashMap::new(),
             interactions: HashMap::new(),
             tokens: HashMap::new(),
             messages: BTreeMap::new(),
@@ -354,10 +413,19 @@ impl FakeDiscord {
 
     fn report(&self) -> String {
         let st = self.lock();
+        let live: Vec<String> = st
+            .live
+            .values()
+            .map(|c| format!("shard [{}, {}]", c.shard.0, c.shard.1))
+            .collect();
         let mut out = format!(
-            "gateway: {} IDENTIFY(s), live connection: {}, {} heartbeat(s)\nREST requests so far ({}):\n",
+            "gateway: {} IDENTIFY(s), live connection(s): {}, {} heartbeat(s)\nREST requests so far ({}):\n",
             st.identifies,
-            if st.live.is_some() { "open" } else { "none" },
+            if live.is_empty() {
+                "none".to_owned()
+            } else {
+                live.join(", ")
+            },
             st.heartbeats,
             st.requests.len()
         );
@@ -377,16 +445,26 @@ impl FakeDiscord {
         out
     }
 
-    /// A bot connected, got READY, and (as a new client) registered its commands.
+    /// A bot connected, got READY, and (as a new client) registered its commands. For one bot
+    /// process at a time: a process that does not run shard 0 never registers, so with several
+    /// use [`Self::wait_shard_ready`].
     pub async fn wait_ready(&self) {
         self.wait_for(
             "a bot to connect, get READY and register its commands (PUT .../commands)",
             |st| {
-                let live = st.live.is_some();
+                let live = !st.live.is_empty();
                 (live && st.bots > 0 && st.registered_bot == st.bots).then_some(())
             },
         )
         .await;
+    }
+
+    /// A connection for `shard` is open and has been sent READY (or RESUMED); whether anyone
+    /// registered commands does not matter.
+    pub async fn wait_shard_ready(&self, shard: u32) {
+        let what = format!("a ready gateway connection for shard {shard}");
+        self.wait_for(&what, |st| st.live.contains_key(&shard).then_some(()))
+            .await;
     }
 
     /// The last registered command list (global or guild), as the fake answered it (with ids).
@@ -413,21 +491,33 @@ impl FakeDiscord {
         self.lock().last_identify.clone()
     }
 
-    /// A gateway connection that has been answered READY is open.
+    /// A gateway connection (of any shard) that has been answered READY is open.
     pub fn is_connected(&self) -> bool {
-        self.lock().live.is_some()
+        !self.lock().live.is_empty()
     }
 
-    /// Closes the live gateway connection as Discord does now and then (close code 4000);
+    /// A gateway connection for `shard` that has been answered READY is open.
+    pub fn is_shard_connected(&self, shard: u32) -> bool {
+        self.lock().live.contains_key(&shard)
+    }
+
+    /// The `(id, count)` of every shard with a ready connection, by id.
+    pub fn connected_shards(&self) -> Vec<(u32, u32)> {
+        self.lock().live.values().map(|c| c.shard).collect()
+    }
+
+    /// Closes every live gateway connection as Discord does now and then (close code 4000);
     /// serenity resumes, see [`Self::resumes`].
     pub fn disconnect(&self) {
-        if let Some(c) = self.lock().live.take() {
-            // Without a code serenity ignores the Close frame and notices only at its next heartbeat.
-            let _ = c.tx.send(WsMessage::Close(Some(CloseFrame {
-                code: 4000,
-                reason: "".into(),
-            })));
-        }
+        let conns = std::mem::take(&mut self.lock().live);
+        conns.into_values().for_each(close);
+        self.bump();
+    }
+
+    /// As [`Self::disconnect`], for `shard`'s connection only.
+    pub fn disconnect_shard(&self, shard: u32) {
+        let conn = self.lock().live.remove(&shard);
+        conn.into_iter().for_each(close);
         self.bump();
     }
 
@@ -481,21 +571,37 @@ impl FakeDiscord {
         self.lock().closed_dms.insert(user_id);
     }
 
-    /// A role the guild's `GET /roles` lists; `@everyone` (id = guild id) always exists.
+    /// A role of [`Self::GUILD_ID`] that its `GET /roles` lists; `@everyone` (id = guild id)
+    /// always exists.
     pub fn add_role(&self, id: u64, name: &str, permissions: u64) {
-        self.lock().roles.insert(id, (name.to_owned(), permissions));
+        self.add_role_in(Self::GUILD_ID, id, name, permissions);
     }
 
-    /// A guild text channel (type 0) that `GET /channels/{id}` and `GET /guilds/{g}/channels`
-    /// return; [`Self::CHANNEL_ID`] ("general") always exists.
+    /// As [`Self::add_role`], in `guild`.
+    pub fn add_role_in(&self, guild: u64, id: u64, name: &str, permissions: u64) {
+        self.lock()
+            .roles
+            .insert(id, (guild, name.to_owned(), permissions));
+    }
+
+    /// A text channel (type 0) of [`Self::GUILD_ID`] that `GET /channels/{id}` and
+    /// `GET /guilds/{g}/channels` return; [`Self::CHANNEL_ID`] ("general") always exists.
     pub fn add_channel(&self, id: u64, name: &str) {
+        self.add_channel_in(Self::GUILD_ID, id, name);
+    }
+
+    /// As [`Self::add_channel`], in `guild` ([`Self::CHANNEL_2_ID`] is [`Self::GUILD_2_ID`]'s
+    /// "general"). A channel already known (say, denied the bot first) moves there.
+    pub fn add_channel_in(&self, guild: u64, id: u64, name: &str) {
         let mut st = self.lock();
-        let position = st.channels.len() as u64;
+        let position = st.channels.values().filter(|c| c.guild == guild).count() as u64;
         let chan = st.channels.entry(id).or_insert(Chan {
+            guild,
             name: String::new(),
             position,
             overwrites: Vec::new(),
         });
+        chan.guild = guild;
         chan.name = name.to_owned();
     }
 
@@ -628,12 +734,24 @@ impl FakeDiscord {
         i
     }
 
-    /// Sends a dispatch (op 0) to the most recent ready connection, waiting for one if needed.
+    /// Sends a dispatch (op 0) as Discord routes it: an event with a `guild_id` to the ready
+    /// connection of that guild's shard ([`Self::shard_of`]), one without (a DM's) to shard 0's;
+    /// waits for that connection if it is not open.
     pub async fn dispatch(&self, event: &str, d: Value) {
-        let what = format!("a ready gateway connection to send {event} to");
+        let guild = snowflake(&d["guild_id"]);
+        let what = match guild {
+            Some(g) => {
+                format!("a ready gateway connection for guild {g}'s shard to send {event} to")
+            }
+            None => format!("a ready gateway connection for shard 0 to send {event} (no guild) to"),
+        };
         let interaction = d["id"].as_str().and_then(|id| id.parse::<u64>().ok());
         self.wait_for(&what, |st| {
-            let conn = st.live.as_mut()?;
+            let conn = st
+                .live
+                .values_mut()
+                .find(|c| c.shard.0 == guild.map_or(0, |g| Self::shard_of(g, c.shard.1)))?;
+            let shard = conn.shard.0;
             conn.seq += 1;
             let frame = dispatch_frame(event, conn.seq, d.clone());
             // Taken before the send: the bot's answer may be sent (and
@@ -644,6 +762,7 @@ impl FakeDiscord {
                 .ok()?;
             if let Some(inter) = interaction.and_then(|id| st.interactions.get_mut(&id)) {
                 inter.dispatched_at = Some(at);
+                inter.dispatched_to = Some(shard);
             }
             Some(())
         })
@@ -670,6 +789,12 @@ impl FakeDiscord {
             .collect()
     }
 
+    /// The shard whose connection the interaction's INTERACTION_CREATE went out on (the last
+    /// time, if sent more than once); `None` before it is dispatched.
+    pub fn dispatched_to(&self, i: &Interaction) -> Option<u32> {
+        self.lock().interactions.get(&i.id)?.dispatched_to
+    }
+
     /// Time from the interaction's dispatch to its callback, once both happened: what a
     /// Discord user waits for, less the network.
     pub fn latency(&self, i: &Interaction) -> Option<Duration> {
@@ -689,7 +814,7 @@ impl FakeDiscord {
     ) -> (Interaction, Value) {
         let data = {
             let st = self.lock();
-            let (id, spec) = st.command_spec(command);
+            let (id, spec) = st.command_spec(command, user.guild);
             let spec_options = option_specs(spec.as_ref(), subcommand);
             let mut resolved = Map::new();
             let opts: Vec<Value> = options
@@ -709,7 +834,7 @@ impl FakeDiscord {
                 "name": command,
                 "type": 1,
                 "options": wrap_subcommand(subcommand, opts),
-                "guild_id": Self::GUILD_ID.to_string(),
+                "guild_id": user.guild.to_string(),
             });
             if !resolved.is_empty() {
                 data["resolved"] = Value::Object(resolved);
@@ -729,7 +854,7 @@ impl FakeDiscord {
     ) -> (Interaction, Value) {
         let data = {
             let st = self.lock();
-            let (id, spec) = st.command_spec(command);
+            let (id, spec) = st.command_spec(command, user.guild);
             let kind = option_specs(spec.as_ref(), subcommand)
                 .iter()
                 .find(|o| o["name"] == option)
@@ -741,7 +866,7 @@ impl FakeDiscord {
                 "name": command,
                 "type": 1,
                 "options": wrap_subcommand(subcommand, vec![focused]),
-                "guild_id": Self::GUILD_ID.to_string(),
+                "guild_id": user.guild.to_string(),
             })
         };
         self.build_interaction(user, 4, false, data, None)
@@ -788,9 +913,9 @@ impl FakeDiscord {
         self.build_interaction(user, 5, in_dm, data, message)
     }
 
-    /// The READY frame the fake sends after IDENTIFY.
+    /// The READY frame the fake sends after an IDENTIFY for shard [0, 1] (both guilds).
     pub fn ready_frame(&self) -> Value {
-        ready_frame(&self.gateway_url(), 0)
+        ready_frame(&self.gateway_url(), 0, (0, 1))
     }
 
     fn build_interaction(
@@ -815,7 +940,7 @@ impl FakeDiscord {
             message
                 .as_ref()
                 .and_then(|m| snowflake(&m["channel_id"]))
-                .unwrap_or(Self::CHANNEL_ID)
+                .unwrap_or(Self::general_of(user.guild))
         };
         let mut d = json!({
             "id": id.to_string(),
@@ -828,7 +953,7 @@ impl FakeDiscord {
             "app_permissions": st.app_permissions.to_string(),
             "locale": "en-US",
             "entitlements": [],
-            "authorizing_integration_owners": { "0": Self::GUILD_ID.to_string() },
+            "authorizing_integration_owners": { "0": user.guild.to_string() },
             "context": if in_dm { 1 } else { 0 },
             "attachment_size_limit": 10_485_760,
         });
@@ -836,7 +961,7 @@ impl FakeDiscord {
             d["user"] = user_json(user.id, &user.name, false);
         } else {
             st.members.insert(user.id, user.clone());
-            d["guild_id"] = json!(Self::GUILD_ID.to_string());
+            d["guild_id"] = json!(user.guild.to_string());
             d["guild_locale"] = json!("en-US");
             d["member"] = member_json(user, true);
         }
@@ -851,6 +976,7 @@ impl FakeDiscord {
                 message_id: message.as_ref().and_then(|m| snowflake(&m["id"])),
                 callback: None,
                 dispatched_at: None,
+                dispatched_to: None,
                 answered_at: None,
                 answered: Arc::new(tokio::sync::Notify::new()),
                 original: None,
@@ -987,24 +1113,43 @@ fn dispatch_frame(event: &str, seq: u64, d: Value) -> Value {
     json!({ "op": 0, "t": event, "s": seq, "d": d })
 }
 
-fn ready_frame(ws_url: &str, conn: u64) -> Value {
+/// Closes a connection as Discord does now and then (close code 4000): serenity resumes.
+fn close(c: Conn) {
+    // Without a code serenity ignores the Close frame and notices only at its next heartbeat.
+    let _ = c.tx.send(WsMessage::Close(Some(CloseFrame {
+        code: 4000,
+        reason: "".into(),
+    })));
+}
+
+/// READY for `shard`: it lists the guilds that shard owns, as Discord's does.
+fn ready_frame(ws_url: &str, conn: u64, shard: Shard) -> Value {
     let mut user = bot_user();
     user["verified"] = json!(true);
     user["mfa_enabled"] = json!(false);
     user["flags"] = json!(0);
+    let guilds: Vec<Value> = FakeDiscord::GUILDS
+        .iter()
+        .filter(|g| FakeDiscord::shard_of(**g, shard.1) == shard.0)
+        .map(|g| json!({ "id": g.to_string(), "unavailable": true }))
+        .collect();
     dispatch_frame(
         "READY",
         1,
         json!({
             "v": 10,
             "user": user,
-            "guilds": [{ "id": FakeDiscord::GUILD_ID.to_string(), "unavailable": true }],
-            "session_id": format!("fake-session-{conn}"),
+            "guilds": guilds,
+            "session_id": session_id(conn),
             "resume_gateway_url": ws_url,
-            "shard": [0, 1],
+            "shard": [shard.0, shard.1],
             "application": { "id": FakeDiscord::APPLICATION_ID.to_string(), "flags": 0 },
         }),
     )
+}
+
+fn session_id(conn: u64) -> String {
+    format!("fake-session-{conn}")
 }
 
 fn snowflake(v: &Value) -> Option<u64> {
@@ -1064,13 +1209,16 @@ fn role_json(id: u64, name: &str, permissions: u64) -> Value {
         "hoist": false,
         "icon": null,
         "unicode_emoji": null,
-        "position": if id == FakeDiscord::GUILD_ID { 0 } else { 1 },
+        "position": if FakeDiscord::GUILDS.contains(&id) { 0 } else { 1 },
         "permissions": permissions.to_string(),
         "managed": false,
         "mentionable": false,
         "flags": 0,
     });
-    if id == FakeDiscord::BOT_ROLE_ID {
+    if FakeDiscord::GUILDS
+        .iter()
+        .any(|g| FakeDiscord::bot_role_of(*g) == id)
+    {
         r["managed"] = json!(true);
         r["tags"] = json!({ "bot_id": FakeDiscord::APPLICATION_ID.to_string() });
     }
@@ -1190,9 +1338,9 @@ impl St {
             .collect()
     }
 
-    /// The registered command by name (guild scope first) and its id.
-    fn command_spec(&self, name: &str) -> (u64, Option<Value>) {
-        let found = [Some(FakeDiscord::GUILD_ID), None]
+    /// The registered command by name (`guild`'s scope first) and its id.
+    fn command_spec(&self, name: &str, guild: u64) -> (u64, Option<Value>) {
+        let found = [Some(guild), None]
             .iter()
             .filter_map(|scope| self.command_scopes.get(scope))
             .flatten()
@@ -1244,7 +1392,7 @@ impl St {
                 let (name, perms) = self
                     .roles
                     .get(&id)
-                    .cloned()
+                    .map(|r| (r.1.clone(), r.2))
                     .unwrap_or_else(|| (format!("role-{id}"), 0));
                 add("roles", role_json(id, &name, perms));
             }
@@ -1318,18 +1466,28 @@ impl St {
     fn chan_mut(&mut self, id: u64) -> &mut Chan {
         let position = self.channels.len() as u64;
         self.channels.entry(id).or_insert_with(|| Chan {
+            guild: FakeDiscord::GUILD_ID,
             name: format!("channel-{id}"),
             position,
             overwrites: Vec::new(),
         })
     }
 
-    /// The serenity `GuildChannel` of a guild text channel; unknown ids are text channels too.
+    /// The guild of a guild channel: unknown ids are [`FakeDiscord::GUILD_ID`]'s.
+    fn guild_of_channel(&self, id: u64) -> u64 {
+        self.channels
+            .get(&id)
+            .map_or(FakeDiscord::GUILD_ID, |c| c.guild)
+    }
+
+    /// The serenity `GuildChannel` of a guild text channel; unknown ids are text channels (of
+    /// [`FakeDiscord::GUILD_ID`]) too.
     fn channel_json(&self, id: u64) -> Value {
         let (name, position, overwrites) = match self.channels.get(&id) {
             Some(c) => (c.name.clone(), c.position, c.overwrites.as_slice()),
             None => (format!("channel-{id}"), 0, &[][..]),
         };
+        let guild = self.guild_of_channel(id);
         let overwrites: Vec<Value> = overwrites
             .iter()
             .map(|(target, kind, allow, deny)| {
@@ -1344,7 +1502,7 @@ impl St {
         json!({
             "id": id.to_string(),
             "type": 0,
-            "guild_id": FakeDiscord::GUILD_ID.to_string(),
+            "guild_id": guild.to_string(),
             "name": name,
             "position": position,
             "permission_overwrites": overwrites,
@@ -1357,16 +1515,16 @@ impl St {
         })
     }
 
-    /// The bot's roles in the guild.
-    fn bot_roles(&self) -> Vec<u64> {
-        vec![FakeDiscord::BOT_ROLE_ID]
+    /// The bot's roles in `guild`.
+    fn bot_roles(&self, guild: u64) -> Vec<u64> {
+        vec![FakeDiscord::bot_role_of(guild)]
     }
 
     /// The bot's member, as `GET /guilds/{g}/members/{bot}` answers it.
-    fn bot_member_json(&self) -> Value {
+    fn bot_member_json(&self, guild: u64) -> Value {
         json!({
             "user": bot_user(),
-            "roles": self.bot_roles().iter().map(u64::to_string).collect::<Vec<_>>(),
+            "roles": self.bot_roles(guild).iter().map(u64::to_string).collect::<Vec<_>>(),
             "joined_at": "2024-01-01T00:00:00.000000+00:00",
             "premium_since": null,
             "nick": null,
@@ -1376,18 +1534,17 @@ impl St {
             "flags": 0,
             "pending": false,
             "communication_disabled_until": null,
-            "guild_id": FakeDiscord::GUILD_ID.to_string(),
+            "guild_id": guild.to_string(),
         })
     }
 
     /// The bot's permissions in a guild channel, computed as Discord does: @everyone and the
     /// bot's roles, then the @everyone, role and member overwrites of the channel.
     fn bot_permissions_in(&self, channel_id: u64) -> Permissions {
-        let role = |id: u64| self.roles.get(&id).map_or(0, |r| r.1);
-        let roles = self.bot_roles();
-        let mut perms = roles
-            .iter()
-            .fold(role(FakeDiscord::GUILD_ID), |p, r| p | role(*r));
+        let guild = self.guild_of_channel(channel_id);
+        let role = |id: u64| self.roles.get(&id).map_or(0, |r| r.2);
+        let roles = self.bot_roles(guild);
+        let mut perms = roles.iter().fold(role(guild), |p, r| p | role(*r));
         if perms & Permissions::ADMINISTRATOR.bits() != 0 {
             return Permissions::all();
         }
@@ -1403,8 +1560,8 @@ impl St {
                 .fold((0, 0), |(a, d), o| (a | o.2, d | o.3))
         };
         for (allow, deny) in [
-            find(&|id, kind| kind == 0 && id == FakeDiscord::GUILD_ID),
-            find(&|id, kind| kind == 0 && id != FakeDiscord::GUILD_ID && roles.contains(&id)),
+            find(&|id, kind| kind == 0 && id == guild),
+            find(&|id, kind| kind == 0 && id != guild && roles.contains(&id)),
             find(&|id, kind| kind == 1 && id == bot),
         ] {
             perms = (perms & !deny) | allow;
@@ -1549,15 +1706,16 @@ impl St {
         );
     }
 
-    fn guild_json(&self) -> Value {
+    fn guild_json(&self, guild: u64) -> Value {
         let roles: Vec<Value> = self
             .roles
             .iter()
-            .map(|(id, (name, perms))| role_json(*id, name, *perms))
+            .filter(|(_, (g, _, _))| *g == guild)
+            .map(|(id, (_, name, perms))| role_json(*id, name, *perms))
             .collect();
         json!({
-            "id": FakeDiscord::GUILD_ID.to_string(),
-            "name": "Fake Guild",
+            "id": guild.to_string(),
+            "name": if guild == FakeDiscord::GUILD_ID { "Fake Guild" } else { "Fake Guild 2" },
             "icon": null, "icon_hash": null, "splash": null, "discovery_splash": null,
             "owner_id": FakeDiscord::OWNER_ID.to_string(),
             "afk_channel_id": null, "afk_timeout": 300,
@@ -1874,13 +2032,18 @@ impl St {
                     _ => error(405, 0, "405: Method Not Allowed"),
                 }
             }
-            ("GET", ["guilds", g, rest @ ..]) if g.parse::<u64>() == Ok(FakeDiscord::GUILD_ID) => {
+            ("GET", ["guilds", g, rest @ ..])
+                if g.parse::<u64>()
+                    .is_ok_and(|g| FakeDiscord::GUILDS.contains(&g)) =>
+            {
+                let guild: u64 = g.parse().expect("a guild id, matched above");
                 match rest {
-                    [] => Reply::Json(200, self.guild_json()),
+                    [] => Reply::Json(200, self.guild_json(guild)),
                     ["channels"] => {
                         let mut ids: Vec<(u64, u64)> = self
                             .channels
                             .iter()
+                            .filter(|(_, c)| c.guild == guild)
                             .map(|(id, c)| (c.position, *id))
                             .collect();
                         ids.sort_unstable();
@@ -1888,14 +2051,14 @@ impl St {
                             ids.iter().map(|(_, id)| self.channel_json(*id)).collect();
                         Reply::Json(200, json!(list))
                     }
-                    ["roles"] => Reply::Json(200, self.guild_json()["roles"].clone()),
+                    ["roles"] => Reply::Json(200, self.guild_json(guild)["roles"].clone()),
                     ["members", u] if u.parse::<u64>() == Ok(FakeDiscord::APPLICATION_ID) => {
-                        Reply::Json(200, self.bot_member_json())
+                        Reply::Json(200, self.bot_member_json(guild))
                     }
                     ["members", u] => match u.parse().ok().and_then(|u| self.members.get(&u)) {
                         Some(user) => {
                             let mut mj = member_json(user, true);
-                            mj["guild_id"] = json!(FakeDiscord::GUILD_ID.to_string());
+                            mj["guild_id"] = json!(guild.to_string());
                             Reply::Json(200, mj)
                         }
                         None => error(404, 10007, "Unknown Member"),
@@ -2100,6 +2263,8 @@ async fn serve_gateway(fake: FakeDiscord, socket: WebSocket) {
         let _ = tx.send(WsMessage::Text(v.to_string().into()));
     };
     send(json!({ "op": 10, "d": { "heartbeat_interval": fake.inner.heartbeat_ms } }));
+    // The shard this connection was last made ready for.
+    let mut live_shard = None;
     // Keep reading after a Close frame: that is what makes the close handshake answer.
     while let Some(Ok(msg)) = stream.next().await {
         let WsMessage::Text(text) = msg else { continue };
@@ -2118,47 +2283,74 @@ async fn serve_gateway(fake: FakeDiscord, socket: WebSocket) {
                 }
             }
             Some(2) => {
+                let shard = identified_shard(&frame["d"]);
                 let mut st = fake.lock();
                 st.identifies += 1;
                 st.last_identify = Some(frame["d"].clone());
+                st.sessions.insert(session_id(conn_id), shard);
                 // Sent under the lock so no dispatch can overtake READY.
                 let _ = tx.send(WsMessage::Text(
-                    ready_frame(&gateway_url(&st.base_url), conn_id)
+                    ready_frame(&gateway_url(&st.base_url), conn_id, shard)
                         .to_string()
                         .into(),
                 ));
-                st.live = Some(Conn {
-                    id: conn_id,
-                    tx: tx.clone(),
-                    seq: 1,
-                });
+                // A newer connection for the shard replaces an older one, as Discord's would.
+                st.live.insert(
+                    shard.0,
+                    Conn {
+                        id: conn_id,
+                        shard,
+                        tx: tx.clone(),
+                        seq: 1,
+                    },
+                );
+                live_shard = Some(shard.0);
             }
             // Resuming (rather than INVALID_SESSION) skips serenity's 5 s pause between shard
             // boots, so a dropped connection costs a test milliseconds; nothing is replayed.
             Some(6) => {
                 let mut st = fake.lock();
                 st.resumes += 1;
+                // The session says which shard this is: RESUME does not.
+                let shard = frame["d"]["session_id"]
+                    .as_str()
+                    .and_then(|s| st.sessions.get(s).copied())
+                    .unwrap_or((0, 1));
                 let seq = frame["d"]["seq"].as_u64().unwrap_or(0) + 1;
                 let _ = tx.send(WsMessage::Text(
                     dispatch_frame("RESUMED", seq, json!({})).to_string().into(),
                 ));
-                st.live = Some(Conn {
-                    id: conn_id,
-                    tx: tx.clone(),
-                    seq,
-                });
+                st.live.insert(
+                    shard.0,
+                    Conn {
+                        id: conn_id,
+                        shard,
+                        tx: tx.clone(),
+                        seq,
+                    },
+                );
+                live_shard = Some(shard.0);
             }
             _ => {}
         }
         fake.bump();
     }
-    {
+    if let Some(shard) = live_shard {
         let mut st = fake.lock();
-        if st.live.as_ref().is_some_and(|c| c.id == conn_id) {
-            st.live = None;
+        if st.live.get(&shard).is_some_and(|c| c.id == conn_id) {
+            st.live.remove(&shard);
         }
     }
     fake.bump();
     drop(tx);
     let _ = writer.await;
+}
+
+/// IDENTIFY's `shard` (`[id, count]`); without one a client runs the only shard, `[0, 1]`.
+fn identified_shard(d: &Value) -> Shard {
+    let part = |i: usize| d["shard"][i].as_u64().and_then(|v| u32::try_from(v).ok());
+    match (part(0), part(1)) {
+        (Some(id), Some(count)) if id < count => (id, count),
+        _ => (0, 1),
+    }
 }

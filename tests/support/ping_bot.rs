@@ -23,6 +23,16 @@ pub struct PingBot {
 }
 
 pub async fn start_ping_bot(fake: &FakeDiscord) -> PingBot {
+    start(fake, None).await
+}
+
+/// The ping bot running shard `id` of `count` only, as one of several processes would.
+pub async fn start_ping_bot_shard(fake: &FakeDiscord, id: u32, count: u32) -> PingBot {
+    start(fake, Some((id, count))).await
+}
+
+/// `shard`: None runs the one shard `client.start()` picks.
+async fn start(fake: &FakeDiscord, shard: Option<(u32, u32)>) -> PingBot {
     let framework = poise::Framework::builder()
         .options(poise::FrameworkOptions {
             commands: vec![ping()],
@@ -49,7 +59,12 @@ pub async fn start_ping_bot(fake: &FakeDiscord) -> PingBot {
             .expect("build the ping bot's client");
     let shard_manager = client.shard_manager.clone();
     let http = client.http.clone();
-    let task = tokio::spawn(async move { client.start().await });
+    let task = tokio::spawn(async move {
+        match shard {
+            Some((id, count)) => client.start_shard(id, count).await,
+            None => client.start().await,
+        }
+    });
     PingBot {
         shard_manager,
         http,
