@@ -101,7 +101,15 @@ async fn one_flow(fake: FakeDiscord, user: TestUser) -> Vec<(&'static str, Durat
         .press_button(&user, &msg, &component(&msg, "submit"))
         .await;
     out.push(("submit", timed(&fake, &i).await.0));
-    let dm = fake.wait_for_dm(user.id, 1).await.remove(0);
+    // The DM is a placeholder until the credentials fill it, with its buttons.
+    let has_buttons = |f: &FakeDiscord| {
+        f.dm_messages(user.id)
+            .first()
+            .is_some_and(|m| m["components"].as_array().is_some_and(|c| !c.is_empty()))
+    };
+    fake.wait_until("the filled credentials DM", has_buttons)
+        .await;
+    let dm = fake.dm_messages(user.id).remove(0);
     let i = fake
         .press_button_in_dm(&user, &dm, &component(&dm, "genkey"))
         .await;
