@@ -1,9 +1,15 @@
 //! Benchmark: N concurrent members through the whole wizard against the fake
-//! Discord, per-step latency (dispatch → callback) and flows per second, with
-//! a bare poise `/ping` bot on the same fake as the framework's floor.
+//! Discord, per-step latency and flows per second, with a bare poise `/ping`
+//! bot on the same fake as the framework's floor.
+//!
+//! A step's latency runs from the INTERACTION_CREATE dispatch to the moment
+//! the member sees the step's content: the callback when it carries it
+//! (types 4, 7, 9), else the edit of `@original` (or the follow-up) that
+//! follows the deferral; a deferral alone shows nothing.
 //!
 //! Run: `cargo bench --bench wizard` (N defaults to 1, 50, 200; set
-//! `BENCH_USERS=1,10` for others).
+//! `BENCH_USERS=1,10` for others; `BENCH_DATABASE=postgres` runs the bot on
+//! the PostgreSQL of `TEST_POSTGRES_URL` instead of SQLite).
 
 mod latency;
 
@@ -12,6 +18,7 @@ use latency::{ms, percentile};
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+use keygate::store::Backend;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -34,17 +41,15 @@ const STEPS: [&str; 10] = [
 
 type Samples = BTreeMap<&'static str, Vec<Duration>>;
 
-/// Dispatch-to-callback time of one interaction, as the fake recorded it.
+/// Dispatch-to-content time of one interaction, as the fake recorded it,
+/// and its callback.
 async fn timed(fake: &FakeDiscord, i: &Interaction) -> (Duration, Value) {
     let response = fake.response(i).await;
-    (
-        fake.latency(i).expect("the fake timed the callback"),
-        response,
-    )
+    (fake.shown_latency(i).await, response)
 }
 
 async fn one_flow(fake: FakeDiscord, user: TestUser) -> Vec<(&'static str, Duration)> {
-    let mut out = Vec::with_capacity(STEPS.len());
+    let mut out = Steps(Vec::with_capacity(STEPS.len()));
     let i = fake
         .slash_command(&user, "app", Some("create"), vec![])
         .await;
@@ -96,7 +101,15 @@ async fn one_flow(fake: FakeDiscord, user: TestUser) -> Vec<(&'static str, Durat
         .press_button(&user, &msg, &component(&msg, "submit"))
         .await;
     out.push(("submit", timed(&fake, &i).await.0));
-    let dm = fake.wait_for_dm(user.id, 1).await.remove(0);
+    // The DM is a placeholder until the credentials fill it, with its buttons.
+    let has_buttons = |f: &FakeDiscord| {
+        f.dm_messages(user.id)
+            .first()
+            .is_some_and(|m| m["components"].as_array().is_some_and(|c| !c.is_empty()))
+    };
+    fake.wait_until("the filled credentials DM", has_buttons)
+        .await;
+    let dm = fake.dm_messages(user.id).remove(0);
     let i = fake
         .press_button_in_dm(&user, &dm, &component(&dm, "genkey"))
         .await;
@@ -111,7 +124,55 @@ async fn one_flow(fake: FakeDiscord, user: TestUser) -> Vec<(&'static str, Durat
         .press_button_in_dm(&user, &with_key, &component(&with_key, "finish"))
         .await;
     out.push(("finish", timed(&fake, &i).await.0));
-    out
+    out.0
+}
+
+/// The steps' latencies of one flow; each step is marked in the log, so
+/// `BENCH_STATEMENTS` can tell which statements it ran.
+struct Steps(Vec<(&'static str, Duration)>);
+
+impl Steps {
+    fn push(&mut self, step: (&'static str, Duration)) {
+        tracing::info!(target: "bench", "step done: {}", step.0);
+        self.0.push(step);
+    }
+}
+
+/// One flow alone with every SQL statement logged: how many each step ran
+/// (those of background jobs in between included), printed as a table.
+async fn count_statements(h: &Harness) {
+    let logs = support::captured_logs("bench=info,sqlx::query=debug");
+    let start = logs.text().len();
+    let user = TestUser::admin(5_000_000_000_000_000, "counted");
+    one_flow(h.fake.clone(), user).await;
+    let text = logs.text()[start..].to_owned();
+    println!("SQL statements per step (one flow alone; BEGIN/COMMIT included when logged)");
+    println!(
+        "{:<14}{:>8}{:>8}{:>8}{:>8}{:>8}",
+        "step", "all", "SELECT", "INSERT", "UPDATE", "DELETE"
+    );
+    let mut counts = [0usize; 5];
+    for line in text.lines() {
+        if let Some(step) = line.split("step done: ").nth(1) {
+            println!(
+                "{step:<14}{:>8}{:>8}{:>8}{:>8}{:>8}",
+                counts[0], counts[1], counts[2], counts[3], counts[4]
+            );
+            counts = [0; 5];
+        } else if line.contains("sqlx::query") {
+            counts[0] += 1;
+            let upper = line.to_uppercase();
+            for (n, verb) in ["SELECT", "INSERT", "UPDATE", "DELETE"].iter().enumerate() {
+                if upper.contains(&format!("SUMMARY=\"{verb}")) {
+                    counts[n + 1] += 1;
+                }
+            }
+        }
+    }
+    if std::env::var("BENCH_STATEMENTS").as_deref() == Ok("full") {
+        println!("{text}");
+    }
+    println!();
 }
 
 async fn wizard_round(h: &Harness, users: usize, round: u64) -> (Samples, Duration) {
@@ -154,6 +215,11 @@ async fn ping_round(fake: &FakeDiscord, users: usize) -> Vec<Duration> {
 }
 
 fn main() {
+    let backend = match std::env::var("BENCH_DATABASE").as_deref() {
+        Ok("postgres") => Backend::Postgres,
+        Ok("sqlite") | Err(_) => Backend::Sqlite,
+        Ok(other) => panic!("BENCH_DATABASE must be sqlite or postgres, not `{other}`"),
+    };
     let users: Vec<usize> = std::env::var("BENCH_USERS")
         .ok()
         .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
@@ -163,10 +229,13 @@ fn main() {
         .build()
         .expect("tokio runtime");
     runtime.block_on(async {
-        let mut h = Harness::start().await;
+        let mut h = Harness::start_with(backend, false).await;
         let mut results = Vec::new();
         // A warm-up flow so first-use costs (SQLite pages, connections) are not measured.
         wizard_round(&h, 1, 0).await;
+        if std::env::var_os("BENCH_STATEMENTS").is_some() {
+            count_statements(&h).await;
+        }
         for (round, &n) in users.iter().enumerate() {
             let (mut samples, elapsed) = wizard_round(&h, n, round as u64 + 1).await;
             for v in samples.values_mut() {
@@ -186,8 +255,15 @@ fn main() {
         ping.shutdown().await;
         h.db.close().await;
 
-        println!("keygate wizard benchmark (SQLite, fake Discord on 127.0.0.1)");
-        println!("latency = INTERACTION_CREATE dispatch → interaction callback received, in ms\n");
+        let database = match backend {
+            Backend::Sqlite => "SQLite",
+            Backend::Postgres => "PostgreSQL",
+        };
+        println!("keygate wizard benchmark ({database}, fake Discord on 127.0.0.1)");
+        println!(
+            "latency = INTERACTION_CREATE dispatch → the step's content shown (a callback with it, \
+             else the edit or follow-up after the deferral), in ms\n"
+        );
         for ((n, samples, elapsed), floor) in results.iter().zip(&floors) {
             println!(
                 "── {n} concurrent user(s): {:.1} flows/s ({n} flows in {:.2} s)",

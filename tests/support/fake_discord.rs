@@ -164,6 +164,10 @@ struct Inter {
     /// The shard whose connection its INTERACTION_CREATE went out on.
     dispatched_to: Option<u32>,
     answered_at: Option<std::time::Instant>,
+    /// When the member first saw its content: a callback that carries it
+    /// (4, 7, 9), else the first edit of `@original` or follow-up after the
+    /// deferral (5, 6), which alone shows nothing.
+    shown_at: Option<std::time::Instant>,
     /// Wakes `response()` waiters of this interaction only: with hundreds of
     /// concurrent users, waking every waiter on every change would cost the
     /// benchmark more than the bot under test.
@@ -171,6 +175,16 @@ struct Inter {
     /// What `@original` refers to.
     original: Option<u64>,
     followups: Vec<u64>,
+}
+
+impl Inter {
+    /// Stamps the first edit or follow-up after a deferral (see `shown_at`).
+    fn mark_shown(&mut self) {
+        if self.shown_at.is_none() && self.callback.is_some() {
+            self.shown_at = Some(std::time::Instant::now());
+            self.answered.notify_waiters();
+        }
+    }
 }
 
 /// A guild text channel.
@@ -803,6 +817,34 @@ impl FakeDiscord {
         Some(inter.answered_at?.duration_since(inter.dispatched_at?))
     }
 
+    /// Time from the interaction's dispatch to the moment the member saw
+    /// its content (see `Inter::shown_at`), waiting for that moment: what
+    /// a step's latency is.
+    pub async fn shown_latency(&self, i: &Interaction) -> Duration {
+        let answered = self.lock().interactions[&i.id].answered.clone();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let notified = answered.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(t) = self
+                .lock()
+                .interactions
+                .get(&i.id)
+                .and_then(|x| Some(x.shown_at?.duration_since(x.dispatched_at?)))
+            {
+                return t;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                let report = self.report();
+                panic!(
+                    "fake Discord: timed out after {WAIT:?} waiting for interaction {}'s content\n{report}",
+                    i.id
+                );
+            }
+        }
+    }
+
     /// The `d` of an INTERACTION_CREATE for a chat-input command; registers the interaction
     /// with the fake but does not send it.
     pub fn slash_command_payload(
@@ -978,6 +1020,7 @@ impl FakeDiscord {
                 dispatched_at: None,
                 dispatched_to: None,
                 answered_at: None,
+                shown_at: None,
                 answered: Arc::new(tokio::sync::Notify::new()),
                 original: None,
                 followups: Vec::new(),
@@ -1837,6 +1880,9 @@ impl St {
         }
         inter.callback = Some(body.clone());
         inter.answered_at = Some(std::time::Instant::now());
+        if matches!(body["type"].as_u64(), Some(4 | 7 | 9)) {
+            inter.shown_at = inter.answered_at;
+        }
         inter.answered.notify_waiters();
         Reply::NoContent
     }
@@ -1864,11 +1910,9 @@ impl St {
             None => self.new_message(channel_id, body, files, true),
         };
         let mid = snowflake(&m["id"]).expect("id");
-        self.interactions
-            .get_mut(&id)
-            .expect("interaction")
-            .followups
-            .push(mid);
+        let inter = self.interactions.get_mut(&id).expect("interaction");
+        inter.followups.push(mid);
+        inter.mark_shown();
         Reply::Json(200, m)
     }
 
@@ -1880,11 +1924,10 @@ impl St {
         body: &Value,
         files: &[FilePart],
     ) -> Reply {
-        let Some(inter) = self
-            .tokens
-            .get(token)
-            .and_then(|id| self.interactions.get(id))
-        else {
+        let Some(&inter_id) = self.tokens.get(token) else {
+            return error(404, 10015, "Unknown Webhook");
+        };
+        let Some(inter) = self.interactions.get(&inter_id) else {
             return error(404, 10015, "Unknown Webhook");
         };
         let id = if which == "@original" {
@@ -1897,7 +1940,15 @@ impl St {
         };
         match *method {
             Method::GET => Reply::Json(200, self.messages[&id].clone()),
-            Method::PATCH => Reply::Json(200, self.edit_message(id, body, files).expect("message")),
+            Method::PATCH => {
+                let edited = self.edit_message(id, body, files).expect("message");
+                if which == "@original"
+                    && let Some(inter) = self.interactions.get_mut(&inter_id)
+                {
+                    inter.mark_shown();
+                }
+                Reply::Json(200, edited)
+            }
             Method::DELETE => {
                 self.messages.remove(&id);
                 Reply::NoContent
