@@ -9,7 +9,9 @@
 //!
 //! Run: `cargo bench --bench wizard` (N defaults to 1, 50, 200; set
 //! `BENCH_USERS=1,10` for others; `BENCH_DATABASE=postgres` runs the bot on
-//! the PostgreSQL of `TEST_POSTGRES_URL` instead of SQLite).
+//! the PostgreSQL of `TEST_POSTGRES_URL` instead of SQLite;
+//! `BENCH_PROCESSES=2`, on PostgreSQL, then runs the same rounds on two bot
+//! processes, shards 0 and 1 of 2, with the members spread over two guilds).
 
 mod latency;
 
@@ -18,11 +20,14 @@ use latency::{ms, percentile};
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+use keygate::domain::catalog::ScopeCatalog;
+use keygate::service::Service;
 use keygate::store::Backend;
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::bot::{Harness, component, token};
+use support::bot::{Harness, ShardProcess, component, token};
 use support::fake_discord::{FakeDiscord, Interaction, TestUser};
 use support::ping_bot::start_ping_bot;
 
@@ -175,12 +180,21 @@ async fn count_statements(h: &Harness) {
     println!();
 }
 
-async fn wizard_round(h: &Harness, users: usize, round: u64) -> (Samples, Duration) {
+/// `users` members at once through the wizard; with `guilds` 2, every other
+/// one in the fake's second guild (the other shard of 2).
+async fn wizard_round(
+    fake: &FakeDiscord,
+    users: usize,
+    round: u64,
+    guilds: usize,
+) -> (Samples, Duration) {
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for n in 0..users as u64 {
-        let user = TestUser::admin(3_000_000_000_000_000 + round * 10_000 + n, format!("u{n}"));
-        tasks.spawn(one_flow(h.fake.clone(), user));
+        let guild = FakeDiscord::GUILDS[n as usize % guilds];
+        let user = TestUser::admin(3_000_000_000_000_000 + round * 10_000 + n, format!("u{n}"))
+            .in_guild(guild);
+        tasks.spawn(one_flow(fake.clone(), user));
     }
     let mut samples = Samples::new();
     while let Some(flow) = tasks.join_next().await {
@@ -214,11 +228,69 @@ async fn ping_round(fake: &FakeDiscord, users: usize) -> Vec<Duration> {
     all
 }
 
+/// Every round at each user count: the samples, sorted, and the time taken.
+type Results = Vec<(usize, Samples, Duration)>;
+
+async fn rounds(fake: &FakeDiscord, users: &[usize], first_round: u64, guilds: usize) -> Results {
+    let mut results = Vec::new();
+    // A warm-up flow so first-use costs (SQLite pages, connections) are not measured.
+    wizard_round(fake, guilds, first_round, guilds).await;
+    for (round, &n) in users.iter().enumerate() {
+        let (mut samples, elapsed) =
+            wizard_round(fake, n, first_round + 1 + round as u64, guilds).await;
+        for v in samples.values_mut() {
+            v.sort();
+        }
+        results.push((n, samples, elapsed));
+    }
+    results
+}
+
+fn print_results(label: &str, results: &Results, floors: &[Vec<Duration>]) {
+    println!("{label}");
+    for ((n, samples, elapsed), floor) in results.iter().zip(floors) {
+        println!(
+            "── {n} concurrent user(s): {:.1} flows/s ({n} flows in {:.2} s)",
+            *n as f64 / elapsed.as_secs_f64(),
+            elapsed.as_secs_f64()
+        );
+        println!("{:<14}{:>10}{:>10}", "step", "p50", "p99");
+        let mut all = Vec::new();
+        for step in STEPS {
+            if let Some(v) = samples.get(step) {
+                println!(
+                    "{step:<14}{:>10.2}{:>10.2}",
+                    ms(percentile(v, 50.0)),
+                    ms(percentile(v, 99.0))
+                );
+                all.extend(v.iter().copied());
+            }
+        }
+        all.sort();
+        let (p50, p99) = (percentile(&all, 50.0), percentile(&all, 99.0));
+        let (f50, f99) = (percentile(floor, 50.0), percentile(floor, 99.0));
+        println!("{:<14}{:>10.2}{:>10.2}", "all steps", ms(p50), ms(p99));
+        println!("{:<14}{:>10.2}{:>10.2}", "/ping floor", ms(f50), ms(f99));
+        println!(
+            "keygate p99 / floor p99 = {:.2}×\n",
+            p99.as_secs_f64() / f99.as_secs_f64().max(1e-9)
+        );
+    }
+}
+
 fn main() {
     let backend = match std::env::var("BENCH_DATABASE").as_deref() {
         Ok("postgres") => Backend::Postgres,
         Ok("sqlite") | Err(_) => Backend::Sqlite,
         Ok(other) => panic!("BENCH_DATABASE must be sqlite or postgres, not `{other}`"),
+    };
+    let processes = match std::env::var("BENCH_PROCESSES").as_deref() {
+        Ok("1") | Err(_) => 1,
+        Ok("2") if backend == Backend::Postgres => 2,
+        Ok("2") => {
+            panic!("BENCH_PROCESSES=2 needs BENCH_DATABASE=postgres: processes share PostgreSQL")
+        }
+        Ok(other) => panic!("BENCH_PROCESSES must be 1 or 2, not `{other}`"),
     };
     let users: Vec<usize> = std::env::var("BENCH_USERS")
         .ok()
@@ -230,21 +302,38 @@ fn main() {
         .expect("tokio runtime");
     runtime.block_on(async {
         let mut h = Harness::start_with(backend, false).await;
-        let mut results = Vec::new();
-        // A warm-up flow so first-use costs (SQLite pages, connections) are not measured.
-        wizard_round(&h, 1, 0).await;
+        wizard_round(&h.fake, 1, 0, 1).await;
         if std::env::var_os("BENCH_STATEMENTS").is_some() {
             count_statements(&h).await;
         }
-        for (round, &n) in users.iter().enumerate() {
-            let (mut samples, elapsed) = wizard_round(&h, n, round as u64 + 1).await;
-            for v in samples.values_mut() {
-                v.sort();
+        let (one, two) = if processes == 1 {
+            let one = rounds(&h.fake, &users, 100, 1).await;
+            h.stop_bot().await;
+            (one, None)
+        } else {
+            h.stop_bot().await;
+            // A process of its own per shard, each with its own pool on the
+            // one database; first one process with the one shard, as the
+            // baseline of the same run, then shards 0 and 1 of 2.
+            let process = |count: u32, shard: u32| {
+                let (fake, db) = (h.fake.clone(), &h.db);
+                async move {
+                    let service =
+                        Service::new(db.peer_store().await, Arc::new(ScopeCatalog::builtin()));
+                    ShardProcess::start(&fake, &service, count, shard..=shard).await
+                }
+            };
+            let single = process(1, 0).await;
+            let one = rounds(&h.fake, &users, 100, 2).await;
+            single.stop().await;
+            let shards = [process(2, 0).await, process(2, 1).await];
+            let two = rounds(&h.fake, &users, 200, 2).await;
+            for shard in shards {
+                shard.stop().await;
             }
-            results.push((n, samples, elapsed));
-        }
+            (one, Some(two))
+        };
         // The floor: a bare poise bot on the same fake Discord.
-        h.stop_bot().await;
         let ping = start_ping_bot(&h.fake).await;
         h.fake.wait_ready().await;
         ping_round(&h.fake, 1).await;
@@ -264,32 +353,17 @@ fn main() {
             "latency = INTERACTION_CREATE dispatch → the step's content shown (a callback with it, \
              else the edit or follow-up after the deferral), in ms\n"
         );
-        for ((n, samples, elapsed), floor) in results.iter().zip(&floors) {
-            println!(
-                "── {n} concurrent user(s): {:.1} flows/s ({n} flows in {:.2} s)",
-                *n as f64 / elapsed.as_secs_f64(),
-                elapsed.as_secs_f64()
-            );
-            println!("{:<14}{:>10}{:>10}", "step", "p50", "p99");
-            let mut all = Vec::new();
-            for step in STEPS {
-                if let Some(v) = samples.get(step) {
-                    println!(
-                        "{step:<14}{:>10.2}{:>10.2}",
-                        ms(percentile(v, 50.0)),
-                        ms(percentile(v, 99.0))
-                    );
-                    all.extend(v.iter().copied());
-                }
-            }
-            all.sort();
-            let (p50, p99) = (percentile(&all, 50.0), percentile(&all, 99.0));
-            let (f50, f99) = (percentile(floor, 50.0), percentile(floor, 99.0));
-            println!("{:<14}{:>10.2}{:>10.2}", "all steps", ms(p50), ms(p99));
-            println!("{:<14}{:>10.2}{:>10.2}", "/ping floor", ms(f50), ms(f99));
-            println!(
-                "keygate p99 / floor p99 = {:.2}×\n",
-                p99.as_secs_f64() / f99.as_secs_f64().max(1e-9)
+        let guilds = if processes == 2 {
+            ", members spread over 2 guilds"
+        } else {
+            ""
+        };
+        print_results(&format!("═══ 1 process{guilds}"), &one, &floors);
+        if let Some(two) = &two {
+            print_results(
+                "═══ 2 processes (shards 0 and 1 of 2), one guild each, on one PostgreSQL",
+                two,
+                &floors,
             );
         }
     });
