@@ -120,7 +120,16 @@ async fn one_flow(fake: FakeDiscord, user: TestUser) -> Vec<(&'static str, Durat
         .await;
     let (t, _) = timed(&fake, &i).await;
     out.push(("genkey", t));
-    let with_key = fake.message_of(&i).expect("key");
+    // The key comes in a DM of its own, after the credentials' one.
+    let has_key = |f: &FakeDiscord| {
+        f.dm_messages(user.id).get(1).is_some_and(|m| {
+            m["content"]
+                .as_str()
+                .is_some_and(|t| t.contains("API key: `kg_"))
+        })
+    };
+    fake.wait_until("the key's own DM", has_key).await;
+    let with_key = fake.dm_messages(user.id).remove(1);
     assert!(
         token(with_key["content"].as_str().unwrap_or(""), "kg_").is_some(),
         "no key: {with_key}"

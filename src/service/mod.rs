@@ -217,7 +217,8 @@ impl Service {
     }
 
     pub async fn settings(&self, guild: GuildId) -> ServiceResult<GuildSettings> {
-        let mut tx = self.store.read().await?;
+        // One statement: no transaction around it.
+        let mut tx = self.store.single(false).await?;
         let settings = tx.guild_settings(guild).await?;
         tx.rollback().await?;
         Ok(settings)
@@ -248,6 +249,7 @@ async fn audit(
     event: NewAuditEvent,
     now: chrono::DateTime<chrono::Utc>,
 ) -> ServiceResult<()> {
-    tx.append_audit(&event, now).await?;
+    // Written with the transaction's other events at its commit.
+    tx.queue_audit(event, now);
     Ok(())
 }

@@ -74,7 +74,8 @@ impl Service {
     /// nothing is written before it. An expired draft counts as none; the new
     /// draft's creation drops it.
     pub async fn open_draft(&self, guild: GuildId, user: UserId) -> ServiceResult<DraftStart> {
-        let mut tx = self.store.read().await?;
+        // One statement: no transaction around it.
+        let mut tx = self.store.single(false).await?;
         let existing = tx.draft_for_user(guild, user).await?;
         tx.rollback().await?;
         Ok(match existing {
@@ -105,6 +106,26 @@ impl Service {
             return Err(ServiceError::DraftNotFound);
         }
         let now = self.clock.now();
+        // The usual case, a member's first draft here, in one write: checked
+        // without the write lock, stored by one INSERT, whose uniqueness
+        // rules catch what changed in between. Anything else (an edit, a
+        // draft to replace, or such a change) is decided in a transaction.
+        let mut read = self.store.single(false).await?;
+        let fresh = self
+            .fresh_draft(&mut read, guild, id, actor, &form, now)
+            .await;
+        read.rollback().await?;
+        if let Some(saved) = fresh? {
+            let mut write = self.store.single(true).await?;
+            match write.insert_draft(&saved).await {
+                Ok(()) => {
+                    write.commit().await?;
+                    return Ok(saved);
+                }
+                Err(StoreError::Conflict("draft")) => write.rollback().await?,
+                Err(other) => return Err(other.into()),
+            }
+        }
         let mut tx = self.store.begin().await?;
         if tx.draft_by_id(id).await?.is_some() {
             // A retried submit, or the form reopened after it was stored.
@@ -141,6 +162,36 @@ impl Service {
         Ok(saved)
     }
 
+    /// The new draft `create_draft` stores, when nothing stands in its way:
+    /// no draft of this id yet and no open draft of the member's here. None
+    /// otherwise; an error for a refused form.
+    async fn fresh_draft(
+        &self,
+        tx: &mut Tx,
+        guild: GuildId,
+        id: &str,
+        actor: UserId,
+        form: &AppForm,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> ServiceResult<Option<SavedDraft>> {
+        if tx.draft_by_id(id).await?.is_some() {
+            return Ok(None);
+        }
+        let mut draft = WizardDraft::new();
+        draft.apply(self.details_action(tx, guild, form.clone()).await?)?;
+        if tx.draft_for_user(guild, actor).await?.is_some() {
+            return Ok(None);
+        }
+        Ok(Some(SavedDraft {
+            id: id.to_owned(),
+            guild_id: guild,
+            user_id: actor,
+            draft,
+            created_at: now,
+            expires_at: now + self.policy.draft_ttl,
+        }))
+    }
+
     /// Loads a draft for its owner; anyone else is refused.
     async fn owned_draft(&self, tx: &mut Tx, id: &str, actor: UserId) -> ServiceResult<SavedDraft> {
         let draft = tx
@@ -157,7 +208,8 @@ impl Service {
     }
 
     pub async fn draft(&self, id: &str, actor: UserId) -> ServiceResult<SavedDraft> {
-        let mut tx = self.store.read().await?;
+        // One statement: no transaction around it.
+        let mut tx = self.store.single(false).await?;
         let draft = self.owned_draft(&mut tx, id, actor).await?;
         tx.rollback().await?;
         Ok(draft)
@@ -165,12 +217,41 @@ impl Service {
 
     /// Applies one step's input and saves the draft. Nothing is saved when the
     /// input is refused.
+    ///
+    /// One write, outside any transaction: the draft is read (and the input
+    /// checked) without the write lock, then saved by a single UPDATE that
+    /// applies only if the draft is still as read. If it changed in between
+    /// (a concurrent step of the same draft), the step is done again inside
+    /// a transaction, as it always was before.
     pub async fn advance_draft(
         &self,
         id: &str,
         actor: UserId,
         input: DraftInput,
     ) -> ServiceResult<SavedDraft> {
+        let now = self.clock.now();
+        let mut read = self.store.single(false).await?;
+        let before = self.owned_draft(&mut read, id, actor).await?;
+        let saved = self
+            .advanced(&mut read, before.clone(), input.clone(), now)
+            .await;
+        read.rollback().await?;
+        let saved = saved?;
+        let mut write = self.store.single(true).await?;
+        let replaced = write
+            .replace_draft(
+                id,
+                actor,
+                &before.draft,
+                &saved.draft,
+                now,
+                saved.expires_at,
+            )
+            .await?;
+        write.commit().await?;
+        if replaced {
+            return Ok(saved);
+        }
         let mut tx = self.store.begin().await?;
         let saved = self.advance_in(&mut tx, id, actor, input).await?;
         tx.commit().await?;
@@ -186,7 +267,22 @@ impl Service {
         input: DraftInput,
     ) -> ServiceResult<SavedDraft> {
         let now = self.clock.now();
-        let mut saved = self.owned_draft(tx, id, actor).await?;
+        let saved = self.owned_draft(tx, id, actor).await?;
+        let saved = self.advanced(tx, saved, input, now).await?;
+        tx.update_draft(&saved.id, &saved.draft, now, saved.expires_at)
+            .await?;
+        Ok(saved)
+    }
+
+    /// The draft with the step's input applied, not saved; reads only (the
+    /// name's availability).
+    async fn advanced(
+        &self,
+        tx: &mut Tx,
+        mut saved: SavedDraft,
+        input: DraftInput,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> ServiceResult<SavedDraft> {
         let action = match input {
             DraftInput::Details(form) => self.details_action(tx, saved.guild_id, form).await?,
             DraftInput::UserType(t) => WizardAction::SetUserType(t),
@@ -199,8 +295,6 @@ impl Service {
         };
         saved.draft.apply(action)?;
         saved.expires_at = now + self.policy.draft_ttl;
-        tx.update_draft(&saved.id, &saved.draft, now, saved.expires_at)
-            .await?;
         Ok(saved)
     }
 

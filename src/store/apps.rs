@@ -1,6 +1,6 @@
 //! Applications with their redirect URLs and scopes; secret and key hashes.
 
-use super::{StoreError, StoreResult, Tx, from_ms, on_conn, to_ms};
+use super::{StoreError, StoreResult, Tx, from_ms, on_conn, placeholders, to_ms};
 use crate::domain::application::{AppDetails, AppStatus, Application, LoginUserType, SourceApp};
 use crate::domain::credentials::ApplicationId;
 use crate::domain::ids::{GuildId, UserId};
@@ -133,32 +133,40 @@ impl Tx {
             .await
             .map_err(StoreError::conflict_as("name"))?
             .rows_affected());
-        let urls = [
+        // One multi-row INSERT per table, not one per URL or scope.
+        let urls: Vec<(&str, usize, &String)> = [
             ("post_login", &app.details.post_login_urls),
             ("post_logout", &app.details.post_logout_urls),
-        ];
-        for (kind, list) in urls {
-            for (position, url) in list.iter().enumerate() {
-                on_conn!(self, c => sqlx::query(
-                    "INSERT INTO app_redirect_urls (app_id, kind, position, url) VALUES ($1, $2, $3, $4)")
-                    .bind(app.id.as_str())
-                    .bind(kind)
-                    .bind(position as i64)
-                    .bind(url)
-                    .execute(&mut *c)
-                    .await?
-                    .rows_affected());
-            }
+        ]
+        .into_iter()
+        .flat_map(|(kind, list)| list.iter().enumerate().map(move |(n, url)| (kind, n, url)))
+        .collect();
+        if !urls.is_empty() {
+            // Only placeholders are formatted in; every value is bound.
+            let sql = sqlx::AssertSqlSafe(format!(
+                "INSERT INTO app_redirect_urls (app_id, kind, position, url) VALUES {}",
+                placeholders(urls.len(), 4)
+            ));
+            on_conn!(self, c => {
+                let mut q = sqlx::query(sql);
+                for (kind, position, url) in &urls {
+                    q = q.bind(app.id.as_str()).bind(*kind).bind(*position as i64).bind(*url);
+                }
+                q.execute(&mut *c).await?.rows_affected()
+            });
         }
-        for (position, scope) in app.scopes.iter().enumerate() {
-            on_conn!(self, c => sqlx::query(
-                "INSERT INTO app_scopes (app_id, position, scope) VALUES ($1, $2, $3)")
-                .bind(app.id.as_str())
-                .bind(position as i64)
-                .bind(scope)
-                .execute(&mut *c)
-                .await?
-                .rows_affected());
+        if !app.scopes.is_empty() {
+            let sql = sqlx::AssertSqlSafe(format!(
+                "INSERT INTO app_scopes (app_id, position, scope) VALUES {}",
+                placeholders(app.scopes.len(), 3)
+            ));
+            on_conn!(self, c => {
+                let mut q = sqlx::query(sql);
+                for (position, scope) in app.scopes.iter().enumerate() {
+                    q = q.bind(app.id.as_str()).bind(position as i64).bind(scope);
+                }
+                q.execute(&mut *c).await?.rows_affected()
+            });
         }
         Ok(())
     }

@@ -1,6 +1,6 @@
 //! The append-only audit log and its outbox of events still to post to Discord.
 
-use super::{StoreError, StoreResult, Tx, claim_sql, from_ms, on_conn, to_ms};
+use super::{StoreError, StoreResult, Tx, claim_sql, from_ms, on_conn, placeholders, to_ms};
 use crate::domain::audit::{AuditEvent, AuditKind, NewAuditEvent};
 use crate::domain::credentials::ApplicationId;
 use crate::domain::ids::{GuildId, UserId};
@@ -58,7 +58,66 @@ struct OutboxRow {
 const EVENT_COLUMNS: &str =
     "e.id, e.guild_id, e.app_id, e.actor_id, e.kind, e.summary, e.created_at";
 
+/// An audit event recorded in a transaction and written at its commit.
+pub(super) struct QueuedAudit {
+    event: NewAuditEvent,
+    at: DateTime<Utc>,
+}
+
 impl Tx {
+    /// Records the event at this transaction's commit, with the others it
+    /// recorded, in their order (`append_audit` for all of them at once): two
+    /// statements per transaction instead of two per event. Dropped with the
+    /// transaction if it does not commit.
+    pub fn queue_audit(&mut self, event: NewAuditEvent, now: DateTime<Utc>) {
+        self.audit.push(QueuedAudit { event, at: now });
+    }
+
+    /// Writes the queued events: one multi-row INSERT, then one that queues
+    /// those of guilds with an audit channel for posting (as `append_audit`
+    /// decides, seeing what this transaction changed).
+    pub(super) async fn flush_audit(&mut self) -> StoreResult<()> {
+        let queued = std::mem::take(&mut self.audit);
+        if queued.is_empty() {
+            return Ok(());
+        }
+        // Only placeholders are formatted in; every value is bound.
+        let sql = sqlx::AssertSqlSafe(format!(
+            "INSERT INTO audit_events (guild_id, app_id, actor_id, kind, summary, created_at) \
+             VALUES {} RETURNING id",
+            placeholders(queued.len(), 6)
+        ));
+        let ids: Vec<i64> = on_conn!(self, c => {
+            let mut q = sqlx::query_scalar(sql);
+            for QueuedAudit { event, at } in &queued {
+                q = q
+                    .bind(event.guild_id.to_db())
+                    .bind(event.app_id.as_ref().map(ApplicationId::as_str))
+                    .bind(event.actor_id.map(UserId::to_db))
+                    .bind(event.kind.as_str())
+                    .bind(&event.summary)
+                    .bind(to_ms(*at));
+            }
+            q.fetch_all(&mut *c).await?
+        });
+        let marks: Vec<String> = (0..ids.len()).map(|n| format!("${}", n + 1)).collect();
+        let sql = sqlx::AssertSqlSafe(format!(
+            "INSERT INTO audit_outbox (event_id, guild_id, next_attempt_at) \
+             SELECT e.id, e.guild_id, e.created_at FROM audit_events e \
+             WHERE e.id IN ({}) AND EXISTS (SELECT 1 FROM guild_settings g \
+             WHERE g.guild_id = e.guild_id AND g.audit_channel_id IS NOT NULL)",
+            marks.join(", ")
+        ));
+        on_conn!(self, c => {
+            let mut q = sqlx::query(sql);
+            for id in &ids {
+                q = q.bind(*id);
+            }
+            q.execute(&mut *c).await?.rows_affected()
+        });
+        Ok(())
+    }
+
     /// Records the event and, if the guild has an audit channel now, queues it
     /// for posting there: a channel set later is not flooded with old events.
     pub async fn append_audit(

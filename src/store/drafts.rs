@@ -102,6 +102,34 @@ impl Tx {
         Ok(done == 1)
     }
 
+    /// Saves `draft` in place of `before` with one statement: only if the
+    /// draft is still `before`, still `owner`'s and unexpired at `now`.
+    /// False when not (changed, expired or gone since it was read).
+    pub async fn replace_draft(
+        &mut self,
+        id: &str,
+        owner: UserId,
+        before: &WizardDraft,
+        draft: &WizardDraft,
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let (before, state) = (state_json(before)?, state_json(draft)?);
+        let done = on_conn!(self, c => sqlx::query(
+            "UPDATE wizard_drafts SET state = $1, updated_at = $2, expires_at = $3 \
+             WHERE id = $4 AND user_id = $5 AND state = $6 AND expires_at > $2")
+            .bind(state)
+            .bind(to_ms(now))
+            .bind(to_ms(expires_at))
+            .bind(id)
+            .bind(owner.to_db())
+            .bind(before)
+            .execute(&mut *c)
+            .await?
+            .rows_affected());
+        Ok(done == 1)
+    }
+
     /// True when this call removed it: of two concurrent deletes, one wins.
     pub async fn delete_draft(&mut self, id: &str) -> StoreResult<bool> {
         let done = on_conn!(self, c => sqlx::query("DELETE FROM wizard_drafts WHERE id = $1")

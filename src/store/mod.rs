@@ -21,7 +21,10 @@ pub use retries::{ChannelPause, RetryState};
 pub use verification::{CredentialChange, CredentialChanges, Gauges};
 
 use chrono::{DateTime, Utc};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::PgConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::SqliteConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -106,11 +109,33 @@ pub struct Tx {
     inner: TxInner,
     /// Held by a SQLite write transaction until it ends.
     _write_gate: Option<OwnedMutexGuard<()>>,
+    /// Audit events recorded in this transaction, written together at commit.
+    audit: Vec<audit::QueuedAudit>,
 }
 
 enum TxInner {
     Sqlite(Transaction<'static, Sqlite>),
     Postgres(Transaction<'static, Postgres>),
+    /// No transaction: each statement commits on its own (`Store::single`).
+    SqliteSingle(PoolConnection<Sqlite>),
+    PostgresSingle(PoolConnection<Postgres>),
+}
+
+/// The connection a `TxInner` runs its statements on.
+pub(crate) enum Conn<'a> {
+    Sqlite(&'a mut SqliteConnection),
+    Postgres(&'a mut PgConnection),
+}
+
+impl TxInner {
+    pub(crate) fn conn(&mut self) -> Conn<'_> {
+        match self {
+            Self::Sqlite(t) => Conn::Sqlite(t),
+            Self::Postgres(t) => Conn::Postgres(t),
+            Self::SqliteSingle(c) => Conn::Sqlite(c),
+            Self::PostgresSingle(c) => Conn::Postgres(c),
+        }
+    }
 }
 
 impl From<TxInner> for Tx {
@@ -118,6 +143,7 @@ impl From<TxInner> for Tx {
         Self {
             inner,
             _write_gate: None,
+            audit: Vec::new(),
         }
     }
 }
@@ -126,15 +152,9 @@ impl From<TxInner> for Tx {
 /// backend it is: the body is compiled once per backend.
 macro_rules! on_conn {
     ($tx:expr, $conn:ident => $body:expr) => {
-        match &mut $tx.inner {
-            $crate::store::TxInner::Sqlite(t) => {
-                let $conn = &mut **t;
-                $body
-            }
-            $crate::store::TxInner::Postgres(t) => {
-                let $conn = &mut **t;
-                $body
-            }
+        match $tx.inner.conn() {
+            $crate::store::Conn::Sqlite($conn) => $body,
+            $crate::store::Conn::Postgres($conn) => $body,
         }
     };
 }
@@ -148,14 +168,30 @@ pub(crate) use on_conn;
 macro_rules! claim_sql {
     ($tx:expr, $head:literal, $select:expr) => {
         match &$tx.inner {
-            $crate::store::TxInner::Sqlite(_) => concat!($head, " (", $select, ")"),
-            $crate::store::TxInner::Postgres(_) => {
+            $crate::store::TxInner::Sqlite(_) | $crate::store::TxInner::SqliteSingle(_) => {
+                concat!($head, " (", $select, ")")
+            }
+            $crate::store::TxInner::Postgres(_) | $crate::store::TxInner::PostgresSingle(_) => {
                 concat!($head, " (", $select, " FOR UPDATE SKIP LOCKED)")
             }
         }
     };
 }
 pub(crate) use claim_sql;
+
+/// `rows` groups of `columns` numbered placeholders, `($1, $2), ($3, $4)`,
+/// for a multi-row INSERT's VALUES.
+pub(crate) fn placeholders(rows: usize, columns: usize) -> String {
+    (0..rows)
+        .map(|row| {
+            let marks: Vec<String> = (1..=columns)
+                .map(|col| format!("${}", row * columns + col))
+                .collect();
+            format!("({})", marks.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 pub(crate) fn to_ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
@@ -259,9 +295,32 @@ impl Store {
                 Tx {
                     inner: TxInner::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
                     _write_gate: Some(guard),
+                    audit: Vec::new(),
                 }
             }
             Self::Postgres(pool) => TxInner::Postgres(pool.begin().await?).into(),
+        })
+    }
+
+    /// No transaction: a connection on which each statement commits on its
+    /// own, for a use case that needs one statement only (a read, or a write
+    /// whose conditions are in its WHERE). It saves BEGIN and COMMIT, a round
+    /// trip each, and on SQLite holds the write lock for that statement only.
+    /// With `write`, it queues on this process's writers' gate as `begin` does.
+    pub async fn single(&self, write: bool) -> StoreResult<Tx> {
+        Ok(match self {
+            Self::Sqlite(pool, gate) => {
+                let guard = match write {
+                    true => Some(gate.clone().lock_owned().await),
+                    false => None,
+                };
+                Tx {
+                    inner: TxInner::SqliteSingle(pool.acquire().await?),
+                    _write_gate: guard,
+                    audit: Vec::new(),
+                }
+            }
+            Self::Postgres(pool) => TxInner::PostgresSingle(pool.acquire().await?).into(),
         })
     }
 
@@ -297,10 +356,14 @@ impl Store {
 }
 
 impl Tx {
-    pub async fn commit(self) -> StoreResult<()> {
+    /// Writes the audit events queued in this transaction, then commits.
+    pub async fn commit(mut self) -> StoreResult<()> {
+        self.flush_audit().await?;
         match self.inner {
             TxInner::Sqlite(t) => t.commit().await?,
             TxInner::Postgres(t) => t.commit().await?,
+            // Each statement committed as it ran.
+            TxInner::SqliteSingle(_) | TxInner::PostgresSingle(_) => {}
         }
         Ok(())
     }
@@ -309,6 +372,7 @@ impl Tx {
         match self.inner {
             TxInner::Sqlite(t) => t.rollback().await?,
             TxInner::Postgres(t) => t.rollback().await?,
+            TxInner::SqliteSingle(_) | TxInner::PostgresSingle(_) => {}
         }
         Ok(())
     }
