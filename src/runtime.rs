@@ -1,5 +1,6 @@
 //! Background workers and process shutdown, shared by the bot and the HTTP server.
 
+use crate::domain::retry::WORK_LIMIT;
 use crate::service::{Claim, Service};
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -10,14 +11,28 @@ use tokio::task::JoinHandle;
 /// so the whole queue waits that long instead of one tick.
 pub type Pass = anyhow::Result<Option<Duration>>;
 
-/// One item's work under its claim ([`Service::claimed`]): nothing when
-/// another process holds the item, the work's own outcome otherwise.
+/// One item's work under its claim ([`Service::claim`]): nothing when
+/// another process holds the item, the work's own outcome otherwise. Work
+/// that outlasts [`WORK_LIMIT`] is dropped where it is, as a crash would
+/// drop it (every job is safe to redo from any point), and tried again
+/// later; a 429's wait keeps the item leased that long.
 pub async fn claimed(
     service: &Service,
     claim: Claim<'_>,
     work: impl Future<Output = Pass>,
 ) -> Pass {
-    Ok(service.claimed(claim, work).await?.transpose()?.flatten())
+    let Some(lease) = service.claim(claim).await? else {
+        return Ok(None);
+    };
+    let outcome = tokio::time::timeout(WORK_LIMIT, work)
+        .await
+        .unwrap_or_else(|_| {
+            tracing::warn!(item = ?claim, "a background item took too long; it is tried again later");
+            Ok(None)
+        });
+    let hold = outcome.as_ref().ok().copied().flatten();
+    service.release(lease, hold).await?;
+    outcome
 }
 
 /// Spawns `pass` every `tick` until stopped. The work lives in the database,

@@ -1910,9 +1910,20 @@ async fn background_jobs_claim_each_item_for_one_process(db: &TestDb) {
         let (store, app) = (store.clone(), app.clone());
         async move {
             let mut tx = store.begin().await.unwrap();
-            let claimed = tx.claim_request(job, &app, at, lease).await.unwrap();
+            let claimed = tx
+                .claim_request(job, &app, at, at + chrono::TimeDelta::seconds(60))
+                .await
+                .unwrap();
             tx.commit().await.unwrap();
             claimed
+        }
+    };
+    let release = |store: &Store, until: chrono::DateTime<chrono::Utc>| {
+        let (store, app) = (store.clone(), app.clone());
+        async move {
+            let mut tx = store.begin().await.unwrap();
+            tx.release_request(&app, until, None).await.unwrap();
+            tx.commit().await.unwrap();
         }
     };
     assert!(claim(&db.store, Job::PostRequest, now).await);
@@ -1928,8 +1939,13 @@ async fn background_jobs_claim_each_item_for_one_process(db: &TestDb) {
         claim(&peer, Job::PostRequest, lease).await,
         "a lapsed lease is taken over"
     );
+    release(&db.store, lease).await;
+    assert!(
+        !claim(&db.store, Job::PostRequest, lease).await,
+        "the first holder's late release leaves the new lease alone"
+    );
+    release(&peer, lease + chrono::TimeDelta::seconds(60)).await;
     let mut tx = peer.begin().await.unwrap();
-    tx.release_request(&app).await.unwrap();
     tx.set_request_message(&app, ChannelId(30), MessageId(31))
         .await
         .unwrap();
@@ -1996,7 +2012,7 @@ async fn background_jobs_claim_each_item_for_one_process(db: &TestDb) {
             .await
             .unwrap()
     );
-    tx.release_redaction(ChannelId(10), MessageId(7))
+    tx.release_redaction(ChannelId(10), MessageId(7), lease, None)
         .await
         .unwrap();
     assert!(
@@ -2007,7 +2023,7 @@ async fn background_jobs_claim_each_item_for_one_process(db: &TestDb) {
     tx.mark_redacted(ChannelId(10), MessageId(7), None, now)
         .await
         .unwrap();
-    tx.release_redaction(ChannelId(10), MessageId(7))
+    tx.release_redaction(ChannelId(10), MessageId(7), lease, None)
         .await
         .unwrap();
     assert!(

@@ -11,7 +11,13 @@ use std::time::Duration;
 
 /// How often the outbox is looked at.
 pub const TICK: Duration = Duration::from_millis(250);
-const BATCH: u32 = 100;
+/// Events claimed per pass: few enough that one channel posts them all well
+/// inside their lease, at Discord's pace of about one message a second per
+/// channel (serenity waits out the bucket), so no other process takes one
+/// over while this one is still at it.
+const BATCH: u32 = 10;
+/// What a pass has not started by then goes back, for the same reason.
+const PASS_LIMIT: Duration = Duration::from_secs(20);
 
 fn colour(kind: AuditKind) -> u32 {
     match kind {
@@ -79,9 +85,10 @@ pub async fn post_due(http: &Http, service: &Service) -> Pass {
     let mut failed = std::collections::HashSet::new();
     // After a 429 the whole queue waits; what this pass claimed goes back.
     let mut held = None;
+    let started = std::time::Instant::now();
     for post in posts {
         let guild = post.event.guild_id;
-        if held.is_some() || failed.contains(&guild) {
+        if held.is_some() || failed.contains(&guild) || started.elapsed() > PASS_LIMIT {
             service.release_audit_post(post.event.id).await?;
             continue;
         }

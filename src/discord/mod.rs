@@ -40,7 +40,10 @@ pub struct Bot {
     pub service: Service,
     /// The last rejected form per draft, with the member who typed it, to
     /// pre-fill the modal again (for them alone: a draft not stored yet has
-    /// no owner in the database to check).
+    /// no owner in the database to check). The one state kept in memory:
+    /// bad input writes nothing, and the press that reads it comes from the
+    /// same member in the same guild, so through the same shard to this same
+    /// process; lost on a restart, the form reopens from the stored draft.
     rejected_forms: Mutex<HashMap<String, (UserId, AppForm)>>,
 }
 

@@ -17,6 +17,12 @@ pub const PROBE_EVERY: TimeDelta = TimeDelta::minutes(10);
 /// window and shows once.
 pub const LEASE: TimeDelta = TimeDelta::seconds(60);
 
+/// The longest a process works on one claimed item before it gives up (the
+/// item is tried again): well inside [`LEASE`], so that no other process
+/// takes the item over while this one still works on it, whatever serenity
+/// sleeps on a rate limit meanwhile.
+pub const WORK_LIMIT: std::time::Duration = std::time::Duration::from_secs(40);
+
 /// The least a queue waits after a 429. serenity drops the body's
 /// `retry_after` when it talks to `DISCORD_API_URL`, so most 429s carry none.
 pub const RATE_LIMIT_FLOOR: std::time::Duration = std::time::Duration::from_secs(5);

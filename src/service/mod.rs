@@ -16,7 +16,7 @@ pub use audit::{AuditPost, HistoryPage};
 pub use clock::Clock;
 pub use lifecycle::{ClaimedWarning, NewCredential, Rotated, RotationPlan, grace_text};
 pub use requests::Stalled;
-pub use retries::{ChannelUse, Claim, Retry, RetryGate};
+pub use retries::{ChannelUse, Claim, Lease, Retry, RetryGate};
 pub use settings::{Clearable, SettingsChange};
 pub use verify::{LAST_USED_GRANULARITY, Verdict};
 pub use wizard::{DraftInput, DraftStart, new_draft_id};

@@ -4,10 +4,13 @@ use super::{Service, ServiceResult, audit};
 use crate::domain::audit::{AuditKind, NewAuditEvent};
 use crate::domain::credentials::ApplicationId;
 use crate::domain::ids::{ChannelId, GuildId, MessageId};
+#[cfg(doc)]
+use crate::domain::retry::WORK_LIMIT;
 use crate::domain::retry::{ChannelLoss, Job, LEASE, PROBE_EVERY, backoff};
 use crate::store::{ChannelPause, RetryState};
 use chrono::{DateTime, TimeDelta, Utc};
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 /// When a failed item is tried again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,38 +117,50 @@ pub enum Claim<'a> {
     Redaction(ChannelId, MessageId),
 }
 
+/// An item this process claimed, until `until`.
+#[derive(Debug)]
+pub struct Lease<'a> {
+    claim: Claim<'a>,
+    until: DateTime<Utc>,
+}
+
 impl Service {
-    /// Does `work` if this process can claim the item for [`LEASE`]: None
-    /// when another process holds it or it needs doing no more. The lease is
-    /// given back once `work` ends, whatever came of it (its own writes say
-    /// whether the item is done); a process that dies holding it has it taken
-    /// over when it lapses.
-    pub async fn claimed<T>(
-        &self,
-        claim: Claim<'_>,
-        work: impl Future<Output = T>,
-    ) -> ServiceResult<Option<T>> {
+    /// Claims the item for [`LEASE`]; None when another process holds it or
+    /// it needs doing no more. The work must end within [`WORK_LIMIT`]
+    /// (`runtime::claimed` sees to it), so no lease lapses under a live
+    /// worker; a process that dies holding one has it taken over when it
+    /// lapses.
+    pub async fn claim<'a>(&self, claim: Claim<'a>) -> ServiceResult<Option<Lease<'a>>> {
         let now = self.clock.now();
+        let until = now + LEASE;
         let mut tx = self.store.begin().await?;
         let claimed = match claim {
-            Claim::Request(job, app) => tx.claim_request(job, app, now, now + LEASE).await?,
+            Claim::Request(job, app) => tx.claim_request(job, app, now, until).await?,
             Claim::Redaction(channel, message) => {
-                tx.claim_redaction(channel, message, now, now + LEASE)
-                    .await?
+                tx.claim_redaction(channel, message, now, until).await?
             }
         };
         tx.commit().await?;
-        if !claimed {
-            return Ok(None);
-        }
-        let done = work.await;
+        Ok(claimed.then_some(Lease { claim, until }))
+    }
+
+    /// Ends the lease, unless it lapsed and another process holds the item
+    /// now: the lease's end is the holder's token. With `hold` (a 429), the
+    /// item stays leased that long, so no process tries it sooner.
+    pub async fn release(&self, lease: Lease<'_>, hold: Option<Duration>) -> ServiceResult<()> {
+        let hold = hold
+            .and_then(|d| TimeDelta::from_std(d).ok())
+            .map(|d| self.clock.now() + d);
         let mut tx = self.store.begin().await?;
-        match claim {
-            Claim::Request(_, app) => tx.release_request(app).await?,
-            Claim::Redaction(channel, message) => tx.release_redaction(channel, message).await?,
+        match lease.claim {
+            Claim::Request(_, app) => tx.release_request(app, lease.until, hold).await?,
+            Claim::Redaction(channel, message) => {
+                tx.release_redaction(channel, message, lease.until, hold)
+                    .await?
+            }
         }
         tx.commit().await?;
-        Ok(Some(done))
+        Ok(())
     }
 
     /// The gate for one pass of `job`.

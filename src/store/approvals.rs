@@ -187,7 +187,10 @@ impl Tx {
         now: DateTime<Utc>,
     ) -> StoreResult<Vec<ApplicationId>> {
         self.request_ids(
-            "SELECT app_id FROM approval_requests WHERE status = 'pending' AND expires_at <= $1 ORDER BY expires_at",
+            // One being posted is expired once its post is recorded, so the
+            // expiry's edit finds the message.
+            "SELECT app_id FROM approval_requests WHERE status = 'pending' AND expires_at <= $1 \
+             AND (lease_until IS NULL OR lease_until <= $1) ORDER BY expires_at",
             now,
         )
         .await
@@ -321,11 +324,19 @@ impl Tx {
         Ok(n == 1)
     }
 
-    /// Ends this process's lease on the request: done, or given back to
-    /// whoever tries next.
-    pub async fn release_request(&mut self, app: &ApplicationId) -> StoreResult<()> {
-        on_conn!(self, c => sqlx::query("UPDATE approval_requests SET lease_until = NULL WHERE app_id = $1")
+    /// Ends the lease that lasts until `until` (none other: it lapsed and
+    /// is someone else's now), or keeps the request leased until `hold`.
+    pub async fn release_request(
+        &mut self,
+        app: &ApplicationId,
+        until: DateTime<Utc>,
+        hold: Option<DateTime<Utc>>,
+    ) -> StoreResult<()> {
+        on_conn!(self, c => sqlx::query(
+            "UPDATE approval_requests SET lease_until = $1 WHERE app_id = $2 AND lease_until = $3")
+            .bind(hold.map(to_ms))
             .bind(app.as_str())
+            .bind(to_ms(until))
             .execute(&mut *c)
             .await?
             .rows_affected());

@@ -144,15 +144,21 @@ impl Tx {
         Ok(n == 1)
     }
 
+    /// As `release_request`, for a redaction.
     pub async fn release_redaction(
         &mut self,
         channel: ChannelId,
         message: MessageId,
+        until: DateTime<Utc>,
+        hold: Option<DateTime<Utc>>,
     ) -> StoreResult<()> {
         on_conn!(self, c => sqlx::query(
-            "UPDATE dm_redactions SET lease_until = NULL WHERE channel_id = $1 AND message_id = $2")
+            "UPDATE dm_redactions SET lease_until = $1 \
+             WHERE channel_id = $2 AND message_id = $3 AND lease_until = $4")
+            .bind(hold.map(to_ms))
             .bind(channel.to_db())
             .bind(message.to_db())
+            .bind(to_ms(until))
             .execute(&mut *c)
             .await?
             .rows_affected());
