@@ -203,7 +203,10 @@ async fn two_processes_do_each_job_once_and_survive_a_kill() {
 
     // Then work for the background jobs alone: requests to post (the
     // service wrote them, as a crash after Submit leaves them), approvals
-    // to deliver, audit events to post, with every Discord call slow.
+    // to deliver, audit events to post, with every Discord call slow. Shard
+    // 0's process starts on it alone, and is sure to hold one delivery when
+    // it is killed: the Secret's write into that DM never gets an answer.
+    shard1.stop().await;
     fake.set_latency(Some(std::time::Duration::from_millis(40)));
     let mut apps: HashMap<u64, Vec<(ApplicationId, UserId)>> = HashMap::new();
     for g in GUILDS {
@@ -216,16 +219,10 @@ async fn two_processes_do_each_job_once_and_survive_a_kill() {
             apps.entry(g.id).or_default().push((app, owner));
         }
     }
+    let (hung_app, hung_owner) = apps[&GUILDS[0].id][0].clone();
+    let hung_dm = fake.open_dm_channel(hung_owner.0);
+    fake.hang("PATCH", &format!("/channels/{hung_dm}/messages"));
     db.clock.advance(chrono::TimeDelta::seconds(2));
-    let posted_some = |f: &FakeDiscord| {
-        GUILDS
-            .iter()
-            .map(|g| f.channel_messages(g.approvals).len())
-            .sum::<usize>()
-            >= 20
-    };
-    fake.wait_until("the workers post some requests", posted_some)
-        .await;
     for g in GUILDS {
         for (app, _) in &apps[&g.id][..APPROVED as usize] {
             db.service
@@ -243,13 +240,21 @@ async fn two_processes_do_each_job_once_and_survive_a_kill() {
         }
     }
     db.clock.advance(chrono::TimeDelta::seconds(2));
-    fake.wait_until("the workers deliver some approvals", |f| {
+    fake.wait_until("shard 0's process writes the Secret that hangs", |f| {
+        f.requests().iter().any(|r| {
+            r.method == "PATCH"
+                && r.path.starts_with(&format!("/channels/{hung_dm}/"))
+                && r.body.to_string().contains("kgs_")
+        })
+    })
+    .await;
+    let shard1 = ShardProcess::start(&fake, &process_service(&db).await, 2, 1..=1).await;
+    fake.wait_until("both processes are at work on the audit log", |f| {
         GUILDS
             .iter()
-            .flat_map(|g| &apps[&g.id])
-            .filter(|(_, owner)| !f.dm_messages(owner.0).is_empty())
-            .count()
-            >= 4
+            .map(|g| f.channel_messages(g.audit).len())
+            .sum::<usize>()
+            >= 40
     })
     .await;
 
@@ -259,16 +264,18 @@ async fn two_processes_do_each_job_once_and_survive_a_kill() {
         .map(|g| fake.channel_messages(g.audit).len())
         .sum();
     shard0.kill().await;
+    fake.unhang();
     // The live process does all it can; what is left is what the dead one
     // held. Only then does the clock jump past the leases, as a minute of
     // real time would: a jump while the live one is mid-item would be a
     // process stalled for a minute, a different story.
     let held = dead_leases(&db).await;
-    eprintln!("the killed process held {} item(s)", held.len());
+    assert!(
+        held.iter().any(|(id, _)| id == hung_app.as_str()),
+        "the killed process held the hung delivery: {held:?}"
+    );
     db.clock.advance(LEASE + chrono::TimeDelta::seconds(1));
     let shard0 = ShardProcess::start(&fake, &process_service(&db).await, 2, 0..=0).await;
-
-    // Half the requests' lifetime: the pending ones are reminded.
     fake.wait_until("every approval is delivered", |f| {
         GUILDS.iter().all(|g| {
             apps[&g.id][..APPROVED as usize].iter().all(|(_, owner)| {
@@ -279,6 +286,20 @@ async fn two_processes_do_each_job_once_and_survive_a_kill() {
         })
     })
     .await;
+    // Done in the database too, before the clock jumps again.
+    until_none(
+        &db,
+        "SELECT app_id, NULL FROM approval_requests WHERE status = 'approved' AND delivered_at IS NULL",
+    )
+    .await;
+    until_none(
+        &db,
+        "SELECT CAST(event_id AS TEXT), NULL FROM audit_outbox WHERE posted_at IS NULL",
+    )
+    .await;
+
+    // Half the requests' lifetime: the pending ones are reminded, and every
+    // DM's lifetime is over.
     db.clock.advance(chrono::TimeDelta::hours(37));
     fake.wait_until("every pending request is reminded", |f| {
         GUILDS.iter().all(|g| {
@@ -359,6 +380,26 @@ async fn two_processes_do_each_job_once_and_survive_a_kill() {
             }
         }
     }
+    // Discord would show a repeated nonce once, and so does the fake: what
+    // says each item was done once is how often it was tried. Only what the
+    // killed process had in flight may be tried twice: the hung delivery's
+    // DM note, and at most one audit event.
+    let mut attempts: BTreeMap<String, usize> = BTreeMap::new();
+    for r in fake.requests() {
+        if let (true, Some(nonce)) = (r.method == "POST", r.body["nonce"].as_str()) {
+            *attempts.entry(format!("{} {nonce}", r.path)).or_default() += 1;
+        }
+    }
+    let repeated: Vec<_> = attempts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        repeated.len() <= 2 && repeated.iter().all(|(_, n)| **n == 2),
+        "posts tried more than once: {repeated:?}"
+    );
+    assert!(
+        attempts.len() > 150,
+        "every post carries a nonce: {}",
+        attempts.len()
+    );
     assert!(
         audit_before_kill < audit_total && audit_total >= 100,
         "the kill came in the middle of {audit_total} audit posts ({audit_before_kill} before it)"
