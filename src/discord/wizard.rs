@@ -18,7 +18,7 @@ use crate::domain::validation::{
     ValidationErrors,
 };
 use crate::domain::wizard::{SavedDraft, WizardStep};
-use crate::service::{Claim, DraftInput, ServiceError, ServiceResult, Submitted, new_draft_id};
+use crate::service::{DraftInput, ServiceError, ServiceResult, Submitted, new_draft_id};
 use poise::serenity_prelude as serenity;
 use serenity::{
     ActionRowComponent, ButtonStyle, ComponentInteraction, ComponentInteractionDataKind,
@@ -647,53 +647,32 @@ async fn on_submitted(
                     .await?;
                 return Ok(());
             }
-            // Claimed as the approvals worker claims it, so that a post
-            // Discord makes this one wait for is not made by a worker too.
-            let Some(lease) = bot
-                .service
-                .claim(Claim::Request(Job::PostRequest, &app.id))
-                .await?
-            else {
-                // A worker is posting it already; the waiting message stands.
-                return Ok(());
-            };
-            let posting = async {
-                let mut hold = None;
-                match approvals::post_request(&ctx.http, &bot.service, &app, &request).await {
-                    Ok(posted) => {
-                        let (text, rows) = approvals::waiting_message(&app, &request, Some(posted));
-                        component.edit_response(&ctx.http, edit(text, rows)).await?;
-                    }
-                    // The request is saved; the approvals worker posts it later.
-                    Err(e) => {
-                        hold = approvals::request_post_failed(
-                            &ctx.http,
-                            &bot.service,
-                            &mut gate,
-                            &app,
-                            channel,
-                            &e,
-                        )
-                        .await?;
-                        // Refused just now: the requester reads why here too.
-                        if let Some(loss) = channel.and_then(|c| gate.paused(c)).map(|p| p.loss) {
-                            let (_, rows) = approvals::waiting_message(&app, &request, None);
-                            component
-                                .edit_response(
-                                    &ctx.http,
-                                    edit(approvals::held_text(&app, loss), rows),
-                                )
-                                .await?;
-                        }
+            match approvals::post_request(&ctx.http, &bot.service, &app, &request).await {
+                Ok(posted) => {
+                    let (text, rows) = approvals::waiting_message(&app, &request, Some(posted));
+                    component.edit_response(&ctx.http, edit(text, rows)).await?;
+                }
+                // The request is saved; the approvals worker posts it later.
+                Err(e) => {
+                    approvals::request_post_failed(
+                        &ctx.http,
+                        &bot.service,
+                        &mut gate,
+                        &app,
+                        channel,
+                        &e,
+                    )
+                    .await?;
+                    // Refused just now: the requester reads why here too.
+                    if let Some(loss) = channel.and_then(|c| gate.paused(c)).map(|p| p.loss) {
+                        let (_, rows) = approvals::waiting_message(&app, &request, None);
+                        component
+                            .edit_response(&ctx.http, edit(approvals::held_text(&app, loss), rows))
+                            .await?;
                     }
                 }
-                BotResult::Ok(hold)
-            };
-            let posted = posting.await;
-            bot.service
-                .release(lease, posted.as_ref().ok().copied().flatten())
-                .await?;
-            posted.map(|_| ())
+            }
+            Ok(())
         }
         (None, Some(creds)) => delivery::deliver(ctx, bot, component, &creds).await,
         (None, None) => Err(BotError::Internal(anyhow::anyhow!(
