@@ -144,14 +144,7 @@ impl Service {
             }
             tx.delete_draft(&current.id).await?;
         }
-        let saved = SavedDraft {
-            id: id.to_owned(),
-            guild_id: guild,
-            user_id: actor,
-            draft,
-            created_at: now,
-            expires_at: now + self.policy.draft_ttl,
-        };
+        let saved = self.new_saved_draft(id, guild, actor, draft, now);
         match tx.insert_draft(&saved).await {
             // Another submit of this user's got in first (the unique
             // (guild, user) or the id): theirs stands.
@@ -182,14 +175,26 @@ impl Service {
         if tx.draft_for_user(guild, actor).await?.is_some() {
             return Ok(None);
         }
-        Ok(Some(SavedDraft {
+        Ok(Some(self.new_saved_draft(id, guild, actor, draft, now)))
+    }
+
+    /// A draft as first stored: it lives the policy's draft lifetime.
+    fn new_saved_draft(
+        &self,
+        id: &str,
+        guild: GuildId,
+        actor: UserId,
+        draft: WizardDraft,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> SavedDraft {
+        SavedDraft {
             id: id.to_owned(),
             guild_id: guild,
             user_id: actor,
             draft,
             created_at: now,
             expires_at: now + self.policy.draft_ttl,
-        }))
+        }
     }
 
     /// Loads a draft for its owner; anyone else is refused.
