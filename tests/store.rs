@@ -1826,15 +1826,7 @@ async fn retry_schedules_and_channel_pauses_round_trip(db: &TestDb) {
     let now = db.clock.now();
     let later = now + chrono::TimeDelta::seconds(2);
     let mut tx = db.store.begin().await.unwrap();
-    tx.schedule_redaction(&DmRedaction {
-        channel_id: ChannelId(10),
-        message_id: MessageId(7),
-        app_id: app.clone(),
-        user_id: ALICE,
-        due_at: now,
-    })
-    .await
-    .unwrap();
+    tx.schedule_redaction(&due_now(&app, now)).await.unwrap();
     tx.record_failure(Job::Redact, "10:7", 1, now)
         .await
         .unwrap();
@@ -1991,15 +1983,7 @@ async fn background_jobs_claim_each_item_for_one_process(db: &TestDb) {
     }
 
     let mut tx = db.store.begin().await.unwrap();
-    tx.schedule_redaction(&DmRedaction {
-        channel_id: ChannelId(10),
-        message_id: MessageId(7),
-        app_id: app.clone(),
-        user_id: ALICE,
-        due_at: now,
-    })
-    .await
-    .unwrap();
+    tx.schedule_redaction(&due_now(&app, now)).await.unwrap();
     assert!(
         tx.claim_redaction(ChannelId(10), MessageId(7), now, lease)
             .await
@@ -2033,4 +2017,15 @@ async fn background_jobs_claim_each_item_for_one_process(db: &TestDb) {
         "done: nothing to claim"
     );
     tx.commit().await.unwrap();
+}
+
+/// Alice's DM 10:7 of `app`, to redact at `now`.
+fn due_now(app: &ApplicationId, now: chrono::DateTime<chrono::Utc>) -> DmRedaction {
+    DmRedaction {
+        channel_id: ChannelId(10),
+        message_id: MessageId(7),
+        app_id: app.clone(),
+        user_id: ALICE,
+        due_at: now,
+    }
 }
