@@ -13,6 +13,7 @@ use support::flows::{form_fields, open_wizard, submit_form, to_review};
 end_to_end_on_both_stores!(
     every_interaction_answers_first_when_discord_is_slow,
     the_wizard_forms_answer_first_when_discord_is_slow,
+    a_step_whose_write_is_slow_is_deferred_then_shown,
     issue_again_and_rotate_now_answer_first_when_discord_is_slow,
 );
 
@@ -105,11 +106,12 @@ async fn every_interaction_answers_first_when_discord_is_slow(backend: Backend) 
 
     // The wizard, then Submit, which posts to the approvals channel after
     // its answer.
-    // Each step of the wizard, Back included: the form (a modal opened by
-    // a command: type 5), then the selects and buttons (type 6).
+    // Each step of the wizard, Back included: its write is quick, so each
+    // answers with its step: the form (a modal opened by a command: a new
+    // message, type 4), then the selects and buttons (an update, type 7).
     let modal = open_wizard(&h.fake, &alice()).await;
     let i = submit_form(&h.fake, &alice(), &modal, &form_fields("Slow Spa"), None).await;
-    answered_first(&h, &i, 5).await;
+    answered_first(&h, &i, 4).await;
     let m = shown(&h.fake, &i, 4).await;
     let steps: [(&str, &[&str]); 7] = [
         ("usertype", &["guest"]),
@@ -128,7 +130,7 @@ async fn every_interaction_answers_first_when_discord_is_slow(backend: Backend) 
         } else {
             h.fake.select(&alice(), &m, &id, values).await
         };
-        answered_first(&h, &i, 6).await;
+        answered_first(&h, &i, 7).await;
         m = shown(&h.fake, &i, 7).await;
     }
     let review = m;
@@ -137,7 +139,7 @@ async fn every_interaction_answers_first_when_discord_is_slow(backend: Backend) 
         .fake
         .press_button(&alice(), &review, &component(&review, "submit"))
         .await;
-    answered_first(&h, &i, 6).await;
+    answered_first(&h, &i, 7).await;
     // Its last call, the link's edit, done before the next interaction.
     h.fake
         .wait_until("the request is posted and linked", |f| {
@@ -187,7 +189,7 @@ async fn every_interaction_answers_first_when_discord_is_slow(backend: Backend) 
         .fake
         .press_button_in_dm(&alice(), &key_dm, &component(&key_dm, "finish"))
         .await;
-    answered_first(&h, &f, 6).await;
+    answered_first(&h, &f, 7).await;
     let finished = shown(&h.fake, &f, 7).await;
     assert!(text(&finished).contains("removed"), "{finished:#}");
 
@@ -225,7 +227,7 @@ async fn every_interaction_answers_first_when_discord_is_slow(backend: Backend) 
         "the old key is in its grace"
     );
 
-    // Cancel on a draft: type 6, then the draft is gone.
+    // Cancel on a draft: type 7, then the draft is gone.
     h.fake.set_latency(None);
     let modal = open_wizard(&h.fake, &alice()).await;
     let i = submit_form(&h.fake, &alice(), &modal, &form_fields("Slow Cancel"), None).await;
@@ -235,7 +237,7 @@ async fn every_interaction_answers_first_when_discord_is_slow(backend: Backend) 
         .fake
         .press_button(&alice(), &step2, &component(&step2, "cancel"))
         .await;
-    answered_first(&h, &c, 6).await;
+    answered_first(&h, &c, 7).await;
     assert!(text(&shown(&h.fake, &c, 7).await).contains("Cancelled"));
 
     // Deny: the button opens the reason's modal after reads only; the
@@ -337,7 +339,7 @@ async fn the_wizard_forms_answer_first_when_discord_is_slow(backend: Backend) {
     let slow = || h.fake.set_latency(Some(Duration::from_millis(1500)));
     let fast = || h.fake.set_latency(None);
 
-    // A refused form, nothing stored yet: its Cancel is deferred (type 6).
+    // A refused form, nothing stored yet: its Cancel answers in place (type 7).
     let modal = open_wizard(&h.fake, &alice()).await;
     let mut bad = form_fields("Slow Refused");
     bad[1].1 = "javascript:alert(1)".to_owned();
@@ -349,11 +351,11 @@ async fn the_wizard_forms_answer_first_when_discord_is_slow(backend: Backend) {
         .fake
         .press_button(&alice(), &refused, &component(&refused, "cancel"))
         .await;
-    answered_first(&h, &c, 6).await;
+    answered_first(&h, &c, 7).await;
     shown(&h.fake, &c, 7).await;
 
     // Edit form on a stored draft: the form (type 9), then its submission
-    // from the step's message, deferred (type 6).
+    // from the step's message, answered in place (type 7).
     fast();
     let modal = open_wizard(&h.fake, &alice()).await;
     let i = submit_form(&h.fake, &alice(), &modal, &form_fields("Slow Edit"), None).await;
@@ -371,7 +373,7 @@ async fn the_wizard_forms_answer_first_when_discord_is_slow(backend: Backend) {
         .to_owned();
     // Refused first: the stored draft's own Edit form, then the fixed form.
     let s = submit_form(&h.fake, &alice(), &form, &bad, Some(&step2)).await;
-    answered_first(&h, &s, 6).await;
+    answered_first(&h, &s, 7).await;
     let refused = shown(&h.fake, &s, 7).await;
     assert!(text(&refused).contains("needs a few fixes"), "{refused:#}");
     let e = h
@@ -391,12 +393,12 @@ async fn the_wizard_forms_answer_first_when_discord_is_slow(backend: Backend) {
         Some(&refused),
     )
     .await;
-    answered_first(&h, &s, 6).await;
+    answered_first(&h, &s, 7).await;
     let edited = shown(&h.fake, &s, 7).await;
     assert!(text(&edited).contains("Step 2 of 4"), "{edited:#}");
 
     // Start over: the form (type 9), then its submission from the prompt,
-    // deferred (type 6).
+    // answered in place (type 7).
     fast();
     let i = h
         .fake
@@ -421,7 +423,7 @@ async fn the_wizard_forms_answer_first_when_discord_is_slow(backend: Backend) {
         Some(&prompt),
     )
     .await;
-    answered_first(&h, &s, 6).await;
+    answered_first(&h, &s, 7).await;
     let fresh = shown(&h.fake, &s, 7).await;
     assert!(text(&fresh).contains("Step 2 of 4"), "{fresh:#}");
     fast();
@@ -510,5 +512,55 @@ async fn issue_again_and_rotate_now_answer_first_when_discord_is_slow(backend: B
         })
         .await;
     h.fake.set_latency(None);
+    h.close().await;
+}
+
+/// Quick work answers with its content in the callback; work slower than
+/// the answer budget is deferred first (in time for Discord's 3 s) and then
+/// shown by an edit, whether the step came from a button or a form.
+async fn a_step_whose_write_is_slow_is_deferred_then_shown(backend: Backend) {
+    let h = Harness::start_with(backend, false).await;
+    let modal = open_wizard(&h.fake, &alice()).await;
+    let i = submit_form(&h.fake, &alice(), &modal, &form_fields("Slow Write"), None).await;
+    answered_first(&h, &i, 4).await;
+    let step2 = shown(&h.fake, &i, 4).await;
+
+    let stall = h.db.stall_draft_writes(Duration::from_millis(1500)).await;
+    let u = h
+        .fake
+        .select(&alice(), &step2, &component(&step2, "usertype"), &["guest"])
+        .await;
+    answered_first(&h, &u, 6).await;
+    let edited = h.fake.response(&u).await;
+    assert_eq!(edited["type"], 6, "{edited:#}");
+    let shown_step = shown(&h.fake, &u, 7).await;
+    assert!(
+        shown_step["components"][0]["components"][0]["options"][0]["default"] == true,
+        "the edit shows the chosen type: {shown_step:#}"
+    );
+    stall.await.unwrap();
+
+    // The form again, from the step's message (Back), while writes stall.
+    let b = h
+        .fake
+        .press_button(&alice(), &shown_step, &component(&shown_step, "back"))
+        .await;
+    let form = h.fake.response(&b).await["data"]["custom_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let stall = h.db.stall_draft_writes(Duration::from_millis(1500)).await;
+    let s = submit_form(
+        &h.fake,
+        &alice(),
+        &form,
+        &form_fields("Slow Rewrite"),
+        Some(&shown_step),
+    )
+    .await;
+    answered_first(&h, &s, 6).await;
+    let rewritten = shown(&h.fake, &s, 7).await;
+    assert!(text(&rewritten).contains("Slow Rewrite"), "{rewritten:#}");
+    stall.await.unwrap();
     h.close().await;
 }

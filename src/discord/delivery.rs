@@ -4,7 +4,7 @@ use super::Bot;
 use super::custom_id::{Action, CustomId};
 use super::error::{BotResult, stale};
 use super::render::code;
-use super::reply::{RestFailure, Screen, count_rest_error, defer_component, no_pings};
+use super::reply::{Reply, RestFailure, Screen, count_rest_error, defer_component, no_pings};
 use crate::domain::application::{AppStatus, Application};
 use crate::domain::credentials::ApplicationId;
 use crate::domain::ids::{ChannelId, MessageId, UserId};
@@ -207,7 +207,16 @@ pub fn redacted_text(app: &Application) -> String {
     )
 }
 
-/// Sends the ID and Secret by DM (placeholder, stored redaction, then the
+/// What Submit shows while the credentials go out: the DM takes several
+/// calls, so the member reads where they go first.
+pub fn sending_screen(app: &Application) -> Screen {
+    Screen::new(format!(
+        "✅ {} is registered. Its Application ID and Secret are being **sent to your DMs**; generate the API key there.",
+        code(&app.details.name)
+    ))
+}
+
+/// Sends the ID and Secret by DM, once [`sending_screen`] is shown (placeholder, stored redaction, then the
 /// Secret). If the DM cannot be sent (closed DMs, code 50007, or any other
 /// failure), they go in an ephemeral follow-up instead: a secret issued once
 /// must reach its owner.
@@ -220,12 +229,6 @@ pub async fn deliver(
     let app = &creds.app;
     let name = code(&app.details.name);
     let user = UserId(component.user.id.get());
-    // The Submit was acknowledged before anything was written; the DM
-    // takes several calls, so the member reads where it goes first.
-    let sending = Screen::new(format!(
-        "✅ {name} is registered. Its Application ID and Secret are being **sent to your DMs**; generate the API key there."
-    ));
-    component.edit_response(&ctx.http, sending.edit()).await?;
     match open_dm(&ctx.http, user, format!("Credentials for {name} follow…")).await {
         Ok(sent) => {
             let text = credentials_text(app, creds.secret.expose(), &shown_once(creds.dm_lifetime));
@@ -408,11 +411,14 @@ pub async fn on_component(
                 .await?;
         }
         Action::Finish => {
-            // Acknowledged before the redaction is written.
-            defer_component(&ctx.http, component).await?;
-            let app = bot.service.finish(app.guild_id, &app_id, actor).await?;
-            let message = Screen::new(redacted_text(&app)).components(redacted_buttons(&app));
-            component.edit_response(&ctx.http, message.edit()).await?;
+            let app = Reply::component(component)
+                .answer(&ctx.http, async {
+                    let app = bot.service.finish(app.guild_id, &app_id, actor).await?;
+                    let message =
+                        Screen::new(redacted_text(&app)).components(redacted_buttons(&app));
+                    Ok((message, app))
+                })
+                .await?;
             bot.service
                 .complete_redaction(
                     &app,

@@ -1,6 +1,6 @@
 //! How the bot answers: no pings, ephemeral messages, and errors users can act on.
 
-use super::error::BotError;
+use super::error::{BotError, BotResult};
 use crate::domain::retry::{ChannelLoss, rate_limit_wait};
 use crate::service::Retry;
 use poise::serenity_prelude as serenity;
@@ -10,6 +10,7 @@ use serenity::{
     CreateInteractionResponse, CreateInteractionResponseFollowup, CreateInteractionResponseMessage,
     EditInteractionResponse, Http, InteractionId, ModalInteraction,
 };
+use std::time::Duration;
 
 /// Mentions allowed in anything the bot sends: none, so user-typed text such
 /// as an app named `@everyone` pings no one.
@@ -54,14 +55,21 @@ impl Screen {
         self
     }
 
-    /// As an ephemeral first answer, pings off.
-    pub fn message(self) -> CreateInteractionResponseMessage {
-        let message = private(self.content).components(self.components);
-        // Unset embeds are left as they were, as an update always did.
-        if self.embeds.is_empty() {
-            message
+    /// As the first answer: an update of the message the interaction came
+    /// from (`in_place`), else a new ephemeral message; pings off either way.
+    pub fn response(self, in_place: bool) -> CreateInteractionResponse {
+        // As in an edit, the screen is the whole message: no embeds clears
+        // the last screen's.
+        let message = CreateInteractionResponseMessage::new()
+            .content(self.content)
+            .components(self.components)
+            .embeds(self.embeds)
+            .allowed_mentions(no_pings());
+        if in_place {
+            // An update keeps the message's flags: a DM stays a DM.
+            CreateInteractionResponse::UpdateMessage(message)
         } else {
-            message.embeds(self.embeds)
+            CreateInteractionResponse::Message(message.ephemeral(true))
         }
     }
 
@@ -78,28 +86,111 @@ impl Screen {
     }
 }
 
+/// How long a handler's database work may run before its interaction must
+/// be acknowledged. Work done by then is answered with its content in one
+/// call; slower work is deferred meanwhile and shown by an edit. Even at the
+/// budget, a slow callback (1.5 s) still lands inside Discord's 3 seconds.
+pub const ANSWER_BUDGET: Duration = Duration::from_millis(750);
+
+/// The interaction a handler answers, and where its content goes.
+#[derive(Clone, Copy)]
+pub struct Reply<'a> {
+    id: InteractionId,
+    token: &'a str,
+    /// Into the message the interaction came from, else a new ephemeral one.
+    in_place: bool,
+}
+
+impl<'a> Reply<'a> {
+    /// A button or select: its content replaces its message.
+    pub fn component(component: &'a ComponentInteraction) -> Self {
+        Self {
+            id: component.id,
+            token: &component.token,
+            in_place: true,
+        }
+    }
+
+    /// A modal submission: in place when the modal was opened from a
+    /// message (one evolving message), else a new ephemeral message.
+    pub fn modal(modal: &'a ModalInteraction) -> Self {
+        Self {
+            id: modal.id,
+            token: &modal.token,
+            in_place: modal.message.is_some(),
+        }
+    }
+
+    /// Acknowledges without content: a deferred update (type 6) of the
+    /// message, or a deferred ephemeral message (type 5); an edit follows.
+    pub async fn defer(self, http: &Http) -> serenity::Result<()> {
+        let response = if self.in_place {
+            CreateInteractionResponse::Acknowledge
+        } else {
+            CreateInteractionResponse::Defer(
+                CreateInteractionResponseMessage::new().ephemeral(true),
+            )
+        };
+        response.execute(http, (self.id, self.token)).await
+    }
+
+    /// Shows the screen `work` makes; see [`Reply::answer`].
+    pub async fn show(
+        self,
+        http: &Http,
+        work: impl Future<Output = BotResult<Screen>>,
+    ) -> BotResult<()> {
+        self.answer(http, async { Ok((work.await?, ())) }).await
+    }
+
+    /// Answers with the screen `work` makes, and hands back the rest of its
+    /// result. Done within [`ANSWER_BUDGET`], the callback carries the
+    /// screen; else the deferral goes out while `work` goes on, and an edit
+    /// shows the screen. `work` must not call Discord: the callback is the
+    /// interaction's first call. An error of `work` is left to the caller's
+    /// report, which answers or follows up as the interaction stands.
+    pub async fn answer<T>(
+        self,
+        http: &Http,
+        work: impl Future<Output = BotResult<(Screen, T)>>,
+    ) -> BotResult<T> {
+        let mut work = std::pin::pin!(work);
+        let (screen, rest) = match tokio::time::timeout(ANSWER_BUDGET, &mut work).await {
+            Ok(done) => {
+                let (screen, rest) = done?;
+                screen
+                    .response(self.in_place)
+                    .execute(http, (self.id, self.token))
+                    .await?;
+                return Ok(rest);
+            }
+            Err(_) => {
+                let (deferred, done) = tokio::join!(self.defer(http), work);
+                // The work's error says more than a failed deferral.
+                let done = done?;
+                deferred?;
+                done
+            }
+        };
+        screen.edit().execute(http, self.token).await?;
+        Ok(rest)
+    }
+}
+
 /// Acknowledges a button or select with a deferred update (type 6): the
-/// handler's first REST call, so that its writes and slow calls cannot make
-/// it miss Discord's 3 seconds; it then edits the component's message.
+/// handler's first REST call, so that its slow calls cannot make it miss
+/// Discord's 3 seconds; it then edits the component's message.
 pub async fn defer_component(
     http: &Http,
     component: &ComponentInteraction,
 ) -> serenity::Result<()> {
-    component
-        .create_response(http, CreateInteractionResponse::Acknowledge)
-        .await
+    Reply::component(component).defer(http).await
 }
 
-/// Acknowledges a modal submission first, for the same reason: a deferred
-/// update (type 6) when the modal was opened from a message, which is then
-/// edited in place; else a deferred ephemeral message (type 5), then edited.
+/// Acknowledges a modal submission first, for the same reason: see
+/// [`Reply::defer`].
 pub async fn defer_modal(http: &Http, modal: &ModalInteraction) -> serenity::Result<()> {
-    let response = if modal.message.is_some() {
-        CreateInteractionResponse::Acknowledge
-    } else {
-        CreateInteractionResponse::Defer(CreateInteractionResponseMessage::new().ephemeral(true))
-    };
-    modal.create_response(http, response).await
+    Reply::modal(modal).defer(http).await
 }
 
 /// What a message's content holds.

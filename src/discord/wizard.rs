@@ -5,9 +5,7 @@ use super::access::can_create;
 use super::custom_id::{Action, CustomId, NewDraft};
 use super::error::{BotError, BotResult, stale};
 use super::render::{code, detail_fields, scope_labels, source_label, user_text};
-use super::reply::{
-    FIELD_MAX, MESSAGE_MAX, Screen, clip, defer_component, defer_modal, no_pings, private,
-};
+use super::reply::{FIELD_MAX, MESSAGE_MAX, Reply, Screen, clip, no_pings, private};
 use super::{approvals, delivery};
 use crate::domain::application::{LoginUserType, SourceApp};
 use crate::domain::catalog::{ApiGroup, ScopeCatalog};
@@ -345,10 +343,6 @@ fn apis_message(group: &ApiGroup) -> CreateInteractionResponseMessage {
     ))
 }
 
-fn update(message: CreateInteractionResponseMessage) -> CreateInteractionResponse {
-    CreateInteractionResponse::UpdateMessage(message)
-}
-
 /// The Create Application modal of a stored draft was submitted.
 pub async fn on_details(
     ctx: &serenity::Context,
@@ -358,21 +352,21 @@ pub async fn on_details(
 ) -> BotResult<()> {
     let user = UserId(modal.user.id.get());
     let form = form_of(modal);
-    // Acknowledged before the form is written: in place when the modal was
-    // opened from a wizard message (one evolving message), else as a new
-    // ephemeral one.
-    defer_modal(&ctx.http, modal).await?;
-    let result = bot
-        .service
-        .advance_draft(draft_id, user, DraftInput::Details(form.clone()))
-        .await;
-    let buttons = (
-        CustomId::draft(draft_id, Action::Edit),
-        CustomId::draft(draft_id, Action::Cancel),
-    );
-    let screen = details_screen(bot, draft_id, user, form, result, buttons)?;
-    modal.edit_response(&ctx.http, screen.edit()).await?;
-    Ok(())
+    // In place when the modal was opened from a wizard message (one
+    // evolving message), else as a new ephemeral one.
+    Reply::modal(modal)
+        .show(&ctx.http, async {
+            let result = bot
+                .service
+                .advance_draft(draft_id, user, DraftInput::Details(form.clone()))
+                .await;
+            let buttons = (
+                CustomId::draft(draft_id, Action::Edit),
+                CustomId::draft(draft_id, Action::Cancel),
+            );
+            details_screen(bot, draft_id, user, form, result, buttons)
+        })
+        .await
 }
 
 /// The Create Application modal of a draft not stored yet was submitted:
@@ -394,25 +388,25 @@ pub async fn on_new_details(
     // checked here too, as `/app create` checked it.
     require_creator(bot, Some(guild), modal.member.as_ref()).await?;
     let form = form_of(modal);
-    // Acknowledged before the draft is stored, as a stored draft's form is.
-    defer_modal(&ctx.http, modal).await?;
-    let result = bot
-        .service
-        .create_draft(
-            guild,
-            &draft.id,
-            user,
-            form.clone(),
-            draft.replacing.as_deref(),
-        )
-        .await;
-    let buttons = (
-        CustomId::new_draft(&draft, Action::Edit),
-        CustomId::new_draft(&draft, Action::Cancel),
-    );
-    let screen = details_screen(bot, &draft.id, user, form, result, buttons)?;
-    modal.edit_response(&ctx.http, screen.edit()).await?;
-    Ok(())
+    Reply::modal(modal)
+        .show(&ctx.http, async {
+            let result = bot
+                .service
+                .create_draft(
+                    guild,
+                    &draft.id,
+                    user,
+                    form.clone(),
+                    draft.replacing.as_deref(),
+                )
+                .await;
+            let buttons = (
+                CustomId::new_draft(&draft, Action::Edit),
+                CustomId::new_draft(&draft, Action::Cancel),
+            );
+            details_screen(bot, &draft.id, user, form, result, buttons)
+        })
+        .await
 }
 
 /// The draft a `newdraft` form or button offers, to the member it was
@@ -474,24 +468,23 @@ pub async fn on_new_draft_component(
             }
         }
         Action::Cancel => {
-            // Acknowledged before anything is deleted.
-            defer_component(&ctx.http, component).await?;
-            // Nothing was stored, unless its form was since submitted from
-            // another message: then that draft goes, as Cancel does.
-            match bot.service.cancel_draft(&draft.id, user).await {
-                Ok(()) | Err(ServiceError::DraftNotFound) => {}
-                Err(other) => return Err(other.into()),
-            }
-            bot.forget_rejected(&draft.id);
-            let text = if draft.replacing.is_some() {
-                "Cancelled: nothing was saved, and your unfinished application is kept. Run `/app create` to resume it."
-            } else {
-                "Cancelled: nothing was saved. Run `/app create` to start again."
-            };
-            component
-                .edit_response(&ctx.http, Screen::new(text).edit())
-                .await?;
-            return Ok(());
+            return Reply::component(component)
+                .show(&ctx.http, async {
+                    // Nothing was stored, unless its form was since submitted
+                    // from another message: then that draft goes, as Cancel does.
+                    match bot.service.cancel_draft(&draft.id, user).await {
+                        Ok(()) | Err(ServiceError::DraftNotFound) => {}
+                        Err(other) => return Err(other.into()),
+                    }
+                    bot.forget_rejected(&draft.id);
+                    let text = if draft.replacing.is_some() {
+                        "Cancelled: nothing was saved, and your unfinished application is kept. Run `/app create` to resume it."
+                    } else {
+                        "Cancelled: nothing was saved. Run `/app create` to start again."
+                    };
+                    Ok(Screen::new(text))
+                })
+                .await;
         }
         _ => return Err(stale()),
     };
@@ -525,7 +518,7 @@ pub async fn on_component(
                 CreateInteractionResponse::Modal(modal(id, &saved.draft.form))
             } else {
                 // Read only: answered with the step itself.
-                update(step_message(&saved, service.catalog()).message())
+                step_message(&saved, service.catalog()).response(true)
             }
         }
         Action::Restart => {
@@ -559,12 +552,12 @@ pub async fn on_component(
                 Action::Next => DraftInput::Next,
                 _ => DraftInput::Back,
             };
-            // Acknowledged before the step is written.
-            defer_component(&ctx.http, component).await?;
-            let saved = service.advance_draft(id, user, input).await?;
-            let step = step_message(&saved, service.catalog()).edit();
-            component.edit_response(&ctx.http, step).await?;
-            return Ok(());
+            return Reply::component(component)
+                .show(&ctx.http, async {
+                    let saved = service.advance_draft(id, user, input).await?;
+                    Ok(step_message(&saved, service.catalog()))
+                })
+                .await;
         }
         Action::ViewApis => {
             // Looking does not change the draft, but only its owner may look.
@@ -577,24 +570,29 @@ pub async fn on_component(
             CreateInteractionResponse::Message(apis_message(group))
         }
         Action::Cancel => {
-            // Acknowledged before the draft is deleted.
-            defer_component(&ctx.http, component).await?;
-            service.cancel_draft(id, user).await?;
-            bot.forget_rejected(id);
-            let cancelled =
-                Screen::new("Cancelled: nothing was saved. Run `/app create` to start again.");
-            component.edit_response(&ctx.http, cancelled.edit()).await?;
-            return Ok(());
+            return Reply::component(component)
+                .show(&ctx.http, async {
+                    service.cancel_draft(id, user).await?;
+                    bot.forget_rejected(id);
+                    Ok(Screen::new(
+                        "Cancelled: nothing was saved. Run `/app create` to start again.",
+                    ))
+                })
+                .await;
         }
         Action::Submit => {
             // The right to create is judged now, not when the wizard began.
             require_component_creator(bot, component).await?;
-            // Acknowledged before the application is written; the post or
-            // the delivery that follows edits this message.
-            defer_component(&ctx.http, component).await?;
             let origin = ChannelId(component.channel_id.get());
-            let submitted = service.submit_draft(id, user, Some(origin)).await?;
-            bot.forget_rejected(id);
+            // The application is written before any call but the answer;
+            // the post or the delivery that follows edits this message.
+            let submitted = Reply::component(component)
+                .answer(&ctx.http, async {
+                    let submitted = service.submit_draft(id, user, Some(origin)).await?;
+                    bot.forget_rejected(id);
+                    Ok((submitted_screen(&submitted)?, submitted))
+                })
+                .await?;
             return on_submitted(ctx, bot, component, submitted).await;
         }
         _ => {
@@ -613,8 +611,24 @@ async fn reopen_form(bot: &Bot, id: &str, user: UserId) -> BotResult<CreateInter
     Ok(CreateInteractionResponse::Modal(modal(id, &form)))
 }
 
-/// After Submit: with no approval needed, issue the credentials and deliver
-/// them; otherwise say the request waits for approvers.
+/// What Submit shows first: that the request waits for approvers (its post
+/// follows), or that the credentials are on their way to the DMs.
+fn submitted_screen(submitted: &Submitted) -> BotResult<Screen> {
+    match (&submitted.request, &submitted.credentials) {
+        (Some(request), _) => {
+            let (text, rows) = approvals::waiting_message(&submitted.app, request, None);
+            Ok(Screen::new(text).components(rows))
+        }
+        (None, Some(creds)) => Ok(delivery::sending_screen(&creds.app)),
+        (None, None) => Err(BotError::Internal(anyhow::anyhow!(
+            "submit of {} returned neither a request nor credentials",
+            submitted.app.id
+        ))),
+    }
+}
+
+/// After Submit, once [`submitted_screen`] is shown: with no approval
+/// needed, deliver the credentials; otherwise post the request.
 async fn on_submitted(
     ctx: &serenity::Context,
     bot: &Bot,
@@ -624,10 +638,7 @@ async fn on_submitted(
     match (submitted.request, submitted.credentials) {
         (Some(request), _) => {
             let app = submitted.app;
-            // Shown first; the post to the approvals channel follows.
-            let (text, rows) = approvals::waiting_message(&app, &request, None);
-            let waiting = Screen::new(text).components(rows.clone());
-            component.edit_response(&ctx.http, waiting.edit()).await?;
+            let (_, rows) = approvals::waiting_message(&app, &request, None);
             let mut gate = bot.service.retry_gate(Job::PostRequest).await?;
             let channel = bot.service.settings(app.guild_id).await?.approvals_channel;
             let edit = |text: String, rows| {
@@ -675,10 +686,8 @@ async fn on_submitted(
             Ok(())
         }
         (None, Some(creds)) => delivery::deliver(ctx, bot, component, &creds).await,
-        (None, None) => Err(BotError::Internal(anyhow::anyhow!(
-            "submit of {} returned neither a request nor credentials",
-            submitted.app.id
-        ))),
+        // Refused by `submitted_screen` before anything was shown.
+        (None, None) => Ok(()),
     }
 }
 

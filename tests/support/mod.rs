@@ -184,6 +184,47 @@ impl TestDb {
         })
     }
 
+    /// Holds back every write to drafts for `hold`, as a busy database
+    /// would (SQLite's write lock; on PostgreSQL a lock on `wizard_drafts` that
+    /// lets reads through). Returns once the lock is held; the task ends
+    /// when it is let go.
+    pub async fn stall_draft_writes(
+        &self,
+        hold: std::time::Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let (locked, held) = tokio::sync::oneshot::channel();
+        let store = self.store.clone();
+        let task = tokio::spawn(async move {
+            match &store {
+                Store::Sqlite(pool, _) => {
+                    let mut conn = pool.acquire().await.expect("a connection");
+                    sqlx::query("BEGIN IMMEDIATE")
+                        .execute(&mut *conn)
+                        .await
+                        .expect("lock");
+                    let _ = locked.send(());
+                    tokio::time::sleep(hold).await;
+                    sqlx::query("COMMIT")
+                        .execute(&mut *conn)
+                        .await
+                        .expect("unlock");
+                }
+                Store::Postgres(pool) => {
+                    let mut tx = pool.begin().await.expect("a transaction");
+                    sqlx::query("LOCK TABLE wizard_drafts IN EXCLUSIVE MODE")
+                        .execute(&mut *tx)
+                        .await
+                        .expect("lock");
+                    let _ = locked.send(());
+                    tokio::time::sleep(hold).await;
+                    tx.commit().await.expect("unlock");
+                }
+            }
+        });
+        held.await.expect("the lock was taken");
+        task
+    }
+
     /// Runs statements written by a test (a database's past, for upgrades),
     /// bypassing the store.
     pub async fn execute_sql(&self, sql: &str) {
