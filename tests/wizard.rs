@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use support::bot::{
     Harness, alice, bob, component, generate_key_in_dm, selected, shown, text, token,
 };
-use support::fake_discord::{FakeDiscord, TestUser};
+use support::fake_discord::{FakeDiscord, Interaction, TestUser};
 use support::flows::{
     form_fields, open_wizard, step2_to_review, submit_and_get_dm, submit_form, to_review,
 };
@@ -583,6 +583,14 @@ async fn double_and_concurrent_generate_presses_make_one_key(backend: Backend) {
     }
     let counts = h.db.row_counts().await;
     assert!(counts.contains(&("api_keys", 1)), "{counts:?}");
+    // Pressed in the DM: the key went to that channel, not found again.
+    let opened = |i: &Interaction| {
+        h.fake
+            .calls_after_dispatch(i)
+            .iter()
+            .any(|c| c.contains("/users/@me/channels"))
+    };
+    assert!(!opened(&a) && !opened(&b), "no DM channel was looked up");
     h.close().await;
 }
 

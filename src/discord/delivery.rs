@@ -123,6 +123,15 @@ pub async fn open_dm(
     let channel = serenity::UserId::new(user.0)
         .create_dm_channel(http)
         .await?;
+    send_placeholder(http, channel.id, placeholder).await
+}
+
+/// Sends the placeholder of a credential into a DM channel already known.
+async fn send_placeholder(
+    http: &Http,
+    channel: serenity::ChannelId,
+    placeholder: String,
+) -> Result<serenity::Message, serenity::Error> {
     channel
         .send_message(
             http,
@@ -345,14 +354,16 @@ pub async fn on_component(
             let dm = if ephemeral {
                 None
             } else {
-                open_dm(
-                    &ctx.http,
-                    actor.user_id,
-                    format!("API key for {} follows…", code(&issued.app.details.name)),
-                )
-                .await
-                .inspect_err(count_rest_error)
-                .ok()
+                let placeholder =
+                    format!("API key for {} follows…", code(&issued.app.details.name));
+                let sent = if component.guild_id.is_none() {
+                    // Pressed in the member's DM with the bot: the key goes
+                    // to the same channel, with no call to find it.
+                    send_placeholder(&ctx.http, component.channel_id, placeholder).await
+                } else {
+                    open_dm(&ctx.http, actor.user_id, placeholder).await
+                };
+                sent.inspect_err(count_rest_error).ok()
             };
             let key = issued.key.expose();
             match dm {
