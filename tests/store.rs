@@ -38,6 +38,7 @@ on_both_stores!(
     concurrent_forms_leave_one_draft,
     names_are_unique_per_guild_ignoring_case,
     audit_log_is_append_only_and_outbox_posts_once,
+    a_late_audit_release_leaves_a_newer_lease_alone,
     redactions_are_scheduled_and_done_once,
     settings_round_trip,
     list_and_show_apps,
@@ -1267,6 +1268,54 @@ async fn names_are_unique_per_guild_ignoring_case(db: &TestDb) {
     // Another guild is another organization.
     let other = keygate::domain::ids::GuildId(GUILD.0 + 1);
     new_draft(svc, other, ALICE, form("Twin")).await.unwrap();
+}
+
+/// A poster that outlived its lease gives its event back only if the event
+/// still holds that lease: a newer one, another poster's, is left alone.
+async fn a_late_audit_release_leaves_a_newer_lease_alone(db: &TestDb) {
+    let svc = &db.service;
+    let settings = GuildSettings {
+        audit_channel: Some(ChannelId(99)),
+        ..GuildSettings::defaults(GUILD)
+    };
+    svc.save_settings(Actor::member(ALICE), &settings)
+        .await
+        .unwrap();
+    let now = db.clock.now();
+    let mut tx = db.store.begin().await.unwrap();
+    let event = tx.unposted_outbox(100).await.unwrap()[0].event.id;
+    let first_lease = now + chrono::TimeDelta::seconds(30);
+    assert!(tx.claim_audit_post(event, now, first_lease).await.unwrap());
+    // The first lease lapsed; another poster takes the event over.
+    let later = first_lease + chrono::TimeDelta::seconds(1);
+    let second_lease = later + chrono::TimeDelta::seconds(30);
+    assert!(
+        tx.claim_audit_post(event, later, second_lease)
+            .await
+            .unwrap()
+    );
+    // The first poster wakes up and gives back what it thinks it holds.
+    tx.release_audit_post(event, first_lease, later)
+        .await
+        .unwrap();
+    let left = tx.unposted_outbox(100).await.unwrap();
+    assert_eq!(
+        left[0].next_attempt_at, second_lease,
+        "the newer lease stands"
+    );
+    assert!(
+        !tx.claim_audit_post(event, later, later + chrono::TimeDelta::seconds(30))
+            .await
+            .unwrap(),
+        "nobody else takes the event while the second poster holds it"
+    );
+    // The holder's own release gives it back.
+    tx.release_audit_post(event, second_lease, later)
+        .await
+        .unwrap();
+    let left = tx.unposted_outbox(100).await.unwrap();
+    assert_eq!(left[0].next_attempt_at, later, "due again at once");
+    tx.commit().await.unwrap();
 }
 
 async fn audit_log_is_append_only_and_outbox_posts_once(db: &TestDb) {
