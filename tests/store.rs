@@ -1976,6 +1976,26 @@ async fn background_jobs_claim_each_item_for_one_process(db: &TestDb) {
         !claim(&db.store, Job::Remind, now).await,
         "one job at a time"
     );
+    // Expiry locks only a request nobody holds, in the locking statement
+    // itself: a lease taken after expiry's read still keeps it off.
+    let mut expirer = peer.begin().await.unwrap();
+    assert!(
+        expirer
+            .try_lock_approval_request(&app, now)
+            .await
+            .unwrap()
+            .is_none(),
+        "a leased request is not locked for expiry"
+    );
+    assert!(
+        expirer
+            .try_lock_approval_request(&app, lease)
+            .await
+            .unwrap()
+            .is_some(),
+        "a lapsed lease does not keep expiry off"
+    );
+    expirer.rollback().await.unwrap();
     assert!(
         claim(&peer, Job::PostRequest, lease).await,
         "a lapsed lease is taken over"
@@ -2019,7 +2039,7 @@ async fn background_jobs_claim_each_item_for_one_process(db: &TestDb) {
         let mut expirer = peer.begin().await.unwrap();
         let expiring = tokio::time::timeout(
             std::time::Duration::from_secs(5),
-            expirer.try_lock_approval_request(&app),
+            expirer.try_lock_approval_request(&app, lease),
         )
         .await;
         assert!(
