@@ -25,7 +25,7 @@ struct RequestRow {
     reminded_at: Option<i64>,
 }
 
-impl Tx {
+impl<M> Tx<M> {
     pub async fn insert_approval_request(&mut self, r: &ApprovalRequest) -> StoreResult<()> {
         on_conn!(self, c => sqlx::query(
             "INSERT INTO approval_requests (app_id, guild_id, requester_id, approvals_required, \
