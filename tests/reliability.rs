@@ -25,6 +25,7 @@ const SEND_MESSAGES: u64 = 1 << 11;
 end_to_end_on_both_stores!(
     a_refused_approvals_channel_is_probed_not_hammered_and_resumes_on_setup,
     a_refused_audit_channel_keeps_its_queue_in_order_until_setup_changes_it,
+    a_hanging_audit_post_is_given_up_inside_its_lease,
     an_approval_that_can_reach_nobody_asks_for_open_dms_once,
     a_failed_redaction_keeps_its_backoff_across_a_restart,
     a_rate_limit_holds_the_queue_at_least_five_seconds,
@@ -268,6 +269,57 @@ async fn a_refused_audit_channel_keeps_its_queue_in_order_until_setup_changes_it
         first("Alpha") < first("Bravo") && first("Bravo") < first("Charlie"),
         "in order: {posted:#?}"
     );
+    h.close().await;
+}
+
+/// A post to the audit channel that Discord never answers is given up well
+/// inside the event's 30-second lease, and the event is tried again later.
+async fn a_hanging_audit_post_is_given_up_inside_its_lease(backend: Backend) {
+    let h = Harness::start_with(backend, true).await;
+    h.fake.add_channel(AUDIT, "audit");
+    h.fake.hang("POST", &format!("/channels/{AUDIT}/messages"));
+    let settings = GuildSettings {
+        audit_channel: Some(ChannelId(AUDIT)),
+        ..GuildSettings::defaults(GUILD)
+    };
+    h.service
+        .save_settings(Actor::member(UserId(alice().id)), &settings)
+        .await
+        .unwrap();
+    h.fake
+        .wait_until("the post reaches Discord", |f| posts_to(f, AUDIT) >= 1)
+        .await;
+    let outbox = |h: &Harness| {
+        let store = h.service.store().clone();
+        async move {
+            let mut tx = store.read().await.unwrap();
+            let left = tx.unposted_outbox(100).await.unwrap();
+            tx.rollback().await.unwrap();
+            left
+        }
+    };
+    // Well inside the lease: given up and deferred, not still waiting.
+    tokio::time::sleep(std::time::Duration::from_secs(12)).await;
+    let left = outbox(&h).await;
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].attempts, 1, "the hanging post was given up");
+    h.fake.unhang();
+    h.db.clock.advance(TimeDelta::minutes(11));
+    h.fake
+        .wait_until("the event is posted after all", |f| {
+            audit_titles(f, AUDIT).len() == 1
+        })
+        .await;
+    // Marked posted just after Discord answered.
+    let mut left = outbox(&h).await;
+    for _ in 0..50 {
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        left = outbox(&h).await;
+    }
+    assert!(left.is_empty(), "posted once and marked: {left:?}");
     h.close().await;
 }
 

@@ -38,6 +38,7 @@ on_both_stores!(
     concurrent_forms_leave_one_draft,
     names_are_unique_per_guild_ignoring_case,
     audit_log_is_append_only_and_outbox_posts_once,
+    a_late_audit_release_leaves_a_newer_lease_alone,
     redactions_are_scheduled_and_done_once,
     settings_round_trip,
     list_and_show_apps,
@@ -1269,6 +1270,54 @@ async fn names_are_unique_per_guild_ignoring_case(db: &TestDb) {
     new_draft(svc, other, ALICE, form("Twin")).await.unwrap();
 }
 
+/// A poster that outlived its lease gives its event back only if the event
+/// still holds that lease: a newer one, another poster's, is left alone.
+async fn a_late_audit_release_leaves_a_newer_lease_alone(db: &TestDb) {
+    let svc = &db.service;
+    let settings = GuildSettings {
+        audit_channel: Some(ChannelId(99)),
+        ..GuildSettings::defaults(GUILD)
+    };
+    svc.save_settings(Actor::member(ALICE), &settings)
+        .await
+        .unwrap();
+    let now = db.clock.now();
+    let mut tx = db.store.begin().await.unwrap();
+    let event = tx.unposted_outbox(100).await.unwrap()[0].event.id;
+    let first_lease = now + chrono::TimeDelta::seconds(30);
+    assert!(tx.claim_audit_post(event, now, first_lease).await.unwrap());
+    // The first lease lapsed; another poster takes the event over.
+    let later = first_lease + chrono::TimeDelta::seconds(1);
+    let second_lease = later + chrono::TimeDelta::seconds(30);
+    assert!(
+        tx.claim_audit_post(event, later, second_lease)
+            .await
+            .unwrap()
+    );
+    // The first poster wakes up and gives back what it thinks it holds.
+    tx.release_audit_post(event, first_lease, later)
+        .await
+        .unwrap();
+    let left = tx.unposted_outbox(100).await.unwrap();
+    assert_eq!(
+        left[0].next_attempt_at, second_lease,
+        "the newer lease stands"
+    );
+    assert!(
+        !tx.claim_audit_post(event, later, later + chrono::TimeDelta::seconds(30))
+            .await
+            .unwrap(),
+        "nobody else takes the event while the second poster holds it"
+    );
+    // The holder's own release gives it back.
+    tx.release_audit_post(event, second_lease, later)
+        .await
+        .unwrap();
+    let left = tx.unposted_outbox(100).await.unwrap();
+    assert_eq!(left[0].next_attempt_at, later, "due again at once");
+    tx.commit().await.unwrap();
+}
+
 async fn audit_log_is_append_only_and_outbox_posts_once(db: &TestDb) {
     let svc = &db.service;
     // No audit channel: events are kept, not queued.
@@ -1927,6 +1976,26 @@ async fn background_jobs_claim_each_item_for_one_process(db: &TestDb) {
         !claim(&db.store, Job::Remind, now).await,
         "one job at a time"
     );
+    // Expiry locks only a request nobody holds, in the locking statement
+    // itself: a lease taken after expiry's read still keeps it off.
+    let mut expirer = peer.begin().await.unwrap();
+    assert!(
+        expirer
+            .try_lock_approval_request(&app, now)
+            .await
+            .unwrap()
+            .is_none(),
+        "a leased request is not locked for expiry"
+    );
+    assert!(
+        expirer
+            .try_lock_approval_request(&app, lease)
+            .await
+            .unwrap()
+            .is_some(),
+        "a lapsed lease does not keep expiry off"
+    );
+    expirer.rollback().await.unwrap();
     assert!(
         claim(&peer, Job::PostRequest, lease).await,
         "a lapsed lease is taken over"
@@ -1970,7 +2039,7 @@ async fn background_jobs_claim_each_item_for_one_process(db: &TestDb) {
         let mut expirer = peer.begin().await.unwrap();
         let expiring = tokio::time::timeout(
             std::time::Duration::from_secs(5),
-            expirer.try_lock_approval_request(&app),
+            expirer.try_lock_approval_request(&app, lease),
         )
         .await;
         assert!(

@@ -4,7 +4,7 @@ use super::render::{message_link, user_text};
 use super::reply::{RestFailure, clip, count_rest_error, no_pings};
 use crate::domain::audit::AuditKind;
 use crate::runtime::Pass;
-use crate::service::{AuditPost, Retry, Service};
+use crate::service::{AuditPost, POST_LEASE, Retry, Service};
 use poise::serenity_prelude as serenity;
 use serenity::{CreateEmbed, CreateMessage, Http, Nonce};
 use std::time::Duration;
@@ -18,6 +18,14 @@ pub const TICK: Duration = Duration::from_millis(250);
 const BATCH: u32 = 10;
 /// What a pass has not started by then goes back, for the same reason.
 const PASS_LIMIT: Duration = Duration::from_secs(20);
+/// The longest one post may take: a send that hangs is given up (the event
+/// is tried again; its nonce keeps a late arrival from showing twice), so
+/// that one started just before `PASS_LIMIT` still ends inside the lease.
+const SEND_LIMIT: Duration = Duration::from_secs(5);
+const _: () = assert!(
+    PASS_LIMIT.as_secs() + SEND_LIMIT.as_secs() + 5 <= POST_LEASE.num_seconds() as u64,
+    "a pass's last post must end well inside its lease"
+);
 
 fn colour(kind: AuditKind) -> u32 {
     match kind {
@@ -89,7 +97,9 @@ pub async fn post_due(http: &Http, service: &Service) -> Pass {
     for post in posts {
         let guild = post.event.guild_id;
         if held.is_some() || failed.contains(&guild) || started.elapsed() > PASS_LIMIT {
-            service.release_audit_post(post.event.id).await?;
+            service
+                .release_audit_post(post.event.id, post.lease_until)
+                .await?;
             continue;
         }
         let Some(channel) = post.channel else {
@@ -97,15 +107,23 @@ pub async fn post_due(http: &Http, service: &Service) -> Pass {
             service.audit_posted(post.event.id).await?;
             continue;
         };
-        let e = match serenity::ChannelId::new(channel.0)
-            .send_message(http, message(&post))
-            .await
-        {
-            Ok(_) => {
+        let send = serenity::ChannelId::new(channel.0).send_message(http, message(&post));
+        let e = match tokio::time::timeout(SEND_LIMIT, send).await {
+            Ok(Ok(_)) => {
                 service.audit_posted(post.event.id).await?;
                 continue;
             }
-            Err(e) => e,
+            Ok(Err(e)) => e,
+            Err(_) => {
+                // Given up, not known to have failed: backs off as a
+                // timeout does, and holds back the guild's later events.
+                failed.insert(guild);
+                let next = service
+                    .audit_post_failed(post.event.id, post.attempts, Retry::Backoff)
+                    .await?;
+                tracing::warn!(event = post.event.id, retry_at = %next, "posting an audit event took too long");
+                continue;
+            }
         };
         failed.insert(guild);
         count_rest_error(&e);

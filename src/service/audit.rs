@@ -9,13 +9,15 @@ use chrono::{DateTime, TimeDelta, Utc};
 use std::collections::{HashMap, HashSet};
 
 /// How long a poster holds an event it is posting before another may try.
-const POST_LEASE: TimeDelta = TimeDelta::seconds(30);
+pub const POST_LEASE: TimeDelta = TimeDelta::seconds(30);
 
 /// An audit event ready to post, with what its embed shows.
 #[derive(Debug, Clone)]
 pub struct AuditPost {
     pub event: AuditEvent,
     pub attempts: u32,
+    /// Until when this poster holds the event (what its claim set).
+    pub lease_until: DateTime<Utc>,
     /// None: the guild has no audit channel (any more); nothing to post.
     pub channel: Option<ChannelId>,
     pub app: Option<Application>,
@@ -55,9 +57,10 @@ impl Service {
             if blocked.contains(&guild) {
                 continue;
             }
+            let lease_until = now + POST_LEASE;
             if entry.next_attempt_at > now
                 || !tx
-                    .claim_audit_post(entry.event.id, now, now + POST_LEASE)
+                    .claim_audit_post(entry.event.id, now, lease_until)
                     .await?
             {
                 blocked.insert(guild);
@@ -82,6 +85,7 @@ impl Service {
             posts.push(AuditPost {
                 event: entry.event,
                 attempts: entry.attempts,
+                lease_until,
                 channel,
                 app,
                 request_message,
@@ -99,9 +103,15 @@ impl Service {
     }
 
     /// Not tried this pass (an earlier event of its guild failed): due again at once.
-    pub async fn release_audit_post(&self, event_id: i64) -> ServiceResult<()> {
+    /// Only while this poster's lease (`lease_until`) is the event's still.
+    pub async fn release_audit_post(
+        &self,
+        event_id: i64,
+        lease_until: DateTime<Utc>,
+    ) -> ServiceResult<()> {
         let mut tx = self.store.begin().await?;
-        tx.release_audit_post(event_id, self.clock.now()).await?;
+        tx.release_audit_post(event_id, lease_until, self.clock.now())
+            .await?;
         tx.commit().await?;
         Ok(())
     }

@@ -12,7 +12,7 @@ mod verify;
 mod wizard;
 
 pub use apps::{ApproveOutcome, IssuedCredentials, IssuedKey, Submitted};
-pub use audit::{AuditPost, HistoryPage};
+pub use audit::{AuditPost, HistoryPage, POST_LEASE};
 pub use clock::Clock;
 pub use lifecycle::{ClaimedWarning, NewCredential, Rotated, RotationPlan, grace_text};
 pub use requests::Stalled;

@@ -36,7 +36,7 @@ impl Service {
         for id in due {
             let mut tx = self.store.begin().await?;
             // One process expires it; the others pass it over.
-            let Some(request) = tx.try_lock_approval_request(&id).await? else {
+            let Some(request) = tx.try_lock_approval_request(&id, now).await? else {
                 continue;
             };
             if request.status != RequestStatus::Pending || request.expires_at > now {

@@ -158,9 +158,9 @@ impl Service {
     /// The new draft `create_draft` stores, when nothing stands in its way:
     /// no draft of this id yet and no open draft of the member's here. None
     /// otherwise; an error for a refused form.
-    async fn fresh_draft(
+    async fn fresh_draft<M>(
         &self,
-        tx: &mut Tx,
+        tx: &mut Tx<M>,
         guild: GuildId,
         id: &str,
         actor: UserId,
@@ -198,7 +198,12 @@ impl Service {
     }
 
     /// Loads a draft for its owner; anyone else is refused.
-    async fn owned_draft(&self, tx: &mut Tx, id: &str, actor: UserId) -> ServiceResult<SavedDraft> {
+    async fn owned_draft<M>(
+        &self,
+        tx: &mut Tx<M>,
+        id: &str,
+        actor: UserId,
+    ) -> ServiceResult<SavedDraft> {
         let draft = tx
             .draft_by_id(id)
             .await?
@@ -281,9 +286,9 @@ impl Service {
 
     /// The draft with the step's input applied, not saved; reads only (the
     /// name's availability).
-    async fn advanced(
+    async fn advanced<M>(
         &self,
-        tx: &mut Tx,
+        tx: &mut Tx<M>,
         mut saved: SavedDraft,
         input: DraftInput,
         now: chrono::DateTime<chrono::Utc>,
@@ -304,9 +309,9 @@ impl Service {
     }
 
     /// The form, checked: its fields, and a name free in the guild.
-    async fn details_action(
+    async fn details_action<M>(
         &self,
-        tx: &mut Tx,
+        tx: &mut Tx<M>,
         guild: GuildId,
         form: AppForm,
     ) -> ServiceResult<WizardAction> {

@@ -25,7 +25,7 @@ struct RequestRow {
     reminded_at: Option<i64>,
 }
 
-impl Tx {
+impl<M> Tx<M> {
     pub async fn insert_approval_request(&mut self, r: &ApprovalRequest) -> StoreResult<()> {
         on_conn!(self, c => sqlx::query(
             "INSERT INTO approval_requests (app_id, guild_id, requester_id, approvals_required, \
@@ -62,18 +62,23 @@ impl Tx {
 
     /// As `lock_approval_request`, for a background job: None at once when
     /// another process holds the request (PostgreSQL's SKIP LOCKED), which
-    /// then deals with it, as well as when there is none.
+    /// then deals with it, or when one of its jobs holds it leased at `now`
+    /// (checked here, in the locking statement, so a lease taken since the
+    /// caller's read counts), as well as when there is none.
     pub async fn try_lock_approval_request(
         &mut self,
         app: &ApplicationId,
+        now: DateTime<Utc>,
     ) -> StoreResult<Option<ApprovalRequest>> {
         let sql = claim_sql!(
             self,
             "UPDATE approval_requests SET status = status WHERE app_id IN",
-            "SELECT app_id FROM approval_requests WHERE app_id = $1"
+            "SELECT app_id FROM approval_requests WHERE app_id = $1 \
+             AND (lease_until IS NULL OR lease_until <= $2)"
         );
         let n = on_conn!(self, c => sqlx::query(sql)
             .bind(app.as_str())
+            .bind(to_ms(now))
             .execute(&mut *c)
             .await?
             .rows_affected());

@@ -97,7 +97,7 @@ impl Children {
     }
 }
 
-impl Tx {
+impl<M> Tx<M> {
     /// Whether a live application of the guild already has this name (by `name_key`).
     pub async fn app_name_taken(&mut self, guild: GuildId, name_key: &str) -> StoreResult<bool> {
         let n: i64 = on_conn!(self, c => sqlx::query_scalar(

@@ -238,16 +238,21 @@ impl Tx {
         Ok(n == 1)
     }
 
-    /// Gives a claimed event back, untried, for the next pass.
+    /// Gives a claimed event back, untried, for the next pass: only while
+    /// it still holds the lease this poster's claim set (`lease_until`); a
+    /// lapsed lease is another poster's now, and is left alone.
     pub async fn release_audit_post(
         &mut self,
         event_id: i64,
+        lease_until: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> StoreResult<()> {
         on_conn!(self, c => sqlx::query(
-            "UPDATE audit_outbox SET next_attempt_at = $1 WHERE event_id = $2 AND posted_at IS NULL")
+            "UPDATE audit_outbox SET next_attempt_at = $1 \
+             WHERE event_id = $2 AND posted_at IS NULL AND next_attempt_at = $3")
             .bind(to_ms(now))
             .bind(event_id)
+            .bind(to_ms(lease_until))
             .execute(&mut *c)
             .await?
             .rows_affected());

@@ -90,7 +90,7 @@ pub struct DueWarning {
     pub failures: u32,
 }
 
-impl Tx {
+impl<M> Tx<M> {
     async fn fetch_rows(
         &mut self,
         kind: CredentialKind,

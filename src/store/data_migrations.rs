@@ -75,7 +75,7 @@ pub(crate) fn plan_name_keys(rows: &[NameRow]) -> Plan {
     plan
 }
 
-impl Tx {
+impl<M> Tx<M> {
     /// Claims a data migration for this transaction: false if it was done
     /// already. On PostgreSQL a second process's claim waits for the first's
     /// transaction and then finds the row; on SQLite write transactions are

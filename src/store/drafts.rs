@@ -37,7 +37,7 @@ fn state_json(draft: &WizardDraft) -> StoreResult<String> {
     serde_json::to_string(draft).map_err(|e| StoreError::corrupt("wizard_drafts", e.to_string()))
 }
 
-impl Tx {
+impl<M> Tx<M> {
     pub async fn draft_by_id(&mut self, id: &str) -> StoreResult<Option<SavedDraft>> {
         let sql = sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM wizard_drafts WHERE id = $1"));
         let row: Option<DraftRow> = on_conn!(self, c => sqlx::query_as(sql)

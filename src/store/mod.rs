@@ -104,14 +104,25 @@ pub enum Store {
 }
 
 /// An open transaction; every query method lives here so a use case can do
-/// all of its reads and writes atomically.
-pub struct Tx {
+/// all of its reads and writes atomically. `M` says whether it is one
+/// ([`Atomic`], from `begin` and `read`) or a bare connection whose each
+/// statement commits on its own ([`Single`], from `Store::single`): only an
+/// atomic one records audit events, so an event and the write it records
+/// commit together or not at all.
+pub struct Tx<M = Atomic> {
     inner: TxInner,
     /// Held by a SQLite write transaction until it ends.
     _write_gate: Option<OwnedMutexGuard<()>>,
     /// Audit events recorded in this transaction, written together at commit.
     audit: Vec<audit::QueuedAudit>,
+    mode: std::marker::PhantomData<M>,
 }
+
+/// A `Tx` that is a transaction.
+pub struct Atomic;
+
+/// A `Tx` with no transaction (`Store::single`): it cannot record audit events.
+pub struct Single;
 
 enum TxInner {
     Sqlite(Transaction<'static, Sqlite>),
@@ -138,12 +149,13 @@ impl TxInner {
     }
 }
 
-impl From<TxInner> for Tx {
+impl<M> From<TxInner> for Tx<M> {
     fn from(inner: TxInner) -> Self {
         Self {
             inner,
             _write_gate: None,
             audit: Vec::new(),
+            mode: std::marker::PhantomData,
         }
     }
 }
@@ -296,6 +308,7 @@ impl Store {
                     inner: TxInner::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
                     _write_gate: Some(guard),
                     audit: Vec::new(),
+                    mode: std::marker::PhantomData,
                 }
             }
             Self::Postgres(pool) => TxInner::Postgres(pool.begin().await?).into(),
@@ -307,7 +320,27 @@ impl Store {
     /// whose conditions are in its WHERE). It saves BEGIN and COMMIT, a round
     /// trip each, and on SQLite holds the write lock for that statement only.
     /// With `write`, it queues on this process's writers' gate as `begin` does.
-    pub async fn single(&self, write: bool) -> StoreResult<Tx> {
+    ///
+    /// Audit events cannot be recorded on it (they would be written apart
+    /// from the write they record, and survive its failure or miss its
+    /// success): a write that is audited needs `begin`.
+    ///
+    /// ```compile_fail,E0599
+    /// # async fn f(store: keygate::store::Store, event: keygate::domain::audit::NewAuditEvent) -> keygate::store::StoreResult<()> {
+    /// let mut write = store.single(true).await?;
+    /// write.queue_audit(event, chrono::Utc::now());
+    /// write.commit().await
+    /// # }
+    /// ```
+    ///
+    /// ```compile_fail,E0599
+    /// # async fn f(store: keygate::store::Store, event: keygate::domain::audit::NewAuditEvent) -> keygate::store::StoreResult<()> {
+    /// let mut write = store.single(true).await?;
+    /// write.append_audit(&event, chrono::Utc::now()).await?;
+    /// write.commit().await
+    /// # }
+    /// ```
+    pub async fn single(&self, write: bool) -> StoreResult<Tx<Single>> {
         Ok(match self {
             Self::Sqlite(pool, gate) => {
                 let guard = match write {
@@ -318,6 +351,7 @@ impl Store {
                     inner: TxInner::SqliteSingle(pool.acquire().await?),
                     _write_gate: guard,
                     audit: Vec::new(),
+                    mode: std::marker::PhantomData,
                 }
             }
             Self::Postgres(pool) => TxInner::PostgresSingle(pool.acquire().await?).into(),
@@ -362,12 +396,22 @@ impl Tx {
         match self.inner {
             TxInner::Sqlite(t) => t.commit().await?,
             TxInner::Postgres(t) => t.commit().await?,
-            // Each statement committed as it ran.
+            // Not built by `begin` or `read`.
             TxInner::SqliteSingle(_) | TxInner::PostgresSingle(_) => {}
         }
         Ok(())
     }
+}
 
+impl Tx<Single> {
+    /// Nothing to do: each statement committed as it ran, and no audit
+    /// event can have been recorded.
+    pub async fn commit(self) -> StoreResult<()> {
+        Ok(())
+    }
+}
+
+impl<M> Tx<M> {
     pub async fn rollback(self) -> StoreResult<()> {
         match self.inner {
             TxInner::Sqlite(t) => t.rollback().await?,

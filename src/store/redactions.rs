@@ -26,7 +26,7 @@ struct RedactionRow {
     due_at: i64,
 }
 
-impl Tx {
+impl<M> Tx<M> {
     pub async fn schedule_redaction(&mut self, r: &DmRedaction) -> StoreResult<()> {
         on_conn!(self, c => sqlx::query(
             "INSERT INTO dm_redactions (channel_id, message_id, app_id, user_id, due_at) \

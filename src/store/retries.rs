@@ -44,7 +44,7 @@ struct PauseRow {
     next_probe_at: i64,
 }
 
-impl Tx {
+impl<M> Tx<M> {
     /// Every failing item of `job`, by item: the few a worker skips or alerts on.
     pub async fn retries(&mut self, job: Job) -> StoreResult<HashMap<String, RetryState>> {
         let rows: Vec<RetryRow> = on_conn!(self, c => sqlx::query_as(

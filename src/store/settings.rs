@@ -35,7 +35,7 @@ impl From<SettingsRow> for GuildSettings {
     }
 }
 
-impl Tx {
+impl<M> Tx<M> {
     /// The guild's settings, or the defaults if it never saved any.
     pub async fn guild_settings(&mut self, guild: GuildId) -> StoreResult<GuildSettings> {
         let row: Option<SettingsRow> = on_conn!(self, c => sqlx::query_as(

@@ -257,7 +257,7 @@ impl Store {
     }
 }
 
-impl Tx {
+impl<M> Tx<M> {
     /// Tells every process that `app`'s credentials changed, when (and only
     /// if) this transaction commits. A no-op on SQLite.
     pub async fn notify_credentials_changed(&mut self, app: &ApplicationId) -> StoreResult<()> {
