@@ -341,19 +341,12 @@ pub async fn on_component(
     let app = bot.service.app_by_id(&app_id).await?;
     match cid.action {
         Action::GenerateKey => {
-            // Acknowledged first, as the key's DM takes several calls; the
-            // key is written meanwhile (no Discord call), and a key written
-            // but never shown may be generated again.
-            let (deferred, issued) = tokio::join!(
-                defer_component(&ctx.http, component),
-                bot.service.generate_api_key(app.guild_id, &app_id, actor)
-            );
-            deferred?;
-            let issued = issued?;
-            let here = (
-                ChannelId(component.channel_id.get()),
-                MessageId(component.message.id.get()),
-            );
+            // Acknowledged first: the key's DM takes several calls.
+            defer_component(&ctx.http, component).await?;
+            let issued = bot
+                .service
+                .generate_api_key(app.guild_id, &app_id, actor)
+                .await?;
             let ephemeral = component
                 .message
                 .flags
@@ -373,52 +366,49 @@ pub async fn on_component(
                 sent.inspect_err(count_rest_error).ok()
             };
             let key = issued.key.expose();
-            let show = async {
-                match dm {
-                    Some(sent) => {
-                        let text = key_text(
-                            &issued.app,
-                            key,
-                            issued.expires_at,
-                            &shown_once(issued.dm_lifetime),
-                        );
-                        let rows = finish_only(&app_id);
-                        fill_dm(
-                            &ctx.http,
-                            &bot.service,
-                            &issued.app,
-                            actor.user_id,
-                            &sent,
-                            text,
-                            rows,
-                            &issued.key_id,
-                        )
-                        .await?;
-                    }
-                    None => {
-                        let text = key_text(&issued.app, key, issued.expires_at, EPHEMERAL_NOTE);
-                        let rows = finish_only(&app_id);
-                        follow_up_privately(
-                            &ctx.http,
-                            &bot.service,
-                            component,
-                            text,
-                            rows,
-                            &issued.key_id,
-                        )
-                        .await?;
-                    }
+            match dm {
+                Some(sent) => {
+                    let text = key_text(
+                        &issued.app,
+                        key,
+                        issued.expires_at,
+                        &shown_once(issued.dm_lifetime),
+                    );
+                    let rows = finish_only(&app_id);
+                    fill_dm(
+                        &ctx.http,
+                        &bot.service,
+                        &issued.app,
+                        actor.user_id,
+                        &sent,
+                        text,
+                        rows,
+                        &issued.key_id,
+                    )
+                    .await?;
                 }
-                anyhow::Ok(())
-            };
-            // Whether the pressed message's Secret is gone yet is read while
-            // the key is shown: it decides the pressed message's last edit.
-            let (shown, redacted) = tokio::join!(show, bot.service.redaction_done(here.0, here.1));
-            shown?;
+                None => {
+                    let text = key_text(&issued.app, key, issued.expires_at, EPHEMERAL_NOTE);
+                    let rows = finish_only(&app_id);
+                    follow_up_privately(
+                        &ctx.http,
+                        &bot.service,
+                        component,
+                        text,
+                        rows,
+                        &issued.key_id,
+                    )
+                    .await?;
+                }
+            }
             // Shown: the credentials message loses its Generate button (kept
             // until now, so a key that could not be shown can be made again);
             // its Secret keeps its own lifetime, which the key never extends.
-            let redacted = redacted? == Some(true);
+            let here = (
+                ChannelId(component.channel_id.get()),
+                MessageId(component.message.id.get()),
+            );
+            let redacted = bot.service.redaction_done(here.0, here.1).await? == Some(true);
             let rows = if redacted {
                 vec![]
             } else {
