@@ -20,6 +20,7 @@ use support::verify;
 
 end_to_end_on_both_stores!(
     whole_wizard_to_the_key_then_finish_redacts,
+    a_submit_whose_answer_fails_still_delivers_the_credentials,
     invalid_form_lists_every_problem_and_keeps_the_input,
     back_and_next_keep_selections_and_cancel_deletes_the_draft,
     a_restarted_bot_continues_the_wizard,
@@ -988,5 +989,31 @@ async fn a_wizard_key_verifies_over_http_for_its_app_only(backend: Backend) {
         "{metrics}"
     );
     api.shutdown().await;
+    h.close().await;
+}
+
+/// The application is written before Submit's answer: when Discord refuses
+/// the answer, the credentials still go out by DM, not lost with the screen.
+async fn a_submit_whose_answer_fails_still_delivers_the_credentials(backend: Backend) {
+    let h = Harness::start_with(backend, false).await;
+    let review = to_review(&h.fake, &alice(), "Lost Answer").await;
+    h.fake.fail(
+        "POST",
+        "/callback",
+        500,
+        json!({ "message": "500: Internal Server Error", "code": 0 }),
+        1,
+    );
+    h.fake
+        .press_button(&alice(), &review, &component(&review, "submit"))
+        .await;
+    let user = alice().id;
+    h.fake
+        .wait_until("the credentials by DM", |f| {
+            f.dm_messages(user)
+                .iter()
+                .any(|m| text(m).contains("Secret: `kgs_"))
+        })
+        .await;
     h.close().await;
 }

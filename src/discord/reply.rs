@@ -27,8 +27,7 @@ pub fn private(content: impl Into<String>) -> CreateInteractionResponseMessage {
 }
 
 /// What a message shows, built once for both ways of showing it: as the
-/// first answer (a read-only handler) or as the edit after a deferral (a
-/// handler that writes, whose callback must come first).
+/// first answer, or as the edit after a deferral (see [`Reply::answer`]).
 pub struct Screen {
     content: String,
     embeds: Vec<CreateEmbed>,
@@ -86,10 +85,11 @@ impl Screen {
     }
 }
 
-/// How long a handler's database work may run before its interaction must
-/// be acknowledged. Work done by then is answered with its content in one
-/// call; slower work is deferred meanwhile and shown by an edit. Even at the
-/// budget, a slow callback (1.5 s) still lands inside Discord's 3 seconds.
+/// How long a handler's database work may run, from when it starts, before
+/// its interaction must be acknowledged. Work done by then is answered with
+/// its content in one call; slower work is deferred meanwhile and shown by
+/// an edit. At the budget, a slow callback (1.5 s) still lands inside
+/// Discord's 3 seconds unless the reads before the work took over 0.7 s.
 pub const ANSWER_BUDGET: Duration = Duration::from_millis(750);
 
 /// The interaction a handler answers, and where its content goes.
@@ -158,22 +158,35 @@ impl<'a> Reply<'a> {
         let (screen, rest) = match tokio::time::timeout(ANSWER_BUDGET, &mut work).await {
             Ok(done) => {
                 let (screen, rest) = done?;
-                screen
+                let answered = screen
                     .response(self.in_place)
                     .execute(http, (self.id, self.token))
-                    .await?;
-                return Ok(rest);
+                    .await;
+                return Ok(Self::done_anyway(answered, rest));
             }
             Err(_) => {
                 let (deferred, done) = tokio::join!(self.defer(http), work);
                 // The work's error says more than a failed deferral.
-                let done = done?;
-                deferred?;
-                done
+                let (screen, rest) = done?;
+                if deferred.is_err() {
+                    return Ok(Self::done_anyway(deferred, rest));
+                }
+                (screen, rest)
             }
         };
         screen.edit().execute(http, self.token).await?;
         Ok(rest)
+    }
+
+    /// The work is written (a Submit's credentials exist), so its caller
+    /// goes on even when the interaction could not be answered: what
+    /// follows (a DM, a post) needs no interaction. Only the screen is lost.
+    fn done_anyway<T>(answered: serenity::Result<()>, rest: T) -> T {
+        if let Err(e) = answered {
+            count_rest_error(&e);
+            tracing::warn!(error = %e, "could not answer an interaction whose work was done");
+        }
+        rest
     }
 }
 
