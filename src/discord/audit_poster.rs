@@ -89,11 +89,13 @@ fn message(post: &AuditPost) -> CreateMessage {
 /// guild's events, to keep their order; an audit channel the bot lost is
 /// tried again every probe interval, or at once when setup changes it.
 pub async fn post_due(http: &Http, service: &Service) -> Pass {
+    // Counted from before the claim: the lease runs from its read, and a
+    // slow claim (a busy writer) must not stretch the pass past it.
+    let started = std::time::Instant::now();
     let posts = service.due_audit_posts(BATCH).await?;
     let mut failed = std::collections::HashSet::new();
     // After a 429 the whole queue waits; what this pass claimed goes back.
     let mut held = None;
-    let started = std::time::Instant::now();
     for post in posts {
         let guild = post.event.guild_id;
         if held.is_some() || failed.contains(&guild) || started.elapsed() > PASS_LIMIT {
