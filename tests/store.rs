@@ -1360,7 +1360,14 @@ async fn audit_log_is_append_only_and_outbox_posts_once(db: &TestDb) {
         "posted once"
     );
     let second = due[1].event.id;
-    tx.defer_audit_post(second, lease).await.unwrap();
+    assert!(tx.claim_audit_post(second, now, lease).await.unwrap());
+    // A poster whose lease lapsed (its token is not the row's) moves nothing.
+    assert!(
+        !tx.defer_audit_post(second, now, now + chrono::TimeDelta::hours(1))
+            .await
+            .unwrap()
+    );
+    assert!(tx.defer_audit_post(second, lease, lease).await.unwrap());
     let left = tx.unposted_outbox(100).await.unwrap();
     assert_eq!(left.len(), 2);
     assert_eq!(

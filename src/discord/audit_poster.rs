@@ -121,7 +121,12 @@ pub async fn post_due(http: &Http, service: &Service) -> Pass {
                 // timeout does, and holds back the guild's later events.
                 failed.insert(guild);
                 let next = service
-                    .audit_post_failed(post.event.id, post.attempts, Retry::Backoff)
+                    .audit_post_failed(
+                        post.event.id,
+                        post.attempts,
+                        post.lease_until,
+                        Retry::Backoff,
+                    )
                     .await?;
                 tracing::warn!(event = post.event.id, retry_at = %next, "posting an audit event took too long");
                 continue;
@@ -139,7 +144,7 @@ pub async fn post_due(http: &Http, service: &Service) -> Pass {
             failure => (failure.retry(), failure.hold()),
         };
         let next = service
-            .audit_post_failed(post.event.id, post.attempts, retry)
+            .audit_post_failed(post.event.id, post.attempts, post.lease_until, retry)
             .await?;
         tracing::warn!(event = post.event.id, error = %e, retry_at = %next, "could not post an audit event");
         held = held.or(wait);

@@ -121,11 +121,14 @@ impl Service {
         &self,
         event_id: i64,
         attempts: u32,
+        lease_until: DateTime<Utc>,
         retry: Retry,
     ) -> ServiceResult<DateTime<Utc>> {
         let next = retry.at(self.clock.now(), attempts.saturating_add(1));
         let mut tx = self.store.begin().await?;
-        tx.defer_audit_post(event_id, next).await?;
+        // Not ours any more (the lease lapsed and another poster took it):
+        // its schedule is the other poster's to set.
+        tx.defer_audit_post(event_id, lease_until, next).await?;
         tx.commit().await?;
         Ok(next)
     }

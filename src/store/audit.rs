@@ -259,19 +259,25 @@ impl Tx {
         Ok(())
     }
 
+    /// Counts a failed post and sets its next try, only while the row still
+    /// holds the failing poster's lease (`lease_until`, its token): a poster
+    /// that ran late must not move a newer claimant's schedule.
     pub async fn defer_audit_post(
         &mut self,
         event_id: i64,
+        lease_until: DateTime<Utc>,
         next_attempt_at: DateTime<Utc>,
-    ) -> StoreResult<()> {
-        on_conn!(self, c => sqlx::query(
-            "UPDATE audit_outbox SET attempts = attempts + 1, next_attempt_at = $1 WHERE event_id = $2")
+    ) -> StoreResult<bool> {
+        let n = on_conn!(self, c => sqlx::query(
+            "UPDATE audit_outbox SET attempts = attempts + 1, next_attempt_at = $1 \
+             WHERE event_id = $2 AND posted_at IS NULL AND next_attempt_at = $3")
             .bind(to_ms(next_attempt_at))
             .bind(event_id)
+            .bind(to_ms(lease_until))
             .execute(&mut *c)
             .await?
             .rows_affected());
-        Ok(())
+        Ok(n == 1)
     }
 
     /// Makes the guild's waiting events due now: its audit channel changed,
