@@ -110,43 +110,38 @@ pub async fn post_due(http: &Http, service: &Service) -> Pass {
             continue;
         };
         let send = serenity::ChannelId::new(channel.0).send_message(http, message(&post));
-        let e = match tokio::time::timeout(SEND_LIMIT, send).await {
+        let (retry, wait, error) = match tokio::time::timeout(SEND_LIMIT, send).await {
             Ok(Ok(_)) => {
                 service.audit_posted(post.event.id).await?;
                 continue;
             }
-            Ok(Err(e)) => e,
-            Err(_) => {
-                // Given up, not known to have failed: backs off as a
-                // timeout does, and holds back the guild's later events.
-                failed.insert(guild);
-                let next = service
-                    .audit_post_failed(
-                        post.event.id,
-                        post.attempts,
-                        post.lease_until,
-                        Retry::Backoff,
-                    )
-                    .await?;
-                tracing::warn!(event = post.event.id, retry_at = %next, "posting an audit event took too long");
-                continue;
+            Ok(Err(e)) => {
+                count_rest_error(&e);
+                let (retry, wait) = match RestFailure::of(&e) {
+                    RestFailure::Channel(loss) => {
+                        // Nobody can be told in the channel itself: the log
+                        // says it, once per probe.
+                        tracing::error!(guild = %guild, channel = %channel, code = loss.code(), "Discord refuses keygate in the audit channel; audit events wait for it");
+                        (Retry::Probe, None)
+                    }
+                    failure => (failure.retry(), failure.hold()),
+                };
+                (retry, wait, e.to_string())
             }
+            // Given up, not known to have failed: backs off as a timeout
+            // does.
+            Err(_) => (
+                Retry::Backoff,
+                None,
+                format!("no answer within {SEND_LIMIT:?}"),
+            ),
         };
+        // Either way the guild's later events wait behind this one.
         failed.insert(guild);
-        count_rest_error(&e);
-        let (retry, wait) = match RestFailure::of(&e) {
-            RestFailure::Channel(loss) => {
-                // Nobody can be told in the channel itself: the log says it,
-                // once per probe.
-                tracing::error!(guild = %guild, channel = %channel, code = loss.code(), "Discord refuses keygate in the audit channel; audit events wait for it");
-                (Retry::Probe, None)
-            }
-            failure => (failure.retry(), failure.hold()),
-        };
         let next = service
             .audit_post_failed(post.event.id, post.attempts, post.lease_until, retry)
             .await?;
-        tracing::warn!(event = post.event.id, error = %e, retry_at = %next, "could not post an audit event");
+        tracing::warn!(event = post.event.id, error, retry_at = %next, "could not post an audit event");
         held = held.or(wait);
     }
     Ok(held)
