@@ -8,8 +8,7 @@ use super::delivery;
 use super::error::{BotError, BotResult, stale};
 use super::render::{code, detail_fields, message_link, scope_labels, source_label, user_text};
 use super::reply::{
-    FIELD_MAX, RestFailure, Screen, clip, count_rest_error, count_rest_error_in, defer_component,
-    defer_modal, no_pings,
+    FIELD_MAX, Reply, RestFailure, Screen, clip, count_rest_error, count_rest_error_in, no_pings,
 };
 use crate::domain::application::{AppStatus, Application};
 use crate::domain::approval::{ApprovalRequest, DENY_REASON_MAX_CHARS, RequestStatus};
@@ -480,7 +479,7 @@ pub async fn on_component(
             };
             // Acknowledged before the approval is written: it and the
             // delivery after it would not fit in Discord's 3 seconds.
-            defer_component(&ctx.http, component).await?;
+            Reply::component(component).defer(&ctx.http).await?;
             let outcome = bot.service.approve(guild, &id, actor).await?;
             let request = bot
                 .service
@@ -532,7 +531,7 @@ pub async fn on_component(
         }
         Action::Withdraw => {
             // Acknowledged before the withdrawal is written.
-            defer_component(&ctx.http, component).await?;
+            Reply::component(component).defer(&ctx.http).await?;
             let app = bot
                 .service
                 .withdraw(guild, &id, Actor::member(user))
@@ -550,7 +549,7 @@ pub async fn on_component(
             }
             // Acknowledged before the secret is issued; the credentials
             // then go in an ephemeral follow-up.
-            defer_component(&ctx.http, component).await?;
+            Reply::component(component).defer(&ctx.http).await?;
             let creds = bot.service.issue_credentials(guild, &id).await?;
             delivery::reveal(ctx, bot, component, &creds).await?;
         }
@@ -587,7 +586,7 @@ pub async fn on_deny_reason(
         is_manager: false,
     };
     // Acknowledged before the denial is written.
-    defer_modal(&ctx.http, modal).await?;
+    Reply::modal(modal).defer(&ctx.http).await?;
     let (app, reason) = bot.service.deny(app.guild_id, &id, actor, &reason).await?;
     let request = bot
         .service

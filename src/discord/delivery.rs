@@ -4,7 +4,7 @@ use super::Bot;
 use super::custom_id::{Action, CustomId};
 use super::error::{BotResult, stale};
 use super::render::code;
-use super::reply::{Reply, RestFailure, Screen, count_rest_error, defer_component, no_pings};
+use super::reply::{Reply, RestFailure, Screen, count_rest_error, no_pings};
 use crate::domain::application::{AppStatus, Application};
 use crate::domain::credentials::ApplicationId;
 use crate::domain::ids::{ChannelId, MessageId, UserId};
@@ -342,7 +342,7 @@ pub async fn on_component(
     match cid.action {
         Action::GenerateKey => {
             // Acknowledged first: the key's DM takes several calls.
-            defer_component(&ctx.http, component).await?;
+            Reply::component(component).defer(&ctx.http).await?;
             let issued = bot
                 .service
                 .generate_api_key(app.guild_id, &app_id, actor)

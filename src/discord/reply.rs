@@ -123,6 +123,8 @@ impl<'a> Reply<'a> {
 
     /// Acknowledges without content: a deferred update (type 6) of the
     /// message, or a deferred ephemeral message (type 5); an edit follows.
+    /// A handler whose Discord calls come before its content sends this
+    /// first, so that slow calls cannot make it miss Discord's 3 seconds.
     pub async fn defer(self, http: &Http) -> serenity::Result<()> {
         let response = if self.in_place {
             CreateInteractionResponse::Acknowledge
@@ -188,22 +190,6 @@ impl<'a> Reply<'a> {
         }
         rest
     }
-}
-
-/// Acknowledges a button or select with a deferred update (type 6): the
-/// handler's first REST call, so that its slow calls cannot make it miss
-/// Discord's 3 seconds; it then edits the component's message.
-pub async fn defer_component(
-    http: &Http,
-    component: &ComponentInteraction,
-) -> serenity::Result<()> {
-    Reply::component(component).defer(http).await
-}
-
-/// Acknowledges a modal submission first, for the same reason: see
-/// [`Reply::defer`].
-pub async fn defer_modal(http: &Http, modal: &ModalInteraction) -> serenity::Result<()> {
-    Reply::modal(modal).defer(http).await
 }
 
 /// What a message's content holds.
