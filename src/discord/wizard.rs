@@ -7,7 +7,8 @@ use super::error::{BotError, BotResult, stale};
 use super::render::{code, detail_fields, scope_labels, source_label, user_text};
 use super::reply::{FIELD_MAX, MESSAGE_MAX, Reply, Screen, clip, no_pings, private};
 use super::{approvals, delivery};
-use crate::domain::application::{LoginUserType, SourceApp};
+use crate::domain::application::{Application, LoginUserType, SourceApp};
+use crate::domain::approval::ApprovalRequest;
 use crate::domain::catalog::{ApiGroup, ScopeCatalog};
 use crate::domain::ids::{ChannelId, GuildId, UserId};
 use crate::domain::retry::Job;
@@ -16,7 +17,9 @@ use crate::domain::validation::{
     ValidationErrors,
 };
 use crate::domain::wizard::{SavedDraft, WizardStep};
-use crate::service::{DraftInput, ServiceError, ServiceResult, Submitted, new_draft_id};
+use crate::service::{
+    DraftInput, IssuedCredentials, ServiceError, ServiceResult, Submitted, new_draft_id,
+};
 use poise::serenity_prelude as serenity;
 use serenity::{
     ActionRowComponent, ButtonStyle, ComponentInteraction, ComponentInteractionDataKind,
@@ -586,14 +589,14 @@ pub async fn on_component(
             let origin = ChannelId(component.channel_id.get());
             // The application is written before any call but the answer;
             // the post or the delivery that follows edits this message.
-            let submitted = Reply::component(component)
+            let next = Reply::component(component)
                 .answer(&ctx.http, async {
                     let submitted = service.submit_draft(id, user, Some(origin)).await?;
                     bot.forget_rejected(id);
-                    Ok((submitted_screen(&submitted)?, submitted))
+                    submitted_screen(submitted)
                 })
                 .await?;
-            return on_submitted(ctx, bot, component, submitted).await;
+            return on_submitted(ctx, bot, component, next).await;
         }
         _ => {
             return Err(stale());
@@ -611,15 +614,33 @@ async fn reopen_form(bot: &Bot, id: &str, user: UserId) -> BotResult<CreateInter
     Ok(CreateInteractionResponse::Modal(modal(id, &form)))
 }
 
-/// What Submit shows first: that the request waits for approvers (its post
-/// follows), or that the credentials are on their way to the DMs.
-fn submitted_screen(submitted: &Submitted) -> BotResult<Screen> {
-    match (&submitted.request, &submitted.credentials) {
+/// What follows Submit's first screen.
+enum AfterSubmit {
+    /// The request waits for approvers: it is posted; `rows` are the
+    /// buttons of its waiting message.
+    Post {
+        app: Application,
+        request: ApprovalRequest,
+        rows: Vec<CreateActionRow>,
+    },
+    /// No approval needed: the credentials are delivered.
+    Deliver(IssuedCredentials),
+}
+
+/// What Submit shows first (that the request waits for approvers, or that
+/// the credentials are on their way to the DMs), and what follows it.
+fn submitted_screen(submitted: Submitted) -> BotResult<(Screen, AfterSubmit)> {
+    match (submitted.request, submitted.credentials) {
         (Some(request), _) => {
-            let (text, rows) = approvals::waiting_message(&submitted.app, request, None);
-            Ok(Screen::new(text).components(rows))
+            let (text, rows) = approvals::waiting_message(&submitted.app, &request, None);
+            let screen = Screen::new(text).components(rows.clone());
+            let app = submitted.app;
+            Ok((screen, AfterSubmit::Post { app, request, rows }))
         }
-        (None, Some(creds)) => Ok(delivery::sending_screen(&creds.app)),
+        (None, Some(creds)) => Ok((
+            delivery::sending_screen(&creds.app),
+            AfterSubmit::Deliver(creds),
+        )),
         (None, None) => Err(BotError::Internal(anyhow::anyhow!(
             "submit of {} returned neither a request nor credentials",
             submitted.app.id
@@ -627,18 +648,16 @@ fn submitted_screen(submitted: &Submitted) -> BotResult<Screen> {
     }
 }
 
-/// After Submit, once [`submitted_screen`] is shown: with no approval
-/// needed, deliver the credentials; otherwise post the request.
+/// After Submit, once [`submitted_screen`] is shown: post the request, or
+/// deliver the credentials.
 async fn on_submitted(
     ctx: &serenity::Context,
     bot: &Bot,
     component: &ComponentInteraction,
-    submitted: Submitted,
+    next: AfterSubmit,
 ) -> BotResult<()> {
-    match (submitted.request, submitted.credentials) {
-        (Some(request), _) => {
-            let app = submitted.app;
-            let (_, rows) = approvals::waiting_message(&app, &request, None);
+    match next {
+        AfterSubmit::Post { app, request, rows } => {
             let mut gate = bot.service.retry_gate(Job::PostRequest).await?;
             let channel = bot.service.settings(app.guild_id).await?.approvals_channel;
             let edit = |text: String, rows| {
@@ -685,9 +704,7 @@ async fn on_submitted(
             }
             Ok(())
         }
-        (None, Some(creds)) => delivery::deliver(ctx, bot, component, &creds).await,
-        // Refused by `submitted_screen` before anything was shown.
-        (None, None) => Ok(()),
+        AfterSubmit::Deliver(creds) => delivery::deliver(ctx, bot, component, &creds).await,
     }
 }
 
