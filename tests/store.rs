@@ -1270,10 +1270,8 @@ async fn names_are_unique_per_guild_ignoring_case(db: &TestDb) {
     new_draft(svc, other, ALICE, form("Twin")).await.unwrap();
 }
 
-/// A poster that outlived its lease gives its event back only if the event
-/// still holds that lease: a newer one, another poster's, is left alone.
-async fn a_late_audit_release_leaves_a_newer_lease_alone(db: &TestDb) {
-    let svc = &db.service;
+/// Gives GUILD an audit channel, so its events queue for posting.
+async fn set_audit_channel(svc: &Service) {
     let settings = GuildSettings {
         audit_channel: Some(ChannelId(99)),
         ..GuildSettings::defaults(GUILD)
@@ -1281,6 +1279,13 @@ async fn a_late_audit_release_leaves_a_newer_lease_alone(db: &TestDb) {
     svc.save_settings(Actor::member(ALICE), &settings)
         .await
         .unwrap();
+}
+
+/// A poster that outlived its lease gives its event back only if the event
+/// still holds that lease: a newer one, another poster's, is left alone.
+async fn a_late_audit_release_leaves_a_newer_lease_alone(db: &TestDb) {
+    let svc = &db.service;
+    set_audit_channel(svc).await;
     let now = db.clock.now();
     let mut tx = db.store.begin().await.unwrap();
     let event = tx.unposted_outbox(100).await.unwrap()[0].event.id;
@@ -1322,13 +1327,7 @@ async fn audit_log_is_append_only_and_outbox_posts_once(db: &TestDb) {
     let svc = &db.service;
     // No audit channel: events are kept, not queued.
     submit(svc, ALICE, "Quiet").await;
-    let settings = GuildSettings {
-        audit_channel: Some(ChannelId(99)),
-        ..GuildSettings::defaults(GUILD)
-    };
-    svc.save_settings(Actor::member(ALICE), &settings)
-        .await
-        .unwrap();
+    set_audit_channel(svc).await;
     submit(svc, ALICE, "Loud").await;
 
     let mut tx = db.store.begin().await.unwrap();
