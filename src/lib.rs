@@ -5,6 +5,7 @@ pub mod discord;
 pub mod domain;
 pub mod http;
 pub mod runtime;
+pub mod sandbox;
 pub mod service;
 pub mod store;
 pub mod telemetry;
