@@ -10,6 +10,7 @@ use url::Url;
 
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://keygate.db";
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
+pub const DEFAULT_SANDBOX_ADDR: &str = "127.0.0.1:8090";
 pub const DEFAULT_VERIFY_CACHE_TTL: Duration = Duration::from_secs(5);
 /// Past this, a revocation on SQLite (no notifications), or on PostgreSQL
 /// while a notification is lost, would take too long to reach another process.
@@ -114,6 +115,10 @@ pub struct Config {
     pub scope_catalog: Arc<ScopeCatalog>,
     pub catalog_source: CatalogSource,
     pub log_format: LogFormat,
+    /// Where `keygate sandbox` serves its page: always a loopback address.
+    pub sandbox_addr: SocketAddr,
+    /// The sandbox's own database; `None`: a temporary SQLite file.
+    pub sandbox_database_url: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +129,21 @@ pub enum ConfigError {
     MissingToken,
     #[error("{var} is invalid: {problem}")]
     Invalid { var: &'static str, problem: String },
+}
+
+/// A database URL the store can open.
+fn checked_database_url(var: &'static str, url: String) -> Result<String, ConfigError> {
+    if url.starts_with("sqlite:")
+        || url.starts_with("postgres://")
+        || url.starts_with("postgresql://")
+    {
+        Ok(url)
+    } else {
+        Err(invalid(
+            var,
+            "expected sqlite://FILE or postgres://USER@HOST/DB",
+        ))
+    }
 }
 
 fn invalid(var: &'static str, problem: impl Into<String>) -> ConfigError {
@@ -152,16 +172,32 @@ impl Config {
             None => None,
         };
 
-        let database_url = set("DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned());
-        if !(database_url.starts_with("sqlite:")
-            || database_url.starts_with("postgres://")
-            || database_url.starts_with("postgresql://"))
-        {
-            return Err(invalid(
-                "DATABASE_URL",
-                "expected sqlite://FILE or postgres://USER@HOST/DB",
-            ));
-        }
+        let database_url = checked_database_url(
+            "DATABASE_URL",
+            set("DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned()),
+        )?;
+        let sandbox_database_url = set("SANDBOX_DATABASE_URL")
+            .map(|url| checked_database_url("SANDBOX_DATABASE_URL", url))
+            .transpose()?;
+        let sandbox_addr = set("SANDBOX_ADDR").unwrap_or_else(|| DEFAULT_SANDBOX_ADDR.to_owned());
+        let sandbox_addr = match sandbox_addr.parse::<SocketAddr>() {
+            // The sandbox has no sign-in: anyone who reaches the page acts as any member.
+            Ok(addr) if addr.ip().is_loopback() => addr,
+            Ok(addr) => {
+                return Err(invalid(
+                    "SANDBOX_ADDR",
+                    format!(
+                        "{addr} is not a loopback address such as 127.0.0.1:8090: the sandbox has no sign-in, so it serves this machine only"
+                    ),
+                ));
+            }
+            Err(_) => {
+                return Err(invalid(
+                    "SANDBOX_ADDR",
+                    format!("`{sandbox_addr}` is not HOST:PORT, e.g. {DEFAULT_SANDBOX_ADDR}"),
+                ));
+            }
+        };
 
         let discord_api_url = set("DISCORD_API_URL")
             .map(|v| {
@@ -290,6 +326,8 @@ impl Config {
             scope_catalog: Arc::new(scope_catalog),
             catalog_source,
             log_format,
+            sandbox_addr,
+            sandbox_database_url,
         })
     }
 

@@ -25,6 +25,9 @@ enum Command {
     Serve,
     /// Apply database migrations and exit.
     Migrate,
+    /// Try keygate in the browser, with no Discord account: the bot against an embedded
+    /// Discord, on its own temporary database (see SANDBOX_ADDR).
+    Sandbox,
 }
 
 fn init_logging(format: LogFormat) -> anyhow::Result<()> {
@@ -50,6 +53,10 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::from_env()?;
     init_logging(config.log_format)?;
     let command = cli.command.unwrap_or(Command::Run);
+    if let Command::Sandbox = command {
+        // Before the store: the sandbox never opens DATABASE_URL.
+        return keygate::sandbox::run(&config).await;
+    }
     if let Command::Run = command {
         // Checked before anything else so a missing token fails fast and clearly.
         config.require_token()?;
@@ -66,7 +73,7 @@ async fn main() -> anyhow::Result<()> {
         ..Policy::default()
     });
     match command {
-        Command::Migrate => {}
+        Command::Migrate | Command::Sandbox => {}
         Command::Serve => {
             let Some(addr) = config.http_addr else {
                 anyhow::bail!("HTTP_ADDR is empty, so `keygate serve` has nothing to serve");

@@ -1,3 +1,139 @@
 //! The sandbox: the real bot against an embedded Discord emulator, with a web page to drive it.
+//!
+//! `keygate sandbox` needs no Discord account: one server ("Sandbox") with #general,
+//! #approvals and #audit-log, four members to act as, and the bot, all on this machine.
 
 pub mod emulator;
+mod web;
+
+use crate::config::{Config, Shards};
+use crate::domain::ids::{ChannelId, GuildId, RoleId, UserId};
+use crate::service::{Actor, Policy, Service, SettingsChange};
+use crate::store::Store;
+use anyhow::Context as _;
+use emulator::{Emulator, Member};
+use secrecy::SecretString;
+use serenity::all::Permissions;
+use std::time::Instant;
+
+/// The one server the page shows.
+pub const GUILD: u64 = Emulator::GUILD_ID;
+const GENERAL: u64 = Emulator::CHANNEL_ID;
+const APPROVALS: u64 = 4_000_000_000_000_002;
+const AUDIT_LOG: u64 = 4_000_000_000_000_003;
+const APPROVERS: u64 = 6_000_000_000_000_010;
+const ADA: u64 = 5_000_000_000_000_101;
+
+/// The people on the page, with what each may do: `(member, title)`.
+fn members() -> Vec<(Member, &'static str)> {
+    let approver = |id, name| Member::member(id, name).with_roles(&[APPROVERS]);
+    vec![
+        (Member::admin(ADA, "Ada"), "Admin"),
+        (approver(ADA + 1, "Ben"), "Approver"),
+        (approver(ADA + 2, "Cleo"), "Approver"),
+        (Member::member(ADA + 3, "Dev"), "Member"),
+    ]
+}
+
+/// The emulated server: its channels, the approver role and the members.
+fn furnish(emulator: &Emulator) {
+    emulator.set_guild_name(GUILD, "Sandbox");
+    emulator.add_channel(APPROVALS, "approvals");
+    emulator.add_channel(AUDIT_LOG, "audit-log");
+    let approver_bits = (Permissions::VIEW_CHANNEL | Permissions::SEND_MESSAGES).bits();
+    emulator.add_role(APPROVERS, "Approvers", approver_bits);
+    for (member, _) in members() {
+        emulator.add_member(&member);
+    }
+    debug_assert!(
+        emulator
+            .channels_of(GUILD)
+            .iter()
+            .any(|(id, _)| *id == GENERAL)
+    );
+}
+
+/// A fresh sandbox database gets the settings a visitor would make first: the audit and
+/// approvals channels, the approver role, and a DM lifetime short enough to watch.
+async fn settle(service: &Service) -> anyhow::Result<()> {
+    let guild = GuildId(GUILD);
+    if service.settings(guild).await?.audit_channel.is_some() {
+        return Ok(());
+    }
+    let change = SettingsChange {
+        audit_channel: Some(ChannelId(AUDIT_LOG)),
+        approvals_channel: Some(ChannelId(APPROVALS)),
+        approver_role: Some(RoleId(APPROVERS)),
+        dm_lifetime_minutes: Some(2),
+        ..SettingsChange::default()
+    };
+    service
+        .update_settings(guild, Actor::manager(UserId(ADA)), &change)
+        .await?;
+    Ok(())
+}
+
+/// Runs the sandbox until Ctrl-C or SIGTERM.
+pub async fn run(config: &Config) -> anyhow::Result<()> {
+    let started = Instant::now();
+    // Bound first: a taken port should fail before anything else starts.
+    let listener = tokio::net::TcpListener::bind(config.sandbox_addr)
+        .await
+        .with_context(|| format!("cannot listen on SANDBOX_ADDR {}", config.sandbox_addr))?;
+    let page = format!("http://{}", listener.local_addr()?);
+
+    // Never DATABASE_URL: keys made here must not verify against the real database.
+    let (database_url, temporary) = match &config.sandbox_database_url {
+        Some(url) => (url.clone(), None),
+        None => {
+            let dir = tempfile::tempdir().context("cannot make a temporary directory")?;
+            let file = dir.path().join("sandbox.db");
+            (format!("sqlite://{}", file.display()), Some(dir))
+        }
+    };
+    let store = Store::connect(&database_url)
+        .await
+        .context("cannot open the sandbox database")?;
+    store.migrate().await?;
+    let service = Service::new(store.clone(), config.scope_catalog.clone()).with_policy(Policy {
+        verify_cache_ttl: config.verify_cache_ttl,
+        ..Policy::default()
+    });
+    settle(&service).await?;
+
+    let emulator = Emulator::start()
+        .await
+        .context("cannot start the Discord emulator")?;
+    furnish(&emulator);
+    let bot_config = Config {
+        discord_token: Some(SecretString::from("sandbox-bot-token")),
+        database_url,
+        discord_api_url: Some(emulator.base_url().parse()?),
+        // Guild commands are registered at once, global ones can take Discord an hour.
+        discord_guild_id: Some(GUILD),
+        shards: Shards::Auto,
+        ..config.clone()
+    };
+    let bot = crate::discord::start(&bot_config, service).await?;
+    emulator
+        .wait_ready()
+        .await
+        .context("the bot did not connect to the emulator")?;
+
+    let mut server = web::serve(listener, web::Sandbox::new(emulator, members()));
+    tracing::info!(
+        page,
+        started_in_ms = started.elapsed().as_millis() as u64,
+        "the sandbox is ready: open {page}"
+    );
+    let ended = tokio::select! {
+        _ = crate::runtime::shutdown_signal() => Ok(()),
+        ended = &mut server => ended.context("the sandbox page server failed")?,
+    };
+    tracing::info!("shutting down");
+    server.abort();
+    bot.shutdown().await;
+    store.close().await;
+    drop(temporary);
+    ended
+}
