@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use keygate::config::{CatalogSource, Config, LogFormat};
 use keygate::service::{Policy, Service};
 use keygate::store::Store;
+use secrecy::ExposeSecret;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -28,6 +29,13 @@ enum Command {
     /// Try keygate in the browser, with no Discord account: the bot against an embedded
     /// Discord, on its own temporary database (see SANDBOX_ADDR).
     Sandbox,
+    /// Print the URL that adds the bot to a server (offline: the application id comes from
+    /// DISCORD_TOKEN, or from --client-id).
+    Invite {
+        /// The application id (Developer Portal > your application > General Information).
+        #[arg(long)]
+        client_id: Option<u64>,
+    },
 }
 
 fn init_logging(format: LogFormat) -> anyhow::Result<()> {
@@ -53,6 +61,19 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::from_env()?;
     init_logging(config.log_format)?;
     let command = cli.command.unwrap_or(Command::Run);
+    if let Command::Invite { client_id } = command {
+        let from_token = || {
+            let token = config.discord_token.as_ref()?;
+            keygate::discord::invite::client_id_from_token(token.expose_secret())
+        };
+        let Some(client_id) = client_id.or_else(from_token) else {
+            anyhow::bail!(
+                "cannot tell the application id: set DISCORD_TOKEN to the bot's token, or pass --client-id ID (Developer Portal > your application > General Information)"
+            );
+        };
+        println!("{}", keygate::discord::invite::invite_url(client_id));
+        return Ok(());
+    }
     if let Command::Sandbox = command {
         // Before the store: the sandbox never opens DATABASE_URL.
         return keygate::sandbox::run(&config).await;
@@ -73,7 +94,7 @@ async fn main() -> anyhow::Result<()> {
         ..Policy::default()
     });
     match command {
-        Command::Migrate | Command::Sandbox => {}
+        Command::Migrate | Command::Sandbox | Command::Invite { .. } => {}
         Command::Serve => {
             let Some(addr) = config.http_addr else {
                 anyhow::bail!("HTTP_ADDR is empty, so `keygate serve` has nothing to serve");

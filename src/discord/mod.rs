@@ -11,6 +11,7 @@ mod commands;
 mod custom_id;
 mod delivery;
 mod error;
+pub mod invite;
 mod lifecycle;
 mod render;
 mod reply;
