@@ -204,29 +204,41 @@ impl Emulator {
     /// a step's latency is.
     pub async fn shown_latency(&self, i: &Interaction) -> Result<Duration, Timeout> {
         let what = format!("interaction {}'s content", i.id);
+        self.wait_on(i, &what, WAIT, |x| {
+            Some(x.shown_at?.duration_since(x.dispatched_at?))
+        })
+        .await
+    }
+
+    /// Waits up to `wait` until `f` yields for the interaction, woken by its own answers only
+    /// (see `Inter::answered`).
+    pub(super) async fn wait_on<T>(
+        &self,
+        i: &Interaction,
+        what: &str,
+        wait: Duration,
+        f: impl Fn(&Inter) -> Option<T>,
+    ) -> Result<T, Timeout> {
         let Some(answered) = self
             .lock()
             .interactions
             .get(&i.id)
             .map(|x| x.answered.clone())
         else {
-            return Err(self.timeout(&what));
+            return Err(self.timeout(what));
         };
-        let deadline = tokio::time::Instant::now() + WAIT;
+        let deadline = tokio::time::Instant::now() + wait;
         loop {
+            // Registered before the check, so an answer in between is not missed.
             let notified = answered.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(t) = self
-                .lock()
-                .interactions
-                .get(&i.id)
-                .and_then(|x| Some(x.shown_at?.duration_since(x.dispatched_at?)))
-            {
-                return Ok(t);
+            let found = self.lock().interactions.get(&i.id).and_then(&f);
+            if let Some(v) = found {
+                return Ok(v);
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Err(self.timeout(&what));
+                return Err(self.timeout(what));
             }
         }
     }

@@ -578,34 +578,7 @@ impl Emulator {
     /// The interaction's callback body `{type, data}`, waiting up to `wait` for it.
     pub async fn response_within(&self, i: &Interaction, wait: Duration) -> Result<Value, Timeout> {
         let what = format!("the callback of interaction {}", i.id);
-        let Some(answered) = self
-            .lock()
-            .interactions
-            .get(&i.id)
-            .map(|x| x.answered.clone())
-        else {
-            return self
-                .wait_for(&what, |st| st.interactions.get(&i.id)?.callback.clone())
-                .await;
-        };
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            // Registered before the check, so a callback in between is not missed.
-            let notified = answered.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if let Some(cb) = self
-                .lock()
-                .interactions
-                .get(&i.id)
-                .and_then(|x| x.callback.clone())
-            {
-                return Ok(cb);
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Err(self.timeout(&what));
-            }
-        }
+        self.wait_on(i, &what, wait, |x| x.callback.clone()).await
     }
 
     /// The first `n` follow-ups of the interaction, as they are now (`Null` if deleted).
