@@ -117,8 +117,43 @@ pub fn serve(
         .route("/api/autocomplete", post(autocomplete))
         .route("/api/component", post(component))
         .route("/api/modal", post(modal))
+        .layer(axum::middleware::from_fn(local_host_only))
         .with_state(sandbox);
     tokio::spawn(async move { Ok(axum::serve(listener, app).await?) })
+}
+
+/// Refuses a request whose `Host` is not this machine's loopback name: a hostile web page
+/// whose name resolves to 127.0.0.1 (DNS rebinding) would otherwise drive the sandbox.
+async fn local_host_only(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    if is_loopback_host(host) {
+        next.run(request).await
+    } else {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "the sandbox answers only 127.0.0.1 and localhost",
+        )
+        .into_response()
+    }
+}
+
+/// `127.0.0.1:8090`, `localhost:8090`, `[::1]:8090`, with or without the port.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.split(':').next().unwrap_or_default(),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
@@ -290,7 +325,7 @@ async fn component(
     let id = snowflake(&req.message_id, "message")?;
     let message = sandbox
         .emulator
-        .message(id)
+        .message_seen_by(me.id, id)
         .ok_or_else(|| ApiError::not_found("that message is gone"))?;
     let channel = message["channel_id"]
         .as_str()
@@ -349,4 +384,31 @@ async fn modal(
     );
     sandbox.emulator.dispatch("INTERACTION_CREATE", d).await?;
     Ok(dispatched(&i))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback_host;
+
+    #[test]
+    fn only_loopback_host_names_are_served() {
+        for host in [
+            "127.0.0.1:8090",
+            "localhost:8090",
+            "LOCALHOST",
+            "[::1]:8090",
+            "127.0.0.2",
+        ] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in [
+            "",
+            "evil.example:8090",
+            "localhost.evil.example",
+            "10.0.0.1:8090",
+            "[::2]",
+        ] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
+    }
 }

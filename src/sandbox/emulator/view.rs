@@ -25,9 +25,12 @@ impl Emulator {
         self.bump();
     }
 
-    /// A message as it is now, ephemeral ones included.
-    pub fn message(&self, id: u64) -> Option<Value> {
-        self.lock().messages.get(&id).cloned()
+    /// A message as `viewer` sees it now: `None` when it is gone, or when it is another
+    /// member's ephemeral message.
+    pub fn message_seen_by(&self, viewer: u64, id: u64) -> Option<Value> {
+        let st = self.lock();
+        let m = st.messages.get(&id)?;
+        st.sees(viewer, id, m).then(|| m.clone())
     }
 
     /// The modal `user` has open.
@@ -145,6 +148,18 @@ impl Emulator {
 }
 
 impl St {
+    /// Everyone sees a message, except an ephemeral one: only the member whose interaction
+    /// made it does.
+    fn sees(&self, viewer: u64, id: u64, m: &Value) -> bool {
+        let ephemeral = m["flags"].as_u64().unwrap_or(0) & EPHEMERAL != 0;
+        !ephemeral
+            || self
+                .created_by
+                .get(&id)
+                .and_then(|i| self.interactions.get(i))
+                .is_some_and(|i| i.user_id == viewer)
+    }
+
     /// The channel's messages that `viewer` sees, oldest first: everyone's, and the ephemeral
     /// ones of their own interactions; each made by a command says who used which.
     fn visible_messages(&self, channel: u64, viewer: u64) -> Vec<Value> {
@@ -156,8 +171,7 @@ impl St {
                     .created_by
                     .get(id)
                     .and_then(|i| self.interactions.get(i));
-                let ephemeral = m["flags"].as_u64().unwrap_or(0) & EPHEMERAL != 0;
-                if ephemeral && origin.is_none_or(|i| i.user_id != viewer) {
+                if !self.sees(viewer, *id, m) {
                     return None;
                 }
                 let mut m = m.clone();
