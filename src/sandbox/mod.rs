@@ -1,12 +1,9 @@
 //! The sandbox: the real bot against an embedded Discord emulator, with a web page to drive it.
-//!
-//! `keygate sandbox` needs no Discord account: one server ("Sandbox") with #general,
-//! #approvals and #audit-log, four members to act as, and the bot, all on this machine.
 
 pub mod emulator;
 mod web;
 
-use crate::config::{Config, Shards};
+use crate::config::{Config, DEFAULT_SANDBOX_ADDR, Shards};
 use crate::domain::ids::{ChannelId, GuildId, RoleId, UserId};
 use crate::service::{Actor, Policy, Service, SettingsChange};
 use crate::store::Store;
@@ -14,6 +11,7 @@ use anyhow::Context as _;
 use emulator::{Emulator, Member};
 use secrecy::SecretString;
 use serenity::all::Permissions;
+use sqlx::sqlite::SqliteConnectOptions;
 use std::time::Instant;
 
 /// The one server the page shows.
@@ -74,26 +72,38 @@ async fn settle(service: &Service) -> anyhow::Result<()> {
 }
 
 /// Runs the sandbox until Ctrl-C or SIGTERM.
+/// `keygate sandbox` needs no Discord account: one server ("Sandbox") with #general,
+/// #approvals and #audit-log, four members to act as, and the bot, all on this machine.
 pub async fn run(config: &Config) -> anyhow::Result<()> {
     let started = Instant::now();
+    let addr = config.sandbox_addr;
+    if !addr.ip().is_loopback() {
+        // The page has no sign-in: whoever reaches it acts as any member.
+        anyhow::bail!(
+            "SANDBOX_ADDR is invalid: {addr} is not a loopback address such as {DEFAULT_SANDBOX_ADDR}; the sandbox has no sign-in, so it serves this machine only"
+        );
+    }
+    if config.sandbox_database_url.as_deref() == Some(config.database_url.as_str()) {
+        anyhow::bail!(
+            "SANDBOX_DATABASE_URL is invalid: it names DATABASE_URL, where keys made in the sandbox would verify; give the sandbox a database of its own"
+        );
+    }
     // Bound first: a taken port should fail before anything else starts.
-    let listener = tokio::net::TcpListener::bind(config.sandbox_addr)
+    let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .with_context(|| format!("cannot listen on SANDBOX_ADDR {}", config.sandbox_addr))?;
+        .with_context(|| format!("cannot listen on SANDBOX_ADDR {addr}"))?;
     let page = format!("http://{}", listener.local_addr()?);
 
     // Never DATABASE_URL: keys made here must not verify against the real database.
-    let (database_url, temporary) = match &config.sandbox_database_url {
-        Some(url) => (url.clone(), None),
+    let (store, temporary) = match &config.sandbox_database_url {
+        Some(url) => (Store::connect(url).await, None),
         None => {
             let dir = tempfile::tempdir().context("cannot make a temporary directory")?;
-            let file = dir.path().join("sandbox.db");
-            (format!("sqlite://{}", file.display()), Some(dir))
+            let file = SqliteConnectOptions::new().filename(dir.path().join("sandbox.db"));
+            (Store::connect_sqlite(file).await, Some(dir))
         }
     };
-    let store = Store::connect(&database_url)
-        .await
-        .context("cannot open the sandbox database")?;
+    let store = store.context("cannot open the sandbox database")?;
     store.migrate().await?;
     let service = Service::new(store.clone(), config.scope_catalog.clone()).with_policy(Policy {
         verify_cache_ttl: config.verify_cache_ttl,
@@ -105,9 +115,11 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
         .await
         .context("cannot start the Discord emulator")?;
     furnish(&emulator);
+    emulator.enforce_deadline();
     let bot_config = Config {
         discord_token: Some(SecretString::from("sandbox-bot-token")),
-        database_url,
+        // The bot reaches the store through `service` only; DATABASE_URL stays out of reach.
+        database_url: String::new(),
         discord_api_url: Some(emulator.base_url().parse()?),
         // Guild commands are registered at once, global ones can take Discord an hour.
         discord_guild_id: Some(GUILD),

@@ -2,7 +2,8 @@
 //! (`/api/events`), and what they do (commands, autocomplete, buttons, selects, modals).
 
 use super::GUILD;
-use super::emulator::{Emulator, Interaction, Member, Timeout};
+use super::emulator::{Emulator, Interaction, Member, Refused, Timeout, is_loopback_host};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -18,8 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 
-/// Discord gives the bot 3 seconds to answer an autocomplete.
-const AUTOCOMPLETE_WITHIN: Duration = Duration::from_secs(3);
+/// Discord gives the bot 3 seconds to answer any interaction.
+const ANSWER_WITHIN: Duration = Duration::from_secs(3);
 
 /// The emulator and the people on the page.
 #[derive(Clone)]
@@ -88,6 +89,29 @@ impl From<Timeout> for ApiError {
     }
 }
 
+impl From<Refused> for ApiError {
+    fn from(refused: Refused) -> Self {
+        let status = match refused {
+            Refused::NoMessage | Refused::NoComponent => StatusCode::NOT_FOUND,
+            Refused::NoModal => StatusCode::CONFLICT,
+            Refused::Disabled | Refused::Choice(_) | Refused::Field(_) => StatusCode::BAD_REQUEST,
+        };
+        Self::new(status, refused.to_string())
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        Self::new(rejection.status(), rejection.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::new(rejection.status(), rejection.body_text())
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.status, Json(json!({ "error": self.message }))).into_response()
@@ -144,18 +168,6 @@ async fn local_host_only(
     }
 }
 
-/// `127.0.0.1:8090`, `localhost:8090`, `[::1]:8090`, with or without the port.
-fn is_loopback_host(host: &str) -> bool {
-    let name = match host.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or_default(),
-        None => host.split(':').next().unwrap_or_default(),
-    };
-    name.eq_ignore_ascii_case("localhost")
-        || name
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
 fn asset(content_type: &'static str, body: &'static str) -> Response {
     let mut res = body.into_response();
     res.headers_mut()
@@ -169,10 +181,14 @@ struct As {
     member: Option<String>,
 }
 
-async fn state(State(sandbox): State<Sandbox>, Query(who): Query<As>) -> ApiResult<Json<Value>> {
+async fn state(
+    State(sandbox): State<Sandbox>,
+    who: Result<Query<As>, QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let Query(who) = who?;
     let me = sandbox.member(who.member.as_deref())?;
     let mut view = sandbox.emulator.view(GUILD, me);
-    view["version"] = json!(*sandbox.emulator.changes().borrow());
+    view["version"] = json!(sandbox.emulator.shown_version());
     view["bot"] = json!({
         "id": Emulator::APPLICATION_ID.to_string(),
         "name": Emulator::BOT_NAME,
@@ -193,17 +209,27 @@ async fn state(State(sandbox): State<Sandbox>, Query(who): Query<As>) -> ApiResu
     Ok(Json(view))
 }
 
-/// One event per change of the emulator's state (changes that come together are sent as
-/// one): the page then reads `/api/state` again.
+/// One event per change a member could see (changes that come together are sent as one):
+/// the page then reads `/api/state` again.
 async fn events(
     State(sandbox): State<Sandbox>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let changes = sandbox.emulator.changes();
-    let stream = futures_util::stream::unfold(changes, |mut changes| async move {
-        changes.changed().await.ok()?;
-        let version = *changes.borrow_and_update();
-        Some((Ok(Event::default().data(version.to_string())), changes))
-    });
+    let last = sandbox.emulator.shown_version();
+    let stream = futures_util::stream::unfold(
+        (sandbox, changes, last),
+        |(sandbox, mut changes, last)| async move {
+            // Heartbeats and REST calls change the emulator every second, not the screen.
+            loop {
+                changes.changed().await.ok()?;
+                let version = sandbox.emulator.shown_version();
+                if version != last {
+                    let event = Event::default().data(version.to_string());
+                    return Some((Ok(event), (sandbox, changes, version)));
+                }
+            }
+        },
+    );
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
@@ -246,14 +272,29 @@ fn guild_channel(sandbox: &Sandbox, id: &str) -> ApiResult<u64> {
     }
 }
 
-fn dispatched(i: &Interaction) -> Json<Value> {
-    Json(json!({ "interaction_id": i.id.to_string() }))
+/// Sends the interaction and waits for the bot's answer, as Discord's client does: with none
+/// in 3 seconds the member is told the interaction failed.
+async fn dispatch(sandbox: &Sandbox, i: Interaction, d: Value) -> ApiResult<Json<Value>> {
+    sandbox.emulator.dispatch("INTERACTION_CREATE", d).await?;
+    if sandbox
+        .emulator
+        .response_within(&i, ANSWER_WITHIN)
+        .await
+        .is_err()
+    {
+        return Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "keygate did not respond: the interaction failed",
+        ));
+    }
+    Ok(Json(json!({ "interaction_id": i.id.to_string() })))
 }
 
 async fn command(
     State(sandbox): State<Sandbox>,
-    Json(req): Json<CommandRequest>,
+    req: Result<Json<CommandRequest>, JsonRejection>,
 ) -> ApiResult<Json<Value>> {
+    let Json(req) = req?;
     let me = sandbox.member(Some(&req.member))?;
     let channel = guild_channel(&sandbox, &req.channel_id)?;
     let options = req
@@ -268,8 +309,7 @@ async fn command(
         req.subcommand.as_deref(),
         options,
     );
-    sandbox.emulator.dispatch("INTERACTION_CREATE", d).await?;
-    Ok(dispatched(&i))
+    dispatch(&sandbox, i, d).await
 }
 
 #[derive(Deserialize)]
@@ -286,8 +326,9 @@ struct AutocompleteRequest {
 
 async fn autocomplete(
     State(sandbox): State<Sandbox>,
-    Json(req): Json<AutocompleteRequest>,
+    req: Result<Json<AutocompleteRequest>, JsonRejection>,
 ) -> ApiResult<Json<Value>> {
+    let Json(req) = req?;
     let me = sandbox.member(Some(&req.member))?;
     let channel = guild_channel(&sandbox, &req.channel_id)?;
     let (i, d) = sandbox.emulator.autocomplete_payload_in(
@@ -299,10 +340,7 @@ async fn autocomplete(
         &req.typed,
     );
     sandbox.emulator.dispatch("INTERACTION_CREATE", d).await?;
-    sandbox
-        .emulator
-        .response_within(&i, AUTOCOMPLETE_WITHIN)
-        .await?;
+    sandbox.emulator.response_within(&i, ANSWER_WITHIN).await?;
     let choices = sandbox.emulator.choices_of(&i).unwrap_or_else(|| json!([]));
     Ok(Json(json!({ "choices": choices })))
 }
@@ -319,29 +357,16 @@ struct ComponentRequest {
 
 async fn component(
     State(sandbox): State<Sandbox>,
-    Json(req): Json<ComponentRequest>,
+    req: Result<Json<ComponentRequest>, JsonRejection>,
 ) -> ApiResult<Json<Value>> {
+    let Json(req) = req?;
     let me = sandbox.member(Some(&req.member))?;
     let id = snowflake(&req.message_id, "message")?;
-    let message = sandbox
-        .emulator
-        .message_seen_by(me.id, id)
-        .ok_or_else(|| ApiError::not_found("that message is gone"))?;
-    let channel = message["channel_id"]
-        .as_str()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_default();
-    let in_dm = sandbox.emulator.is_dm_of(me.id, channel);
-    let emulator = &sandbox.emulator;
-    let (i, d) = match &req.values {
-        None => emulator.button_payload(me, &message, &req.custom_id, in_dm),
-        Some(values) => {
-            let values: Vec<&str> = values.iter().map(String::as_str).collect();
-            emulator.select_payload(me, &message, &req.custom_id, &values, in_dm)
-        }
-    };
-    emulator.dispatch("INTERACTION_CREATE", d).await?;
-    Ok(dispatched(&i))
+    let (i, d) =
+        sandbox
+            .emulator
+            .component_payload(me, id, &req.custom_id, req.values.as_deref())?;
+    dispatch(&sandbox, i, d).await
 }
 
 #[derive(Deserialize)]
@@ -357,58 +382,20 @@ struct ModalRequest {
 
 async fn modal(
     State(sandbox): State<Sandbox>,
-    Json(req): Json<ModalRequest>,
+    req: Result<Json<ModalRequest>, JsonRejection>,
 ) -> ApiResult<Json<Value>> {
+    let Json(req) = req?;
     let me = sandbox.member(Some(&req.member))?;
     let opened_by = snowflake(&req.interaction_id, "interaction")?;
-    let open = sandbox
-        .emulator
-        .open_modal(me.id)
-        .filter(|m| m.opened_by == opened_by)
-        .ok_or_else(|| ApiError::new(StatusCode::CONFLICT, "that form is no longer open"))?;
     if req.dismiss {
-        sandbox.emulator.dismiss_modal(me.id, opened_by);
-        return Ok(Json(json!({})));
+        return if sandbox.emulator.dismiss_modal(me.id, opened_by) {
+            Ok(Json(json!({})))
+        } else {
+            Err(Refused::NoModal.into())
+        };
     }
-    let fields: Vec<(&str, &str)> = req
-        .fields
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let (i, d) = sandbox.emulator.modal_payload(
-        me,
-        &open.custom_id,
-        &fields,
-        open.message.as_ref(),
-        open.in_dm,
-    );
-    sandbox.emulator.dispatch("INTERACTION_CREATE", d).await?;
-    Ok(dispatched(&i))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::is_loopback_host;
-
-    #[test]
-    fn only_loopback_host_names_are_served() {
-        for host in [
-            "127.0.0.1:8090",
-            "localhost:8090",
-            "LOCALHOST",
-            "[::1]:8090",
-            "127.0.0.2",
-        ] {
-            assert!(is_loopback_host(host), "{host}");
-        }
-        for host in [
-            "",
-            "evil.example:8090",
-            "localhost.evil.example",
-            "10.0.0.1:8090",
-            "[::2]",
-        ] {
-            assert!(!is_loopback_host(host), "{host}");
-        }
-    }
+    let (i, d) = sandbox
+        .emulator
+        .modal_submit_payload(me, opened_by, &req.fields)?;
+    dispatch(&sandbox, i, d).await
 }

@@ -14,14 +14,14 @@ use std::time::Duration;
 
 /// Where an interaction comes from.
 #[derive(Default)]
-struct Origin<'a> {
-    in_dm: bool,
+pub(super) struct Origin<'a> {
+    pub(super) in_dm: bool,
     /// The message a component or modal submit belongs to.
-    message: Option<&'a Value>,
+    pub(super) message: Option<&'a Value>,
     /// The guild channel a command is typed in, when no message says it.
-    channel: Option<u64>,
+    pub(super) channel: Option<u64>,
     /// A chat-input command's `"name sub"`.
-    command: Option<String>,
+    pub(super) command: Option<String>,
 }
 
 impl<'a> Origin<'a> {
@@ -401,7 +401,7 @@ impl Emulator {
         ready_frame(&self.gateway_url(), 0, (0, 1))
     }
 
-    fn build_interaction(
+    pub(super) fn build_interaction(
         &self,
         user: &Member,
         kind: u8,
@@ -424,7 +424,9 @@ impl Emulator {
         });
         if kind == 5 {
             // Submitting closes the modal.
-            st.open_modals.remove(&user.id);
+            if st.open_modals.remove(&user.id).is_some() {
+                st.shown += 1;
+            }
         }
         let channel_id = if in_dm {
             st.dm_channel(user.id)

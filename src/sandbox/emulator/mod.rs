@@ -1,9 +1,8 @@
-//! An emulator of Discord's REST API and gateway on 127.0.0.1, which the real bot connects to:
-//! the sandbox's Discord and the end-to-end tests' one.
-//!
-//! It is faithful where the bot can tell: every payload it sends parses in serenity (checked by
-//! tests/fake_discord.rs), and it answers as Discord does, 3-second deadline, nonces, shards
-//! and permissions included.
+//! An emulator of Discord's REST API and gateway on 127.0.0.1: the sandbox's and the tests'.
+
+// Faithful where the bot can tell: every payload it sends parses in serenity (checked by
+// tests/fake_discord.rs), and it answers as Discord does, 3-second deadline, nonces, shards
+// and permissions included.
 
 mod gateway;
 mod interactions;
@@ -11,6 +10,8 @@ mod json;
 mod rest;
 mod state;
 mod view;
+
+pub use view::{OpenModal, Refused};
 
 use axum::Router;
 use axum::routing::get;
@@ -140,14 +141,64 @@ pub struct Interaction {
 }
 
 /// A wait that ran out: what was awaited, and what the emulator had seen by then.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "Discord emulator: timed out after {:?} waiting for {what}\n{report}",
-    WAIT
-)]
+#[derive(thiserror::Error)]
+#[error("Discord emulator: timed out after {waited:?} waiting for {what}\n{report}")]
 pub struct Timeout {
     pub what: String,
+    pub waited: Duration,
+    /// Every REST body so far, secrets included: for a test's failure, never for a log.
     pub report: String,
+}
+
+impl std::fmt::Debug for Timeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Timeout")
+            .field("what", &self.what)
+            .field("waited", &self.waited)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Snowflakes made now: ids of this run do not repeat an earlier run's, which a database the
+/// sandbox keeps, or a browser's memory, may still hold.
+fn first_id() -> u64 {
+    const DISCORD_EPOCH_MS: u64 = 1_420_070_400_000;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
+    // Below 2^63 until 2084, so stores that keep ids as BIGINT accept them.
+    FIRST_ID.max(now_ms.saturating_sub(DISCORD_EPOCH_MS) << 22)
+}
+
+/// Whether a `Host` header names this machine's loopback: `127.0.0.1:8090`, `localhost`,
+/// `[::1]:8090`.
+pub fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.split(':').next().unwrap_or_default(),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The bot is the emulator's only client and sends no `Origin`: a request with one, or for
+/// another host, comes from a web page (cross-site, or DNS rebinding) and is refused.
+async fn bot_only(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let headers = request.headers();
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    if headers.contains_key(axum::http::header::ORIGIN) || !is_loopback_host(host) {
+        return axum::http::StatusCode::FORBIDDEN.into_response();
+    }
+    next.run(request).await
 }
 
 #[derive(Clone)]
@@ -236,7 +287,7 @@ impl Emulator {
         }
         let st = St {
             base_url: base_url.clone(),
-            next_id: FIRST_ID,
+            next_id: first_id(),
             requests: Vec::new(),
             commands: Vec::new(),
             command_scopes: HashMap::new(),
@@ -266,6 +317,8 @@ impl Emulator {
             created_by: HashMap::new(),
             open_modals: HashMap::new(),
             guild_names: HashMap::new(),
+            shown: 0,
+            deadline: false,
             app_permissions: bot_permissions(),
         };
         let emulator = Self {
@@ -279,6 +332,7 @@ impl Emulator {
         let app = Router::new()
             .route("/gateway", get(gateway::gateway_route))
             .fallback(rest::rest_route)
+            .layer(axum::middleware::from_fn(bot_only))
             .with_state(emulator.clone());
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
@@ -335,8 +389,13 @@ impl Emulator {
     }
 
     fn timeout(&self, what: &str) -> Timeout {
+        self.timeout_after(what, WAIT)
+    }
+
+    fn timeout_after(&self, what: &str, waited: Duration) -> Timeout {
         Timeout {
             what: what.to_owned(),
+            waited,
             report: self.report(),
         }
     }
@@ -644,5 +703,32 @@ impl Emulator {
             (msgs.len() >= n).then_some(msgs)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback_host;
+
+    #[test]
+    fn only_loopback_host_names_are_served() {
+        for host in [
+            "127.0.0.1:8090",
+            "localhost:8090",
+            "LOCALHOST",
+            "[::1]:8090",
+            "127.0.0.2",
+        ] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in [
+            "",
+            "evil.example:8090",
+            "localhost.evil.example",
+            "10.0.0.1:8090",
+            "[::2]",
+        ] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
     }
 }

@@ -144,6 +144,11 @@ pub(super) struct St {
     pub(super) open_modals: HashMap<u64, u64>,
     /// Names given with `Emulator::set_guild_name`.
     pub(super) guild_names: HashMap<u64, String>,
+    /// Counts changes a member could see (messages, commands, modals), unlike heartbeats and
+    /// REST calls that change nothing on screen.
+    pub(super) shown: u64,
+    /// Callbacks later than 3 s are refused even with no latency set (the sandbox).
+    pub(super) deadline: bool,
     pub(super) app_permissions: u64,
 }
 
@@ -496,6 +501,7 @@ impl St {
         }
         self.apply(&mut m, body, files, false);
         self.messages.insert(id, m.clone());
+        self.shown += 1;
         (id, m)
     }
 
@@ -508,6 +514,7 @@ impl St {
         let mut m = self.messages.get(&id)?.clone();
         self.apply(&mut m, body, files, true);
         self.messages.insert(id, m.clone());
+        self.shown += 1;
         Some(m)
     }
 
@@ -640,6 +647,7 @@ impl St {
             out.push(c);
         }
         self.command_scopes.insert(scope, out.clone());
+        self.shown += 1;
         self.commands = out.clone();
         self.registered_bot = self.bots;
         Reply::Json(200, json!(out))
@@ -665,7 +673,7 @@ impl St {
         let late = inter
             .dispatched_at
             .is_some_and(|t| t.elapsed() > Duration::from_secs(3));
-        if self.latency.is_some() && late {
+        if (self.latency.is_some() || self.deadline) && late {
             // Discord forgets an interaction not answered within 3 seconds.
             return error(404, 10062, "Unknown interaction");
         }
@@ -702,6 +710,7 @@ impl St {
             },
             Some(9) => {
                 self.open_modals.insert(user_id, id);
+                self.shown += 1;
                 None
             }
             _ => None,
@@ -794,6 +803,7 @@ impl St {
             }
             Method::DELETE => {
                 self.messages.remove(&id);
+                self.shown += 1;
                 Reply::NoContent
             }
             _ => error(405, 0, "405: Method Not Allowed"),
@@ -921,6 +931,7 @@ impl St {
                     },
                     "DELETE" => {
                         self.messages.remove(&mid);
+                        self.shown += 1;
                         Reply::NoContent
                     }
                     _ => error(405, 0, "405: Method Not Allowed"),
