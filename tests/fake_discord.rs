@@ -1,4 +1,4 @@
-//! Self-tests of the fake Discord: everything it sends parses in serenity, and a real poise bot works against it.
+//! Self-tests of the Discord emulator: everything it sends parses in serenity, a real poise bot works against it, and a member sees only what Discord would show them.
 
 mod support;
 
@@ -997,4 +997,161 @@ async fn ping_bots_on_shards_0_and_1_of_2_each_get_their_guilds_events() {
     zero.shutdown().await;
     fake.wait_until("both are gone", |f| !f.is_connected())
         .await;
+}
+
+/// A bot's interaction callback, sent as serenity sends it.
+async fn answer(
+    fake: &FakeDiscord,
+    i: &support::fake_discord::Interaction,
+    response: CreateInteractionResponse,
+) {
+    http(fake)
+        .create_interaction_response(InteractionId::new(i.id), &i.token, &response, vec![])
+        .await
+        .expect("the callback is accepted");
+}
+
+#[tokio::test]
+async fn a_member_sees_only_their_own_ephemeral_messages_dms_and_modals() {
+    let fake = FakeDiscord::start().await;
+    let (alice, bob) = (
+        TestUser::admin(ALICE, "alice"),
+        TestUser::member(BOB, "bob"),
+    );
+    let channel = 4_000_000_000_000_002;
+    fake.add_channel(channel, "approvals");
+
+    // Alice's command in #approvals is answered ephemerally there, with a button.
+    let (i, _) = fake.command_payload(&alice, Some(channel), "app", Some("create"), vec![]);
+    let row = CreateActionRow::Buttons(vec![CreateButton::new("kg:press").label("Press")]);
+    let reply = CreateInteractionResponseMessage::new()
+        .content("only alice")
+        .ephemeral(true)
+        .components(vec![row]);
+    answer(&fake, &i, CreateInteractionResponse::Message(reply)).await;
+    let id = fake.message_of(&i).expect("the reply")["id"]
+        .as_str()
+        .and_then(|id| id.parse::<u64>().ok())
+        .expect("its id");
+    let shown = |user: &TestUser| {
+        fake.view(FakeDiscord::GUILD_ID, user)["messages"][channel.to_string()].clone()
+    };
+    assert_eq!(shown(&alice)[0]["content"], "only alice");
+    assert_eq!(shown(&alice)[0]["interaction"]["command"], "app create");
+    assert_eq!(
+        shown(&bob),
+        json!([]),
+        "bob does not see alice's ephemeral reply"
+    );
+    assert!(fake.message_seen_by(BOB, id).is_none());
+    assert!(
+        fake.component_payload(&bob, id, "kg:press", None).is_err(),
+        "nor press its button"
+    );
+    assert!(
+        fake.component_payload(&alice, id, "kg:nothing", None)
+            .is_err(),
+        "no such button"
+    );
+    let (_, press) = fake
+        .component_payload(&alice, id, "kg:press", None)
+        .expect("alice presses her button");
+    assert_eq!(press["channel_id"], channel.to_string());
+
+    // A DM is its recipient's alone.
+    let dm = ChannelId::new(fake.open_dm_channel(ALICE));
+    let secret = dm
+        .send_message(&http(&fake), CreateMessage::new().content("alice's secret"))
+        .await
+        .expect("a DM");
+    assert_eq!(
+        fake.view(FakeDiscord::GUILD_ID, &alice)["dm"]["messages"][0]["content"],
+        "alice's secret"
+    );
+    assert!(fake.message_seen_by(BOB, secret.id.get()).is_none());
+    assert_eq!(
+        fake.view(FakeDiscord::GUILD_ID, &bob)["dm"]["messages"],
+        json!([])
+    );
+
+    // A modal opened in #approvals is hers, checked as Discord's client checks it, and its
+    // submit comes from #approvals with every input, in the modal's order.
+    let (i, _) = fake.command_payload(&alice, Some(channel), "app", Some("create"), vec![]);
+    let modal = CreateModal::new("kg:form", "Form").components(vec![
+        CreateActionRow::InputText(
+            CreateInputText::new(InputTextStyle::Short, "Name", "name").max_length(5),
+        ),
+        CreateActionRow::InputText(
+            CreateInputText::new(InputTextStyle::Paragraph, "Notes", "notes").required(false),
+        ),
+    ]);
+    answer(&fake, &i, CreateInteractionResponse::Modal(modal)).await;
+    assert_eq!(
+        fake.view(FakeDiscord::GUILD_ID, &alice)["modal"]["custom_id"],
+        "kg:form"
+    );
+    assert!(fake.view(FakeDiscord::GUILD_ID, &bob)["modal"].is_null());
+    let fields = |pairs: &[(&str, &str)]| {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect::<std::collections::HashMap<_, _>>()
+    };
+    for refused in [
+        fields(&[]),
+        fields(&[("name", "too long")]),
+        fields(&[("name", "ok"), ("x", "?")]),
+    ] {
+        assert!(
+            fake.modal_submit_payload(&alice, i.id, &refused).is_err(),
+            "{refused:?}"
+        );
+    }
+    assert!(
+        fake.modal_submit_payload(&bob, i.id, &fields(&[("name", "ok")]))
+            .is_err()
+    );
+    let (_, submit) = fake
+        .modal_submit_payload(&alice, i.id, &fields(&[("name", "ok")]))
+        .expect("a valid submit");
+    assert_eq!(submit["channel_id"], channel.to_string());
+    let inputs: Vec<_> = submit["data"]["components"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|row| {
+            (
+                row["components"][0]["custom_id"].clone(),
+                row["components"][0]["value"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        inputs,
+        vec![(json!("name"), json!("ok")), (json!("notes"), json!(""))]
+    );
+    parse_interaction(&submit);
+    assert!(
+        fake.view(FakeDiscord::GUILD_ID, &alice)["modal"].is_null(),
+        "submitting closes it"
+    );
+}
+
+#[tokio::test]
+async fn the_emulator_answers_the_bot_only() {
+    let fake = FakeDiscord::start().await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/api/v10/users/@me", fake.base_url());
+    let status = |r: reqwest::Response| r.status().as_u16();
+    assert_eq!(
+        status(client.get(&url).send().await.expect("the bot's call")),
+        200
+    );
+    let from_a_page = client
+        .get(&url)
+        .header("Origin", "https://evil.example")
+        .send();
+    assert_eq!(status(from_a_page.await.expect("a page's call")), 403);
+    let rebound = client.get(&url).header("Host", "evil.example").send();
+    assert_eq!(status(rebound.await.expect("a rebound call")), 403);
 }

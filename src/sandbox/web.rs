@@ -18,6 +18,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
+use tower_http::set_header::SetResponseHeaderLayer;
 
 /// Discord gives the bot 3 seconds to answer any interaction.
 const ANSWER_WITHIN: Duration = Duration::from_secs(3);
@@ -142,6 +143,14 @@ pub fn serve(
         .route("/api/component", post(component))
         .route("/api/modal", post(modal))
         .layer(axum::middleware::from_fn(local_host_only))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::CONTENT_SECURITY_POLICY,
+            // Should a message ever get markup past the page's escaping, no script of its own
+            // runs, and no other site can frame the page.
+            HeaderValue::from_static(
+                "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'",
+            ),
+        ))
         .with_state(sandbox);
     tokio::spawn(async move { Ok(axum::serve(listener, app).await?) })
 }

@@ -19,7 +19,7 @@
  *   .toast                           error messages
  */
 
-const LS = { as: 'keygate-sandbox.as', view: 'keygate-sandbox.view', dismissed: 'keygate-sandbox.dismissed' };
+const LS = { as: 'keygate-sandbox.as', view: 'keygate-sandbox.view' };
 const EPHEMERAL = 64, LOADING = 128;
 const GROUP_MS = 7 * 60 * 1000; // Discord groups one author's messages within 7 minutes
 const TOPICS = {
@@ -35,7 +35,8 @@ const S = {
   fresh: true,          // next state is a new member's: its messages count as already seen
   known: new Map(),     // view -> Set of message ids already seen (for unread marks)
   unread: new Map(),    // view -> count of messages that arrived while elsewhere
-  dismissed: new Set(readJSON(LS.dismissed, [])),
+  // In memory only, as in Discord: a dismissed ephemeral message is gone until a reload.
+  dismissed: new Set(),
   nodes: new Map(),     // key -> rendered node of the open view (kept while unchanged)
   stick: true,          // scroll to the bottom at the next render
   openSel: null,        // the open select menu: {key, node, values:Set, initial, multi, send}
@@ -49,9 +50,6 @@ const S = {
 
 /* ---------- small helpers ---------- */
 
-function readJSON(key, fallback) {
-  try { return JSON.parse(localStorage.getItem(key)) ?? fallback; } catch { return fallback; }
-}
 const $ = (sel, root = document) => root.querySelector(sel);
 
 // Builds DOM without innerHTML; `html` is only ever given our own escaped markup or icons.
@@ -214,10 +212,14 @@ function blocks(text) {
 function inline(text) {
   const held = [];
   const hold = html => `\u0000${held.push(html) - 1}\u0000`;
-  let t = text.replace(/(`+)([^`]|[^`][\s\S]*?[^`])\1(?!`)/g, (_, _t, code) => hold(codeSpan(code)));
+  // NUL marks held pieces: one typed by a user must not pose as one (it would put HTML in href).
+  let t = String(text).replace(/\u0000/g, '');
+  t = t.replace(/(`+)([^`]|[^`][\s\S]*?[^`])\1(?!`)/g, (_, _t, code) => hold(codeSpan(code)));
   t = t.replace(/\\([\\*_~`|>#[\]()<:-])/g, (_, c) => hold(esc(c)));
-  t = t.replace(/\[([^\]\n]+)\]\(<?(https?:\/\/[^\s)>]+)>?\)/g, (_, label, url) => hold(link(url, styles(esc(label)))));
-  t = t.replace(/<?(https?:\/\/[^\s<>]*[^\s<>.,:;"'!?)\]])>?/g, (_, url) => hold(link(url, esc(url))));
+  // Autolinks first, whole, as Discord reads them: what is inside is a URL, not markup.
+  t = t.replace(/<(https?:\/\/[^\s<>\u0000]+)>/g, (_, url) => hold(link(url, esc(url))));
+  t = t.replace(/\[([^\]\n]+)\]\(<?(https?:\/\/[^\s)>\u0000]+)>?\)/g, (_, label, url) => hold(link(url, styles(esc(label)))));
+  t = t.replace(/(https?:\/\/[^\s<>\u0000]*[^\s<>.,:;"'!?)\]\u0000])/g, (_, url) => hold(link(url, esc(url))));
   t = t.replace(/<@!?(\d+)>/g, (_, id) => hold(`<span class="mention">@${esc(memberName(id))}</span>`));
   t = t.replace(/<@&(\d+)>/g, (_, id) => hold(`<span class="mention">@${esc(roleName(id))}</span>`));
   t = t.replace(/<#(\d+)>/g, (_, id) => {
@@ -444,7 +446,6 @@ function renderMessage(m, grouped) {
 
 function dismiss(id) {
   S.dismissed.add(id);
-  localStorage.setItem(LS.dismissed, JSON.stringify([...S.dismissed].slice(-300)));
   renderMessages();
 }
 
