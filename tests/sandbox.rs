@@ -11,7 +11,7 @@ use fantoccini::key::Key;
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -161,7 +161,9 @@ fn browser_installed() -> bool {
             missing.join(" and ")
         );
     }
-    println!(
+    // Straight to stderr: libtest captures println! of a passing test, and a skip must show.
+    let _ = writeln!(
+        std::io::stderr(),
         "skipped: Chromium/chromedriver not installed (apt-get install chromium chromium-driver)"
     );
     false
@@ -216,6 +218,9 @@ async fn open_browser(dir: &Path) -> (Client, KillOnDrop) {
 /// The page, as a person sees and uses it; every look waits up to [`WAIT`].
 struct Page<'a> {
     c: &'a Client,
+    /// With `SANDBOX_SCREENSHOTS` set (scripts/screenshots does), the folder each step's
+    /// picture goes to: the README's screenshots are this flow's.
+    shots: Option<PathBuf>,
 }
 
 /// What the newcomer got.
@@ -226,6 +231,20 @@ struct Delivered {
 }
 
 impl Page<'_> {
+    /// Saves what the page shows now as `{name}.png`, when screenshots are asked for.
+    async fn shot(&self, name: &str) -> Result<(), String> {
+        let Some(dir) = &self.shots else {
+            return Ok(());
+        };
+        let png = self
+            .c
+            .screenshot()
+            .await
+            .map_err(|e| format!("no screenshot: {e}"))?;
+        let path = dir.join(format!("{name}.png"));
+        std::fs::write(&path, png).map_err(|e| format!("cannot write {}: {e}", path.display()))
+    }
+
     /// Polls `probe` until it finds what it looks for (a WebDriver error, such as an element
     /// that a re-render replaced, is one more miss), for up to [`WAIT`].
     async fn until<T>(
@@ -479,6 +498,7 @@ async fn register_an_app(p: &Page<'_>, page: &str) -> Result<Delivered, String> 
     if !pill.contains("/app create") {
         return Err(format!("the composer shows `{pill}`, not /app create"));
     }
+    p.shot("1-command").await?;
     composer
         .send_keys(&Key::Enter.to_string())
         .await
@@ -514,6 +534,7 @@ async fn register_an_app(p: &Page<'_>, page: &str) -> Result<Delivered, String> 
             return Err(format!("{css} holds {typed:?} after typing {value:?}"));
         }
     }
+    p.shot("2-form").await?;
     p.click("#modal-submit").await?;
     p.wait_gone("#modal").await?;
 
@@ -522,12 +543,14 @@ async fn register_an_app(p: &Page<'_>, page: &str) -> Result<Delivered, String> 
     p.wait_message(&options).await?;
     p.choose(&options, "usertype", &["employee"]).await?;
     p.choose(&options, "source", &["client_app"]).await?;
+    p.shot("3-options").await?;
     p.click_in(&options, "[data-custom-id$=\":next\"]").await?;
 
     // Step 3: the API groups, ticked in the multi-select.
     let scope = ["Spa Mobile", "Step 3 of 4: Scope"];
     p.wait_message(&scope).await?;
     p.choose(&scope, "scopes", &SCOPES).await?;
+    p.shot("4-scopes").await?;
     p.click_in(&scope, "[data-custom-id$=\":next\"]").await?;
 
     // Step 4: the review shows what was chosen; Submit.
@@ -538,6 +561,7 @@ async fn register_an_app(p: &Page<'_>, page: &str) -> Result<Delivered, String> 
             return Err(format!("the review does not show {expected}:\n{shown}"));
         }
     }
+    p.shot("5-review").await?;
     p.click_in(&review, "[data-custom-id$=\":submit\"]").await?;
     p.wait_message(&["Spa Mobile", "is registered", "sent to your DMs"])
         .await?;
@@ -566,6 +590,7 @@ async fn register_an_app(p: &Page<'_>, page: &str) -> Result<Delivered, String> 
     if secret.len() != 48 || !is_base62(&secret[4..]) {
         return Err(format!("`{secret}` is not a 48-character Secret"));
     }
+    p.shot("6-credentials").await?;
 
     // Generate API Key: the key comes in a message of its own.
     p.click_in(&credentials, "[data-custom-id$=\":genkey\"]")
@@ -585,6 +610,7 @@ async fn register_an_app(p: &Page<'_>, page: &str) -> Result<Delivered, String> 
     if key.len() != 39 || !is_base62(&key[3..]) {
         return Err(format!("`{key}` is not a 39-character API key"));
     }
+    p.shot("7-api-key").await?;
     // Shown: the credentials message keeps Finish only.
     p.until(
         "Generate API Key to leave the credentials message",
@@ -619,6 +645,7 @@ async fn register_an_app(p: &Page<'_>, page: &str) -> Result<Delivered, String> 
         Ok((!text.contains(&secret) && !text.contains(&key)).then_some(()))
     })
     .await?;
+    p.shot("8-finished").await?;
 
     // The record in #audit-log names the app by its id, and holds no credential.
     p.click("[data-channel=\"audit-log\"]").await?;
@@ -626,6 +653,7 @@ async fn register_an_app(p: &Page<'_>, page: &str) -> Result<Delivered, String> 
     if record.contains(&secret) || record.contains(&key) {
         return Err(format!("#audit-log shows a credential:\n{record}"));
     }
+    p.shot("9-audit-log").await?;
     let errors = c
         .execute("return window.pageErrors;", vec![])
         .await
@@ -649,7 +677,8 @@ async fn a_newcomer_registers_an_app_in_the_browser() {
     let sandbox = Sandbox::start(dir.path());
     println!("sandbox started in {} ms", sandbox.started_in_ms);
     let (client, _driver) = open_browser(dir.path()).await;
-    let page = Page { c: &client };
+    let shots = std::env::var_os("SANDBOX_SCREENSHOTS").map(PathBuf::from);
+    let page = Page { c: &client, shots };
     let began = Instant::now();
     let outcome =
         match tokio::time::timeout(FLOW_WITHIN, register_an_app(&page, &sandbox.page)).await {
@@ -683,11 +712,11 @@ async fn a_newcomer_registers_an_app_in_the_browser() {
     }
     let delivered = outcome.unwrap();
     println!(
-        "registered {} in the browser in {} ms (Secret {}…, API key {}…, both redacted after Finish)",
+        "registered {} in the browser in {} ms (a {}-character Secret and a {}-character API key, both redacted after Finish)",
         delivered.app_id,
         began.elapsed().as_millis(),
-        &delivered.secret[..8],
-        &delivered.key[..7],
+        delivered.secret.len(),
+        delivered.key.len(),
     );
 }
 

@@ -642,7 +642,8 @@ function closeSelect(commit) {
 
 function flatCommands() {
   const out = [], dm = S.view === 'dm';
-  for (const c of st().commands || []) {
+  // Before the first state arrives there are no commands yet (not an error).
+  for (const c of st()?.commands || []) {
     if (c.type != null && c.type !== 1) continue; // user and message commands have no slash form
     const guildOnly = c.dm_permission === false || (Array.isArray(c.contexts) && !c.contexts.includes(1) && !c.contexts.includes(2));
     if (dm && guildOnly) continue;
@@ -875,6 +876,7 @@ function readOption(opt, f) {
 }
 
 async function send() {
+  if (!st()) return;
   const input = $('#composer');
   if (!S.cmd) {
     const text = input.value.trim();
