@@ -2,7 +2,7 @@
 //! (`/api/events`), and what they do (commands, autocomplete, buttons, selects, modals).
 
 use super::GUILD;
-use super::emulator::{Emulator, Interaction, Member, Refused, Timeout, is_loopback_host};
+use super::emulator::{Emulator, Interaction, Member, Refused, Timeout, is_loopback_host, may_use};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -306,6 +306,18 @@ async fn command(
     let Json(req) = req?;
     let me = sandbox.member(Some(&req.member))?;
     let channel = guild_channel(&sandbox, &req.channel_id)?;
+    let allowed = sandbox
+        .emulator
+        .commands_in(GUILD)
+        .iter()
+        .any(|c| c["name"] == req.name.as_str() && may_use(c, me));
+    if !allowed {
+        // Discord neither lists nor sends a command the member may not use.
+        return Err(ApiError::bad_request(format!(
+            "{} cannot use /{}",
+            me.name, req.name
+        )));
+    }
     let options = req
         .options
         .iter()

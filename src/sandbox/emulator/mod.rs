@@ -11,7 +11,7 @@ mod rest;
 mod state;
 mod view;
 
-pub use view::{OpenModal, Refused};
+pub use view::{OpenModal, Refused, may_use};
 
 use axum::Router;
 use axum::routing::get;

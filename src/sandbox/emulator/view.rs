@@ -41,6 +41,16 @@ pub enum Refused {
     Field(String),
 }
 
+/// Whether `member` holds the command's `default_member_permissions` (none: everyone).
+pub fn may_use(command: &Value, member: &Member) -> bool {
+    let needed = match &command["default_member_permissions"] {
+        Value::String(bits) => bits.parse::<u64>().unwrap_or(u64::MAX),
+        Value::Number(bits) => bits.as_u64().unwrap_or(u64::MAX),
+        _ => 0,
+    };
+    member.permissions & needed == needed
+}
+
 /// The text inputs of a modal's rows: `(custom_id, input)`.
 fn inputs(components: &Value) -> Vec<(&str, &Value)> {
     components
@@ -264,7 +274,12 @@ impl Emulator {
     /// modal}` (the shape the sandbox page reads).
     pub fn view(&self, guild: u64, viewer: &Member) -> Value {
         let channels = self.channels_of(guild);
-        let commands = self.commands_in(guild);
+        // Discord lists a command only to members with its default permissions.
+        let commands: Vec<Value> = self
+            .commands_in(guild)
+            .into_iter()
+            .filter(|c| may_use(c, viewer))
+            .collect();
         let st = self.lock();
         let mut messages = serde_json::Map::new();
         for (id, _) in &channels {
