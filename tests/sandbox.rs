@@ -1,9 +1,7 @@
-//! `keygate sandbox` as a newcomer meets it: the binary started as they would start it, and
-//! its page driven in headless Chromium with clicks and keys (WebDriver, through
-//! chromedriver), from `/app create` to the credentials in the DM and their redaction.
-//!
-//! The browser test needs Debian's `chromium` and `chromium-driver`. Without them it says it
-//! is skipped, except on CI (`CI=true`, where .ci/run installs them): there it fails.
+//! `keygate sandbox` as a newcomer meets it, driven in headless Chromium through WebDriver.
+//
+// The browser test needs Debian's `chromium` and `chromium-driver`. Without them it says it
+// is skipped, except on CI (`CI=true`, where .ci/run installs them): there it fails.
 
 use fantoccini::elements::Element;
 use fantoccini::error::CmdError;
@@ -677,7 +675,9 @@ async fn a_newcomer_registers_an_app_in_the_browser() {
     let sandbox = Sandbox::start(dir.path());
     println!("sandbox started in {} ms", sandbox.started_in_ms);
     let (client, _driver) = open_browser(dir.path()).await;
-    let shots = std::env::var_os("SANDBOX_SCREENSHOTS").map(PathBuf::from);
+    let shots = std::env::var_os("SANDBOX_SCREENSHOTS")
+        .filter(|dir| !dir.is_empty())
+        .map(PathBuf::from);
     let page = Page { c: &client, shots };
     let began = Instant::now();
     let outcome =
@@ -705,6 +705,8 @@ async fn a_newcomer_registers_an_app_in_the_browser() {
             ))
         }
     };
+    // A failure's report holds what the page showed: never the credentials themselves.
+    let failure = failure.map(|f| masked(&f));
     // Chromium quits with its session; chromedriver and the sandbox are killed on drop.
     let _ = client.close().await;
     if let Some(failure) = failure {
@@ -757,5 +759,44 @@ fn the_sandbox_refuses_a_non_loopback_address() {
         "refused in {} ms: {}",
         began.elapsed().as_millis(),
         stderr.lines().next().unwrap_or_default()
+    );
+}
+
+/// `text` with every Secret (`kgs_…`) and API key (`kg_…`) cut to its prefix and length.
+fn masked(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("kg") {
+        let (before, from) = rest.split_at(at);
+        out.push_str(before);
+        let prefix = ["kgs_", "kg_"].into_iter().find(|p| from.starts_with(p));
+        let Some(prefix) = prefix else {
+            out.push_str("kg");
+            rest = &from[2..];
+            continue;
+        };
+        let body = &from[prefix.len()..];
+        let len = body
+            .find(|c: char| !c.is_ascii_alphanumeric())
+            .unwrap_or(body.len());
+        if len >= 16 {
+            out.push_str(&format!("{prefix}…({len} characters hidden)"));
+        } else {
+            out.push_str(&from[..prefix.len() + len]);
+        }
+        rest = &body[len..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[test]
+fn a_failure_report_hides_the_credentials() {
+    let secret = format!("kgs_{}", "a1".repeat(22));
+    let key = format!("kg_{}", "B2".repeat(18));
+    let text = format!("Secret: {secret}, key `{key}`, kg_short, keygate");
+    assert_eq!(
+        masked(&text),
+        "Secret: kgs_…(44 characters hidden), key `kg_…(36 characters hidden)`, kg_short, keygate"
     );
 }

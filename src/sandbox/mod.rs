@@ -71,6 +71,39 @@ async fn settle(service: &Service) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether two database URLs name one database, however they are spelled: an SQLite file's
+/// path, or a PostgreSQL server's host, port and database.
+fn same_database(a: &str, b: &str) -> bool {
+    fn target(url: &str) -> Option<String> {
+        if let Some(rest) = url.strip_prefix("sqlite:") {
+            let path = rest.trim_start_matches("//");
+            let path = path.split('?').next().unwrap_or_default();
+            let path = std::path::Path::new(path);
+            // A file not made yet cannot be canonicalised: its absolute path, without `.`s.
+            let path = std::fs::canonicalize(path).unwrap_or_else(|_| {
+                let absolute =
+                    std::env::current_dir().map_or_else(|_| path.to_owned(), |cwd| cwd.join(path));
+                absolute
+                    .components()
+                    .filter(|c| *c != std::path::Component::CurDir)
+                    .collect()
+            });
+            return Some(format!("sqlite {}", path.display()));
+        }
+        let parsed = url::Url::parse(url).ok()?;
+        Some(format!(
+            "postgres {}:{}{}",
+            parsed.host_str()?,
+            parsed.port().unwrap_or(5432),
+            parsed.path()
+        ))
+    }
+    match (target(a), target(b)) {
+        (Some(a), Some(b)) => a == b,
+        _ => a == b,
+    }
+}
+
 /// Runs the sandbox until Ctrl-C or SIGTERM.
 /// `keygate sandbox` needs no Discord account: one server ("Sandbox") with #general,
 /// #approvals and #audit-log, four members to act as, and the bot, all on this machine.
@@ -83,7 +116,9 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
             "SANDBOX_ADDR is invalid: {addr} is not a loopback address such as {DEFAULT_SANDBOX_ADDR}; the sandbox has no sign-in, so it serves this machine only"
         );
     }
-    if config.sandbox_database_url.as_deref() == Some(config.database_url.as_str()) {
+    if let Some(url) = &config.sandbox_database_url
+        && same_database(url, &config.database_url)
+    {
         anyhow::bail!(
             "SANDBOX_DATABASE_URL is invalid: it names DATABASE_URL, where keys made in the sandbox would verify; give the sandbox a database of its own"
         );
@@ -130,7 +165,8 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     emulator
         .wait_ready()
         .await
-        .context("the bot did not connect to the emulator")?;
+        // Not the Timeout itself: its report holds every REST body, secrets included.
+        .map_err(|t| anyhow::anyhow!("the bot did not connect to the emulator ({})", t.what))?;
 
     let mut server = web::serve(listener, web::Sandbox::new(emulator, members()));
     tracing::info!(
@@ -148,4 +184,27 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     store.close().await;
     drop(temporary);
     ended
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_database;
+
+    #[test]
+    fn one_database_is_recognised_however_it_is_spelled() {
+        assert!(same_database("sqlite://keygate.db", "sqlite:keygate.db"));
+        assert!(same_database(
+            "sqlite://./keygate.db",
+            "sqlite://keygate.db?mode=rwc"
+        ));
+        assert!(same_database(
+            "postgresql://postgres@db/keygate",
+            "postgres://other@db:5432/keygate"
+        ));
+        assert!(!same_database("sqlite://sandbox.db", "sqlite://keygate.db"));
+        assert!(!same_database(
+            "postgres://postgres@db/sandbox",
+            "postgres://postgres@db/keygate"
+        ));
+    }
 }

@@ -1,5 +1,4 @@
-//! The sandbox page and its API: what a member sees (`/api/state`), when it changes
-//! (`/api/events`), and what they do (commands, autocomplete, buttons, selects, modals).
+//! The sandbox page and its API: state, live events, and a member's commands and clicks.
 
 use super::GUILD;
 use super::emulator::{Emulator, Interaction, Member, Refused, Timeout, is_loopback_host, may_use};
@@ -281,6 +280,19 @@ fn guild_channel(sandbox: &Sandbox, id: &str) -> ApiResult<u64> {
     }
 }
 
+/// Discord neither lists nor sends a command the member may not use.
+fn usable(sandbox: &Sandbox, me: &Member, name: &str) -> ApiResult<()> {
+    let commands = sandbox.emulator.commands_in(GUILD);
+    if commands.iter().any(|c| c["name"] == name && may_use(c, me)) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "{} cannot use /{name}",
+            me.name
+        )))
+    }
+}
+
 /// Sends the interaction and waits for the bot's answer, as Discord's client does: with none
 /// in 3 seconds the member is told the interaction failed.
 async fn dispatch(sandbox: &Sandbox, i: Interaction, d: Value) -> ApiResult<Json<Value>> {
@@ -306,18 +318,7 @@ async fn command(
     let Json(req) = req?;
     let me = sandbox.member(Some(&req.member))?;
     let channel = guild_channel(&sandbox, &req.channel_id)?;
-    let allowed = sandbox
-        .emulator
-        .commands_in(GUILD)
-        .iter()
-        .any(|c| c["name"] == req.name.as_str() && may_use(c, me));
-    if !allowed {
-        // Discord neither lists nor sends a command the member may not use.
-        return Err(ApiError::bad_request(format!(
-            "{} cannot use /{}",
-            me.name, req.name
-        )));
-    }
+    usable(&sandbox, me, &req.name)?;
     let options = req
         .options
         .iter()
@@ -352,6 +353,7 @@ async fn autocomplete(
     let Json(req) = req?;
     let me = sandbox.member(Some(&req.member))?;
     let channel = guild_channel(&sandbox, &req.channel_id)?;
+    usable(&sandbox, me, &req.name)?;
     let (i, d) = sandbox.emulator.autocomplete_payload_in(
         me,
         Some(channel),
@@ -418,5 +420,9 @@ async fn modal(
     let (i, d) = sandbox
         .emulator
         .modal_submit_payload(me, opened_by, &req.fields)?;
-    dispatch(&sandbox, i, d).await
+    let sent = dispatch(&sandbox, i, d).await;
+    if sent.is_err() {
+        sandbox.emulator.reopen_modal(me.id, opened_by);
+    }
+    sent
 }

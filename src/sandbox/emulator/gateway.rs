@@ -1,5 +1,4 @@
-//! The emulator's gateway: HELLO, IDENTIFY → READY, RESUME, heartbeats, one live connection
-//! per shard.
+//! The emulator's gateway: HELLO, IDENTIFY → READY, RESUME, heartbeats, a connection per shard.
 
 use super::Emulator;
 use super::json::{dispatch_frame, gateway_url, ready_frame, session_id};

@@ -1,5 +1,4 @@
-//! Interactions: the INTERACTION_CREATE payloads a member's clicks and commands make, their
-//! dispatch to the right shard, and when the member saw their answer.
+//! Interactions: the payloads of a member's clicks and commands, their dispatch, their answer.
 
 use super::json::{
     dispatch_frame, infer_option_type, member_json, option_specs, ready_frame, snowflake,

@@ -1,5 +1,4 @@
-//! The emulator's REST API: one handler that records each call, applies latency, hangs and
-//! failures, and routes it.
+//! The emulator's REST API: one handler that records, delays, fails or routes each call.
 
 use super::Emulator;
 use super::Recorded;

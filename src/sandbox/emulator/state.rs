@@ -1,5 +1,4 @@
-//! The emulator's world: guilds, channels, members, messages and interactions, and the REST
-//! routes that read and change it.
+//! The emulator's world (guilds, channels, members, messages, interactions) and its routes.
 
 use super::json::{
     allowed, bot_user, gateway_url, member_json, mention_ids, now, role_json, snowflake, user_json,

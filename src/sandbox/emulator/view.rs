@@ -1,5 +1,4 @@
-//! What one member sees of the emulated Discord: a guild's channels with the ephemeral
-//! messages meant for them, their DMs, their open modal. The sandbox page draws it.
+//! What one member sees of the emulated Discord, and what their Discord client would let them send.
 
 use super::interactions::Origin;
 use super::json::snowflake;
@@ -44,11 +43,14 @@ pub enum Refused {
 /// Whether `member` holds the command's `default_member_permissions` (none: everyone).
 pub fn may_use(command: &Value, member: &Member) -> bool {
     let needed = match &command["default_member_permissions"] {
-        Value::String(bits) => bits.parse::<u64>().unwrap_or(u64::MAX),
-        Value::Number(bits) => bits.as_u64().unwrap_or(u64::MAX),
-        _ => 0,
+        Value::Null => return true,
+        Value::String(bits) => bits.parse::<u64>().ok(),
+        Value::Number(bits) => bits.as_u64(),
+        _ => None,
     };
-    member.permissions & needed == needed
+    let admin = member.permissions & serenity::all::Permissions::ADMINISTRATOR.bits() != 0;
+    // "0" (or anything unreadable) leaves the command to administrators, as Discord does.
+    admin || needed.is_some_and(|bits| bits != 0 && member.permissions & bits == bits)
 }
 
 /// The text inputs of a modal's rows: `(custom_id, input)`.
@@ -213,6 +215,14 @@ impl Emulator {
         })
     }
 
+    /// Opens `user`'s modal again after a submit the bot never answered: Discord's client keeps
+    /// the form, and what was typed, on screen then.
+    pub fn reopen_modal(&self, user: u64, opened_by: u64) {
+        self.lock().open_modals.insert(user, opened_by);
+        self.lock().shown += 1;
+        self.bump();
+    }
+
     /// Closes `user`'s modal without submitting it, as the member closing it in Discord does
     /// (Discord tells the bot nothing); `false` when that modal is not open.
     pub fn dismiss_modal(&self, user: u64, opened_by: u64) -> bool {
@@ -362,5 +372,24 @@ impl St {
                 Some(m)
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Member, may_use};
+    use serde_json::json;
+
+    #[test]
+    fn a_command_is_offered_as_its_default_permissions_say() {
+        let (admin, member) = (Member::admin(1, "ada"), Member::member(2, "dev"));
+        let manager = Member::member(3, "mia").with_permissions(1 << 5);
+        let manage_guild = json!({ "name": "keygate", "default_member_permissions": "32" });
+        assert!(may_use(&manage_guild, &admin) && may_use(&manage_guild, &manager));
+        assert!(!may_use(&manage_guild, &member));
+        let everyone = json!({ "name": "app", "default_member_permissions": null });
+        assert!(may_use(&everyone, &member));
+        let admins_only = json!({ "name": "x", "default_member_permissions": "0" });
+        assert!(may_use(&admins_only, &admin) && !may_use(&admins_only, &manager));
     }
 }

@@ -1,7 +1,7 @@
 'use strict';
 /*
  * keygate sandbox: a Discord look-alike that talks to the sandbox server's
- * HTTP API (notes/sandbox-api.md). Plain ES2020, no dependencies.
+ * HTTP API (src/sandbox/web.rs). Plain ES2020, no dependencies.
  *
  * Stable hooks for browser tests:
  *   [data-channel="general"|"approvals"|"audit-log"|"dm"]  channel entries (left column)
