@@ -1111,9 +1111,20 @@ async fn a_member_sees_only_their_own_ephemeral_messages_dms_and_modals() {
         fake.modal_submit_payload(&bob, i.id, &fields(&[("name", "ok")]))
             .is_err()
     );
-    let (_, submit) = fake
+    let (submitted, submit) = fake
         .modal_submit_payload(&alice, i.id, &fields(&[("name", "ok")]))
         .expect("a valid submit");
+    assert!(
+        !fake.view(FakeDiscord::GUILD_ID, &alice)["modal"].is_null(),
+        "unanswered, the form stays open"
+    );
+    let thanks = CreateInteractionResponseMessage::new().content("saved");
+    answer(
+        &fake,
+        &submitted,
+        CreateInteractionResponse::Message(thanks),
+    )
+    .await;
     assert_eq!(submit["channel_id"], channel.to_string());
     let inputs: Vec<_> = submit["data"]["components"]
         .as_array()
@@ -1133,7 +1144,7 @@ async fn a_member_sees_only_their_own_ephemeral_messages_dms_and_modals() {
     parse_interaction(&submit);
     assert!(
         fake.view(FakeDiscord::GUILD_ID, &alice)["modal"].is_null(),
-        "submitting closes it"
+        "the bot's answer closes it"
     );
 }
 

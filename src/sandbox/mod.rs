@@ -91,11 +91,20 @@ fn same_database(a: &str, b: &str) -> bool {
             return Some(format!("sqlite {}", path.display()));
         }
         let parsed = url::Url::parse(url).ok()?;
+        let host = parsed.host_str().unwrap_or_default().to_ascii_lowercase();
+        // The names of this machine, and no host at all (a local socket), are one server.
+        let host = match host.as_str() {
+            "" | "localhost" | "127.0.0.1" | "[::1]" => "localhost".to_owned(),
+            _ => host,
+        };
+        // No database named: PostgreSQL takes the user's name.
+        let database = match parsed.path().trim_start_matches('/') {
+            "" => parsed.username().to_owned(),
+            name => name.to_owned(),
+        };
         Some(format!(
-            "postgres {}:{}{}",
-            parsed.host_str()?,
-            parsed.port().unwrap_or(5432),
-            parsed.path()
+            "postgres {host}:{}/{database}",
+            parsed.port().unwrap_or(5432)
         ))
     }
     match (target(a), target(b)) {
@@ -200,6 +209,14 @@ mod tests {
         assert!(same_database(
             "postgresql://postgres@db/keygate",
             "postgres://other@db:5432/keygate"
+        ));
+        assert!(same_database(
+            "postgres://postgres@LOCALHOST/keygate",
+            "postgres://postgres@127.0.0.1:5432/keygate"
+        ));
+        assert!(same_database(
+            "postgres://keygate@db",
+            "postgres://keygate@db/keygate"
         ));
         assert!(!same_database("sqlite://sandbox.db", "sqlite://keygate.db"));
         assert!(!same_database(

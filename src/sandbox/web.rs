@@ -420,9 +420,6 @@ async fn modal(
     let (i, d) = sandbox
         .emulator
         .modal_submit_payload(me, opened_by, &req.fields)?;
-    let sent = dispatch(&sandbox, i, d).await;
-    if sent.is_err() {
-        sandbox.emulator.reopen_modal(me.id, opened_by);
-    }
-    sent
+    // Unanswered, the modal stays open (the emulator closes it on the bot's answer).
+    dispatch(&sandbox, i, d).await
 }

@@ -421,12 +421,11 @@ impl Emulator {
             Some(mid) => st.messages.entry(mid).or_insert_with(|| m.clone()).clone(),
             None => m.clone(),
         });
-        if kind == 5 {
-            // Submitting closes the modal.
-            if st.open_modals.remove(&user.id).is_some() {
-                st.shown += 1;
-            }
-        }
+        // A submit closes the modal once the bot answers it (see `interaction_callback`):
+        // unanswered, Discord's client keeps the form and what was typed.
+        let submits = (kind == 5)
+            .then(|| st.open_modals.get(&user.id).copied())
+            .flatten();
         let channel_id = if in_dm {
             st.dm_channel(user.id)
         } else {
@@ -468,6 +467,7 @@ impl Emulator {
                 token: token.clone(),
                 user_id: user.id,
                 command,
+                submits,
                 channel_id,
                 message_id: message.as_ref().and_then(|m| snowflake(&m["id"])),
                 callback: None,

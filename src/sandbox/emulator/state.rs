@@ -31,6 +31,8 @@ pub(super) struct Inter {
     pub(super) user_id: u64,
     /// `"app create"` for a chat-input command, which the sandbox shows as "used /app create".
     pub(super) command: Option<String>,
+    /// A modal submit's modal (the interaction that opened it), closed when this is answered.
+    pub(super) submits: Option<u64>,
     pub(super) channel_id: u64,
     /// The message a component or modal interaction came from.
     pub(super) message_id: Option<u64>,
@@ -680,6 +682,12 @@ impl St {
             return error(400, 40060, "Interaction has already been acknowledged.");
         }
         let (channel_id, message_id, user_id) = (inter.channel_id, inter.message_id, inter.user_id);
+        if let Some(opener) = inter.submits
+            && self.open_modals.get(&user_id) == Some(&opener)
+        {
+            self.open_modals.remove(&user_id);
+            self.shown += 1;
+        }
         let data = &body["data"];
         let original = match body["type"].as_u64() {
             Some(4) => {

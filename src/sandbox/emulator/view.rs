@@ -215,14 +215,6 @@ impl Emulator {
         })
     }
 
-    /// Opens `user`'s modal again after a submit the bot never answered: Discord's client keeps
-    /// the form, and what was typed, on screen then.
-    pub fn reopen_modal(&self, user: u64, opened_by: u64) {
-        self.lock().open_modals.insert(user, opened_by);
-        self.lock().shown += 1;
-        self.bump();
-    }
-
     /// Closes `user`'s modal without submitting it, as the member closing it in Discord does
     /// (Discord tells the bot nothing); `false` when that modal is not open.
     pub fn dismiss_modal(&self, user: u64, opened_by: u64) -> bool {
