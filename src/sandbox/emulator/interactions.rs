@@ -418,7 +418,13 @@ impl Emulator {
         let token = format!("fake-interaction-token-{id:x}");
         // Discord always sends the message as it is now, not as the caller last saw it.
         let message = message.map(|m| match snowflake(&m["id"]) {
-            Some(mid) => st.messages.entry(mid).or_insert_with(|| m.clone()).clone(),
+            Some(mid) => match st.messages.get(&mid) {
+                Some(known) => known.clone(),
+                None => {
+                    st.put_message(mid, m.clone());
+                    m.clone()
+                }
+            },
             None => m.clone(),
         });
         // A submit closes the modal once the bot answers it (see `interaction_callback`):
@@ -471,6 +477,7 @@ impl Emulator {
                 channel_id,
                 message_id: message.as_ref().and_then(|m| snowflake(&m["id"])),
                 callback: None,
+                created_at: std::time::Instant::now(),
                 dispatched_at: None,
                 dispatched_to: None,
                 answered_at: None,

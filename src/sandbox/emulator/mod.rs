@@ -159,9 +159,9 @@ impl std::fmt::Debug for Timeout {
     }
 }
 
-/// Snowflakes made now: ids of this run do not repeat an earlier run's, which a database the
-/// sandbox keeps, or a browser's memory, may still hold.
-fn first_id() -> u64 {
+/// The snowflake of this millisecond: ids of this run do not repeat an earlier run's, which
+/// a database the sandbox keeps, or a browser's memory, may still hold.
+fn now_snowflake() -> u64 {
     const DISCORD_EPOCH_MS: u64 = 1_420_070_400_000;
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -287,7 +287,7 @@ impl Emulator {
         }
         let st = St {
             base_url: base_url.clone(),
-            next_id: first_id(),
+            next_id: now_snowflake(),
             requests: Vec::new(),
             commands: Vec::new(),
             command_scopes: HashMap::new(),
@@ -304,6 +304,7 @@ impl Emulator {
             interactions: HashMap::new(),
             tokens: HashMap::new(),
             messages: BTreeMap::new(),
+            by_channel: HashMap::new(),
             attachments: HashMap::new(),
             dm_channels: HashMap::new(),
             closed_dms: HashSet::new(),

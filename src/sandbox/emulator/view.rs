@@ -341,15 +341,13 @@ impl St {
     /// The channel's messages that `viewer` sees, oldest first: everyone's, and the ephemeral
     /// ones of their own interactions; each made by a command says who used which.
     fn visible_messages(&self, channel: u64, viewer: u64) -> Vec<Value> {
-        self.messages
-            .iter()
-            .filter(|(_, m)| snowflake(&m["channel_id"]) == Some(channel))
+        self.in_channel(channel)
             .filter_map(|(id, m)| {
                 let origin = self
                     .created_by
-                    .get(id)
+                    .get(&id)
                     .and_then(|i| self.interactions.get(i));
-                if !self.sees(viewer, *id, m) {
+                if !self.sees(viewer, id, m) {
                     return None;
                 }
                 let mut m = m.clone();
