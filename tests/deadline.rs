@@ -14,6 +14,7 @@ end_to_end_on_both_stores!(
     every_interaction_answers_first_when_discord_is_slow,
     the_wizard_forms_answer_first_when_discord_is_slow,
     a_step_whose_write_is_slow_is_deferred_then_shown,
+    a_step_the_gateway_delivered_late_is_deferred_at_once,
     issue_again_and_rotate_now_answer_first_when_discord_is_slow,
 );
 
@@ -570,6 +571,38 @@ async fn a_step_whose_write_is_slow_is_deferred_then_shown(backend: Backend) {
     answered_first(&h, &s, &[6]).await;
     let rewritten = shown(&h.fake, &s, 7).await;
     assert!(text(&rewritten).contains("Slow Rewrite"), "{rewritten:#}");
+    stall.await.unwrap();
+    h.close().await;
+}
+
+/// The answer budget counts from the interaction's creation (its id), not
+/// from when its handler began: a step the gateway delivered 2.4 s late is
+/// deferred at once, since waiting its whole budget for a slow write would
+/// answer after Discord's 3 seconds (which the fake enforces from creation).
+async fn a_step_the_gateway_delivered_late_is_deferred_at_once(backend: Backend) {
+    let h = Harness::start_with(backend, false).await;
+    let modal = open_wizard(&h.fake, &alice()).await;
+    let i = submit_form(&h.fake, &alice(), &modal, &form_fields("Late Step"), None).await;
+    let step2 = shown(&h.fake, &i, 4).await;
+    h.fake.enforce_deadline();
+
+    // The write stalls until 1.5 s after the late dispatch.
+    let stall = h.db.stall_draft_writes(Duration::from_millis(3900)).await;
+    let (u, payload) = h.fake.select_payload(
+        &alice(),
+        &step2,
+        &component(&step2, "usertype"),
+        &["guest"],
+        false,
+    );
+    tokio::time::sleep(Duration::from_millis(2400)).await;
+    h.fake.dispatch("INTERACTION_CREATE", payload).await;
+    answered_first(&h, &u, &[6]).await;
+    let shown_step = shown(&h.fake, &u, 7).await;
+    assert!(
+        shown_step["components"][0]["components"][0]["options"][0]["default"] == true,
+        "the edit shows the chosen type: {shown_step:#}"
+    );
     stall.await.unwrap();
     h.close().await;
 }

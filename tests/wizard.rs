@@ -592,6 +592,18 @@ async fn double_and_concurrent_generate_presses_make_one_key(backend: Backend) {
             .any(|c| c.contains("/users/@me/channels"))
     };
     assert!(!opened(&a) && !opened(&b), "no DM channel was looked up");
+    // A refusal after the deferral is a follow-up: no second callback,
+    // which Discord would refuse (40060), is tried first.
+    for i in [&a, &b, &later] {
+        let callback = format!("POST /interactions/{}/{}/callback", i.id, i.token);
+        let callbacks = h
+            .fake
+            .calls_after_dispatch(i)
+            .iter()
+            .filter(|c| **c == callback)
+            .count();
+        assert_eq!(callbacks, 1, "{:#?}", h.fake.calls_after_dispatch(i));
+    }
     h.close().await;
 }
 

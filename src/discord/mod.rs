@@ -265,10 +265,14 @@ async fn on_error(err: poise::FrameworkError<'_, Bot, BotError>) {
     match err {
         poise::FrameworkError::Command { error, ctx, .. } => {
             if let poise::Context::Application(actx) = ctx {
+                let answered = actx
+                    .has_sent_initial_response
+                    .load(std::sync::atomic::Ordering::SeqCst);
                 reply::report(
                     ctx.http(),
                     actx.interaction.id,
                     &actx.interaction.token,
+                    answered,
                     error,
                 )
                 .await;
@@ -306,43 +310,53 @@ async fn on_event(
                 return Ok(());
             };
             use custom_id::Action;
-            let result = match (cid.kind, cid.action) {
-                (Kind::Draft, _) => wizard::on_component(ctx, bot, component, &cid).await,
-                (Kind::NewDraft, _) => {
-                    wizard::on_new_draft_component(ctx, bot, component, &cid).await
+            let (result, answered) = reply::tracked(async {
+                match (cid.kind, cid.action) {
+                    (Kind::Draft, _) => wizard::on_component(ctx, bot, component, &cid).await,
+                    (Kind::NewDraft, _) => {
+                        wizard::on_new_draft_component(ctx, bot, component, &cid).await
+                    }
+                    (Kind::App, Action::GenerateKey | Action::Finish) => {
+                        delivery::on_component(ctx, bot, component, &cid).await
+                    }
+                    (Kind::Credential, _) => {
+                        lifecycle::on_component(ctx, bot, component, &cid).await
+                    }
+                    (Kind::App, _) => approvals::on_component(ctx, bot, component, &cid).await,
+                    (Kind::History, _) => {
+                        commands::on_history_page(ctx, bot, component, &cid).await
+                    }
                 }
-                (Kind::App, Action::GenerateKey | Action::Finish) => {
-                    delivery::on_component(ctx, bot, component, &cid).await
-                }
-                (Kind::Credential, _) => lifecycle::on_component(ctx, bot, component, &cid).await,
-                (Kind::App, _) => approvals::on_component(ctx, bot, component, &cid).await,
-                (Kind::History, _) => commands::on_history_page(ctx, bot, component, &cid).await,
-            };
+            })
+            .await;
             if let Err(e) = result {
-                reply::report(&ctx.http, component.id, &component.token, e).await;
+                reply::report(&ctx.http, component.id, &component.token, answered, e).await;
             }
         }
         serenity::Interaction::Modal(modal) => {
             let Some(cid) = CustomId::parse(&modal.data.custom_id) else {
                 return Ok(());
             };
-            let result = match (cid.kind, cid.action) {
-                (Kind::Draft, custom_id::Action::Details) => {
-                    wizard::on_details(ctx, bot, modal, &cid.id).await
+            let (result, answered) = reply::tracked(async {
+                match (cid.kind, cid.action) {
+                    (Kind::Draft, custom_id::Action::Details) => {
+                        wizard::on_details(ctx, bot, modal, &cid.id).await
+                    }
+                    (Kind::NewDraft, custom_id::Action::Details) => {
+                        wizard::on_new_details(ctx, bot, modal, &cid).await
+                    }
+                    (Kind::App, custom_id::Action::DenyReason) => {
+                        approvals::on_deny_reason(ctx, bot, modal, &cid).await
+                    }
+                    (Kind::App, custom_id::Action::RevokeName) => {
+                        lifecycle::on_revoke_name(ctx, bot, modal, &cid).await
+                    }
+                    _ => Ok(()),
                 }
-                (Kind::NewDraft, custom_id::Action::Details) => {
-                    wizard::on_new_details(ctx, bot, modal, &cid).await
-                }
-                (Kind::App, custom_id::Action::DenyReason) => {
-                    approvals::on_deny_reason(ctx, bot, modal, &cid).await
-                }
-                (Kind::App, custom_id::Action::RevokeName) => {
-                    lifecycle::on_revoke_name(ctx, bot, modal, &cid).await
-                }
-                _ => Ok(()),
-            };
+            })
+            .await;
             if let Err(e) = result {
-                reply::report(&ctx.http, modal.id, &modal.token, e).await;
+                reply::report(&ctx.http, modal.id, &modal.token, answered, e).await;
             }
         }
         _ => {}

@@ -10,7 +10,32 @@ use serenity::{
     CreateInteractionResponse, CreateInteractionResponseFollowup, CreateInteractionResponseMessage,
     EditInteractionResponse, Http, InteractionId, ModalInteraction,
 };
+use std::cell::Cell;
 use std::time::Duration;
+
+tokio::task_local! {
+    /// Whether the interaction being handled (see [`tracked`]) has had its
+    /// first answer: [`report`] then follows up at once, instead of trying a
+    /// callback Discord would refuse.
+    static ANSWERED: Cell<bool>;
+}
+
+/// Runs a component's or a modal's handler, and tells whether it answered
+/// the interaction (through [`Reply`]) before it ended.
+pub async fn tracked<T>(handler: impl Future<Output = T>) -> (T, bool) {
+    ANSWERED
+        .scope(Cell::new(false), async {
+            let out = handler.await;
+            (out, ANSWERED.with(Cell::get))
+        })
+        .await
+}
+
+/// Notes that the interaction being handled is answered, when it is tracked.
+fn mark_answered() {
+    // Outside `tracked` (a slash command: poise keeps its own flag) there is nothing to note.
+    let _ = ANSWERED.try_with(|a| a.set(true));
+}
 
 /// Mentions allowed in anything the bot sends: none, so user-typed text such
 /// as an app named `@everyone` pings no one.
@@ -85,12 +110,24 @@ impl Screen {
     }
 }
 
-/// How long a handler's database work may run, from when it starts, before
-/// its interaction must be acknowledged. Work done by then is answered with
-/// its content in one call; slower work is deferred meanwhile and shown by
-/// an edit. At the budget, a slow callback (1.5 s) still lands inside
-/// Discord's 3 seconds unless the reads before the work took over 0.7 s.
+/// How long after its creation (its snowflake's time) an interaction may go
+/// unacknowledged while its handler's database work runs. Work done by then
+/// is answered with its content in one call; slower work is deferred
+/// meanwhile and shown by an edit. At the budget, a slow callback (1.5 s)
+/// still lands inside Discord's 3 seconds, whatever the gateway's delay and
+/// the reads before the work took, since both count against it.
 pub const ANSWER_BUDGET: Duration = Duration::from_millis(750);
+
+/// What is left of [`ANSWER_BUDGET`] for an interaction created at `created`
+/// (Discord's clock) when it is `now` (ours). Never more than the whole
+/// budget from now, so a clock of ours that lags Discord's cannot stretch it.
+fn budget_left(
+    created: chrono::DateTime<chrono::Utc>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Duration {
+    let age = (now - created).to_std().unwrap_or(Duration::ZERO);
+    ANSWER_BUDGET.saturating_sub(age)
+}
 
 /// The interaction a handler answers, and where its content goes.
 #[derive(Clone, Copy)]
@@ -133,7 +170,9 @@ impl<'a> Reply<'a> {
                 CreateInteractionResponseMessage::new().ephemeral(true),
             )
         };
-        response.execute(http, (self.id, self.token)).await
+        response.execute(http, (self.id, self.token)).await?;
+        mark_answered();
+        Ok(())
     }
 
     /// Shows the screen `work` makes; see [`Reply::answer`].
@@ -157,13 +196,17 @@ impl<'a> Reply<'a> {
         work: impl Future<Output = BotResult<(Screen, T)>>,
     ) -> BotResult<T> {
         let mut work = std::pin::pin!(work);
-        let (screen, rest) = match tokio::time::timeout(ANSWER_BUDGET, &mut work).await {
+        let budget = budget_left(*self.id.created_at(), chrono::Utc::now());
+        let (screen, rest) = match tokio::time::timeout(budget, &mut work).await {
             Ok(done) => {
                 let (screen, rest) = done?;
                 let answered = screen
                     .response(self.in_place)
                     .execute(http, (self.id, self.token))
                     .await;
+                if answered.is_ok() {
+                    mark_answered();
+                }
                 return Ok(Self::done_anyway(answered, rest));
             }
             Err(_) => {
@@ -298,7 +341,15 @@ pub fn count_rest_error_in(err: &anyhow::Error) {
 
 /// Tells the user what went wrong, ephemerally: their mistake as it is, ours
 /// as a generic message with a reference that points to the full log line.
-pub async fn report(http: &serenity::Http, interaction: InteractionId, token: &str, err: BotError) {
+/// `answered`: the interaction had its first answer (a follow-up then says
+/// it; after a deferred message, the first follow-up takes its place).
+pub async fn report(
+    http: &serenity::Http,
+    interaction: InteractionId,
+    token: &str,
+    answered: bool,
+    err: BotError,
+) {
     let text = match err {
         BotError::User(message) => format!("⚠️ {message}"),
         BotError::Internal(err) => {
@@ -312,7 +363,7 @@ pub async fn report(http: &serenity::Http, interaction: InteractionId, token: &s
         }
     };
     let response = CreateInteractionResponse::Message(private(text.clone()));
-    if response.execute(http, (interaction, token)).await.is_err() {
+    if answered || response.execute(http, (interaction, token)).await.is_err() {
         // Already answered (the error came after the first response): follow up instead.
         let followup = CreateInteractionResponseFollowup::new()
             .ephemeral(true)
@@ -322,5 +373,24 @@ pub async fn report(http: &serenity::Http, interaction: InteractionId, token: &s
             count_rest_error(&e);
             tracing::warn!(error = %e, "could not tell the user about an error");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ANSWER_BUDGET, budget_left};
+    use chrono::{TimeDelta, Utc};
+    use std::time::Duration;
+
+    #[test]
+    fn the_budget_counts_from_the_interactions_creation() {
+        let now = Utc::now();
+        let left = |age_ms| budget_left(now - TimeDelta::milliseconds(age_ms), now);
+        assert_eq!(left(0), ANSWER_BUDGET);
+        assert_eq!(left(200), ANSWER_BUDGET - Duration::from_millis(200));
+        assert_eq!(left(2_000), Duration::ZERO);
+        // Created "later" than now: our clock lags Discord's, and the budget
+        // is still no more than the whole of it.
+        assert_eq!(left(-5_000), ANSWER_BUDGET);
     }
 }
