@@ -144,7 +144,8 @@ async fn send_placeholder(
 
 /// Writes a credential into a DM the bot sent (`open_dm`): its redaction is
 /// stored first, so no crash can leave it there for good; once written, the
-/// credential counts as shown.
+/// credential counts as shown. `credential`: its id, and the DM lifetime its
+/// text states.
 #[allow(clippy::too_many_arguments)]
 pub async fn fill_dm(
     http: &Http,
@@ -154,16 +155,10 @@ pub async fn fill_dm(
     sent: &serenity::Message,
     text: String,
     components: Vec<CreateActionRow>,
-    credential_id: &str,
+    (credential_id, lifetime): (&str, TimeDelta),
 ) -> anyhow::Result<()> {
-    service
-        .schedule_redaction(
-            app,
-            user,
-            ChannelId(sent.channel_id.get()),
-            MessageId(sent.id.get()),
-        )
-        .await?;
+    let dm = (ChannelId(sent.channel_id.get()), MessageId(sent.id.get()));
+    service.schedule_redaction(app, user, dm, lifetime).await?;
     let edit = EditMessage::new()
         .content(text)
         .components(components)
@@ -249,7 +244,7 @@ pub async fn deliver(
                 &sent,
                 text,
                 buttons(&app.id, true),
-                &creds.secret_id,
+                (&creds.secret_id, creds.dm_lifetime),
             )
             .await?;
         }
@@ -298,7 +293,7 @@ pub async fn fill_approval_dm(
         sent,
         text,
         buttons(&app.id, true),
-        &creds.secret_id,
+        (&creds.secret_id, creds.dm_lifetime),
     )
     .await
 }
@@ -338,11 +333,15 @@ pub async fn on_component(
 ) -> BotResult<()> {
     let app_id = cid.app_id().ok_or_else(stale)?;
     let actor = Actor::member(UserId(component.user.id.get()));
-    let app = bot.service.app_by_id(&app_id).await?;
     match cid.action {
         Action::GenerateKey => {
-            // Acknowledged first: the key's DM takes several calls.
-            Reply::component(component).defer(&ctx.http).await?;
+            // Acknowledged first (the key's DM takes several calls), while the app is read.
+            let (deferred, app) = tokio::join!(
+                Reply::component(component).defer(&ctx.http),
+                bot.service.app_by_id(&app_id)
+            );
+            deferred?;
+            let app = app?;
             let issued = bot
                 .service
                 .generate_api_key(app.guild_id, &app_id, actor)
@@ -383,7 +382,7 @@ pub async fn on_component(
                         &sent,
                         text,
                         rows,
-                        &issued.key_id,
+                        (&issued.key_id, issued.dm_lifetime),
                     )
                     .await?;
                 }
@@ -424,6 +423,7 @@ pub async fn on_component(
         Action::Finish => {
             let app = Reply::component(component)
                 .answer(&ctx.http, async {
+                    let app = bot.service.app_by_id(&app_id).await?;
                     let app = bot.service.finish(app.guild_id, &app_id, actor).await?;
                     let message =
                         Screen::new(redacted_text(&app)).components(redacted_buttons(&app));

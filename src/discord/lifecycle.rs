@@ -405,7 +405,7 @@ async fn deliver_new_credential(
                 sent,
                 text,
                 rows,
-                &rotated.new_id,
+                (&rotated.new_id, rotated.dm_lifetime),
             )
             .await
         }

@@ -560,14 +560,16 @@ impl Service {
 
     /// The guild's live application with this name, ignoring case.
     pub async fn app_by_name(&self, guild: GuildId, name: &str) -> ServiceResult<Application> {
-        let mut tx = self.store.read().await?;
+        // One statement: no transaction around it.
+        let mut tx = self.store.single(false).await?;
         let app = tx.app_by_name_key(guild, &name_key(name)).await?;
         tx.rollback().await?;
         app.ok_or(ServiceError::AppNotFound)
     }
 
     pub async fn list_apps(&self, guild: GuildId) -> ServiceResult<Vec<Application>> {
-        let mut tx = self.store.read().await?;
+        // One statement: no transaction around it.
+        let mut tx = self.store.single(false).await?;
         let apps = tx.apps_of_guild(guild).await?;
         tx.rollback().await?;
         Ok(apps)
@@ -577,7 +579,8 @@ impl Service {
         &self,
         id: &ApplicationId,
     ) -> ServiceResult<Option<ApprovalRequest>> {
-        let mut tx = self.store.read().await?;
+        // One statement: no transaction around it.
+        let mut tx = self.store.single(false).await?;
         let request = tx.approval_request(id).await?;
         tx.rollback().await?;
         Ok(request)

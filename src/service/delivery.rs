@@ -12,33 +12,34 @@ use chrono::{DateTime, Utc};
 impl Service {
     /// One application by its ID, whatever the guild: a DM button knows only the app.
     pub async fn app_by_id(&self, id: &ApplicationId) -> ServiceResult<Application> {
-        let mut tx = self.store.read().await?;
+        // One statement: no transaction around it.
+        let mut tx = self.store.single(false).await?;
         let app = tx.app_by_id(id).await?;
         tx.rollback().await?;
         app.ok_or(ServiceError::AppNotFound)
     }
 
-    /// Records a DM holding a secret, to redact after the guild's DM lifetime
-    /// (or at Finish); the record outlives a restart.
+    /// Records a DM holding a secret, to redact once `lifetime` (the guild's
+    /// DM lifetime when the secret was issued, which its DM states) is over,
+    /// or at Finish; the record outlives a restart.
     pub async fn schedule_redaction(
         &self,
         app: &Application,
         user: UserId,
-        channel: ChannelId,
-        message: MessageId,
+        (channel, message): (ChannelId, MessageId),
+        lifetime: chrono::TimeDelta,
     ) -> ServiceResult<DmRedaction> {
-        let now = self.clock.now();
-        let mut tx = self.store.begin().await?;
-        let settings = tx.guild_settings(app.guild_id).await?;
         let redaction = DmRedaction {
             channel_id: channel,
             message_id: message,
             app_id: app.id.clone(),
             user_id: user,
-            due_at: now + settings.dm_lifetime,
+            due_at: self.clock.now() + lifetime,
         };
-        tx.schedule_redaction(&redaction).await?;
-        tx.commit().await?;
+        // One INSERT (an upsert): no transaction around it.
+        let mut write = self.store.single(true).await?;
+        write.schedule_redaction(&redaction).await?;
+        write.commit().await?;
         Ok(redaction)
     }
 
@@ -48,14 +49,16 @@ impl Service {
         channel: ChannelId,
         message: MessageId,
     ) -> ServiceResult<Option<bool>> {
-        let mut tx = self.store.read().await?;
+        // One statement: no transaction around it.
+        let mut tx = self.store.single(false).await?;
         let done = tx.redaction_done(channel, message).await?;
         tx.rollback().await?;
         Ok(done)
     }
 
     pub async fn due_redactions(&self) -> ServiceResult<Vec<DmRedaction>> {
-        let mut tx = self.store.read().await?;
+        // One statement: no transaction around it.
+        let mut tx = self.store.single(false).await?;
         let due = tx.due_redactions(self.clock.now()).await?;
         tx.rollback().await?;
         Ok(due)

@@ -147,7 +147,8 @@ impl Service {
             return Err(ServiceError::NotApproved(app.status));
         }
         let now = self.clock.now();
-        let mut tx = self.store.read().await?;
+        // One statement: no transaction around it.
+        let mut tx = self.store.single(false).await?;
         let all = tx.credentials_of(&app.id, kind).await?;
         tx.rollback().await?;
         let current = all.iter().find(|c| c.is_current()).cloned();
@@ -395,15 +396,17 @@ impl Service {
     /// issued again in its place.
     pub async fn credential_shown(&self, credential_id: &str) -> ServiceResult<()> {
         let now = self.clock.now();
-        let mut tx = self.store.begin().await?;
-        tx.mark_shown(credential_id, now).await?;
-        tx.commit().await?;
+        // One UPDATE whose condition is in its WHERE: no transaction around it.
+        let mut write = self.store.single(true).await?;
+        write.mark_shown(credential_id, now).await?;
+        write.commit().await?;
         Ok(())
     }
 
     /// Expiry warnings due now and not held by a process (read only).
     pub async fn due_warnings(&self) -> ServiceResult<Vec<DueWarning>> {
-        let mut tx = self.store.read().await?;
+        // One statement: no transaction around it.
+        let mut tx = self.store.single(false).await?;
         let due = tx.due_warnings(self.clock.now()).await?;
         tx.rollback().await?;
         Ok(due)
@@ -494,7 +497,8 @@ impl Service {
     /// as an audit event, once, whichever process sees it first.
     pub async fn record_expiries(&self) -> ServiceResult<usize> {
         let now = self.clock.now();
-        let mut tx = self.store.read().await?;
+        // One statement: no transaction around it.
+        let mut tx = self.store.single(false).await?;
         let ended = tx.unrecorded_expiries(now).await?;
         tx.rollback().await?;
         let mut recorded = 0;

@@ -27,7 +27,8 @@ impl Service {
     pub async fn expire_due_requests(&self) -> ServiceResult<Vec<(Application, ApprovalRequest)>> {
         let now = self.clock.now();
         let due = {
-            let mut tx = self.store.read().await?;
+            // One statement: no transaction around it.
+            let mut tx = self.store.single(false).await?;
             let ids = tx.expired_requests(now).await?;
             tx.rollback().await?;
             ids
