@@ -598,6 +598,12 @@ async fn a_step_the_gateway_delivered_late_is_deferred_at_once(backend: Backend)
     tokio::time::sleep(Duration::from_millis(2400)).await;
     h.fake.dispatch("INTERACTION_CREATE", payload).await;
     answered_first(&h, &u, &[6]).await;
+    // At once: not after some of a budget the interaction no longer has.
+    let deferred_after = h.fake.latency(&u).unwrap();
+    assert!(
+        deferred_after < Duration::from_millis(500),
+        "deferred {deferred_after:?} after the dispatch"
+    );
     let shown_step = shown(&h.fake, &u, 7).await;
     assert!(
         shown_step["components"][0]["components"][0]["options"][0]["default"] == true,

@@ -6,7 +6,7 @@ use super::custom_id::{Action, CustomId};
 use super::delivery::{fill_dm, finish_only, follow_up_privately, open_dm, rotated_text};
 use super::error::{BotError, BotResult, stale};
 use super::render::code;
-use super::reply::{RestFailure, count_rest_error, discord_code, no_pings};
+use super::reply::{Reply, RestFailure, count_rest_error, discord_code, no_pings};
 use super::{Bot, Context};
 use crate::domain::application::Application;
 use crate::domain::ids::{GuildId, UserId};
@@ -207,13 +207,9 @@ pub async fn on_revoke_name(
     modal: &ModalInteraction,
     cid: &CustomId,
 ) -> BotResult<()> {
-    modal
-        .create_response(
-            &ctx.http,
-            CreateInteractionResponse::Defer(
-                serenity::CreateInteractionResponseMessage::new().ephemeral(true),
-            ),
-        )
+    Reply::modal(modal)
+        .in_new_message()
+        .defer(&ctx.http)
         .await?;
     let id = cid.app_id().ok_or_else(stale)?;
     let guild = modal
@@ -295,13 +291,9 @@ async fn rotate_now(
     // Acknowledged first, then read. A deferred message (type 5), not a
     // deferred update: the confirmation is a new message, and the warning
     // it answers must stay as it was, Rotate now and all.
-    component
-        .create_response(
-            &ctx.http,
-            CreateInteractionResponse::Defer(
-                serenity::CreateInteractionResponseMessage::new().ephemeral(true),
-            ),
-        )
+    Reply::component(component)
+        .in_new_message()
+        .defer(&ctx.http)
         .await?;
     let actor = actor(bot, guild, &component.user, component.member.as_ref()).await?;
     let (app, _) = bot.service.rotation_target(guild, key, actor).await?;
@@ -340,9 +332,7 @@ async fn deliver_new_credential(
     grace: Grace,
 ) -> BotResult<()> {
     // Acknowledged first: this takes several calls.
-    component
-        .create_response(&ctx.http, CreateInteractionResponse::Acknowledge)
-        .await?;
+    Reply::component(component).defer(&ctx.http).await?;
     let actor = actor(bot, guild, &component.user, component.member.as_ref()).await?;
     let service = &bot.service;
     // Refused or stale presses are answered before the owner gets anything.

@@ -113,9 +113,10 @@ impl Screen {
 /// How long after its creation (its snowflake's time) an interaction may go
 /// unacknowledged while its handler's database work runs. Work done by then
 /// is answered with its content in one call; slower work is deferred
-/// meanwhile and shown by an edit. At the budget, a slow callback (1.5 s)
-/// still lands inside Discord's 3 seconds, whatever the gateway's delay and
-/// the reads before the work took, since both count against it.
+/// meanwhile and shown by an edit. The gateway's delay and the reads before
+/// the work count against it, so a slow callback (1.5 s) sent at the budget
+/// still lands inside Discord's 3 seconds; one that arrived later than that
+/// is deferred at once.
 pub const ANSWER_BUDGET: Duration = Duration::from_millis(750);
 
 /// What is left of [`ANSWER_BUDGET`] for an interaction created at `created`
@@ -155,6 +156,16 @@ impl<'a> Reply<'a> {
             id: modal.id,
             token: &modal.token,
             in_place: modal.message.is_some(),
+        }
+    }
+
+    /// Its content goes in a new ephemeral message, not into the message the
+    /// interaction came from (a confirmation the message it answers must not
+    /// lose its buttons to).
+    pub fn in_new_message(self) -> Self {
+        Self {
+            in_place: false,
+            ..self
         }
     }
 

@@ -560,15 +560,15 @@ impl Service {
 
     /// The guild's live application with this name, ignoring case.
     pub async fn app_by_name(&self, guild: GuildId, name: &str) -> ServiceResult<Application> {
-        // One statement: no transaction around it.
-        let mut tx = self.store.single(false).await?;
+        let mut tx = self.store.read().await?;
         let app = tx.app_by_name_key(guild, &name_key(name)).await?;
         tx.rollback().await?;
         app.ok_or(ServiceError::AppNotFound)
     }
 
     pub async fn list_apps(&self, guild: GuildId) -> ServiceResult<Vec<Application>> {
-        // One statement: no transaction around it.
+        // No transaction: the app rows are read by one statement, and their
+        // URLs and scopes, read after it, never change once inserted.
         let mut tx = self.store.single(false).await?;
         let apps = tx.apps_of_guild(guild).await?;
         tx.rollback().await?;
@@ -579,8 +579,8 @@ impl Service {
         &self,
         id: &ApplicationId,
     ) -> ServiceResult<Option<ApprovalRequest>> {
-        // One statement: no transaction around it.
-        let mut tx = self.store.single(false).await?;
+        // A transaction: the request and its votes must be of one moment.
+        let mut tx = self.store.read().await?;
         let request = tx.approval_request(id).await?;
         tx.rollback().await?;
         Ok(request)

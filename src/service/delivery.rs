@@ -12,7 +12,8 @@ use chrono::{DateTime, Utc};
 impl Service {
     /// One application by its ID, whatever the guild: a DM button knows only the app.
     pub async fn app_by_id(&self, id: &ApplicationId) -> ServiceResult<Application> {
-        // One statement: no transaction around it.
+        // No transaction: the app row is read by one statement, and its URLs
+        // and scopes, read after it, never change once inserted.
         let mut tx = self.store.single(false).await?;
         let app = tx.app_by_id(id).await?;
         tx.rollback().await?;

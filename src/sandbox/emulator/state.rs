@@ -37,10 +37,10 @@ pub(super) struct Inter {
     /// The message a component or modal interaction came from.
     pub(super) message_id: Option<u64>,
     pub(super) callback: Option<Value>,
-    /// When its INTERACTION_CREATE went out and when its callback came back.
     /// When it was made (its id's time): Discord's 3 seconds count from here, not from a
     /// dispatch the gateway may have sent late.
     pub(super) created_at: std::time::Instant,
+    /// When its INTERACTION_CREATE went out and when its callback came back.
     pub(super) dispatched_at: Option<std::time::Instant>,
     /// The shard whose connection its INTERACTION_CREATE went out on.
     pub(super) dispatched_to: Option<u32>,
