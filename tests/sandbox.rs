@@ -464,6 +464,15 @@ fn is_base62(s: &str) -> bool {
     s.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
+/// The code among `codes` that starts with `prefix` (`what` names it when none does).
+fn code_with(codes: &[String], prefix: &str, what: &str) -> Result<String, String> {
+    codes
+        .iter()
+        .find(|c| c.starts_with(prefix))
+        .cloned()
+        .ok_or_else(|| format!("no {what} among {codes:?}"))
+}
+
 /// `/app create` to a finished delivery, as a newcomer does it.
 async fn register_an_app(p: &Page<'_>, page: &str) -> Result<Delivered, String> {
     let c = p.c;
@@ -572,16 +581,8 @@ async fn register_an_app(p: &Page<'_>, page: &str) -> Result<Delivered, String> 
     let credentials = ["Credentials for", "Application ID:", "Secret:"];
     p.wait_message(&credentials).await?;
     let codes = p.codes_in(&credentials).await?;
-    let app_id = codes
-        .iter()
-        .find(|c| c.starts_with("app_"))
-        .cloned()
-        .ok_or_else(|| format!("no Application ID among {codes:?}"))?;
-    let secret = codes
-        .iter()
-        .find(|c| c.starts_with("kgs_"))
-        .cloned()
-        .ok_or_else(|| format!("no Secret among {codes:?}"))?;
+    let app_id = code_with(&codes, "app_", "Application ID")?;
+    let secret = code_with(&codes, "kgs_", "Secret")?;
     if app_id.len() != 26 || !is_base62(&app_id[4..]) {
         return Err(format!("`{app_id}` is not an Application ID"));
     }
@@ -600,11 +601,7 @@ async fn register_an_app(p: &Page<'_>, page: &str) -> Result<Delivered, String> 
     ];
     p.wait_message(&key_message).await?;
     let codes = p.codes_in(&key_message).await?;
-    let key = codes
-        .iter()
-        .find(|c| c.starts_with("kg_"))
-        .cloned()
-        .ok_or_else(|| format!("no API key among {codes:?}"))?;
+    let key = code_with(&codes, "kg_", "API key")?;
     if key.len() != 39 || !is_base62(&key[3..]) {
         return Err(format!("`{key}` is not a 39-character API key"));
     }
