@@ -119,7 +119,7 @@ async fn two_processes_serve_a_guild_each_and_shard_0_gets_the_dms() {
         .await;
     assert_eq!(fake.dispatched_to(&i), Some(0));
     let r: Value = fake.response(&i).await;
-    assert_eq!(r["type"], 6, "acknowledged: {r:#}");
+    assert!(r["type"] == 4 || r["type"] == 5, "answered: {r:#}");
     fake.wait_until("the key's own DM", |f| {
         f.dm_messages(ALICE_ID)
             .iter()

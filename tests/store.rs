@@ -647,6 +647,7 @@ async fn no_clear_secret_is_ever_stored(db: &TestDb) {
         app_id: app.id.clone(),
         user_id: ALICE,
         due_at: db.clock.now(),
+        answer_of: None,
     })
     .await
     .unwrap();
@@ -1428,6 +1429,7 @@ async fn redactions_are_scheduled_and_done_once(db: &TestDb) {
             app_id: app.clone(),
             user_id: ALICE,
             due_at: now + chrono::TimeDelta::minutes(minutes),
+            answer_of: None,
         })
         .await
         .unwrap();
@@ -1456,6 +1458,7 @@ async fn redactions_are_scheduled_and_done_once(db: &TestDb) {
     let read = due.iter().find(|r| r.message_id == MessageId(1)).unwrap();
     tx.schedule_redaction(&DmRedaction {
         due_at: now + chrono::TimeDelta::minutes(15),
+        answer_of: None,
         ..read.clone()
     })
     .await
@@ -2102,5 +2105,6 @@ fn due_now(app: &ApplicationId, now: chrono::DateTime<chrono::Utc>) -> DmRedacti
         app_id: app.clone(),
         user_id: ALICE,
         due_at: now,
+        answer_of: None,
     }
 }

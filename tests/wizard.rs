@@ -28,6 +28,7 @@ end_to_end_on_both_stores!(
     closed_dms_fall_back_to_an_ephemeral_reply,
     another_user_cannot_drive_the_wizard,
     short_dm_lifetime_redacts_also_across_a_restart,
+    a_key_whose_message_the_bot_never_learned_is_still_redacted,
     user_text_never_pings,
     list_show_and_autocomplete,
     only_creators_may_start_the_wizard,
@@ -561,27 +562,33 @@ async fn double_and_concurrent_generate_presses_make_one_key(backend: Backend) {
         h.fake.press_button_in_dm(&user, &dm, &genkey)
     );
     let later = h.fake.press_button_in_dm(&user, &dm, &genkey).await;
-    for i in [&a, &b, &later] {
-        assert_eq!(h.fake.response(i).await["type"], 6, "acknowledged first");
-    }
+    // Each press's answer (its callback, or the edit after its deferral):
+    // one carries the key, the others refuse, and a refusal given as the
+    // callback is seen by the presser only.
+    let presses = [&a, &b, &later];
     h.fake
-        .wait_until("one key DM and two refusals", |f| {
-            let keys = f
-                .dm_messages(alice().id)
-                .iter()
-                .filter(|m| text(m).contains("API key: `kg_"))
-                .count();
-            let refusals: usize = [&a, &b, &later].iter().map(|i| f.followup_count(i)).sum();
-            keys == 1 && refusals == 2
+        .wait_until("every press answered with content", |f| {
+            presses.iter().all(|i| {
+                f.message_of(i)
+                    .is_some_and(|m| m["flags"].as_u64().unwrap_or(0) & (1 << 7) == 0)
+            })
         })
         .await;
-    for i in [&a, &b, &later] {
-        let n = h.fake.followup_count(i);
-        for refused in h.fake.followups(i, n).await {
-            assert!(text(&refused).contains("already generated"), "{refused:#}");
-            assert_eq!(refused["flags"].as_u64().unwrap() & EPHEMERAL, EPHEMERAL);
+    let (mut keys, mut refusals) = (0, 0);
+    for i in presses {
+        let answer = h.fake.message_of(i).unwrap();
+        let r = h.fake.response(i).await;
+        if text(&answer).contains("API key: `kg_") {
+            keys += 1;
+        } else {
+            assert!(text(&answer).contains("already generated"), "{answer:#}");
+            if r["type"] == 4 {
+                assert_eq!(r["data"]["flags"].as_u64().unwrap() & EPHEMERAL, EPHEMERAL);
+            }
+            refusals += 1;
         }
     }
+    assert_eq!((keys, refusals), (1, 2));
     let counts = h.db.row_counts().await;
     assert!(counts.contains(&("api_keys", 1)), "{counts:?}");
     // Pressed in the DM: the key went to that channel, not found again.
@@ -592,9 +599,9 @@ async fn double_and_concurrent_generate_presses_make_one_key(backend: Backend) {
             .any(|c| c.contains("/users/@me/channels"))
     };
     assert!(!opened(&a) && !opened(&b), "no DM channel was looked up");
-    // A refusal after the deferral is a follow-up: no second callback,
-    // which Discord would refuse (40060), is tried first.
-    for i in [&a, &b, &later] {
+    // One callback each: a refusal after a deferral is a follow-up, with
+    // no second callback, which Discord would refuse (40060), tried first.
+    for i in presses {
         let callback = format!("POST /interactions/{}/{}/callback", i.id, i.token);
         let callbacks = h
             .fake
@@ -701,8 +708,8 @@ async fn another_user_cannot_drive_the_wizard(backend: Backend) {
     h.close().await;
 }
 
-async fn short_dm_lifetime_redacts_also_across_a_restart(backend: Backend) {
-    let mut h = Harness::start_with(backend, false).await;
+/// DMs that carry a secret are redacted a second after they are sent.
+async fn dm_lifetime_of_a_second(h: &Harness) {
     let settings = GuildSettings {
         dm_lifetime: chrono::TimeDelta::seconds(1),
         ..GuildSettings::defaults(GUILD)
@@ -714,6 +721,11 @@ async fn short_dm_lifetime_redacts_also_across_a_restart(backend: Backend) {
         )
         .await
         .unwrap();
+}
+
+async fn short_dm_lifetime_redacts_also_across_a_restart(backend: Backend) {
+    let mut h = Harness::start_with(backend, false).await;
+    dm_lifetime_of_a_second(&h).await;
     let review = to_review(&h.fake, &alice(), "Short Lived").await;
     let (dm, _, secret) = submit_and_get_dm(&h, &alice(), &review).await;
     let user = alice().id;
@@ -768,6 +780,46 @@ async fn short_dm_lifetime_redacts_also_across_a_restart(backend: Backend) {
                 .all(|m| !m["content"].as_str().unwrap_or("").contains(&secret))
         })
         .await;
+    h.close().await;
+}
+
+/// The key is the press's answer, so the bot learns its message's id only
+/// after the callback. Should it never learn it (here the lookup fails, as
+/// a crash there would leave it), the worker still finds the message by its
+/// interaction and redacts it when it falls due.
+async fn a_key_whose_message_the_bot_never_learned_is_still_redacted(backend: Backend) {
+    let h = Harness::start_with(backend, false).await;
+    dm_lifetime_of_a_second(&h).await;
+    let review = to_review(&h.fake, &alice(), "Never Noted").await;
+    let (dm, _, _) = submit_and_get_dm(&h, &alice(), &review).await;
+    h.fake.fail(
+        "GET",
+        "/messages/@original",
+        500,
+        json!({ "message": "500: Internal Server Error", "code": 0 }),
+        1,
+    );
+    let (key_dm, key) = generate_key_in_dm(&h.fake, &alice(), &dm).await;
+    let user = alice().id;
+    h.fake
+        .wait_until("the key's message is redacted", |f| {
+            f.dm_messages(user).iter().all(|m| !text(m).contains(&key))
+        })
+        .await;
+    let redacted = h
+        .fake
+        .dm_messages(user)
+        .into_iter()
+        .find(|m| m["id"] == key_dm["id"])
+        .expect("the key's message");
+    assert!(text(&redacted).contains("removed"), "{redacted:#}");
+    assert!(
+        h.fake
+            .requests()
+            .iter()
+            .any(|r| r.method == "GET" && r.path.ends_with("/messages/@original")),
+        "the bot asked for its answer's message (and was refused)"
+    );
     h.close().await;
 }
 

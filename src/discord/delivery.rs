@@ -7,11 +7,11 @@ use super::render::code;
 use super::reply::{Reply, RestFailure, Screen, count_rest_error, no_pings};
 use crate::domain::application::{AppStatus, Application};
 use crate::domain::credentials::ApplicationId;
-use crate::domain::ids::{ChannelId, MessageId, UserId};
+use crate::domain::ids::{ChannelId, InteractionId, MessageId, UserId};
 use crate::domain::retry::Job;
 use crate::runtime::{Pass, claimed};
 use crate::service::{
-    Actor, Claim, IssuedCredentials, NewCredential, RetryGate, Rotated, Service, grace_text,
+    Actor, Claim, IssuedCredentials, NewCredential, Retry, RetryGate, Rotated, Service, grace_text,
 };
 use crate::store::DmRedaction;
 use chrono::{DateTime, TimeDelta, Utc};
@@ -334,6 +334,9 @@ pub async fn on_component(
     let app_id = cid.app_id().ok_or_else(stale)?;
     let actor = Actor::member(UserId(component.user.id.get()));
     match cid.action {
+        Action::GenerateKey if in_dm_to_stay(component) => {
+            key_as_answer(ctx, bot, component, &app_id, actor).await?;
+        }
         Action::GenerateKey => {
             // Acknowledged first (the key's DM takes several calls), while the app is read.
             let (deferred, app) = tokio::join!(
@@ -346,23 +349,15 @@ pub async fn on_component(
                 .service
                 .generate_api_key(app.guild_id, &app_id, actor)
                 .await?;
-            let ephemeral = component
-                .message
-                .flags
-                .is_some_and(|f| f.contains(serenity::MessageFlags::EPHEMERAL));
-            let dm = if ephemeral {
+            let dm = if is_ephemeral(component) {
                 None
             } else {
                 let placeholder =
                     format!("API key for {} follows…", code(&issued.app.details.name));
-                let sent = if component.guild_id.is_none() {
-                    // Pressed in the member's DM with the bot: the key goes
-                    // to the same channel, with no call to find it.
-                    send_placeholder(&ctx.http, component.channel_id, placeholder).await
-                } else {
-                    open_dm(&ctx.http, actor.user_id, placeholder).await
-                };
-                sent.inspect_err(count_rest_error).ok()
+                open_dm(&ctx.http, actor.user_id, placeholder)
+                    .await
+                    .inspect_err(count_rest_error)
+                    .ok()
             };
             let key = issued.key.expose();
             match dm {
@@ -400,19 +395,7 @@ pub async fn on_component(
                     .await?;
                 }
             }
-            // Shown: the credentials message loses its Generate button (kept
-            // until now, so a key that could not be shown can be made again);
-            // its Secret keeps its own lifetime, which the key never extends.
-            let here = (
-                ChannelId(component.channel_id.get()),
-                MessageId(component.message.id.get()),
-            );
-            let redacted = bot.service.redaction_done(here.0, here.1).await? == Some(true);
-            let rows = if redacted {
-                vec![]
-            } else {
-                finish_only(&app_id)
-            };
+            let rows = rows_once_key_shown(bot, component, &app_id).await?;
             component
                 .edit_response(
                     &ctx.http,
@@ -443,6 +426,155 @@ pub async fn on_component(
         _ => return Err(stale()),
     }
     Ok(())
+}
+
+fn is_ephemeral(component: &ComponentInteraction) -> bool {
+    component
+        .message
+        .flags
+        .is_some_and(|f| f.contains(serenity::MessageFlags::EPHEMERAL))
+}
+
+/// Pressed on a message of the member's DM with the bot that the bot can
+/// still edit through the channel (not ephemeral): the key can be the
+/// press's own answer there.
+fn in_dm_to_stay(component: &ComponentInteraction) -> bool {
+    component.guild_id.is_none() && !is_ephemeral(component)
+}
+
+/// The credentials message's buttons once the key is shown: it loses
+/// Generate (kept until now, so a key that could not be shown can be made
+/// again); its Secret keeps its own lifetime, which the key never extends,
+/// and a message already redacted keeps no button.
+async fn rows_once_key_shown(
+    bot: &Bot,
+    component: &ComponentInteraction,
+    app: &ApplicationId,
+) -> BotResult<Vec<CreateActionRow>> {
+    let here = (
+        ChannelId(component.channel_id.get()),
+        MessageId(component.message.id.get()),
+    );
+    let redacted = bot.service.redaction_done(here.0, here.1).await? == Some(true);
+    Ok(if redacted { vec![] } else { finish_only(app) })
+}
+
+/// Generate API Key pressed in the member's DM: the key is the press's
+/// answer, a new message in the DM, so the member sees it after one write
+/// and one callback. Its redaction is stored in the key's own write, keyed
+/// by the interaction until the message is known; should the bot stop
+/// before it learns the id, the worker finds the message by the
+/// interaction (`find_answer`).
+async fn key_as_answer(
+    ctx: &serenity::Context,
+    bot: &Bot,
+    component: &ComponentInteraction,
+    app_id: &ApplicationId,
+    actor: Actor,
+) -> BotResult<()> {
+    let answer = (
+        ChannelId(component.channel_id.get()),
+        InteractionId(component.id.get()),
+    );
+    let (issued, shown) = Reply::component(component)
+        .in_new_dm_message()
+        .answer_shown(&ctx.http, async {
+            let app = bot.service.app_by_id(app_id).await?;
+            let issued = bot
+                .service
+                .generate_api_key_answering(app.guild_id, app_id, actor, answer)
+                .await?;
+            let note = shown_once(issued.dm_lifetime);
+            let text = key_text(&issued.app, issued.key.expose(), issued.expires_at, &note);
+            Ok((Screen::new(text).components(finish_only(app_id)), issued))
+        })
+        .await?;
+    if !shown {
+        // Not marked shown, and Generate stays: the key can be made again.
+        // Were it shown after all, its redaction is stored.
+        return Ok(());
+    }
+    let noted = async {
+        let message = component.get_response(&ctx.http).await?;
+        bot.service
+            .key_answer_shown(answer, MessageId(message.id.get()), &issued.key_id)
+            .await?;
+        BotResult::Ok(())
+    };
+    let buttons_dropped = async {
+        let rows = rows_once_key_shown(bot, component, app_id).await?;
+        component
+            .channel_id
+            .edit_message(
+                &ctx.http,
+                component.message.id,
+                EditMessage::new().components(rows),
+            )
+            .await?;
+        BotResult::Ok(())
+    };
+    // The member has the key: what is left is bookkeeping, and a failure
+    // there is logged, not shown. A key not noted is still redacted, by the
+    // worker finding its message by the interaction.
+    let (noted, dropped) = tokio::join!(noted, buttons_dropped);
+    if let Err(e) = noted.and(dropped) {
+        tracing::warn!(error = %e, "a key was shown, but its message could not be noted or the Generate button dropped");
+    }
+    Ok(())
+}
+
+/// How long Discord lets an interaction's answer be edited through its
+/// token: a deferred answer can get its content until then, no later.
+const ANSWER_EDITABLE: TimeDelta = TimeDelta::minutes(15);
+
+/// What became of an interaction's answer, to its redaction.
+enum Answer {
+    /// This message, showing what it will show.
+    Final(serenity::MessageId),
+    /// None was made, and none can be any more.
+    Never,
+    /// None yet, or one still loading: a deferred answer's content may
+    /// come as long as its token lasts.
+    NotYet,
+}
+
+/// What became of the answer of `interaction` in `channel`.
+async fn find_answer(
+    http: &Http,
+    channel: ChannelId,
+    interaction: InteractionId,
+) -> serenity::Result<Answer> {
+    let id = serenity::InteractionId::new(interaction.0);
+    // The answer was made right after the interaction: among the first
+    // messages after it, whatever the member wrote since.
+    let after = serenity::MessagePagination::After(serenity::MessageId::new(interaction.0));
+    let messages = http
+        .get_messages(serenity::ChannelId::new(channel.0), Some(after), Some(100))
+        .await?;
+    let answer = messages.into_iter().find(|m| {
+        m.interaction_metadata
+            .as_deref()
+            .is_some_and(|meta| answered_by(meta) == Some(id))
+    });
+    let settled = Utc::now() - *id.created_at() > ANSWER_EDITABLE;
+    let loading = |m: &serenity::Message| {
+        m.flags
+            .is_some_and(|f| f.contains(serenity::MessageFlags::LOADING))
+    };
+    Ok(match answer {
+        Some(m) if settled || !loading(&m) => Answer::Final(m.id),
+        None if settled => Answer::Never,
+        _ => Answer::NotYet,
+    })
+}
+
+fn answered_by(meta: &serenity::MessageInteractionMetadata) -> Option<serenity::InteractionId> {
+    match meta {
+        serenity::MessageInteractionMetadata::Command(m) => Some(m.id),
+        serenity::MessageInteractionMetadata::Component(m) => Some(m.id),
+        serenity::MessageInteractionMetadata::ModalSubmit(m) => Some(m.id),
+        _ => None,
+    }
 }
 
 /// One pass: redacts DMs whose lifetime ran out. It runs from the database,
@@ -483,28 +615,32 @@ async fn redact_one(
     item: &str,
 ) -> Pass {
     let app = service.app_by_id(&due.app_id).await?;
-    let edit = EditMessage::new()
-        .content(redacted_text(&app))
-        .components(redacted_buttons(&app))
-        .allowed_mentions(no_pings());
-    let channel = serenity::ChannelId::new(due.channel_id.0);
-    if let Err(e) = channel
-        .edit_message(http, serenity::MessageId::new(due.message_id.0), edit)
-        .await
-    {
-        match RestFailure::of(&e) {
-            // The user deleted the DM: nothing is left to redact.
-            RestFailure::UnknownMessage => {}
-            failure => {
-                count_rest_error(&e);
+    let message = match due.answer_of {
+        None => Some(serenity::MessageId::new(due.message_id.0)),
+        Some(interaction) => match find_answer(http, due.channel_id, interaction).await {
+            Ok(Answer::Final(message)) => Some(message),
+            Ok(Answer::Never) => None,
+            Ok(Answer::NotYet) => {
+                // The answer may still come, or still get its key: later.
                 let next = service
-                    .job_failed(gate, Job::Redact, item, failure.retry())
+                    .job_failed(gate, Job::Redact, item, Retry::Backoff)
                     .await?;
-                tracing::warn!(app = %app.id, error = %e, retry_at = %next, "could not redact a DM");
-                if let Some(wait) = failure.hold() {
-                    return Ok(Some(wait));
-                }
+                tracing::debug!(app = %app.id, retry_at = %next, "a key's answer is not final yet");
                 return Ok(None);
+            }
+            Err(e) => return redaction_failed(service, gate, item, &app, &e).await,
+        },
+    };
+    if let Some(message) = message {
+        let edit = EditMessage::new()
+            .content(redacted_text(&app))
+            .components(redacted_buttons(&app))
+            .allowed_mentions(no_pings());
+        let channel = serenity::ChannelId::new(due.channel_id.0);
+        if let Err(e) = channel.edit_message(http, message, edit).await {
+            // The user deleted the DM: nothing is left to redact.
+            if RestFailure::of(&e) != RestFailure::UnknownMessage {
+                return redaction_failed(service, gate, item, &app, &e).await;
             }
         }
     }
@@ -513,4 +649,21 @@ async fn redact_one(
         .await?;
     service.job_succeeded(gate, Job::Redact, item, None).await?;
     Ok(None)
+}
+
+/// A redaction's call failed: the item backs off, and a 429 holds the queue.
+async fn redaction_failed(
+    service: &Service,
+    gate: &mut RetryGate,
+    item: &str,
+    app: &Application,
+    e: &serenity::Error,
+) -> Pass {
+    count_rest_error(e);
+    let failure = RestFailure::of(e);
+    let next = service
+        .job_failed(gate, Job::Redact, item, failure.retry())
+        .await?;
+    tracing::warn!(app = %app.id, error = %e, retry_at = %next, "could not redact a DM");
+    Ok(failure.hold())
 }

@@ -82,6 +82,11 @@ impl Screen {
     /// As the first answer: an update of the message the interaction came
     /// from (`in_place`), else a new ephemeral message; pings off either way.
     pub fn response(self, in_place: bool) -> CreateInteractionResponse {
+        self.response_to(in_place, true)
+    }
+
+    /// As [`Screen::response`]; a new message is ephemeral only if `ephemeral`.
+    fn response_to(self, in_place: bool, ephemeral: bool) -> CreateInteractionResponse {
         // As in an edit, the screen is the whole message: no embeds clears
         // the last screen's.
         let message = CreateInteractionResponseMessage::new()
@@ -93,7 +98,7 @@ impl Screen {
             // An update keeps the message's flags: a DM stays a DM.
             CreateInteractionResponse::UpdateMessage(message)
         } else {
-            CreateInteractionResponse::Message(message.ephemeral(true))
+            CreateInteractionResponse::Message(message.ephemeral(ephemeral))
         }
     }
 
@@ -135,8 +140,11 @@ fn budget_left(
 pub struct Reply<'a> {
     id: InteractionId,
     token: &'a str,
-    /// Into the message the interaction came from, else a new ephemeral one.
+    /// Into the message the interaction came from, else a new one.
     in_place: bool,
+    /// A new message is seen only by the member (and cannot be edited
+    /// after 15 minutes), unless it goes into the member's DM to stay.
+    ephemeral: bool,
 }
 
 impl<'a> Reply<'a> {
@@ -146,6 +154,7 @@ impl<'a> Reply<'a> {
             id: component.id,
             token: &component.token,
             in_place: true,
+            ephemeral: true,
         }
     }
 
@@ -156,6 +165,7 @@ impl<'a> Reply<'a> {
             id: modal.id,
             token: &modal.token,
             in_place: modal.message.is_some(),
+            ephemeral: true,
         }
     }
 
@@ -169,6 +179,17 @@ impl<'a> Reply<'a> {
         }
     }
 
+    /// Its content goes in a new message of the DM the interaction came
+    /// from, not ephemeral: the bot can still edit it (redact it) through
+    /// the channel when the interaction's token has long expired.
+    pub fn in_new_dm_message(self) -> Self {
+        Self {
+            in_place: false,
+            ephemeral: false,
+            ..self
+        }
+    }
+
     /// Acknowledges without content: a deferred update (type 6) of the
     /// message, or a deferred ephemeral message (type 5); an edit follows.
     /// A handler whose Discord calls come before its content sends this
@@ -178,7 +199,7 @@ impl<'a> Reply<'a> {
             CreateInteractionResponse::Acknowledge
         } else {
             CreateInteractionResponse::Defer(
-                CreateInteractionResponseMessage::new().ephemeral(true),
+                CreateInteractionResponseMessage::new().ephemeral(self.ephemeral),
             )
         };
         response.execute(http, (self.id, self.token)).await?;
@@ -206,13 +227,23 @@ impl<'a> Reply<'a> {
         http: &Http,
         work: impl Future<Output = BotResult<(Screen, T)>>,
     ) -> BotResult<T> {
+        Ok(self.answer_shown(http, work).await?.0)
+    }
+
+    /// As [`Reply::answer`], and whether the screen reached Discord (false
+    /// when the callback was refused: the work is done, the screen lost).
+    pub async fn answer_shown<T>(
+        self,
+        http: &Http,
+        work: impl Future<Output = BotResult<(Screen, T)>>,
+    ) -> BotResult<(T, bool)> {
         let mut work = std::pin::pin!(work);
         let budget = budget_left(*self.id.created_at(), chrono::Utc::now());
         let (screen, rest) = match tokio::time::timeout(budget, &mut work).await {
             Ok(done) => {
                 let (screen, rest) = done?;
                 let answered = screen
-                    .response(self.in_place)
+                    .response_to(self.in_place, self.ephemeral)
                     .execute(http, (self.id, self.token))
                     .await;
                 if answered.is_ok() {
@@ -231,18 +262,19 @@ impl<'a> Reply<'a> {
             }
         };
         screen.edit().execute(http, self.token).await?;
-        Ok(rest)
+        Ok((rest, true))
     }
 
     /// The work is written (a Submit's credentials exist), so its caller
     /// goes on even when the interaction could not be answered: what
     /// follows (a DM, a post) needs no interaction. Only the screen is lost.
-    fn done_anyway<T>(answered: serenity::Result<()>, rest: T) -> T {
+    fn done_anyway<T>(answered: serenity::Result<()>, rest: T) -> (T, bool) {
+        let shown = answered.is_ok();
         if let Err(e) = answered {
             count_rest_error(&e);
             tracing::warn!(error = %e, "could not answer an interaction whose work was done");
         }
-        rest
+        (rest, shown)
     }
 }
 

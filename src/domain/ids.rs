@@ -40,4 +40,6 @@ snowflake! {
     MessageId,
     /// A Discord role.
     RoleId,
+    /// A Discord interaction (a command, button press or form submission).
+    InteractionId,
 }

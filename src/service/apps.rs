@@ -9,10 +9,10 @@ use crate::domain::credentials::{
     ApiKey, ApplicationId, ClientSecret, CredentialHash, KEY_ID_PREFIX, SECRET_ID_PREFIX,
     credential_id,
 };
-use crate::domain::ids::GuildId;
+use crate::domain::ids::{ChannelId, GuildId, InteractionId, MessageId};
 use crate::domain::lifecycle::{CredentialKind, StoredCredential, next_warning};
 use crate::domain::validation::name_key;
-use crate::store::{StoreError, Tx};
+use crate::store::{DmRedaction, StoreError, Tx};
 use chrono::{DateTime, Utc};
 
 /// What Submit produced: the application and either its approval request or,
@@ -431,6 +431,31 @@ impl Service {
         id: &ApplicationId,
         actor: Actor,
     ) -> ServiceResult<IssuedKey> {
+        self.issue_key(guild, id, actor, None).await
+    }
+
+    /// As [`Service::generate_api_key`], for a key that goes out as the
+    /// answer of `interaction` in the DM `channel`: its redaction is stored
+    /// in the same write, before the answer can show the key, and keyed by
+    /// the interaction until the message is known
+    /// ([`Service::key_answer_shown`]).
+    pub async fn generate_api_key_answering(
+        &self,
+        guild: GuildId,
+        id: &ApplicationId,
+        actor: Actor,
+        answer: (ChannelId, InteractionId),
+    ) -> ServiceResult<IssuedKey> {
+        self.issue_key(guild, id, actor, Some(answer)).await
+    }
+
+    async fn issue_key(
+        &self,
+        guild: GuildId,
+        id: &ApplicationId,
+        actor: Actor,
+        answer: Option<(ChannelId, InteractionId)>,
+    ) -> ServiceResult<IssuedKey> {
         let now = self.clock.now();
         let mut tx = self.store.begin().await?;
         let mut app = self.load_app(&mut tx, guild, id).await?;
@@ -498,6 +523,17 @@ impl Service {
                 .await?;
                 tx.notify_credentials_changed(id).await?;
             }
+        }
+        if let Some((channel, interaction)) = answer {
+            tx.schedule_redaction(&DmRedaction {
+                channel_id: channel,
+                message_id: MessageId(interaction.0),
+                app_id: app.id.clone(),
+                user_id: actor.user_id,
+                due_at: now + settings.dm_lifetime,
+                answer_of: Some(interaction),
+            })
+            .await?;
         }
         tx.commit().await?;
         self.verify.invalidate_app(id);

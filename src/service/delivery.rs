@@ -5,7 +5,7 @@ use crate::domain::application::Application;
 use crate::domain::application::quoted;
 use crate::domain::audit::{AuditKind, NewAuditEvent};
 use crate::domain::credentials::ApplicationId;
-use crate::domain::ids::{ChannelId, MessageId, UserId};
+use crate::domain::ids::{ChannelId, InteractionId, MessageId, UserId};
 use crate::store::DmRedaction;
 use chrono::{DateTime, Utc};
 
@@ -36,12 +36,30 @@ impl Service {
             app_id: app.id.clone(),
             user_id: user,
             due_at: self.clock.now() + lifetime,
+            answer_of: None,
         };
         // One INSERT (an upsert): no transaction around it.
         let mut write = self.store.single(true).await?;
         write.schedule_redaction(&redaction).await?;
         write.commit().await?;
         Ok(redaction)
+    }
+
+    /// The key the answer of `interaction` carried was shown, in `message`:
+    /// its redaction now names that message, and the key counts as shown.
+    pub async fn key_answer_shown(
+        &self,
+        (channel, interaction): (ChannelId, InteractionId),
+        message: MessageId,
+        key_id: &str,
+    ) -> ServiceResult<()> {
+        let now = self.clock.now();
+        let mut tx = self.store.begin().await?;
+        // The worker may have found the message first: it is shown all the same.
+        tx.answer_found(channel, interaction, message).await?;
+        tx.mark_shown(key_id, now).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Whether a delivery DM was redacted already (None: not a scheduled DM).

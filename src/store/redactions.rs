@@ -2,7 +2,7 @@
 
 use super::{StoreError, StoreResult, Tx, claim_sql, from_ms, on_conn, to_ms};
 use crate::domain::credentials::ApplicationId;
-use crate::domain::ids::{ChannelId, MessageId, UserId};
+use crate::domain::ids::{ChannelId, InteractionId, MessageId, UserId};
 use chrono::{DateTime, Utc};
 
 const TABLE: &str = "dm_redactions";
@@ -15,6 +15,9 @@ pub struct DmRedaction {
     pub app_id: ApplicationId,
     pub user_id: UserId,
     pub due_at: DateTime<Utc>,
+    /// Set while the DM is the answer of this interaction and its message id
+    /// is not known yet: `message_id` holds the interaction's id until then.
+    pub answer_of: Option<InteractionId>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -24,18 +27,20 @@ struct RedactionRow {
     app_id: String,
     user_id: i64,
     due_at: i64,
+    interaction_id: Option<i64>,
 }
 
 impl<M> Tx<M> {
     pub async fn schedule_redaction(&mut self, r: &DmRedaction) -> StoreResult<()> {
         on_conn!(self, c => sqlx::query(
-            "INSERT INTO dm_redactions (channel_id, message_id, app_id, user_id, due_at) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (channel_id, message_id) DO UPDATE SET due_at = excluded.due_at, done_at = NULL")
+            "INSERT INTO dm_redactions (channel_id, message_id, app_id, user_id, due_at, interaction_id) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (channel_id, message_id) DO UPDATE SET due_at = excluded.due_at, done_at = NULL")
             .bind(r.channel_id.to_db())
             .bind(r.message_id.to_db())
             .bind(r.app_id.as_str())
             .bind(r.user_id.to_db())
             .bind(to_ms(r.due_at))
+            .bind(r.answer_of.map(InteractionId::to_db))
             .execute(&mut *c)
             .await?
             .rows_affected());
@@ -59,7 +64,7 @@ impl<M> Tx<M> {
 
     pub async fn due_redactions(&mut self, now: DateTime<Utc>) -> StoreResult<Vec<DmRedaction>> {
         let rows: Vec<RedactionRow> = on_conn!(self, c => sqlx::query_as(
-            "SELECT channel_id, message_id, app_id, user_id, due_at FROM dm_redactions \
+            "SELECT channel_id, message_id, app_id, user_id, due_at, interaction_id FROM dm_redactions \
              WHERE done_at IS NULL AND due_at <= $1 ORDER BY due_at")
             .bind(to_ms(now))
             .fetch_all(&mut *c)
@@ -73,6 +78,7 @@ impl<M> Tx<M> {
                         .map_err(|e| StoreError::corrupt(TABLE, e.to_string()))?,
                     user_id: UserId::from_db(r.user_id),
                     due_at: from_ms(TABLE, r.due_at)?,
+                    answer_of: r.interaction_id.map(InteractionId::from_db),
                 })
             })
             .collect()
@@ -96,6 +102,27 @@ impl<M> Tx<M> {
             .bind(channel.to_db())
             .bind(message.to_db())
             .bind(read_due.map(to_ms))
+            .execute(&mut *c)
+            .await?
+            .rows_affected());
+        Ok(n == 1)
+    }
+
+    /// The answer of `interaction` in `channel` is message `message`: its
+    /// redaction is keyed by that message from now on. False if it was
+    /// found already (by the worker, or by the handler first).
+    pub async fn answer_found(
+        &mut self,
+        channel: ChannelId,
+        interaction: InteractionId,
+        message: MessageId,
+    ) -> StoreResult<bool> {
+        let n = on_conn!(self, c => sqlx::query(
+            "UPDATE dm_redactions SET message_id = $1, interaction_id = NULL \
+             WHERE channel_id = $2 AND message_id = $3 AND interaction_id = $3")
+            .bind(message.to_db())
+            .bind(channel.to_db())
+            .bind(interaction.to_db())
             .execute(&mut *c)
             .await?
             .rows_affected());

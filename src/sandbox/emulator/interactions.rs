@@ -471,6 +471,7 @@ impl Emulator {
             id,
             Inter {
                 token: token.clone(),
+                kind,
                 user_id: user.id,
                 command,
                 submits,

@@ -27,6 +27,8 @@ pub(super) type Shard = (u32, u32);
 
 pub(super) struct Inter {
     pub(super) token: String,
+    /// Its type: 2 a command, 3 a component, 5 a modal submission.
+    pub(super) kind: u8,
     /// The member (or DM user) who made it: only they see its ephemeral messages.
     pub(super) user_id: u64,
     /// `"app create"` for a chat-input command, which the sandbox shows as "used /app create".
@@ -722,13 +724,13 @@ impl St {
         let original = match body["type"].as_u64() {
             Some(4) => {
                 let (mid, _) = self.new_message(channel_id, data, files, true);
-                self.created_by.insert(mid, id);
+                self.answers(mid, id);
                 Some(Some(mid))
             }
             Some(5) => {
                 let flags = (data["flags"].as_u64().unwrap_or(0) & EPHEMERAL) | LOADING;
                 let (mid, _) = self.new_message(channel_id, &json!({ "flags": flags }), &[], true);
-                self.created_by.insert(mid, id);
+                self.answers(mid, id);
                 Some(Some(mid))
             }
             Some(6) => Some(message_id),
@@ -767,6 +769,38 @@ impl St {
         Reply::NoContent
     }
 
+    /// Message `mid` is an answer to interaction `id`: it carries the
+    /// interaction's metadata, as Discord's do, by which a bot can find it.
+    fn answers(&mut self, mid: u64, id: u64) {
+        self.created_by.insert(mid, id);
+        if let Some(meta) = self.interaction_metadata(id)
+            && let Some(m) = self.messages.get_mut(&mid)
+        {
+            m["interaction_metadata"] = meta;
+        }
+    }
+
+    /// A message's `interaction_metadata` for interaction `id`, with the
+    /// fields Discord sends (and serenity requires) for its type.
+    fn interaction_metadata(&self, id: u64) -> Option<Value> {
+        let inter = self.interactions.get(&id)?;
+        let mut meta = json!({
+            "id": id.to_string(),
+            "type": inter.kind,
+            "user": user_json(inter.user_id, &self.user_name(inter.user_id), false),
+            "authorizing_integration_owners": {},
+        });
+        match inter.kind {
+            3 => meta["interacted_message_id"] = json!(inter.message_id?.to_string()),
+            5 => {
+                meta["triggering_interaction_metadata"] =
+                    self.interaction_metadata(inter.submits?)?
+            }
+            _ => {}
+        }
+        Some(meta)
+    }
+
     pub(super) fn followup(&mut self, token: &str, body: &Value, files: &[FilePart]) -> Reply {
         let Some((id, inter)) = self
             .tokens
@@ -792,7 +826,7 @@ impl St {
             Some(edited) => edited,
             None => {
                 let (mid, m) = self.new_message(channel_id, body, files, true);
-                self.created_by.insert(mid, id);
+                self.answers(mid, id);
                 (mid, m)
             }
         };
@@ -942,14 +976,35 @@ impl St {
             }
             ("GET", ["channels", c, "messages"]) => {
                 let c = c.parse().unwrap_or(0);
-                let limit = query
-                    .split('&')
-                    .find_map(|kv| kv.strip_prefix("limit="))
-                    .and_then(|l| l.parse().ok())
-                    .unwrap_or(50);
-                let mut msgs = self.channel_messages(c);
-                msgs.reverse();
-                msgs.truncate(limit);
+                let param = |name: &str| {
+                    query
+                        .split('&')
+                        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+                        .and_then(|v| v.parse::<u64>().ok())
+                };
+                let limit = param("limit").map_or(50, |l| l.clamp(1, 100) as usize);
+                // As Discord: the newest `limit`, or with `after` the first
+                // `limit` after that id; newest first either way.
+                let msgs: Vec<Value> = match param("after") {
+                    Some(after) => {
+                        let mut first: Vec<Value> = self
+                            .in_channel(c)
+                            .filter(|(id, m)| {
+                                *id > after && m["flags"].as_u64().unwrap_or(0) & EPHEMERAL == 0
+                            })
+                            .take(limit)
+                            .map(|(_, m)| m.clone())
+                            .collect();
+                        first.reverse();
+                        first
+                    }
+                    None => {
+                        let mut all = self.channel_messages(c);
+                        all.reverse();
+                        all.truncate(limit);
+                        all
+                    }
+                };
                 Reply::Json(200, json!(msgs))
             }
             (_, ["channels", c, "messages", mid]) => {
