@@ -135,6 +135,12 @@ async fn whole_wizard_to_the_key_then_finish_redacts(backend: Backend) {
         })
         .await;
 
+    // The key's message was learnt from its callback: its redaction (done
+    // by Finish) needed no lookup by the worker.
+    assert!(
+        !h.fake.requests().iter().any(|r| r.query.contains("after=")),
+        "the worker had to look the key's message up"
+    );
     // Secrets went to the requester only: never a guild channel, the database or a log line.
     for body in guild_channel_bodies(&h.fake) {
         assert!(!body.contains(&secret) && !body.contains(&key), "{body}");
@@ -783,18 +789,19 @@ async fn short_dm_lifetime_redacts_also_across_a_restart(backend: Backend) {
     h.close().await;
 }
 
-/// The key is the press's answer, so the bot learns its message's id only
-/// after the callback. Should it never learn it (here the lookup fails, as
-/// a crash there would leave it), the worker still finds the message by its
-/// interaction and redacts it when it falls due.
+/// The key is the press's answer, so the bot learns its message's id from
+/// the callback's response. Should it never learn it (here Discord makes
+/// the message but its response is lost; a crash would leave the same),
+/// the worker still finds the message by its interaction and redacts it
+/// when it falls due.
 async fn a_key_whose_message_the_bot_never_learned_is_still_redacted(backend: Backend) {
     let h = Harness::start_with(backend, false).await;
     dm_lifetime_of_a_second(&h).await;
     let review = to_review(&h.fake, &alice(), "Never Noted").await;
     let (dm, _, _) = submit_and_get_dm(&h, &alice(), &review).await;
-    h.fake.fail(
-        "GET",
-        "/messages/@original",
+    h.fake.fail_after_applying(
+        "POST",
+        "/callback",
         500,
         json!({ "message": "500: Internal Server Error", "code": 0 }),
         1,
@@ -817,8 +824,8 @@ async fn a_key_whose_message_the_bot_never_learned_is_still_redacted(backend: Ba
         h.fake
             .requests()
             .iter()
-            .any(|r| r.method == "GET" && r.path.ends_with("/messages/@original")),
-        "the bot asked for its answer's message (and was refused)"
+            .any(|r| r.method == "GET" && r.query.contains("after=")),
+        "the worker looked the answer up"
     );
     h.close().await;
 }

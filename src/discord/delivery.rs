@@ -395,7 +395,7 @@ pub async fn on_component(
                     .await?;
                 }
             }
-            let rows = rows_once_key_shown(bot, component, &app_id).await?;
+            let rows = rows_once_key_shown(component, &app_id);
             component
                 .edit_response(
                     &ctx.http,
@@ -444,19 +444,28 @@ fn in_dm_to_stay(component: &ComponentInteraction) -> bool {
 
 /// The credentials message's buttons once the key is shown: it loses
 /// Generate (kept until now, so a key that could not be shown can be made
-/// again); its Secret keeps its own lifetime, which the key never extends,
-/// and a message already redacted keeps no button.
-async fn rows_once_key_shown(
-    bot: &Bot,
+/// again) and keeps Finish if it had it: its Secret keeps its own
+/// lifetime, which the key never extends, and a redacted message has no
+/// Finish. Read off the message as the press found it: should its
+/// redaction come in between, a Finish on a redacted message is harmless.
+fn rows_once_key_shown(
     component: &ComponentInteraction,
     app: &ApplicationId,
-) -> BotResult<Vec<CreateActionRow>> {
-    let here = (
-        ChannelId(component.channel_id.get()),
-        MessageId(component.message.id.get()),
-    );
-    let redacted = bot.service.redaction_done(here.0, here.1).await? == Some(true);
-    Ok(if redacted { vec![] } else { finish_only(app) })
+) -> Vec<CreateActionRow> {
+    let finish = CustomId::app(app.as_str(), Action::Finish).to_string();
+    let has_finish = component.message.components.iter().any(|row| {
+        row.components.iter().any(|c| match c {
+            serenity::ActionRowComponent::Button(b) => {
+                matches!(&b.data, serenity::ButtonKind::NonLink { custom_id, .. } if *custom_id == finish)
+            }
+            _ => false,
+        })
+    });
+    if has_finish {
+        finish_only(app)
+    } else {
+        Vec::new()
+    }
 }
 
 /// Generate API Key pressed in the member's DM: the key is the press's
@@ -476,9 +485,9 @@ async fn key_as_answer(
         ChannelId(component.channel_id.get()),
         InteractionId(component.id.get()),
     );
-    let (issued, shown) = Reply::component(component)
+    let (issued, message) = Reply::component(component)
         .in_new_dm_message()
-        .answer_shown(&ctx.http, async {
+        .answer_in_message(&ctx.http, async {
             let app = bot.service.app_by_id(app_id).await?;
             let issued = bot
                 .service
@@ -489,20 +498,19 @@ async fn key_as_answer(
             Ok((Screen::new(text).components(finish_only(app_id)), issued))
         })
         .await?;
-    if !shown {
+    let Some(message) = message else {
         // Not marked shown, and Generate stays: the key can be made again.
         // Were it shown after all, its redaction is stored.
         return Ok(());
-    }
+    };
     let noted = async {
-        let message = component.get_response(&ctx.http).await?;
         bot.service
-            .key_answer_shown(answer, MessageId(message.id.get()), &issued.key_id)
+            .key_answer_shown(answer, MessageId(message.get()), &issued.key_id)
             .await?;
         BotResult::Ok(())
     };
     let buttons_dropped = async {
-        let rows = rows_once_key_shown(bot, component, app_id).await?;
+        let rows = rows_once_key_shown(component, app_id);
         component
             .channel_id
             .edit_message(

@@ -8,7 +8,7 @@ use rand::distr::{Alphanumeric, SampleString};
 use serenity::{
     Builder, ComponentInteraction, CreateActionRow, CreateAllowedMentions, CreateEmbed,
     CreateInteractionResponse, CreateInteractionResponseFollowup, CreateInteractionResponseMessage,
-    EditInteractionResponse, Http, InteractionId, ModalInteraction,
+    EditInteractionResponse, Http, InteractionId, LightMethod, ModalInteraction, Request, Route,
 };
 use std::cell::Cell;
 use std::time::Duration;
@@ -227,25 +227,37 @@ impl<'a> Reply<'a> {
         http: &Http,
         work: impl Future<Output = BotResult<(Screen, T)>>,
     ) -> BotResult<T> {
-        Ok(self.answer_shown(http, work).await?.0)
+        Ok(self.respond(http, work, false).await?.0)
     }
 
-    /// As [`Reply::answer`], and whether the screen reached Discord (false
-    /// when the callback was refused: the work is done, the screen lost).
-    pub async fn answer_shown<T>(
+    /// As [`Reply::answer`], and the message the screen went into: learnt
+    /// from the callback itself (`with_response`) or from the edit, so no
+    /// call is spent asking for it. None when the callback was refused: the
+    /// work is done, the screen lost.
+    pub async fn answer_in_message<T>(
         self,
         http: &Http,
         work: impl Future<Output = BotResult<(Screen, T)>>,
-    ) -> BotResult<(T, bool)> {
+    ) -> BotResult<(T, Option<serenity::MessageId>)> {
+        let (rest, shown) = self.respond(http, work, true).await?;
+        Ok((rest, shown.flatten()))
+    }
+
+    /// The answer, and whether it was shown: `Some(message)` if so, with
+    /// the message when `learn` asked for it.
+    async fn respond<T>(
+        self,
+        http: &Http,
+        work: impl Future<Output = BotResult<(Screen, T)>>,
+        learn: bool,
+    ) -> BotResult<(T, Option<Option<serenity::MessageId>>)> {
         let mut work = std::pin::pin!(work);
         let budget = budget_left(*self.id.created_at(), chrono::Utc::now());
         let (screen, rest) = match tokio::time::timeout(budget, &mut work).await {
             Ok(done) => {
                 let (screen, rest) = done?;
-                let answered = screen
-                    .response_to(self.in_place, self.ephemeral)
-                    .execute(http, (self.id, self.token))
-                    .await;
+                let response = screen.response_to(self.in_place, self.ephemeral);
+                let answered = self.callback(http, response, learn).await;
                 if answered.is_ok() {
                     mark_answered();
                 }
@@ -255,26 +267,68 @@ impl<'a> Reply<'a> {
                 let (deferred, done) = tokio::join!(self.defer(http), work);
                 // The work's error says more than a failed deferral.
                 let (screen, rest) = done?;
-                if deferred.is_err() {
-                    return Ok(Self::done_anyway(deferred, rest));
+                if let Err(e) = deferred {
+                    return Ok(Self::done_anyway(Err(e), rest));
                 }
                 (screen, rest)
             }
         };
-        screen.edit().execute(http, self.token).await?;
-        Ok((rest, true))
+        let edited = screen.edit().execute(http, self.token).await?;
+        Ok((rest, Some(Some(edited.id))))
+    }
+
+    /// Sends the first answer; with `learn`, asks Discord to return the
+    /// message it made or updated (`with_response`, which serenity 0.12's
+    /// builder does not ask for).
+    async fn callback(
+        self,
+        http: &Http,
+        response: CreateInteractionResponse,
+        learn: bool,
+    ) -> serenity::Result<Option<serenity::MessageId>> {
+        if !learn {
+            response.execute(http, (self.id, self.token)).await?;
+            return Ok(None);
+        }
+        #[derive(serde::Deserialize)]
+        struct Answered {
+            resource: Resource,
+        }
+        #[derive(serde::Deserialize)]
+        struct Resource {
+            message: Option<Made>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Made {
+            id: serenity::MessageId,
+        }
+        let route = Route::InteractionResponse {
+            interaction_id: self.id,
+            token: self.token,
+        };
+        let request = Request::new(route, LightMethod::Post)
+            .body(Some(serde_json::to_vec(&response)?))
+            .params(Some(vec![("with_response", "true".to_owned())]));
+        // Boxed: the call's future is large, and it sits inside every answer's.
+        let answered: Answered = Box::pin(http.fire(request)).await?;
+        Ok(answered.resource.message.map(|m| m.id))
     }
 
     /// The work is written (a Submit's credentials exist), so its caller
     /// goes on even when the interaction could not be answered: what
     /// follows (a DM, a post) needs no interaction. Only the screen is lost.
-    fn done_anyway<T>(answered: serenity::Result<()>, rest: T) -> (T, bool) {
-        let shown = answered.is_ok();
-        if let Err(e) = answered {
-            count_rest_error(&e);
-            tracing::warn!(error = %e, "could not answer an interaction whose work was done");
+    fn done_anyway<T>(
+        answered: serenity::Result<Option<serenity::MessageId>>,
+        rest: T,
+    ) -> (T, Option<Option<serenity::MessageId>>) {
+        match answered {
+            Ok(message) => (rest, Some(message)),
+            Err(e) => {
+                count_rest_error(&e);
+                tracing::warn!(error = %e, "could not answer an interaction whose work was done");
+                (rest, None)
+            }
         }
-        (rest, shown)
     }
 }
 

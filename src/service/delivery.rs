@@ -62,19 +62,6 @@ impl Service {
         Ok(())
     }
 
-    /// Whether a delivery DM was redacted already (None: not a scheduled DM).
-    pub async fn redaction_done(
-        &self,
-        channel: ChannelId,
-        message: MessageId,
-    ) -> ServiceResult<Option<bool>> {
-        // One statement: no transaction around it.
-        let mut tx = self.store.single(false).await?;
-        let done = tx.redaction_done(channel, message).await?;
-        tx.rollback().await?;
-        Ok(done)
-    }
-
     pub async fn due_redactions(&self) -> ServiceResult<Vec<DmRedaction>> {
         // One statement: no transaction around it.
         let mut tx = self.store.single(false).await?;

@@ -524,12 +524,38 @@ impl Emulator {
     /// The next `times` requests with this method whose path contains `path_contains` get
     /// `status` and `body` (and `retry-after` when the body has `retry_after`).
     pub fn fail(&self, method: &str, path_contains: &str, status: u16, body: Value, times: usize) {
+        self.push_failure(method, path_contains, status, body, times, false);
+    }
+
+    /// As [`Emulator::fail`], but each call is carried out before it fails:
+    /// Discord did it, and its answer was lost on the way to the bot.
+    pub fn fail_after_applying(
+        &self,
+        method: &str,
+        path_contains: &str,
+        status: u16,
+        body: Value,
+        times: usize,
+    ) {
+        self.push_failure(method, path_contains, status, body, times, true);
+    }
+
+    fn push_failure(
+        &self,
+        method: &str,
+        path_contains: &str,
+        status: u16,
+        body: Value,
+        remaining: usize,
+        applied: bool,
+    ) {
         self.lock().failures.push(Failure {
             method: method.to_uppercase(),
             path_contains: path_contains.to_owned(),
             status,
             body,
-            remaining: times,
+            remaining,
+            applied,
         });
     }
 

@@ -117,7 +117,12 @@ pub(super) async fn rest_route(
             None
         } else {
             Some(match st.take_failure(method.as_str(), &path) {
-                Some((status, body)) => Err((status, body)),
+                Some((status, body, applied)) => {
+                    if applied {
+                        st.route(&method, &path, &query, &json_body, &files);
+                    }
+                    Err((status, body))
+                }
                 None => Ok(st.route(&method, &path, &query, &json_body, &files)),
             })
         }

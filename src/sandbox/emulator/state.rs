@@ -85,6 +85,9 @@ pub(super) struct Failure {
     pub(super) status: u16,
     pub(super) body: Value,
     pub(super) remaining: usize,
+    /// The call is carried out before it fails: Discord did it, but its
+    /// answer never reached the bot.
+    pub(super) applied: bool,
 }
 
 pub(super) struct FilePart {
@@ -290,13 +293,14 @@ impl St {
         json!(id.to_string())
     }
 
-    pub(super) fn take_failure(&mut self, method: &str, path: &str) -> Option<(u16, Value)> {
+    /// The failure this call gets, and whether it is carried out first.
+    pub(super) fn take_failure(&mut self, method: &str, path: &str) -> Option<(u16, Value, bool)> {
         let f = self
             .failures
             .iter_mut()
             .find(|f| f.remaining > 0 && f.method == method && path.contains(&f.path_contains))?;
         f.remaining -= 1;
-        Some((f.status, f.body.clone()))
+        Some((f.status, f.body.clone(), f.applied))
     }
 
     pub(super) fn attachments_for(
@@ -694,6 +698,7 @@ impl St {
         token: &str,
         body: &Value,
         files: &[FilePart],
+        with_response: bool,
     ) -> Reply {
         let Some((id, inter)) = id
             .parse()
@@ -766,7 +771,19 @@ impl St {
             inter.shown_at = inter.answered_at;
         }
         inter.answered.notify_waiters();
-        Reply::NoContent
+        if !with_response {
+            return Reply::NoContent;
+        }
+        // The interaction callback response: the message the callback made
+        // or updated, if any.
+        let message = inter.original.and_then(|o| self.messages.get(&o).cloned());
+        Reply::Json(
+            200,
+            json!({
+                "interaction": { "id": id.to_string(), "type": self.interactions.get(&id).map(|i| i.kind) },
+                "resource": { "type": body["type"], "message": message },
+            }),
+        )
     }
 
     /// Message `mid` is an answer to interaction `id`: it carries the
@@ -948,7 +965,8 @@ impl St {
                 ),
             ),
             ("POST", ["interactions", id, token, "callback"]) => {
-                self.interaction_callback(id, token, body, files)
+                let with_response = query.split('&').any(|kv| kv == "with_response=true");
+                self.interaction_callback(id, token, body, files, with_response)
             }
             ("POST", ["webhooks", _, token]) => self.followup(token, body, files),
             (_, ["webhooks", _, token, "messages", which]) => {
