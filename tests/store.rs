@@ -7,7 +7,7 @@ use keygate::domain::approval::{ApprovalError, RequestStatus};
 use keygate::domain::audit::{AuditKind, NewAuditEvent};
 use keygate::domain::catalog::ScopeCatalog;
 use keygate::domain::credentials::{API_KEY_PREFIX, ApiKey, ApplicationId, ClientSecret};
-use keygate::domain::ids::{ChannelId, GuildId, MessageId};
+use keygate::domain::ids::{ChannelId, GuildId, InteractionId, MessageId};
 use keygate::domain::settings::GuildSettings;
 use keygate::domain::validation::{AppForm, Field};
 use keygate::domain::verification::{Expectations, VerifyCode};
@@ -21,6 +21,7 @@ use std::str::FromStr;
 use support::*;
 
 on_both_stores!(
+    an_answer_redaction_is_keyed_by_its_message_once_found,
     migrations_are_idempotent_and_start_empty,
     whole_flow_without_approval,
     fifty_concurrent_key_generations_make_one_key,
@@ -1416,6 +1417,70 @@ async fn audit_log_is_append_only_and_outbox_posts_once(db: &TestDb) {
         (AuditKind::DmRedacted, None, "redacted a DM")
     );
     assert_eq!(back.created_at, db.clock.now());
+}
+
+/// A key that answered an interaction is scheduled under the interaction's
+/// id, then keyed by its message once that is known, lease cleared, once.
+async fn an_answer_redaction_is_keyed_by_its_message_once_found(db: &TestDb) {
+    let (app, _) = active_app(db, "Answered").await;
+    let now = db.clock.now();
+    let interaction = InteractionId(700);
+    let mut tx = db.store.begin().await.unwrap();
+    tx.schedule_redaction(&DmRedaction {
+        channel_id: ChannelId(10),
+        message_id: MessageId(interaction.0),
+        app_id: app.clone(),
+        user_id: ALICE,
+        due_at: now,
+        answer_of: Some(interaction),
+    })
+    .await
+    .unwrap();
+    let lease = now + chrono::TimeDelta::seconds(60);
+    assert!(
+        tx.claim_redaction(ChannelId(10), MessageId(700), now, lease)
+            .await
+            .unwrap()
+    );
+    let due = tx.due_redactions(now).await.unwrap();
+    assert_eq!(
+        (due.len(), due[0].answer_of, due[0].message_id),
+        (1, Some(interaction), MessageId(700))
+    );
+    // An id that is not the answer's interaction re-keys nothing.
+    assert!(
+        !tx.answer_found(ChannelId(10), InteractionId(701), MessageId(900))
+            .await
+            .unwrap()
+    );
+    assert!(
+        tx.answer_found(ChannelId(10), interaction, MessageId(900))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !tx.answer_found(ChannelId(10), interaction, MessageId(901))
+            .await
+            .unwrap(),
+        "found once"
+    );
+    let due = tx.due_redactions(now).await.unwrap();
+    assert_eq!(
+        (due.len(), due[0].answer_of, due[0].message_id),
+        (1, None, MessageId(900))
+    );
+    // The old key's lease went with it: the row can be claimed at once.
+    assert!(
+        tx.claim_redaction(ChannelId(10), MessageId(900), now, lease)
+            .await
+            .unwrap()
+    );
+    assert!(
+        tx.mark_redacted(ChannelId(10), MessageId(900), Some(now), now)
+            .await
+            .unwrap()
+    );
+    tx.commit().await.unwrap();
 }
 
 async fn redactions_are_scheduled_and_done_once(db: &TestDb) {

@@ -29,6 +29,7 @@ end_to_end_on_both_stores!(
     another_user_cannot_drive_the_wizard,
     short_dm_lifetime_redacts_also_across_a_restart,
     a_key_whose_message_the_bot_never_learned_is_still_redacted,
+    a_finish_whose_answer_fails_still_redacts,
     user_text_never_pings,
     list_show_and_autocomplete,
     only_creators_may_start_the_wizard,
@@ -135,12 +136,16 @@ async fn whole_wizard_to_the_key_then_finish_redacts(backend: Backend) {
         })
         .await;
 
-    // The key's message was learnt from its callback: its redaction (done
-    // by Finish) needed no lookup by the worker.
-    assert!(
-        !h.fake.requests().iter().any(|r| r.query.contains("after=")),
-        "the worker had to look the key's message up"
-    );
+    // The key's message was learnt from its callback: its redaction is
+    // keyed by it, and Finish marked it done.
+    let rows =
+        h.db.text_pairs(
+            "SELECT CAST(message_id AS TEXT), CAST(interaction_id AS TEXT) FROM dm_redactions \
+             WHERE done_at IS NOT NULL",
+        )
+        .await;
+    let key_message = with_key["id"].as_str().unwrap().to_owned();
+    assert!(rows.contains(&(key_message, None)), "{rows:?}");
     // Secrets went to the requester only: never a guild channel, the database or a log line.
     for body in guild_channel_bodies(&h.fake) {
         assert!(!body.contains(&secret) && !body.contains(&key), "{body}");
@@ -799,13 +804,11 @@ async fn a_key_whose_message_the_bot_never_learned_is_still_redacted(backend: Ba
     dm_lifetime_of_a_second(&h).await;
     let review = to_review(&h.fake, &alice(), "Never Noted").await;
     let (dm, _, _) = submit_and_get_dm(&h, &alice(), &review).await;
-    h.fake.fail_after_applying(
-        "POST",
-        "/callback",
-        500,
-        json!({ "message": "500: Internal Server Error", "code": 0 }),
-        1,
-    );
+    h.fake
+        .fail_after_applying("POST", "/callback", 500, server_error(), 1);
+    // …and so is the one question the bot asks after a lost answer.
+    h.fake
+        .fail("GET", "/messages/@original", 500, server_error(), 1);
     let (key_dm, key) = generate_key_in_dm(&h.fake, &alice(), &dm).await;
     let user = alice().id;
     h.fake
@@ -827,6 +830,37 @@ async fn a_key_whose_message_the_bot_never_learned_is_still_redacted(backend: Ba
             .any(|r| r.method == "GET" && r.query.contains("after=")),
         "the worker looked the answer up"
     );
+    h.close().await;
+}
+
+/// Discord's body of a 500.
+fn server_error() -> Value {
+    json!({ "message": "500: Internal Server Error", "code": 0 })
+}
+
+/// The next interaction callback gets a 500, and is not carried out.
+fn the_next_callback_fails(fake: &FakeDiscord) {
+    fake.fail("POST", "/callback", 500, server_error(), 1);
+}
+
+/// Finish's own edit is what removes the secrets; when Discord refuses it,
+/// the redaction is not marked done but left, due now, to the worker.
+async fn a_finish_whose_answer_fails_still_redacts(backend: Backend) {
+    let h = Harness::start_with(backend, false).await;
+    let review = to_review(&h.fake, &alice(), "Refused Finish").await;
+    let (dm, _, secret) = submit_and_get_dm(&h, &alice(), &review).await;
+    the_next_callback_fails(&h.fake);
+    h.fake
+        .press_button_in_dm(&alice(), &dm, &component(&dm, "finish"))
+        .await;
+    let user = alice().id;
+    h.fake
+        .wait_until("the Secret's DM is redacted all the same", |f| {
+            f.dm_messages(user)
+                .iter()
+                .all(|m| !text(m).contains(&secret))
+        })
+        .await;
     h.close().await;
 }
 
@@ -1068,13 +1102,7 @@ async fn a_wizard_key_verifies_over_http_for_its_app_only(backend: Backend) {
 async fn a_submit_whose_answer_fails_still_delivers_the_credentials(backend: Backend) {
     let h = Harness::start_with(backend, false).await;
     let review = to_review(&h.fake, &alice(), "Lost Answer").await;
-    h.fake.fail(
-        "POST",
-        "/callback",
-        500,
-        json!({ "message": "500: Internal Server Error", "code": 0 }),
-        1,
-    );
+    the_next_callback_fails(&h.fake);
     h.fake
         .press_button(&alice(), &review, &component(&review, "submit"))
         .await;

@@ -4,7 +4,7 @@ use super::Bot;
 use super::custom_id::{Action, CustomId};
 use super::error::{BotResult, stale};
 use super::render::code;
-use super::reply::{Reply, RestFailure, Screen, count_rest_error, no_pings};
+use super::reply::{Answered, Reply, RestFailure, Screen, count_rest_error, no_pings};
 use crate::domain::application::{AppStatus, Application};
 use crate::domain::credentials::ApplicationId;
 use crate::domain::ids::{ChannelId, InteractionId, MessageId, UserId};
@@ -12,6 +12,7 @@ use crate::domain::retry::Job;
 use crate::runtime::{Pass, claimed};
 use crate::service::{
     Actor, Claim, IssuedCredentials, NewCredential, Retry, RetryGate, Rotated, Service, grace_text,
+    redaction_item,
 };
 use crate::store::DmRedaction;
 use chrono::{DateTime, TimeDelta, Utc};
@@ -404,8 +405,8 @@ pub async fn on_component(
                 .await?;
         }
         Action::Finish => {
-            let app = Reply::component(component)
-                .answer(&ctx.http, async {
+            let (app, answered) = Reply::component(component)
+                .answer_shown(&ctx.http, async {
                     let app = bot.service.app_by_id(&app_id).await?;
                     let app = bot.service.finish(app.guild_id, &app_id, actor).await?;
                     let message =
@@ -413,6 +414,11 @@ pub async fn on_component(
                     Ok((message, app))
                 })
                 .await?;
+            if answered == Answered::Refused {
+                // The edit may not have removed anything: the worker
+                // redacts the message, due now.
+                return Ok(());
+            }
             bot.service
                 .complete_redaction(
                     &app,
@@ -498,10 +504,22 @@ async fn key_as_answer(
             Ok((Screen::new(text).components(finish_only(app_id)), issued))
         })
         .await?;
-    let Some(message) = message else {
-        // Not marked shown, and Generate stays: the key can be made again.
-        // Were it shown after all, its redaction is stored.
-        return Ok(());
+    let message = match message {
+        Answered::Shown(Some(message)) => message,
+        // Discord did not say which message, or its answer was lost on the
+        // way (it may have made the message all the same): asked once.
+        Answered::Shown(None) | Answered::Refused => {
+            match component.get_response(&ctx.http).await {
+                Ok(m) => m.id,
+                Err(e) => {
+                    // Not marked shown, and Generate stays: the key can be made
+                    // again. Were it shown after all, its redaction is stored.
+                    count_rest_error(&e);
+                    tracing::warn!(error = %e, "a key's answer could not be found");
+                    return Ok(());
+                }
+            }
+        }
     };
     let noted = async {
         bot.service
@@ -532,8 +550,9 @@ async fn key_as_answer(
 }
 
 /// How long Discord lets an interaction's answer be edited through its
-/// token: a deferred answer can get its content until then, no later.
-const ANSWER_EDITABLE: TimeDelta = TimeDelta::minutes(15);
+/// token (15 minutes: a deferred answer can get its content until then),
+/// with a minute for a clock of ours that runs ahead of Discord's.
+const ANSWER_EDITABLE: TimeDelta = TimeDelta::minutes(16);
 
 /// What became of an interaction's answer, to its redaction.
 enum Answer {
@@ -559,11 +578,15 @@ async fn find_answer(
     let messages = http
         .get_messages(serenity::ChannelId::new(channel.0), Some(after), Some(100))
         .await?;
-    let answer = messages.into_iter().find(|m| {
-        m.interaction_metadata
-            .as_deref()
-            .is_some_and(|meta| answered_by(meta) == Some(id))
-    });
+    // The first one: the answer itself, not a follow-up of it.
+    let answer = messages
+        .into_iter()
+        .filter(|m| {
+            m.interaction_metadata
+                .as_deref()
+                .is_some_and(|meta| answered_by(meta) == Some(id))
+        })
+        .min_by_key(|m| m.id);
     let settled = Utc::now() - *id.created_at() > ANSWER_EDITABLE;
     let loading = |m: &serenity::Message| {
         m.flags
@@ -596,7 +619,7 @@ pub async fn redact_due(http: &Http, service: &Service) -> Pass {
     }
     let mut gate = service.retry_gate(Job::Redact).await?;
     for due in due {
-        let item = format!("{}:{}", due.channel_id, due.message_id);
+        let item = redaction_item(due.channel_id, due.message_id);
         if !gate.may_try(&item, None) {
             continue;
         }
@@ -624,10 +647,14 @@ async fn redact_one(
 ) -> Pass {
     let app = service.app_by_id(&due.app_id).await?;
     let message = match due.answer_of {
-        None => Some(serenity::MessageId::new(due.message_id.0)),
+        None => serenity::MessageId::new(due.message_id.0),
         Some(interaction) => match find_answer(http, due.channel_id, interaction).await {
-            Ok(Answer::Final(message)) => Some(message),
-            Ok(Answer::Never) => None,
+            Ok(Answer::Final(message)) => message,
+            Ok(Answer::Never) => {
+                service.redaction_moot(due).await?;
+                service.job_succeeded(gate, Job::Redact, item, None).await?;
+                return Ok(None);
+            }
             Ok(Answer::NotYet) => {
                 // The answer may still come, or still get its key: later.
                 let next = service
@@ -639,17 +666,15 @@ async fn redact_one(
             Err(e) => return redaction_failed(service, gate, item, &app, &e).await,
         },
     };
-    if let Some(message) = message {
-        let edit = EditMessage::new()
-            .content(redacted_text(&app))
-            .components(redacted_buttons(&app))
-            .allowed_mentions(no_pings());
-        let channel = serenity::ChannelId::new(due.channel_id.0);
-        if let Err(e) = channel.edit_message(http, message, edit).await {
-            // The user deleted the DM: nothing is left to redact.
-            if RestFailure::of(&e) != RestFailure::UnknownMessage {
-                return redaction_failed(service, gate, item, &app, &e).await;
-            }
+    let edit = EditMessage::new()
+        .content(redacted_text(&app))
+        .components(redacted_buttons(&app))
+        .allowed_mentions(no_pings());
+    let channel = serenity::ChannelId::new(due.channel_id.0);
+    if let Err(e) = channel.edit_message(http, message, edit).await {
+        // The user deleted the DM: nothing is left to redact.
+        if RestFailure::of(&e) != RestFailure::UnknownMessage {
+            return redaction_failed(service, gate, item, &app, &e).await;
         }
     }
     service

@@ -230,27 +230,34 @@ impl<'a> Reply<'a> {
         Ok(self.respond(http, work, false).await?.0)
     }
 
-    /// As [`Reply::answer`], and the message the screen went into: learnt
-    /// from the callback itself (`with_response`) or from the edit, so no
-    /// call is spent asking for it. None when the callback was refused: the
-    /// work is done, the screen lost.
+    /// As [`Reply::answer`], and what became of the screen.
+    pub async fn answer_shown<T>(
+        self,
+        http: &Http,
+        work: impl Future<Output = BotResult<(Screen, T)>>,
+    ) -> BotResult<(T, Answered)> {
+        self.respond(http, work, false).await
+    }
+
+    /// As [`Reply::answer_shown`], with the message the screen went into:
+    /// learnt from the callback itself (`with_response`) or from the edit,
+    /// so no call is spent asking for it.
     pub async fn answer_in_message<T>(
         self,
         http: &Http,
         work: impl Future<Output = BotResult<(Screen, T)>>,
-    ) -> BotResult<(T, Option<serenity::MessageId>)> {
-        let (rest, shown) = self.respond(http, work, true).await?;
-        Ok((rest, shown.flatten()))
+    ) -> BotResult<(T, Answered)> {
+        self.respond(http, work, true).await
     }
 
-    /// The answer, and whether it was shown: `Some(message)` if so, with
-    /// the message when `learn` asked for it.
+    /// The answer, and what became of it; the message only when `learn`
+    /// asked for it.
     async fn respond<T>(
         self,
         http: &Http,
         work: impl Future<Output = BotResult<(Screen, T)>>,
         learn: bool,
-    ) -> BotResult<(T, Option<Option<serenity::MessageId>>)> {
+    ) -> BotResult<(T, Answered)> {
         let mut work = std::pin::pin!(work);
         let budget = budget_left(*self.id.created_at(), chrono::Utc::now());
         let (screen, rest) = match tokio::time::timeout(budget, &mut work).await {
@@ -274,7 +281,7 @@ impl<'a> Reply<'a> {
             }
         };
         let edited = screen.edit().execute(http, self.token).await?;
-        Ok((rest, Some(Some(edited.id))))
+        Ok((rest, Answered::Shown(Some(edited.id))))
     }
 
     /// Sends the first answer; with `learn`, asks Discord to return the
@@ -290,18 +297,6 @@ impl<'a> Reply<'a> {
             response.execute(http, (self.id, self.token)).await?;
             return Ok(None);
         }
-        #[derive(serde::Deserialize)]
-        struct Answered {
-            resource: Resource,
-        }
-        #[derive(serde::Deserialize)]
-        struct Resource {
-            message: Option<Made>,
-        }
-        #[derive(serde::Deserialize)]
-        struct Made {
-            id: serenity::MessageId,
-        }
         let route = Route::InteractionResponse {
             interaction_id: self.id,
             token: self.token,
@@ -310,8 +305,12 @@ impl<'a> Reply<'a> {
             .body(Some(serde_json::to_vec(&response)?))
             .params(Some(vec![("with_response", "true".to_owned())]));
         // Boxed: the call's future is large, and it sits inside every answer's.
-        let answered: Answered = Box::pin(http.fire(request)).await?;
-        Ok(answered.resource.message.map(|m| m.id))
+        let answered: serde_json::Value = Box::pin(http.fire(request)).await?;
+        // Any 2xx is an answer given, whatever its body says.
+        let id = answered["resource"]["message"]["id"].as_str();
+        Ok(id
+            .and_then(|id| id.parse().ok())
+            .map(serenity::MessageId::new))
     }
 
     /// The work is written (a Submit's credentials exist), so its caller
@@ -320,16 +319,26 @@ impl<'a> Reply<'a> {
     fn done_anyway<T>(
         answered: serenity::Result<Option<serenity::MessageId>>,
         rest: T,
-    ) -> (T, Option<Option<serenity::MessageId>>) {
+    ) -> (T, Answered) {
         match answered {
-            Ok(message) => (rest, Some(message)),
+            Ok(message) => (rest, Answered::Shown(message)),
             Err(e) => {
                 count_rest_error(&e);
                 tracing::warn!(error = %e, "could not answer an interaction whose work was done");
-                (rest, None)
+                (rest, Answered::Refused)
             }
         }
     }
+}
+
+/// What became of an answer's screen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answered {
+    /// Discord refused the callback, or its response was lost: the work is
+    /// done, and the screen may or may not be there.
+    Refused,
+    /// Shown; in this message, when the answer asked Discord which.
+    Shown(Option<serenity::MessageId>),
 }
 
 /// What a message's content holds.

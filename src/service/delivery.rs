@@ -6,8 +6,14 @@ use crate::domain::application::quoted;
 use crate::domain::audit::{AuditKind, NewAuditEvent};
 use crate::domain::credentials::ApplicationId;
 use crate::domain::ids::{ChannelId, InteractionId, MessageId, UserId};
+use crate::domain::retry::Job;
 use crate::store::DmRedaction;
 use chrono::{DateTime, Utc};
+
+/// A redaction's item in the redaction worker's retries.
+pub fn redaction_item(channel: ChannelId, message: MessageId) -> String {
+    format!("{channel}:{message}")
+}
 
 impl Service {
     /// One application by its ID, whatever the guild: a DM button knows only the app.
@@ -56,9 +62,26 @@ impl Service {
         let now = self.clock.now();
         let mut tx = self.store.begin().await?;
         // The worker may have found the message first: it is shown all the same.
-        tx.answer_found(channel, interaction, message).await?;
+        if tx.answer_found(channel, interaction, message).await? {
+            // A lookup that found no answer yet backed off under the old key.
+            let old = redaction_item(channel, MessageId(interaction.0));
+            tx.clear_retry(Job::Redact, &old).await?;
+        }
         tx.mark_shown(key_id, now).await?;
         tx.commit().await?;
+        Ok(())
+    }
+
+    /// A scheduled DM with nothing left to redact (no answer was ever made
+    /// there): done, with no audit event, since nothing was removed.
+    pub async fn redaction_moot(&self, r: &DmRedaction) -> ServiceResult<()> {
+        let now = self.clock.now();
+        // One UPDATE: no transaction around it.
+        let mut write = self.store.single(true).await?;
+        write
+            .mark_redacted(r.channel_id, r.message_id, Some(r.due_at), now)
+            .await?;
+        write.commit().await?;
         Ok(())
     }
 

@@ -14,6 +14,7 @@ mod wizard;
 pub use apps::{ApproveOutcome, IssuedCredentials, IssuedKey, Submitted};
 pub use audit::{AuditPost, HistoryPage, POST_LEASE};
 pub use clock::Clock;
+pub use delivery::redaction_item;
 pub use lifecycle::{ClaimedWarning, NewCredential, Rotated, RotationPlan, grace_text};
 pub use requests::Stalled;
 pub use retries::{ChannelUse, Claim, Lease, Retry, RetryGate};

@@ -109,8 +109,10 @@ impl<M> Tx<M> {
     }
 
     /// The answer of `interaction` in `channel` is message `message`: its
-    /// redaction is keyed by that message from now on. False if it was
-    /// found already (by the worker, or by the handler first).
+    /// redaction is keyed by that message from now on, and a worker's lease
+    /// taken under the old key lapses with it (the worker's own release
+    /// and done mark, by the old key, find nothing). False if it was found
+    /// already.
     pub async fn answer_found(
         &mut self,
         channel: ChannelId,
@@ -118,7 +120,7 @@ impl<M> Tx<M> {
         message: MessageId,
     ) -> StoreResult<bool> {
         let n = on_conn!(self, c => sqlx::query(
-            "UPDATE dm_redactions SET message_id = $1, interaction_id = NULL \
+            "UPDATE dm_redactions SET message_id = $1, interaction_id = NULL, lease_until = NULL \
              WHERE channel_id = $2 AND message_id = $3 AND interaction_id = $3")
             .bind(message.to_db())
             .bind(channel.to_db())
