@@ -782,7 +782,7 @@ async fn history_lists_an_apps_events_newest_first_in_pages(backend: Backend) {
     };
     for _ in 0..12 {
         h.service
-            .finish(GUILD, &guild_app.id, Actor::member(UserId(alice().id)))
+            .finish(&guild_app.id, Actor::member(UserId(alice().id)))
             .await
             .unwrap();
     }

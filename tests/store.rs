@@ -108,9 +108,7 @@ async fn whole_flow_without_approval(db: &TestDb) {
             .await,
         Err(ServiceError::KeyAlreadyGenerated)
     ));
-    svc.finish(GUILD, &app.id, Actor::member(ALICE))
-        .await
-        .unwrap();
+    svc.finish(&app.id, Actor::member(ALICE)).await.unwrap();
 
     let verdict = svc
         .verify_key(issued.key.expose(), &Expectations::default())
@@ -1511,10 +1509,7 @@ async fn redactions_are_scheduled_and_done_once(db: &TestDb) {
     tx.commit().await.unwrap();
 
     // Finish brings every pending redaction of the app forward to now.
-    db.service
-        .finish(GUILD, &app, Actor::member(ALICE))
-        .await
-        .unwrap();
+    db.service.finish(&app, Actor::member(ALICE)).await.unwrap();
     let mut tx = db.store.begin().await.unwrap();
     let due = tx.due_redactions(now).await.unwrap();
     assert_eq!(due.len(), 2);

@@ -407,8 +407,7 @@ pub async fn on_component(
         Action::Finish => {
             let (app, answered) = Reply::component(component)
                 .answer_shown(&ctx.http, async {
-                    let app = bot.service.app_by_id(&app_id).await?;
-                    let app = bot.service.finish(app.guild_id, &app_id, actor).await?;
+                    let app = bot.service.finish(&app_id, actor).await?;
                     let message =
                         Screen::new(redacted_text(&app)).components(redacted_buttons(&app));
                     Ok((message, app))

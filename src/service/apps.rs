@@ -547,15 +547,12 @@ impl Service {
     }
 
     /// The requester is done with the delivered secrets: redact them now.
-    pub async fn finish(
-        &self,
-        guild: GuildId,
-        id: &ApplicationId,
-        actor: Actor,
-    ) -> ServiceResult<Application> {
+    pub async fn finish(&self, id: &ApplicationId, actor: Actor) -> ServiceResult<Application> {
         let now = self.clock.now();
         let mut tx = self.store.begin().await?;
-        let app = self.load_app(&mut tx, guild, id).await?;
+        // By its ID alone: Finish is a DM's button, which knows only the
+        // app; its owner is who may press it.
+        let app = tx.app_by_id(id).await?.ok_or(ServiceError::AppNotFound)?;
         if app.owner_id != actor.user_id {
             return Err(ServiceError::NotOwner);
         }
