@@ -493,10 +493,9 @@ async fn key_as_answer(
     let (issued, message) = Reply::component(component)
         .in_new_dm_message()
         .answer_in_message(&ctx.http, async {
-            let app = bot.service.app_by_id(app_id).await?;
             let issued = bot
                 .service
-                .generate_api_key_answering(app.guild_id, app_id, actor, answer)
+                .generate_api_key_answering(app_id, actor, answer)
                 .await?;
             let note = shown_once(issued.dm_lifetime);
             let text = key_text(&issued.app, issued.key.expose(), issued.expires_at, &note);
@@ -509,7 +508,9 @@ async fn key_as_answer(
         // way (it may have made the message all the same): asked once.
         Answered::Shown(None) | Answered::Refused => {
             match component.get_response(&ctx.http).await {
-                Ok(m) => m.id,
+                Ok(m) if !is_loading(&m) => m.id,
+                // A deferral Discord made, whose content never came: no key there.
+                Ok(_) => return Ok(()),
                 Err(e) => {
                     // Not marked shown, and Generate stays: the key can be made
                     // again. Were it shown after all, its redaction is stored.
@@ -520,13 +521,14 @@ async fn key_as_answer(
             }
         }
     };
-    let noted = async {
+    // The member has the key: what is left is bookkeeping, and a failure
+    // there is logged, not shown. A key not noted is still redacted, by the
+    // worker finding its message by the interaction; Generate goes only once
+    // the key is noted as shown.
+    let bookkeeping = async {
         bot.service
             .key_answer_shown(answer, MessageId(message.get()), &issued.key_id)
             .await?;
-        BotResult::Ok(())
-    };
-    let buttons_dropped = async {
         let rows = rows_once_key_shown(component, app_id);
         component
             .channel_id
@@ -538,12 +540,8 @@ async fn key_as_answer(
             .await?;
         BotResult::Ok(())
     };
-    // The member has the key: what is left is bookkeeping, and a failure
-    // there is logged, not shown. A key not noted is still redacted, by the
-    // worker finding its message by the interaction.
-    let (noted, dropped) = tokio::join!(noted, buttons_dropped);
-    if let Err(e) = noted.and(dropped) {
-        tracing::warn!(error = %e, "a key was shown, but its message could not be noted or the Generate button dropped");
+    if let Err(e) = bookkeeping.await {
+        tracing::warn!(error = %e, "a key was shown, but could not be noted or its Generate button dropped");
     }
     Ok(())
 }
@@ -569,42 +567,44 @@ async fn find_answer(
     http: &Http,
     channel: ChannelId,
     interaction: InteractionId,
+    now: DateTime<Utc>,
 ) -> serenity::Result<Answer> {
-    let id = serenity::InteractionId::new(interaction.0);
     // The answer was made right after the interaction: among the first
-    // messages after it, whatever the member wrote since.
-    let after = serenity::MessagePagination::After(serenity::MessageId::new(interaction.0));
-    let messages = http
-        .get_messages(serenity::ChannelId::new(channel.0), Some(after), Some(100))
-        .await?;
+    // messages after it, whatever the member wrote since. Read as plain
+    // JSON: one message serenity cannot parse must not hide the answer.
+    let route = serenity::Route::ChannelMessages {
+        channel_id: serenity::ChannelId::new(channel.0),
+    };
+    let request = serenity::Request::new(route, serenity::LightMethod::Get).params(Some(vec![
+        ("after", interaction.0.to_string()),
+        ("limit", "100".to_owned()),
+    ]));
+    let messages: Vec<serde_json::Value> = http.fire(request).await?;
+    let wanted = interaction.0.to_string();
+    let loading_flag = serenity::MessageFlags::LOADING.bits();
     // The first one: the answer itself, not a follow-up of it.
     let answer = messages
-        .into_iter()
-        .filter(|m| {
-            m.interaction_metadata
-                .as_deref()
-                .is_some_and(|meta| answered_by(meta) == Some(id))
+        .iter()
+        .filter(|m| m["interaction_metadata"]["id"].as_str() == Some(wanted.as_str()))
+        .filter_map(|m| {
+            let id = m["id"].as_str()?.parse::<std::num::NonZeroU64>().ok()?;
+            let loading = m["flags"].as_u64().unwrap_or(0) & loading_flag != 0;
+            Some((serenity::MessageId::from(id), loading))
         })
-        .min_by_key(|m| m.id);
-    let settled = Utc::now() - *id.created_at() > ANSWER_EDITABLE;
-    let loading = |m: &serenity::Message| {
-        m.flags
-            .is_some_and(|f| f.contains(serenity::MessageFlags::LOADING))
-    };
+        .min_by_key(|(id, _)| *id);
+    let created = *serenity::InteractionId::new(interaction.0).created_at();
+    let settled = now - created > ANSWER_EDITABLE;
     Ok(match answer {
-        Some(m) if settled || !loading(&m) => Answer::Final(m.id),
-        None if settled => Answer::Never,
+        Some((id, false)) => Answer::Final(id),
+        // Still loading when no edit can come any more: it never held a key.
+        Some((_, true)) | None if settled => Answer::Never,
         _ => Answer::NotYet,
     })
 }
 
-fn answered_by(meta: &serenity::MessageInteractionMetadata) -> Option<serenity::InteractionId> {
-    match meta {
-        serenity::MessageInteractionMetadata::Command(m) => Some(m.id),
-        serenity::MessageInteractionMetadata::Component(m) => Some(m.id),
-        serenity::MessageInteractionMetadata::ModalSubmit(m) => Some(m.id),
-        _ => None,
-    }
+fn is_loading(m: &serenity::Message) -> bool {
+    m.flags
+        .is_some_and(|f| f.contains(serenity::MessageFlags::LOADING))
 }
 
 /// One pass: redacts DMs whose lifetime ran out. It runs from the database,
@@ -647,23 +647,25 @@ async fn redact_one(
     let app = service.app_by_id(&due.app_id).await?;
     let message = match due.answer_of {
         None => serenity::MessageId::new(due.message_id.0),
-        Some(interaction) => match find_answer(http, due.channel_id, interaction).await {
-            Ok(Answer::Final(message)) => message,
-            Ok(Answer::Never) => {
-                service.redaction_moot(due).await?;
-                service.job_succeeded(gate, Job::Redact, item, None).await?;
-                return Ok(None);
+        Some(interaction) => {
+            match find_answer(http, due.channel_id, interaction, service.now()).await {
+                Ok(Answer::Final(message)) => message,
+                Ok(Answer::Never) => {
+                    service.redaction_moot(due).await?;
+                    service.job_succeeded(gate, Job::Redact, item, None).await?;
+                    return Ok(None);
+                }
+                Ok(Answer::NotYet) => {
+                    // The answer may still come, or still get its key: later.
+                    let next = service
+                        .job_failed(gate, Job::Redact, item, Retry::Backoff)
+                        .await?;
+                    tracing::debug!(app = %app.id, retry_at = %next, "a key's answer is not final yet");
+                    return Ok(None);
+                }
+                Err(e) => return redaction_failed(service, gate, item, &app, &e).await,
             }
-            Ok(Answer::NotYet) => {
-                // The answer may still come, or still get its key: later.
-                let next = service
-                    .job_failed(gate, Job::Redact, item, Retry::Backoff)
-                    .await?;
-                tracing::debug!(app = %app.id, retry_at = %next, "a key's answer is not final yet");
-                return Ok(None);
-            }
-            Err(e) => return redaction_failed(service, gate, item, &app, &e).await,
-        },
+        }
     };
     let edit = EditMessage::new()
         .content(redacted_text(&app))

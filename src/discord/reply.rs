@@ -309,8 +309,8 @@ impl<'a> Reply<'a> {
         // Any 2xx is an answer given, whatever its body says.
         let id = answered["resource"]["message"]["id"].as_str();
         Ok(id
-            .and_then(|id| id.parse().ok())
-            .map(serenity::MessageId::new))
+            .and_then(|id| id.parse::<std::num::NonZeroU64>().ok())
+            .map(serenity::MessageId::from))
     }
 
     /// The work is written (a Submit's credentials exist), so its caller

@@ -431,34 +431,38 @@ impl Service {
         id: &ApplicationId,
         actor: Actor,
     ) -> ServiceResult<IssuedKey> {
-        self.issue_key(guild, id, actor, None).await
+        self.issue_key(Some(guild), id, actor, None).await
     }
 
     /// As [`Service::generate_api_key`], for a key that goes out as the
     /// answer of `interaction` in the DM `channel`: its redaction is stored
     /// in the same write, before the answer can show the key, and keyed by
     /// the interaction until the message is known
-    /// ([`Service::key_answer_shown`]).
+    /// ([`Service::key_answer_shown`]). The app is found by its ID alone,
+    /// as a DM's button knows it; its owner is who may press it.
     pub async fn generate_api_key_answering(
         &self,
-        guild: GuildId,
         id: &ApplicationId,
         actor: Actor,
         answer: (ChannelId, InteractionId),
     ) -> ServiceResult<IssuedKey> {
-        self.issue_key(guild, id, actor, Some(answer)).await
+        self.issue_key(None, id, actor, Some(answer)).await
     }
 
     async fn issue_key(
         &self,
-        guild: GuildId,
+        guild: Option<GuildId>,
         id: &ApplicationId,
         actor: Actor,
         answer: Option<(ChannelId, InteractionId)>,
     ) -> ServiceResult<IssuedKey> {
         let now = self.clock.now();
         let mut tx = self.store.begin().await?;
-        let mut app = self.load_app(&mut tx, guild, id).await?;
+        let mut app = match guild {
+            Some(guild) => self.load_app(&mut tx, guild, id).await?,
+            None => tx.app_by_id(id).await?.ok_or(ServiceError::AppNotFound)?,
+        };
+        let guild = app.guild_id;
         if app.owner_id != actor.user_id {
             return Err(ServiceError::NotOwner);
         }

@@ -61,7 +61,7 @@ impl Service {
     ) -> ServiceResult<()> {
         let now = self.clock.now();
         let mut tx = self.store.begin().await?;
-        // The worker may have found the message first: it is shown all the same.
+        // Found once; a row the worker closed meanwhile is re-keyed all the same.
         if tx.answer_found(channel, interaction, message).await? {
             // A lookup that found no answer yet backed off under the old key.
             let old = redaction_item(channel, MessageId(interaction.0));

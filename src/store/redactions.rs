@@ -112,7 +112,7 @@ impl<M> Tx<M> {
     /// redaction is keyed by that message from now on, and a worker's lease
     /// taken under the old key lapses with it (the worker's own release
     /// and done mark, by the old key, find nothing). False if it was found
-    /// already.
+    /// already (a second call).
     pub async fn answer_found(
         &mut self,
         channel: ChannelId,

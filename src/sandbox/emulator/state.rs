@@ -774,15 +774,26 @@ impl St {
         if !with_response {
             return Reply::NoContent;
         }
-        // The interaction callback response: the message the callback made
-        // or updated, if any.
-        let message = inter.original.and_then(|o| self.messages.get(&o).cloned());
+        // The interaction callback response, as Discord's: the message for
+        // a callback that made (4) or updated (7) one with content; a
+        // deferral (5) names its loading message only.
+        let (original, kind) = (inter.original, inter.kind);
+        let message = match body["type"].as_u64() {
+            Some(4 | 7) => original.and_then(|o| self.messages.get(&o).cloned()),
+            _ => None,
+        };
+        let mut interaction = json!({ "id": id.to_string(), "type": kind });
+        if let (Some(o), Some(5)) = (original, body["type"].as_u64()) {
+            interaction["response_message_id"] = json!(o.to_string());
+            interaction["response_message_loading"] = json!(true);
+        }
+        let mut resource = json!({ "type": body["type"] });
+        if let Some(m) = message {
+            resource["message"] = m;
+        }
         Reply::Json(
             200,
-            json!({
-                "interaction": { "id": id.to_string(), "type": self.interactions.get(&id).map(|i| i.kind) },
-                "resource": { "type": body["type"], "message": message },
-            }),
+            json!({ "interaction": interaction, "resource": resource }),
         )
     }
 
