@@ -647,6 +647,7 @@ async fn no_clear_secret_is_ever_stored(db: &TestDb) {
         user_id: ALICE,
         due_at: db.clock.now(),
         answer_of: None,
+        carries: None,
     })
     .await
     .unwrap();
@@ -1431,6 +1432,7 @@ async fn an_answer_redaction_is_keyed_by_its_message_once_found(db: &TestDb) {
         user_id: ALICE,
         due_at: now,
         answer_of: Some(interaction),
+        carries: Some("k_carried".to_owned()),
     })
     .await
     .unwrap();
@@ -1445,6 +1447,7 @@ async fn an_answer_redaction_is_keyed_by_its_message_once_found(db: &TestDb) {
         (due.len(), due[0].answer_of, due[0].message_id),
         (1, Some(interaction), MessageId(700))
     );
+    assert_eq!(due[0].carries.as_deref(), Some("k_carried"));
     // An id that is not the answer's interaction re-keys nothing.
     assert!(
         !tx.answer_found(ChannelId(10), InteractionId(701), MessageId(900))
@@ -1493,6 +1496,7 @@ async fn redactions_are_scheduled_and_done_once(db: &TestDb) {
             user_id: ALICE,
             due_at: now + chrono::TimeDelta::minutes(minutes),
             answer_of: None,
+            carries: None,
         })
         .await
         .unwrap();
@@ -1519,6 +1523,7 @@ async fn redactions_are_scheduled_and_done_once(db: &TestDb) {
     tx.schedule_redaction(&DmRedaction {
         due_at: now + chrono::TimeDelta::minutes(15),
         answer_of: None,
+        carries: None,
         ..read.clone()
     })
     .await
@@ -2166,5 +2171,6 @@ fn due_now(app: &ApplicationId, now: chrono::DateTime<chrono::Utc>) -> DmRedacti
         user_id: ALICE,
         due_at: now,
         answer_of: None,
+        carries: None,
     }
 }

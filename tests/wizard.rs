@@ -830,6 +830,15 @@ async fn a_key_whose_message_the_bot_never_learned_is_still_redacted(backend: Ba
             .any(|r| r.method == "GET" && r.query.contains("after=")),
         "the worker looked the answer up"
     );
+    // The member saw the key: the worker counted it as shown, so it cannot
+    // pass for lost and be issued again in place of the one they hold.
+    let shown =
+        h.db.text_pairs("SELECT id, CAST(shown_at AS TEXT) FROM api_keys")
+            .await;
+    assert!(
+        shown.len() == 1 && shown[0].1.is_some(),
+        "the key counts as shown: {shown:?}"
+    );
     h.close().await;
 }
 

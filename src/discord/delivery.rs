@@ -649,7 +649,14 @@ async fn redact_one(
         None => serenity::MessageId::new(due.message_id.0),
         Some(interaction) => {
             match find_answer(http, due.channel_id, interaction, service.now()).await {
-                Ok(Answer::Final(message)) => message,
+                Ok(Answer::Final(message)) => {
+                    // The member saw the key: it must not pass for lost, and be
+                    // issued again in place of the one they hold.
+                    if let Some(key) = &due.carries {
+                        service.credential_shown(key).await?;
+                    }
+                    message
+                }
                 Ok(Answer::Never) => {
                     service.redaction_moot(due).await?;
                     service.job_succeeded(gate, Job::Redact, item, None).await?;

@@ -536,6 +536,7 @@ impl Service {
                 user_id: actor.user_id,
                 due_at: now + settings.dm_lifetime,
                 answer_of: Some(interaction),
+                carries: Some(record.id.clone()),
             })
             .await?;
         }

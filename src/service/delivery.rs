@@ -43,6 +43,7 @@ impl Service {
             user_id: user,
             due_at: self.clock.now() + lifetime,
             answer_of: None,
+            carries: None,
         };
         // One INSERT (an upsert): no transaction around it.
         let mut write = self.store.single(true).await?;

@@ -18,6 +18,9 @@ pub struct DmRedaction {
     /// Set while the DM is the answer of this interaction and its message id
     /// is not known yet: `message_id` holds the interaction's id until then.
     pub answer_of: Option<InteractionId>,
+    /// The credential an answer carries (with `answer_of`), shown once its
+    /// message is found.
+    pub carries: Option<String>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -28,19 +31,21 @@ struct RedactionRow {
     user_id: i64,
     due_at: i64,
     interaction_id: Option<i64>,
+    credential_id: Option<String>,
 }
 
 impl<M> Tx<M> {
     pub async fn schedule_redaction(&mut self, r: &DmRedaction) -> StoreResult<()> {
         on_conn!(self, c => sqlx::query(
-            "INSERT INTO dm_redactions (channel_id, message_id, app_id, user_id, due_at, interaction_id) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (channel_id, message_id) DO UPDATE SET due_at = excluded.due_at, done_at = NULL")
+            "INSERT INTO dm_redactions (channel_id, message_id, app_id, user_id, due_at, interaction_id, credential_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (channel_id, message_id) DO UPDATE SET due_at = excluded.due_at, done_at = NULL")
             .bind(r.channel_id.to_db())
             .bind(r.message_id.to_db())
             .bind(r.app_id.as_str())
             .bind(r.user_id.to_db())
             .bind(to_ms(r.due_at))
             .bind(r.answer_of.map(InteractionId::to_db))
+            .bind(r.carries.as_deref())
             .execute(&mut *c)
             .await?
             .rows_affected());
@@ -64,7 +69,7 @@ impl<M> Tx<M> {
 
     pub async fn due_redactions(&mut self, now: DateTime<Utc>) -> StoreResult<Vec<DmRedaction>> {
         let rows: Vec<RedactionRow> = on_conn!(self, c => sqlx::query_as(
-            "SELECT channel_id, message_id, app_id, user_id, due_at, interaction_id FROM dm_redactions \
+            "SELECT channel_id, message_id, app_id, user_id, due_at, interaction_id, credential_id FROM dm_redactions \
              WHERE done_at IS NULL AND due_at <= $1 ORDER BY due_at")
             .bind(to_ms(now))
             .fetch_all(&mut *c)
@@ -79,6 +84,7 @@ impl<M> Tx<M> {
                     user_id: UserId::from_db(r.user_id),
                     due_at: from_ms(TABLE, r.due_at)?,
                     answer_of: r.interaction_id.map(InteractionId::from_db),
+                    carries: r.credential_id,
                 })
             })
             .collect()
