@@ -21,6 +21,7 @@ use std::str::FromStr;
 use support::*;
 
 on_both_stores!(
+    a_key_in_an_answer_not_yet_found_is_not_issued_again,
     an_answer_redaction_is_keyed_by_its_message_once_found,
     migrations_are_idempotent_and_start_empty,
     whole_flow_without_approval,
@@ -1416,6 +1417,37 @@ async fn audit_log_is_append_only_and_outbox_posts_once(db: &TestDb) {
         (AuditKind::DmRedacted, None, "redacted a DM")
     );
     assert_eq!(back.created_at, db.clock.now());
+}
+
+/// A key that went out as an interaction's answer, whose message is not
+/// found yet, may be in the member's DM: it is not lost, however long it
+/// goes unshown, until its answer is found or known never to have been made.
+async fn a_key_in_an_answer_not_yet_found_is_not_issued_again(db: &TestDb) {
+    let svc = &db.service;
+    let app = submit(svc, ALICE, "Pending Answer").await.app;
+    let answer = (ChannelId(10), InteractionId(800));
+    let issued = svc
+        .generate_api_key_answering(&app.id, Actor::member(ALICE), answer)
+        .await
+        .unwrap();
+    db.clock.advance(svc.policy().stall_grace);
+    assert!(matches!(
+        svc.generate_api_key(GUILD, &app.id, Actor::member(ALICE))
+            .await,
+        Err(ServiceError::KeyAlreadyGenerated)
+    ));
+    assert!(matches!(
+        svc.issue_again(Some(GUILD), &issued.key_id, Actor::member(ALICE))
+            .await,
+        Err(ServiceError::CredentialsBeingDelivered)
+    ));
+    // Discord knows no such answer: the key never reached the DM.
+    svc.answer_never_made(answer).await.unwrap();
+    let again = svc
+        .generate_api_key(GUILD, &app.id, Actor::member(ALICE))
+        .await
+        .unwrap();
+    assert_ne!(again.key_id, issued.key_id, "issued again, in its place");
 }
 
 /// A key that answered an interaction is scheduled under the interaction's

@@ -475,7 +475,9 @@ impl Service {
         }
         let lost = if app.status == AppStatus::KeyIssued {
             match tx.current_credential(id, CredentialKind::Key).await? {
-                Some(old) if self.is_lost(&old, now) => Some(old),
+                Some(old) if self.is_lost(&old, now) && !tx.answer_pending(&old.id).await? => {
+                    Some(old)
+                }
                 _ => return Err(ServiceError::KeyAlreadyGenerated),
             }
         } else {

@@ -73,6 +73,22 @@ impl Service {
         Ok(())
     }
 
+    /// The answer of `interaction` was never made (Discord knows no such
+    /// message): its key is not in the DM, and may be issued again.
+    pub async fn answer_never_made(
+        &self,
+        (channel, interaction): (ChannelId, InteractionId),
+    ) -> ServiceResult<()> {
+        let now = self.clock.now();
+        // One UPDATE: no transaction around it.
+        let mut write = self.store.single(true).await?;
+        write
+            .mark_redacted(channel, MessageId(interaction.0), None, now)
+            .await?;
+        write.commit().await?;
+        Ok(())
+    }
+
     /// A scheduled DM with nothing left to redact (no answer was ever made
     /// there): done, with no audit event, since nothing was removed.
     pub async fn redaction_moot(&self, r: &DmRedaction) -> ServiceResult<()> {

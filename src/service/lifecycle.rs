@@ -332,7 +332,7 @@ impl Service {
         if old.shown_at.is_some() {
             return Err(ServiceError::AlreadyShown);
         }
-        if !self.is_lost(&old, now) {
+        if !self.is_lost(&old, now) || tx.answer_pending(&old.id).await? {
             return Err(ServiceError::CredentialsBeingDelivered);
         }
         let settings = tx.guild_settings(app.guild_id).await?;

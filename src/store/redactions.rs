@@ -137,6 +137,19 @@ impl<M> Tx<M> {
         Ok(n == 1)
     }
 
+    /// Whether the credential went out as an interaction's answer whose
+    /// message is not found yet: it may be in the member's DM, so it is not
+    /// lost, and must not be issued again in its place.
+    pub async fn answer_pending(&mut self, credential_id: &str) -> StoreResult<bool> {
+        let n: i64 = on_conn!(self, c => sqlx::query_scalar(
+            "SELECT COUNT(*) FROM dm_redactions \
+             WHERE credential_id = $1 AND interaction_id IS NOT NULL AND done_at IS NULL")
+            .bind(credential_id)
+            .fetch_one(&mut *c)
+            .await?);
+        Ok(n > 0)
+    }
+
     /// Whether that DM was redacted already; None if it holds no scheduled secret.
     pub async fn redaction_done(
         &mut self,
