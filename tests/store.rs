@@ -1421,7 +1421,7 @@ async fn audit_log_is_append_only_and_outbox_posts_once(db: &TestDb) {
 
 /// A key that went out as an interaction's answer, whose message is not
 /// found yet, may be in the member's DM: it is not lost, however long it
-/// goes unshown, until its answer is found or known never to have been made.
+/// goes unshown, until its answer is found or known never to have got it.
 async fn a_key_in_an_answer_not_yet_found_is_not_issued_again(db: &TestDb) {
     let svc = &db.service;
     let app = submit(svc, ALICE, "Pending Answer").await.app;
@@ -1441,7 +1441,7 @@ async fn a_key_in_an_answer_not_yet_found_is_not_issued_again(db: &TestDb) {
             .await,
         Err(ServiceError::CredentialsBeingDelivered)
     ));
-    // Discord knows no such answer: the key never reached the DM.
+    // The answer never got its key (its deferral's edit was never sent).
     svc.answer_never_made(answer).await.unwrap();
     let again = svc
         .generate_api_key(GUILD, &app.id, Actor::member(ALICE))

@@ -4,9 +4,7 @@ use super::Bot;
 use super::custom_id::{Action, CustomId};
 use super::error::{BotResult, stale};
 use super::render::code;
-use super::reply::{
-    Answered, Reply, RestFailure, Screen, count_rest_error, discord_code, no_pings,
-};
+use super::reply::{Answered, Reply, RestFailure, Screen, count_rest_error, no_pings};
 use crate::domain::application::{AppStatus, Application};
 use crate::domain::credentials::ApplicationId;
 use crate::domain::ids::{ChannelId, InteractionId, MessageId, UserId};
@@ -511,16 +509,15 @@ async fn key_as_answer(
         Answered::Shown(None) | Answered::Refused => {
             match component.get_response(&ctx.http).await {
                 Ok(m) if !is_loading(&m) => m.id,
-                // No key reached the DM: a deferral Discord made, whose
-                // content never came, or no answer at all (Unknown Message,
-                // Unknown Webhook). Generate stays, and makes the key again.
+                // A deferral Discord made, whose content was never sent (the
+                // deferral's own call failed): no key reached the DM, so it
+                // may be made again once it counts as lost.
                 Ok(_) => return Ok(bot.service.answer_never_made(answer).await?),
-                Err(e) if matches!(discord_code(&e), Some(10008 | 10015)) => {
-                    return Ok(bot.service.answer_never_made(answer).await?);
-                }
                 Err(e) => {
-                    // It may be there: its redaction stays, and until the
-                    // worker has found it, the key is not issued again.
+                    // It may be there, even when Discord says no such message
+                    // yet (a callback it carries out after our side gave up):
+                    // its redaction stays, and until the worker has found it,
+                    // the key is not issued again.
                     count_rest_error(&e);
                     tracing::warn!(error = %e, "a key's answer could not be found");
                     return Ok(());

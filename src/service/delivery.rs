@@ -73,8 +73,9 @@ impl Service {
         Ok(())
     }
 
-    /// The answer of `interaction` was never made (Discord knows no such
-    /// message): its key is not in the DM, and may be issued again.
+    /// The answer of `interaction` never got its key (a deferral whose edit
+    /// was never sent): its key is not in the DM, and may be issued again
+    /// once it counts as lost.
     pub async fn answer_never_made(
         &self,
         (channel, interaction): (ChannelId, InteractionId),
