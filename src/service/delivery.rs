@@ -80,25 +80,29 @@ impl Service {
         &self,
         (channel, interaction): (ChannelId, InteractionId),
     ) -> ServiceResult<()> {
-        let now = self.clock.now();
-        // One UPDATE: no transaction around it.
-        let mut write = self.store.single(true).await?;
-        write
-            .mark_redacted(channel, MessageId(interaction.0), None, now)
-            .await?;
-        write.commit().await?;
-        Ok(())
+        // Its row is keyed by the interaction until its message is known.
+        self.close_unredacted(channel, MessageId(interaction.0), None)
+            .await
     }
 
     /// A scheduled DM with nothing left to redact (no answer was ever made
     /// there): done, with no audit event, since nothing was removed.
     pub async fn redaction_moot(&self, r: &DmRedaction) -> ServiceResult<()> {
+        self.close_unredacted(r.channel_id, r.message_id, Some(r.due_at))
+            .await
+    }
+
+    /// Marks a scheduled DM done without the audit event of a redaction.
+    async fn close_unredacted(
+        &self,
+        channel: ChannelId,
+        message: MessageId,
+        read_due: Option<DateTime<Utc>>,
+    ) -> ServiceResult<()> {
         let now = self.clock.now();
         // One UPDATE: no transaction around it.
         let mut write = self.store.single(true).await?;
-        write
-            .mark_redacted(r.channel_id, r.message_id, Some(r.due_at), now)
-            .await?;
+        write.mark_redacted(channel, message, read_due, now).await?;
         write.commit().await?;
         Ok(())
     }
