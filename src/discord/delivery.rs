@@ -648,7 +648,6 @@ async fn redact_one(
     due: &DmRedaction,
     item: &str,
 ) -> Pass {
-    let app = service.app_by_id(&due.app_id).await?;
     let message = match due.answer_of {
         None => serenity::MessageId::new(due.message_id.0),
         Some(interaction) => {
@@ -671,13 +670,15 @@ async fn redact_one(
                     let next = service
                         .job_failed(gate, Job::Redact, item, Retry::Backoff)
                         .await?;
-                    tracing::debug!(app = %app.id, retry_at = %next, "a key's answer is not final yet");
+                    tracing::debug!(app = %due.app_id, retry_at = %next, "a key's answer is not final yet");
                     return Ok(None);
                 }
-                Err(e) => return redaction_failed(service, gate, item, &app, &e).await,
+                Err(e) => return redaction_failed(service, gate, item, &due.app_id, &e).await,
             }
         }
     };
+    // Read only now: an answer not final yet is retried without it.
+    let app = service.app_by_id(&due.app_id).await?;
     let edit = EditMessage::new()
         .content(redacted_text(&app))
         .components(redacted_buttons(&app))
@@ -686,7 +687,7 @@ async fn redact_one(
     if let Err(e) = channel.edit_message(http, message, edit).await {
         // The user deleted the DM: nothing is left to redact.
         if RestFailure::of(&e) != RestFailure::UnknownMessage {
-            return redaction_failed(service, gate, item, &app, &e).await;
+            return redaction_failed(service, gate, item, &app.id, &e).await;
         }
     }
     service
@@ -701,7 +702,7 @@ async fn redaction_failed(
     service: &Service,
     gate: &mut RetryGate,
     item: &str,
-    app: &Application,
+    app: &ApplicationId,
     e: &serenity::Error,
 ) -> Pass {
     count_rest_error(e);
@@ -709,6 +710,6 @@ async fn redaction_failed(
     let next = service
         .job_failed(gate, Job::Redact, item, failure.retry())
         .await?;
-    tracing::warn!(app = %app.id, error = %e, retry_at = %next, "could not redact a DM");
+    tracing::warn!(%app, error = %e, retry_at = %next, "could not redact a DM");
     Ok(failure.hold())
 }
