@@ -635,7 +635,7 @@ async fn rotating_an_expired_key_leaves_it_expired(db: &TestDb) {
 use keygate::domain::ids::{ChannelId, UserId};
 use keygate::store::Backend;
 use serde_json::{Value, json};
-use support::bot::{Harness, alice, bob, choice, component, text, token};
+use support::bot::{Harness, alice, bob, choice, component, text, token, wait_until_no_dm_holds};
 use support::fake_discord::{FakeDiscord, TestUser};
 use support::flows::{submit_and_get_dm, to_review};
 
@@ -1109,24 +1109,14 @@ async fn a_key_generated_at_minute_14_does_not_keep_the_secret_past_15(backend: 
     let (_, key) = support::bot::generate_key_in_dm(&h.fake, &alice(), &dm).await;
     h.db.clock.advance(TimeDelta::minutes(1));
     let user = alice().id;
-    h.fake
-        .wait_until("the Secret is gone at minute 15", |f| {
-            f.dm_messages(user)
-                .iter()
-                .all(|m| !text(m).contains(&secret))
-        })
-        .await;
+    wait_until_no_dm_holds(&h.fake, user, "the Secret is gone at minute 15", &secret).await;
     assert_eq!(
         dms_with(&h.fake, user, &key).len(),
         1,
         "the key keeps its own lifetime"
     );
     h.db.clock.advance(TimeDelta::minutes(14));
-    h.fake
-        .wait_until("the key is gone at its own minute 15", |f| {
-            f.dm_messages(user).iter().all(|m| !text(m).contains(&key))
-        })
-        .await;
+    wait_until_no_dm_holds(&h.fake, user, "the key is gone at its own minute 15", &key).await;
     h.close().await;
 }
 

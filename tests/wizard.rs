@@ -11,6 +11,7 @@ use keygate::store::Backend;
 use serde_json::{Value, json};
 use support::bot::{
     Harness, alice, bob, component, generate_key_in_dm, selected, shown, text, token,
+    wait_until_no_dm_holds,
 };
 use support::fake_discord::{FakeDiscord, Interaction, TestUser};
 use support::flows::{
@@ -740,13 +741,7 @@ async fn short_dm_lifetime_redacts_also_across_a_restart(backend: Backend) {
     let review = to_review(&h.fake, &alice(), "Short Lived").await;
     let (dm, _, secret) = submit_and_get_dm(&h, &alice(), &review).await;
     let user = alice().id;
-    h.fake
-        .wait_until("the DM is redacted", |f| {
-            f.dm_messages(user)
-                .iter()
-                .all(|m| !m["content"].as_str().unwrap_or("").contains(&secret))
-        })
-        .await;
+    wait_until_no_dm_holds(&h.fake, user, "the DM is redacted", &secret).await;
 
     // Generate pressed on the DM as it was before the redaction: the key is
     // shown, the Secret does not come back, and the key gets its own lifetime.
@@ -763,13 +758,7 @@ async fn short_dm_lifetime_redacts_also_across_a_restart(backend: Backend) {
             .all(|m| !text(m).contains(&secret)),
         "the Secret came back"
     );
-    h.fake
-        .wait_until("the key is redacted too", |f| {
-            f.dm_messages(user)
-                .iter()
-                .all(|m| !m["content"].as_str().unwrap_or("").contains(&key))
-        })
-        .await;
+    wait_until_no_dm_holds(&h.fake, user, "the key is redacted too", &key).await;
 
     // The bot is down when the second DM falls due: the next one redacts it at once.
     let review = to_review(&h.fake, &alice(), "Outlives The Bot").await;
@@ -784,13 +773,13 @@ async fn short_dm_lifetime_redacts_also_across_a_restart(backend: Backend) {
         "still there while the bot is down"
     );
     h.restart().await;
-    h.fake
-        .wait_until("the overdue DM is redacted after the restart", |f| {
-            f.dm_messages(user)
-                .iter()
-                .all(|m| !m["content"].as_str().unwrap_or("").contains(&secret))
-        })
-        .await;
+    wait_until_no_dm_holds(
+        &h.fake,
+        user,
+        "the overdue DM is redacted after the restart",
+        &secret,
+    )
+    .await;
     h.close().await;
 }
 
@@ -811,11 +800,7 @@ async fn a_key_whose_message_the_bot_never_learned_is_still_redacted(backend: Ba
         .fail("GET", "/messages/@original", 500, server_error(), 1);
     let (key_dm, key) = generate_key_in_dm(&h.fake, &alice(), &dm).await;
     let user = alice().id;
-    h.fake
-        .wait_until("the key's message is redacted", |f| {
-            f.dm_messages(user).iter().all(|m| !text(m).contains(&key))
-        })
-        .await;
+    wait_until_no_dm_holds(&h.fake, user, "the key's message is redacted", &key).await;
     let redacted = h
         .fake
         .dm_messages(user)
@@ -863,13 +848,13 @@ async fn a_finish_whose_answer_fails_still_redacts(backend: Backend) {
         .press_button_in_dm(&alice(), &dm, &component(&dm, "finish"))
         .await;
     let user = alice().id;
-    h.fake
-        .wait_until("the Secret's DM is redacted all the same", |f| {
-            f.dm_messages(user)
-                .iter()
-                .all(|m| !text(m).contains(&secret))
-        })
-        .await;
+    wait_until_no_dm_holds(
+        &h.fake,
+        user,
+        "the Secret's DM is redacted all the same",
+        &secret,
+    )
+    .await;
     h.close().await;
 }
 

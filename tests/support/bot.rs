@@ -430,6 +430,16 @@ pub fn text(message: &Value) -> String {
     message["content"].as_str().unwrap_or("").to_owned()
 }
 
+/// Waits until none of `user`'s DMs holds `secret` any more (redacted).
+pub async fn wait_until_no_dm_holds(fake: &FakeDiscord, user: u64, what: &str, secret: &str) {
+    fake.wait_until(what, |f| {
+        f.dm_messages(user)
+            .iter()
+            .all(|m| !text(m).contains(secret))
+    })
+    .await;
+}
+
 /// Presses Generate API Key on a credentials DM; returns the DM of its own
 /// that the key arrives in (the press's answer, a message that stays in the
 /// DM) and the key.
