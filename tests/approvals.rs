@@ -780,11 +780,9 @@ async fn history_lists_an_apps_events_newest_first_in_pages(backend: Backend) {
         }
         h.service.submit_draft(&d.id, user, None).await.unwrap().app
     };
+    let owner = Actor::member(UserId(alice().id));
     for _ in 0..12 {
-        h.service
-            .finish(&guild_app.id, Actor::member(UserId(alice().id)))
-            .await
-            .unwrap();
+        h.service.finish(&guild_app, owner, None).await.unwrap();
     }
     let i = h
         .fake

@@ -109,7 +109,10 @@ async fn whole_flow_without_approval(db: &TestDb) {
             .await,
         Err(ServiceError::KeyAlreadyGenerated)
     ));
-    svc.finish(&app.id, Actor::member(ALICE)).await.unwrap();
+    let finished = svc.finishing(&app.id, Actor::member(ALICE)).await.unwrap();
+    svc.finish(&finished, Actor::member(ALICE), None)
+        .await
+        .unwrap();
 
     let verdict = svc
         .verify_key(issued.key.expose(), &Expectations::default())
@@ -1545,7 +1548,15 @@ async fn redactions_are_scheduled_and_done_once(db: &TestDb) {
     tx.commit().await.unwrap();
 
     // Finish brings every pending redaction of the app forward to now.
-    db.service.finish(&app, Actor::member(ALICE)).await.unwrap();
+    let finished = db
+        .service
+        .finishing(&app, Actor::member(ALICE))
+        .await
+        .unwrap();
+    db.service
+        .finish(&finished, Actor::member(ALICE), None)
+        .await
+        .unwrap();
     let mut tx = db.store.begin().await.unwrap();
     let due = tx.due_redactions(now).await.unwrap();
     assert_eq!(due.len(), 2);

@@ -405,28 +405,32 @@ pub async fn on_component(
                 .await?;
         }
         Action::Finish => {
-            let (app, answered) = Reply::component(component)
+            // The answer, the message redacted, needs only a read; the
+            // write (every other DM of the app due now, this one done) comes
+            // after it, so the member does not wait on the write lock.
+            let mut read = None;
+            let answered = Reply::component(component)
                 .answer_shown(&ctx.http, async {
-                    let app = bot.service.finish(&app_id, actor).await?;
+                    let app = bot.service.finishing(&app_id, actor).await?;
                     let message =
                         Screen::new(redacted_text(&app)).components(redacted_buttons(&app));
-                    Ok((message, app))
+                    read = Some(app);
+                    Ok((message, ()))
                 })
-                .await?;
-            if answered == Answered::Refused {
-                // The edit may not have removed anything: the worker
-                // redacts the message, due now.
-                return Ok(());
-            }
-            bot.service
-                .complete_redaction(
-                    &app,
+                .await;
+            // Finish's own edit removed whatever the message held, unless
+            // Discord refused it (or its deferral's edit failed): the
+            // worker then redacts it too, due now.
+            let redacted = matches!(answered, Ok(((), Answered::Shown(_)))).then(|| {
+                (
                     ChannelId(component.channel_id.get()),
                     MessageId(component.message.id.get()),
-                    // Finish's own edit just removed whatever the message held.
-                    None,
                 )
-                .await?;
+            });
+            if let Some(app) = &read {
+                bot.service.finish(app, actor, redacted).await?;
+            }
+            answered?;
         }
         _ => return Err(stale()),
     }

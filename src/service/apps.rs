@@ -553,31 +553,6 @@ impl Service {
         })
     }
 
-    /// The requester is done with the delivered secrets: redact them now.
-    pub async fn finish(&self, id: &ApplicationId, actor: Actor) -> ServiceResult<Application> {
-        let now = self.clock.now();
-        let mut tx = self.store.begin().await?;
-        // By its ID alone: Finish is a DM's button, which knows only the
-        // app; its owner is who may press it.
-        let app = tx.app_by_id(id).await?.ok_or(ServiceError::AppNotFound)?;
-        if app.owner_id != actor.user_id {
-            return Err(ServiceError::NotOwner);
-        }
-        tx.hasten_redactions(id, now).await?;
-        let summary = format!("finished setting up {}", quoted(&app.details.name));
-        record_event(
-            &mut tx,
-            &app,
-            Some(&actor),
-            AuditKind::Finished,
-            summary,
-            now,
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(app)
-    }
-
     pub async fn app(&self, guild: GuildId, id: &ApplicationId) -> ServiceResult<Application> {
         let mut tx = self.store.read().await?;
         let app = self.load_app(&mut tx, guild, id).await?;

@@ -1,6 +1,7 @@
 //! Delivery bookkeeping: DMs that carried a secret and when to redact them.
 
-use super::{Service, ServiceError, ServiceResult, audit};
+use super::apps::record_event;
+use super::{Actor, Service, ServiceError, ServiceResult, audit};
 use crate::domain::application::Application;
 use crate::domain::application::quoted;
 use crate::domain::audit::{AuditKind, NewAuditEvent};
@@ -132,18 +133,66 @@ impl Service {
             tx.rollback().await?;
             return Ok(false);
         }
-        let event = NewAuditEvent {
-            guild_id: app.guild_id,
-            app_id: Some(app.id.clone()),
-            actor_id: None,
-            kind: AuditKind::DmRedacted,
-            summary: format!(
-                "removed the delivered secrets of {} from a DM",
-                quoted(&app.details.name)
-            ),
-        };
-        audit(&mut tx, event, now).await?;
+        audit(&mut tx, redacted_event(app), now).await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// The app whose Finish `actor` pressed, read without taking the write
+    /// lock: Finish's answer, the redacted message, needs it before
+    /// anything is written. By its ID alone, as a DM's button knows it;
+    /// its owner (which never changes) is who may press it.
+    pub async fn finishing(&self, id: &ApplicationId, actor: Actor) -> ServiceResult<Application> {
+        let app = self.app_by_id(id).await?;
+        if app.owner_id != actor.user_id {
+            return Err(ServiceError::NotOwner);
+        }
+        Ok(app)
+    }
+
+    /// The requester is done with the delivered secrets: every DM of the
+    /// app still holding one falls due now. `redacted` is the pressed
+    /// message when Finish's own edit already removed what it held: it is
+    /// marked done in the same write, so the worker leaves it.
+    pub async fn finish(
+        &self,
+        app: &Application,
+        actor: Actor,
+        redacted: Option<(ChannelId, MessageId)>,
+    ) -> ServiceResult<()> {
+        let now = self.clock.now();
+        let mut tx = self.store.begin().await?;
+        tx.hasten_redactions(&app.id, now).await?;
+        let summary = format!("finished setting up {}", quoted(&app.details.name));
+        record_event(
+            &mut tx,
+            app,
+            Some(&actor),
+            AuditKind::Finished,
+            summary,
+            now,
+        )
+        .await?;
+        if let Some((channel, message)) = redacted
+            && tx.mark_redacted(channel, message, None, now).await?
+        {
+            audit(&mut tx, redacted_event(app), now).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// What a redaction's audit event says: the bot removed the secrets, so no actor.
+fn redacted_event(app: &Application) -> NewAuditEvent {
+    NewAuditEvent {
+        guild_id: app.guild_id,
+        app_id: Some(app.id.clone()),
+        actor_id: None,
+        kind: AuditKind::DmRedacted,
+        summary: format!(
+            "removed the delivered secrets of {} from a DM",
+            quoted(&app.details.name)
+        ),
     }
 }
