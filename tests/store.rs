@@ -43,6 +43,7 @@ on_both_stores!(
     a_late_audit_release_leaves_a_newer_lease_alone,
     redactions_are_scheduled_and_done_once,
     settings_round_trip,
+    a_write_ended_without_commit_rolls_back_and_frees_the_writer,
     list_and_show_apps,
     revoking_one_app_leaves_the_others_cached,
     a_reconnected_listener_flushes_the_cache,
@@ -1594,6 +1595,50 @@ async fn redactions_are_scheduled_and_done_once(db: &TestDb) {
     );
     assert_eq!(tx.due_redactions(now).await.unwrap().len(), 1);
     tx.commit().await.unwrap();
+}
+
+/// A write whose future is dropped before COMMIT (a handler's `?`, a
+/// timeout) leaves nothing behind: not its rows, and not the write lock,
+/// which this process's next writer and another process's both get.
+async fn a_write_ended_without_commit_rolls_back_and_frees_the_writer(db: &TestDb) {
+    let now = chrono::Utc::now();
+    let settings = |n: u8| GuildSettings {
+        approvals_required: n,
+        ..GuildSettings::defaults(GUILD)
+    };
+    let mut tx = db.store.begin().await.unwrap();
+    tx.save_guild_settings(&settings(3), now).await.unwrap();
+    drop(tx);
+    // Another process first: nothing of this one's would let go of SQLite's
+    // lock for it (its busy timeout, 10 s, is longer than this wait).
+    let peer = db.peer_store().await;
+    let within = std::time::Duration::from_secs(5);
+    let mut tx = tokio::time::timeout(within, peer.begin())
+        .await
+        .expect("the lock was let go")
+        .unwrap();
+    assert_eq!(
+        tx.guild_settings(GUILD).await.unwrap(),
+        settings(0),
+        "rolled back"
+    );
+    tx.save_guild_settings(&settings(4), now).await.unwrap();
+    tokio::time::timeout(within, tx.commit())
+        .await
+        .expect("committed in time")
+        .unwrap();
+    // This process's writer goes on: in no transaction left over, in a
+    // transaction or statement by statement.
+    let mut tx = db.store.begin().await.unwrap();
+    tx.save_guild_settings(&settings(1), now).await.unwrap();
+    drop(tx);
+    let mut write = db.store.single(true).await.unwrap();
+    write.save_guild_settings(&settings(2), now).await.unwrap();
+    drop(write);
+    let mut tx = db.store.begin().await.unwrap();
+    assert_eq!(tx.guild_settings(GUILD).await.unwrap(), settings(2));
+    tx.commit().await.unwrap();
+    peer.close().await;
 }
 
 async fn settings_round_trip(db: &TestDb) {

@@ -9,6 +9,7 @@ mod audit;
 mod credentials;
 mod data_migrations;
 mod drafts;
+mod gate;
 mod redactions;
 mod retries;
 mod settings;
@@ -16,6 +17,8 @@ mod verification;
 
 pub use audit::OutboxEntry;
 pub use credentials::DueWarning;
+use gate::GateTurn;
+pub use gate::{GateProfile, WriteGate};
 pub use redactions::DmRedaction;
 pub use retries::{ChannelPause, RetryState};
 pub use verification::{CredentialChange, CredentialChanges, Gauges};
@@ -32,7 +35,6 @@ use sqlx::{Postgres, Sqlite, Transaction};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Mutex, OwnedMutexGuard};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
@@ -99,7 +101,7 @@ pub enum Backend {
 #[derive(Debug, Clone)]
 pub enum Store {
     /// With the gate that queues this process's writers (see `begin`).
-    Sqlite(SqlitePool, Arc<Mutex<()>>),
+    Sqlite(SqlitePool, Arc<WriteGate>),
     Postgres(PgPool),
 }
 
@@ -111,8 +113,6 @@ pub enum Store {
 /// commit together or not at all.
 pub struct Tx<M = Atomic> {
     inner: TxInner,
-    /// Held by a SQLite write transaction until it ends.
-    _write_gate: Option<OwnedMutexGuard<()>>,
     /// Audit events recorded in this transaction, written together at commit.
     audit: Vec<audit::QueuedAudit>,
     mode: std::marker::PhantomData<M>,
@@ -130,6 +130,9 @@ enum TxInner {
     /// No transaction: each statement commits on its own (`Store::single`).
     SqliteSingle(PoolConnection<Sqlite>),
     PostgresSingle(PoolConnection<Postgres>),
+    /// SQLite's writer, in its turn: in a transaction (`begin`) or not
+    /// (`single(true)`).
+    SqliteWriter(GateTurn),
 }
 
 /// The connection a `TxInner` runs its statements on.
@@ -145,6 +148,7 @@ impl TxInner {
             Self::Postgres(t) => Conn::Postgres(t),
             Self::SqliteSingle(c) => Conn::Sqlite(c),
             Self::PostgresSingle(c) => Conn::Postgres(c),
+            Self::SqliteWriter(t) => Conn::Sqlite(t.conn()),
         }
     }
 }
@@ -153,7 +157,6 @@ impl<M> From<TxInner> for Tx<M> {
     fn from(inner: TxInner) -> Self {
         Self {
             inner,
-            _write_gate: None,
             audit: Vec::new(),
             mode: std::marker::PhantomData,
         }
@@ -180,7 +183,9 @@ pub(crate) use on_conn;
 macro_rules! claim_sql {
     ($tx:expr, $head:literal, $select:expr) => {
         match &$tx.inner {
-            $crate::store::TxInner::Sqlite(_) | $crate::store::TxInner::SqliteSingle(_) => {
+            $crate::store::TxInner::Sqlite(_)
+            | $crate::store::TxInner::SqliteSingle(_)
+            | $crate::store::TxInner::SqliteWriter(_) => {
                 concat!($head, " (", $select, ")")
             }
             $crate::store::TxInner::Postgres(_) | $crate::store::TxInner::PostgresSingle(_) => {
@@ -240,10 +245,16 @@ impl Store {
             // Writers of other processes queue on SQLite's lock rather than fail.
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
+            // Readers (and migrations): writers have a connection of their own.
             .max_connections(8)
-            .connect_with(options)
+            // A connection to a local file does not break the way a socket
+            // does, and the test's ping is a round trip to its thread on
+            // every acquire.
+            .test_before_acquire(false)
+            .connect_with(options.clone())
             .await?;
-        Ok(Self::Sqlite(pool, Arc::new(Mutex::new(()))))
+        let writer = WriteGate::connect(&options).await?;
+        Ok(Self::Sqlite(pool, Arc::new(writer)))
     }
 
     pub async fn connect_postgres(options: PgConnectOptions) -> StoreResult<Self> {
@@ -296,20 +307,12 @@ impl Store {
     /// A transaction that may write.
     pub async fn begin(&self) -> StoreResult<Tx> {
         Ok(match self {
-            // SQLite has one writer at a time. This process's writers queue
-            // on an async gate, in order, instead of polling SQLite's lock
-            // with its busy handler's sleeps (up to 100 ms each). IMMEDIATE
-            // then takes the lock up front: a deferred transaction that reads
-            // and then writes fails with SQLITE_BUSY when another process's
-            // writer got in between, whatever the busy timeout.
-            Self::Sqlite(pool, gate) => {
-                let guard = gate.clone().lock_owned().await;
-                Tx {
-                    inner: TxInner::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
-                    _write_gate: Some(guard),
-                    audit: Vec::new(),
-                    mode: std::marker::PhantomData,
-                }
+            // SQLite has one writer at a time: this process's writers take
+            // turns on its writer connection (see `WriteGate`).
+            Self::Sqlite(_, gate) => {
+                let mut turn = gate.enter().await?;
+                turn.begin().await?;
+                TxInner::SqliteWriter(turn).into()
             }
             Self::Postgres(pool) => TxInner::Postgres(pool.begin().await?).into(),
         })
@@ -342,18 +345,8 @@ impl Store {
     /// ```
     pub async fn single(&self, write: bool) -> StoreResult<Tx<Single>> {
         Ok(match self {
-            Self::Sqlite(pool, gate) => {
-                let guard = match write {
-                    true => Some(gate.clone().lock_owned().await),
-                    false => None,
-                };
-                Tx {
-                    inner: TxInner::SqliteSingle(pool.acquire().await?),
-                    _write_gate: guard,
-                    audit: Vec::new(),
-                    mode: std::marker::PhantomData,
-                }
-            }
+            Self::Sqlite(_, gate) if write => TxInner::SqliteWriter(gate.enter().await?).into(),
+            Self::Sqlite(pool, _) => TxInner::SqliteSingle(pool.acquire().await?).into(),
             Self::Postgres(pool) => TxInner::PostgresSingle(pool.acquire().await?).into(),
         })
     }
@@ -367,9 +360,21 @@ impl Store {
         .into())
     }
 
+    /// How busy SQLite's write gate has been (none on PostgreSQL, which has
+    /// no such gate).
+    pub fn write_gate_profile(&self) -> Option<GateProfile> {
+        match self {
+            Self::Sqlite(_, gate) => Some(gate.profile()),
+            Self::Postgres(_) => None,
+        }
+    }
+
     pub async fn close(&self) {
         match self {
-            Self::Sqlite(pool, _) => pool.close().await,
+            Self::Sqlite(pool, gate) => {
+                gate.close().await;
+                pool.close().await;
+            }
             Self::Postgres(pool) => pool.close().await,
         }
     }
@@ -396,6 +401,7 @@ impl Tx {
         match self.inner {
             TxInner::Sqlite(t) => t.commit().await?,
             TxInner::Postgres(t) => t.commit().await?,
+            TxInner::SqliteWriter(turn) => turn.commit().await?,
             // Not built by `begin` or `read`.
             TxInner::SqliteSingle(_) | TxInner::PostgresSingle(_) => {}
         }
@@ -404,9 +410,12 @@ impl Tx {
 }
 
 impl Tx<Single> {
-    /// Nothing to do: each statement committed as it ran, and no audit
-    /// event can have been recorded.
+    /// Nothing to commit: each statement committed as it ran, and no audit
+    /// event can have been recorded. A writer's turn ends.
     pub async fn commit(self) -> StoreResult<()> {
+        if let TxInner::SqliteWriter(turn) = self.inner {
+            turn.release().await;
+        }
         Ok(())
     }
 }
@@ -416,6 +425,7 @@ impl<M> Tx<M> {
         match self.inner {
             TxInner::Sqlite(t) => t.rollback().await?,
             TxInner::Postgres(t) => t.rollback().await?,
+            TxInner::SqliteWriter(turn) => turn.rollback().await?,
             TxInner::SqliteSingle(_) | TxInner::PostgresSingle(_) => {}
         }
         Ok(())

@@ -1,0 +1,179 @@
+//! SQLite's writer: one connection, for this process's writers one at a time, in order.
+
+use sqlx::sqlite::SqliteConnection;
+use sqlx::{ConnectOptions, Connection, Executor, sqlite::SqliteConnectOptions};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::{Mutex, OwnedMappedMutexGuard, OwnedMutexGuard};
+
+/// The gate in front of the one connection that writes. Writers queue on it
+/// in order instead of polling SQLite's lock with its busy handler's sleeps
+/// (up to 100 ms each), and a connection of its own spares each write the
+/// pool's hand-over: the wait for a connection readers hold, and the ping
+/// sqlx sends as one goes back. It keeps how long writers waited and held
+/// it: on SQLite that is what a process's write throughput comes down to
+/// ([`Store::write_gate_profile`](super::Store::write_gate_profile)).
+#[derive(Debug)]
+pub struct WriteGate {
+    /// `None` once the store is closed.
+    writer: Arc<Mutex<Option<SqliteConnection>>>,
+    /// A transaction was left open by a turn that ended without COMMIT or
+    /// ROLLBACK (its future dropped): the next turn rolls it back first.
+    left_open: AtomicBool,
+    writes: AtomicU64,
+    waited_us: AtomicU64,
+    held_us: AtomicU64,
+}
+
+/// What the gate saw since the store opened; subtract two to see a span.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GateProfile {
+    pub writes: u64,
+    /// Time writers spent queued, summed over writers.
+    pub waited: Duration,
+    /// Time the gate was held: at most the span's own length.
+    pub held: Duration,
+}
+
+impl std::ops::Sub for GateProfile {
+    type Output = Self;
+    fn sub(self, earlier: Self) -> Self {
+        Self {
+            writes: self.writes - earlier.writes,
+            waited: self.waited.saturating_sub(earlier.waited),
+            held: self.held.saturating_sub(earlier.held),
+        }
+    }
+}
+
+/// A writer's turn, with the connection; the next one's begins when it drops.
+pub(crate) struct GateTurn {
+    conn: OwnedMappedMutexGuard<Option<SqliteConnection>, SqliteConnection>,
+    /// In a transaction this turn began and has not ended.
+    open: bool,
+    since: Instant,
+    gate: Arc<WriteGate>,
+}
+
+impl WriteGate {
+    pub(crate) async fn connect(options: &SqliteConnectOptions) -> sqlx::Result<Self> {
+        Ok(Self {
+            writer: Arc::new(Mutex::new(Some(options.connect().await?))),
+            left_open: AtomicBool::new(false),
+            writes: AtomicU64::new(0),
+            waited_us: AtomicU64::new(0),
+            held_us: AtomicU64::new(0),
+        })
+    }
+
+    /// Waits for the writer's turn.
+    pub(crate) async fn enter(self: &Arc<Self>) -> sqlx::Result<GateTurn> {
+        let queued = Instant::now();
+        let guard = self.writer.clone().lock_owned().await;
+        let since = Instant::now();
+        self.waited_us
+            .fetch_add(micros(since - queued), Ordering::Relaxed);
+        let mut turn = GateTurn {
+            conn: OwnedMutexGuard::try_map(guard, Option::as_mut)
+                .map_err(|_closed| sqlx::Error::PoolClosed)?,
+            open: false,
+            since,
+            gate: self.clone(),
+        };
+        if self.left_open.swap(false, Ordering::Relaxed) {
+            // Its COMMIT may have gone through before the drop: then there
+            // is nothing to roll back, and SQLite says so.
+            if let Err(e) = turn.conn().execute("ROLLBACK").await {
+                tracing::debug!(error = %e, "no transaction left open to roll back");
+            }
+        }
+        Ok(turn)
+    }
+
+    pub fn profile(&self) -> GateProfile {
+        GateProfile {
+            writes: self.writes.load(Ordering::Relaxed),
+            waited: Duration::from_micros(self.waited_us.load(Ordering::Relaxed)),
+            held: Duration::from_micros(self.held_us.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// Closes the writer once the turn in progress, if any, has ended.
+    pub(crate) async fn close(&self) {
+        let writer = self.writer.lock().await.take();
+        if let Some(conn) = writer
+            && let Err(e) = conn.close().await
+        {
+            tracing::warn!(error = %e, "closing SQLite's writer connection");
+        }
+    }
+}
+
+impl GateTurn {
+    pub(crate) fn conn(&mut self) -> &mut SqliteConnection {
+        &mut self.conn
+    }
+
+    /// BEGIN IMMEDIATE: the write lock up front, since a deferred
+    /// transaction that reads and then writes fails with SQLITE_BUSY when
+    /// another process's writer got in between, whatever the busy timeout.
+    pub(crate) async fn begin(&mut self) -> sqlx::Result<()> {
+        self.open = true;
+        self.conn().execute("BEGIN IMMEDIATE").await?;
+        Ok(())
+    }
+
+    pub(crate) async fn commit(mut self) -> sqlx::Result<()> {
+        let ended = self.end("COMMIT").await;
+        self.release().await;
+        ended
+    }
+
+    pub(crate) async fn rollback(mut self) -> sqlx::Result<()> {
+        let ended = self.end("ROLLBACK").await;
+        self.release().await;
+        ended
+    }
+
+    /// Ends the turn, and lets the next writer run before this task goes on:
+    /// woken by this task, it waits in this worker's LIFO slot, which the
+    /// other worker does not steal from, until this task yields, and every
+    /// writer queued behind it waits as long.
+    pub(crate) async fn release(self) {
+        drop(self);
+        tokio::task::yield_now().await;
+    }
+
+    async fn end(&mut self, statement: &'static str) -> sqlx::Result<()> {
+        if self.open {
+            self.conn().execute(statement).await?;
+            self.open = false;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for GateTurn {
+    fn drop(&mut self) {
+        let gate = &self.gate;
+        gate.writes.fetch_add(1, Ordering::Relaxed);
+        gate.held_us
+            .fetch_add(micros(self.since.elapsed()), Ordering::Relaxed);
+        if self.open {
+            // Ended without COMMIT or ROLLBACK (its future dropped): the next
+            // turn rolls back first, and one is taken at once, so that the
+            // write lock does not wait for this process's next writer
+            // (another process's writers queue on it).
+            gate.left_open.store(true, Ordering::Relaxed);
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let gate = gate.clone();
+                runtime.spawn(async move { drop(gate.enter().await) });
+            }
+        }
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
