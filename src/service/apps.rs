@@ -11,6 +11,7 @@ use crate::domain::credentials::{
 };
 use crate::domain::ids::{ChannelId, GuildId, InteractionId, MessageId};
 use crate::domain::lifecycle::{CredentialKind, StoredCredential, next_warning};
+use crate::domain::settings::GuildSettings;
 use crate::domain::validation::name_key;
 use crate::store::{DmRedaction, StoreError, Tx};
 use chrono::{DateTime, Utc};
@@ -457,43 +458,26 @@ impl Service {
         answer: Option<(ChannelId, InteractionId)>,
     ) -> ServiceResult<IssuedKey> {
         let now = self.clock.now();
+        // Checked before the write, outside SQLite's single writer: the press
+        // that finds no key yet then needs one conditional statement to claim
+        // it. One that finds a key, or loses a race, is checked again inside.
+        let mut read = self.store.single(false).await?;
+        let (mut app, mut settings) = self.key_checks(&mut read, guild, id, &actor).await?;
+        read.commit().await?;
         let mut tx = self.store.begin().await?;
-        let mut app = match guild {
-            Some(guild) => self.load_app(&mut tx, guild, id).await?,
-            None => tx.app_by_id(id).await?.ok_or(ServiceError::AppNotFound)?,
-        };
-        let guild = app.guild_id;
-        if app.owner_id != actor.user_id {
-            return Err(ServiceError::NotOwner);
-        }
-        if tx
-            .current_credential(id, CredentialKind::Secret)
-            .await?
-            .is_none()
-        {
-            return Err(ServiceError::CredentialsNotIssued);
-        }
-        let lost = if app.status == AppStatus::KeyIssued {
-            match tx.current_credential(id, CredentialKind::Key).await? {
-                Some(old) if self.is_lost(&old, now) && !tx.answer_pending(&old.id).await? => {
-                    Some(old)
-                }
-                _ => return Err(ServiceError::KeyAlreadyGenerated),
+        let lost = match app.status.apply(Transition::GenerateKey) {
+            Ok(to) if tx.transition_app(&app.id, app.status, to, now).await? => {
+                app.status = to;
+                app.updated_at = now;
+                None
             }
-        } else {
-            match self
-                .transition(&mut tx, &mut app, Transition::GenerateKey, now)
-                .await
-            {
-                // Lost the race to a concurrent call that generated it.
-                Err(ServiceError::Lifecycle(e)) if e.from == AppStatus::KeyIssued => {
-                    return Err(ServiceError::KeyAlreadyGenerated);
-                }
-                other => other?,
+            _ => {
+                (app, settings) = self
+                    .key_checks(&mut tx, Some(app.guild_id), id, &actor)
+                    .await?;
+                self.key_or_lost(&mut tx, &mut app, now).await?
             }
-            None
         };
-        let settings = tx.guild_settings(guild).await?;
         let key = ApiKey::generate();
         let record = new_record(
             CredentialKind::Key,
@@ -551,6 +535,59 @@ impl Service {
             expires_at: now + settings.key_lifetime,
             dm_lifetime: settings.dm_lifetime,
         })
+    }
+
+    /// The app whose key its owner asks for, once its Secret was issued,
+    /// with its guild's settings.
+    async fn key_checks<M>(
+        &self,
+        tx: &mut Tx<M>,
+        guild: Option<GuildId>,
+        id: &ApplicationId,
+        actor: &Actor,
+    ) -> ServiceResult<(Application, GuildSettings)> {
+        let app = match guild {
+            Some(guild) => tx.app(guild, id).await?,
+            None => tx.app_by_id(id).await?,
+        }
+        .ok_or(ServiceError::AppNotFound)?;
+        if app.owner_id != actor.user_id {
+            return Err(ServiceError::NotOwner);
+        }
+        if tx
+            .current_credential(id, CredentialKind::Secret)
+            .await?
+            .is_none()
+        {
+            return Err(ServiceError::CredentialsNotIssued);
+        }
+        let settings = tx.guild_settings(app.guild_id).await?;
+        Ok((app, settings))
+    }
+
+    /// Moves the app to its key, or finds the key it has lost (to replace),
+    /// or says why there is neither.
+    async fn key_or_lost(
+        &self,
+        tx: &mut Tx,
+        app: &mut Application,
+        now: DateTime<Utc>,
+    ) -> ServiceResult<Option<StoredCredential>> {
+        if app.status == AppStatus::KeyIssued {
+            return match tx.current_credential(&app.id, CredentialKind::Key).await? {
+                Some(old) if self.is_lost(&old, now) && !tx.answer_pending(&old.id).await? => {
+                    Ok(Some(old))
+                }
+                _ => Err(ServiceError::KeyAlreadyGenerated),
+            };
+        }
+        match self.transition(tx, app, Transition::GenerateKey, now).await {
+            // Lost the race to a concurrent call that generated it.
+            Err(ServiceError::Lifecycle(e)) if e.from == AppStatus::KeyIssued => {
+                Err(ServiceError::KeyAlreadyGenerated)
+            }
+            other => other.map(|()| None),
+        }
     }
 
     pub async fn app(&self, guild: GuildId, id: &ApplicationId) -> ServiceResult<Application> {
