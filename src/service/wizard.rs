@@ -342,13 +342,23 @@ impl Service {
         origin: Option<ChannelId>,
     ) -> ServiceResult<Submitted> {
         let now = self.clock.now();
-        let mut tx = self.store.begin().await?;
-        let saved = self.owned_draft(&mut tx, id, actor).await?;
+        // Read before the write, outside SQLite's single writer; the write
+        // removes the draft only as it was read, so a change in between
+        // fails it.
+        let mut read = self.store.single(false).await?;
+        let found = async {
+            let saved = self.owned_draft(&mut read, id, actor).await?;
+            let settings = read.guild_settings(saved.guild_id).await?;
+            ServiceResult::Ok((saved, settings))
+        }
+        .await;
+        read.rollback().await?;
+        let (saved, settings) = found?;
         let new = saved.draft.complete()?;
         // The catalog may have changed since the scope step (a restart with
         // another SCOPE_CATALOG): check again.
         let scopes = validate_scopes(&new.scopes, &self.catalog)?;
-        let settings = tx.guild_settings(saved.guild_id).await?;
+        let mut tx = self.store.begin().await?;
         let status = AppStatus::Draft.apply(Transition::Submit {
             approvals_required: settings.approvals_required,
         })?;
@@ -370,7 +380,7 @@ impl Service {
             other => other?,
         }
         // Two concurrent Submits of one draft: the second finds it gone.
-        if !tx.delete_draft(&saved.id).await? {
+        if !tx.delete_draft_unchanged(&saved.id, &saved.draft).await? {
             return Err(ServiceError::DraftNotFound);
         }
         let request = if status == AppStatus::PendingApproval {

@@ -140,6 +140,24 @@ impl<M> Tx<M> {
         Ok(done == 1)
     }
 
+    /// As `delete_draft`, only if the draft is still `before` (as read
+    /// before this transaction began).
+    pub async fn delete_draft_unchanged(
+        &mut self,
+        id: &str,
+        before: &WizardDraft,
+    ) -> StoreResult<bool> {
+        let before = state_json(before)?;
+        let done = on_conn!(self, c => sqlx::query(
+            "DELETE FROM wizard_drafts WHERE id = $1 AND state = $2")
+            .bind(id)
+            .bind(before)
+            .execute(&mut *c)
+            .await?
+            .rows_affected());
+        Ok(done == 1)
+    }
+
     pub async fn delete_expired_drafts(&mut self, now: DateTime<Utc>) -> StoreResult<u64> {
         Ok(
             on_conn!(self, c => sqlx::query("DELETE FROM wizard_drafts WHERE expires_at <= $1")
