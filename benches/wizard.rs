@@ -22,7 +22,7 @@ mod support;
 
 use keygate::domain::catalog::ScopeCatalog;
 use keygate::service::Service;
-use keygate::store::Backend;
+use keygate::store::{Backend, GateProfile, Store};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -214,6 +214,9 @@ async fn wizard_round(
     (samples, start.elapsed())
 }
 
+/// As many interactions per user as one wizard flow has.
+const PINGS_PER_USER: usize = STEPS.len();
+
 async fn ping_round(fake: &FakeDiscord, users: usize) -> Vec<Duration> {
     let mut tasks = tokio::task::JoinSet::new();
     for n in 0..users as u64 {
@@ -221,8 +224,7 @@ async fn ping_round(fake: &FakeDiscord, users: usize) -> Vec<Duration> {
         tasks.spawn(async move {
             let user = TestUser::member(4_000_000_000_000_000 + n, "pinger");
             let mut out = Vec::new();
-            // As many interactions per user as one wizard flow has.
-            for _ in 0..10 {
+            for _ in 0..PINGS_PER_USER {
                 let i = fake.slash_command(&user, "ping", None, vec![]).await;
                 out.push(timed(&fake, &i).await.0);
             }
@@ -237,27 +239,121 @@ async fn ping_round(fake: &FakeDiscord, users: usize) -> Vec<Duration> {
     all
 }
 
-/// Every round at each user count: the samples, sorted, and the time taken.
-type Results = Vec<(usize, Samples, Duration)>;
+/// The machine's busy and total CPU time so far, in ticks (Linux's
+/// `/proc/stat`; `None` elsewhere).
+fn cpu_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let idle = ticks.get(3)? + ticks.get(4)?;
+    let total: u64 = ticks.iter().sum();
+    Some((total - idle, total))
+}
 
-async fn rounds(fake: &FakeDiscord, users: &[usize], first_round: u64, guilds: usize) -> Results {
+/// How busy the machine's CPUs were since `before`: the busy share of all
+/// their time, and the busy CPU time in seconds (ticks of Linux's USER_HZ,
+/// 100 a second).
+fn busy_since(before: Option<(u64, u64)>) -> Option<CpuUse> {
+    let ((b0, t0), (b1, t1)) = before.zip(cpu_ticks())?;
+    Some(CpuUse {
+        share: (b1 - b0) as f64 / (t1 - t0).max(1) as f64,
+        seconds: (b1 - b0) as f64 / 100.0,
+    })
+}
+
+#[derive(Clone, Copy)]
+struct CpuUse {
+    share: f64,
+    seconds: f64,
+}
+
+/// What limited a round: how busy the machine's CPUs were, and (SQLite) the
+/// write gate that queues the process's writers.
+#[derive(Default)]
+struct Profile {
+    cpu: Option<CpuUse>,
+    gate: Option<GateProfile>,
+}
+
+/// One round at one user count: the samples, sorted, the time taken, and
+/// the profile.
+struct Round {
+    users: usize,
+    samples: Samples,
+    elapsed: Duration,
+    profile: Profile,
+}
+
+async fn rounds(
+    fake: &FakeDiscord,
+    store: Option<&Store>,
+    users: &[usize],
+    first_round: u64,
+    guilds: usize,
+) -> Vec<Round> {
     let mut results = Vec::new();
     // A warm-up flow so first-use costs (SQLite pages, connections) are not measured.
     wizard_round(fake, guilds, first_round, guilds).await;
     for (round, &n) in users.iter().enumerate() {
+        let (cpu, gate) = (cpu_ticks(), store.and_then(Store::write_gate_profile));
         let (mut samples, elapsed) =
             wizard_round(fake, n, first_round + 1 + round as u64, guilds).await;
+        let profile = Profile {
+            cpu: busy_since(cpu),
+            gate: gate
+                .zip(store.and_then(Store::write_gate_profile))
+                .map(|(before, after)| after - before),
+        };
         for v in samples.values_mut() {
             v.sort();
         }
-        results.push((n, samples, elapsed));
+        results.push(Round {
+            users: n,
+            samples,
+            elapsed,
+            profile,
+        });
     }
     results
 }
 
-fn print_results(label: &str, results: &Results, floors: &[Vec<Duration>]) {
+fn print_profile(profile: &Profile, flows: usize, elapsed: Duration) {
+    if let Some(cpu) = profile.cpu {
+        println!(
+            "machine CPU busy {:.0}% of the round, {:.1} ms of CPU per flow (all processes)",
+            cpu.share * 100.0,
+            1e3 * cpu.seconds / flows.max(1) as f64
+        );
+    }
+    if let Some(gate) = profile.gate {
+        let writes = gate.writes.max(1) as f64;
+        println!(
+            "SQLite write gate: {} writes, held {:.0}% of the round, mean hold {:.2} ms, mean wait {:.2} ms",
+            gate.writes,
+            100.0 * gate.held.as_secs_f64() / elapsed.as_secs_f64().max(1e-9),
+            1e3 * gate.held.as_secs_f64() / writes,
+            1e3 * gate.waited.as_secs_f64() / writes,
+        );
+    }
+}
+
+/// The `/ping` round at one user count, sorted, and how busy the CPUs were.
+struct Floor {
+    samples: Vec<Duration>,
+    cpu: Option<CpuUse>,
+}
+
+fn print_results(label: &str, results: &[Round], floors: &[Floor]) {
     println!("{label}");
-    for ((n, samples, elapsed), floor) in results.iter().zip(floors) {
+    for (round, floor) in results.iter().zip(floors) {
+        let (n, samples, elapsed) = (&round.users, &round.samples, &round.elapsed);
         println!(
             "── {n} concurrent user(s): {:.1} flows/s ({n} flows in {:.2} s)",
             *n as f64 / elapsed.as_secs_f64(),
@@ -277,13 +373,25 @@ fn print_results(label: &str, results: &Results, floors: &[Vec<Duration>]) {
         }
         all.sort();
         let (p50, p99) = (percentile(&all, 50.0), percentile(&all, 99.0));
-        let (f50, f99) = (percentile(floor, 50.0), percentile(floor, 99.0));
+        let (f50, f99) = (
+            percentile(&floor.samples, 50.0),
+            percentile(&floor.samples, 99.0),
+        );
         println!("{:<14}{:>10.2}{:>10.2}", "all steps", ms(p50), ms(p99));
         println!("{:<14}{:>10.2}{:>10.2}", "/ping floor", ms(f50), ms(f99));
         println!(
-            "keygate p99 / floor p99 = {:.2}×\n",
+            "keygate p99 / floor p99 = {:.2}×",
             p99.as_secs_f64() / f99.as_secs_f64().max(1e-9)
         );
+        print_profile(&round.profile, *n, *elapsed);
+        if let Some(cpu) = floor.cpu {
+            println!(
+                "the /ping round: machine CPU busy {:.0}%, {:.2} ms of CPU per /ping",
+                cpu.share * 100.0,
+                1e3 * cpu.seconds / (n * PINGS_PER_USER).max(1) as f64
+            );
+        }
+        println!();
     }
 }
 
@@ -316,7 +424,7 @@ fn main() {
             count_statements(&h).await;
         }
         let (one, two) = if processes == 1 {
-            let one = rounds(&h.fake, &users, 100, 1).await;
+            let one = rounds(&h.fake, Some(h.service.store()), &users, 100, 1).await;
             h.stop_bot().await;
             (one, None)
         } else {
@@ -333,10 +441,10 @@ fn main() {
                 }
             };
             let single = process(1, 0).await;
-            let one = rounds(&h.fake, &users, 100, 2).await;
+            let one = rounds(&h.fake, None, &users, 100, 2).await;
             single.stop().await;
             let shards = [process(2, 0).await, process(2, 1).await];
-            let two = rounds(&h.fake, &users, 200, 2).await;
+            let two = rounds(&h.fake, None, &users, 200, 2).await;
             for shard in shards {
                 shard.stop().await;
             }
@@ -348,7 +456,12 @@ fn main() {
         ping_round(&h.fake, 1).await;
         let mut floors = Vec::new();
         for &n in &users {
-            floors.push(ping_round(&h.fake, n).await);
+            let cpu = cpu_ticks();
+            let floor = ping_round(&h.fake, n).await;
+            floors.push(Floor {
+                samples: floor,
+                cpu: busy_since(cpu),
+            });
         }
         ping.shutdown().await;
         h.db.close().await;
