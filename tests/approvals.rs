@@ -641,10 +641,14 @@ async fn audit_channel_gets_every_event_in_order_through_failures_and_a_restart(
         }
     }
     let total = expected.len();
+    // A 5 s back-off, a restart and 101 posts at the poster's pace: alone
+    // about 8 s, longer on a machine busy with the other suites.
     h.fake
-        .wait_until("every event in the audit channel", |f| {
-            f.channel_messages(AUDIT).len() >= total
-        })
+        .wait_until_within(
+            std::time::Duration::from_secs(30),
+            "every event in the audit channel",
+            |f| f.channel_messages(AUDIT).len() >= total,
+        )
         .await;
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let posted: Vec<String> = h

@@ -170,11 +170,23 @@ impl FakeDiscord {
 
     /// Polls every 10 ms for up to [`WAIT`].
     pub async fn wait_until(&self, what: &str, pred: impl Fn(&FakeDiscord) -> bool) {
-        let deadline = tokio::time::Instant::now() + WAIT;
+        self.wait_until_within(WAIT, what, pred).await
+    }
+
+    /// Polls every 10 ms for up to `limit`, for what takes longer than most.
+    pub async fn wait_until_within(
+        &self,
+        limit: Duration,
+        what: &str,
+        pred: impl Fn(&FakeDiscord) -> bool,
+    ) {
+        let deadline = tokio::time::Instant::now() + limit;
         while !pred(self) {
             if tokio::time::Instant::now() >= deadline {
                 let report = self.report();
-                panic!("Discord emulator: timed out after {WAIT:?} waiting until {what}\n{report}");
+                panic!(
+                    "Discord emulator: timed out after {limit:?} waiting until {what}\n{report}"
+                );
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
