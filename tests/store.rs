@@ -38,6 +38,7 @@ on_both_stores!(
     readiness_follows_the_database,
     drafts_belong_to_one_user_and_survive_a_restart,
     concurrent_forms_leave_one_draft,
+    a_draft_submitted_twice_at_once_makes_one_app,
     names_are_unique_per_guild_ignoring_case,
     audit_log_is_append_only_and_outbox_posts_once,
     a_late_audit_release_leaves_a_newer_lease_alone,
@@ -1238,6 +1239,31 @@ async fn concurrent_forms_leave_one_draft(db: &TestDb) {
     assert_eq!(svc.draft(&second.id, ALICE).await.unwrap(), second);
     assert!(matches!(
         svc.draft(&first.id, ALICE).await,
+        Err(ServiceError::DraftNotFound)
+    ));
+}
+
+/// A double click on Submit: both presses read the draft before either
+/// writes; the second is told the draft is gone, not that its own name is
+/// taken, and one application is made.
+async fn a_draft_submitted_twice_at_once_makes_one_app(db: &TestDb) {
+    let svc = &db.service;
+    let id = draft_to_review(svc, ALICE, "Twice").await;
+    let (a, b) = tokio::join!(
+        svc.submit_draft(&id, ALICE, None),
+        svc.submit_draft(&id, ALICE, None)
+    );
+    let refused = match (a, b) {
+        (Ok(_), Err(e)) | (Err(e), Ok(_)) => e,
+        (a, b) => panic!("one Ok, one refusal; got {:?} and {:?}", a.err(), b.err()),
+    };
+    assert!(
+        matches!(refused, ServiceError::DraftNotFound),
+        "{refused:?}"
+    );
+    assert_eq!(svc.list_apps(GUILD).await.unwrap().len(), 1);
+    assert!(matches!(
+        svc.draft(&id, ALICE).await,
         Err(ServiceError::DraftNotFound)
     ));
 }

@@ -342,23 +342,30 @@ impl Service {
         origin: Option<ChannelId>,
     ) -> ServiceResult<Submitted> {
         let now = self.clock.now();
-        // Read before the write, outside SQLite's single writer; the write
-        // removes the draft only as it was read, so a change in between
-        // fails it.
+        // The draft is read before the write, outside SQLite's single
+        // writer, and removed inside it only as it was read. The settings
+        // are read inside: the approval rule is the one in force when the
+        // application is stored.
         let mut read = self.store.single(false).await?;
-        let found = async {
-            let saved = self.owned_draft(&mut read, id, actor).await?;
-            let settings = read.guild_settings(saved.guild_id).await?;
-            ServiceResult::Ok((saved, settings))
-        }
-        .await;
+        let read_first = self.owned_draft(&mut read, id, actor).await;
         read.rollback().await?;
-        let (saved, settings) = found?;
+        let mut saved = read_first?;
+        // Refused before it queues for the writer.
+        saved.draft.complete()?;
+        let mut tx = self.store.begin().await?;
+        if !tx.delete_draft_unchanged(&saved.id, &saved.draft).await? {
+            // Changed since it was read, or gone: a second Submit of it
+            // finds it so.
+            saved = self.owned_draft(&mut tx, id, actor).await?;
+            if !tx.delete_draft(&saved.id).await? {
+                return Err(ServiceError::DraftNotFound);
+            }
+        }
         let new = saved.draft.complete()?;
         // The catalog may have changed since the scope step (a restart with
         // another SCOPE_CATALOG): check again.
         let scopes = validate_scopes(&new.scopes, &self.catalog)?;
-        let mut tx = self.store.begin().await?;
+        let settings = tx.guild_settings(saved.guild_id).await?;
         let status = AppStatus::Draft.apply(Transition::Submit {
             approvals_required: settings.approvals_required,
         })?;
@@ -378,10 +385,6 @@ impl Service {
         match tx.insert_app(&app, &name_key(&app.details.name)).await {
             Err(StoreError::Conflict("name")) => return Err(name_taken(&app.details.name).into()),
             other => other?,
-        }
-        // Two concurrent Submits of one draft: the second finds it gone.
-        if !tx.delete_draft_unchanged(&saved.id, &saved.draft).await? {
-            return Err(ServiceError::DraftNotFound);
         }
         let request = if status == AppStatus::PendingApproval {
             let request = ApprovalRequest {
