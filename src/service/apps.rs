@@ -461,6 +461,11 @@ impl Service {
         // Checked before the write, outside SQLite's single writer: the press
         // that finds no key yet then needs one conditional statement to claim
         // it. One that finds a key, or loses a race, is checked again inside.
+        // The claim alone is enough because what was checked cannot change
+        // while the status stays: the owner never changes, and an app past
+        // approval has a current Secret until it is revoked (rotation and
+        // reissue replace it in one transaction). The settings are those in
+        // force when the member pressed.
         let mut read = self.store.single(false).await?;
         let (mut app, mut settings) = self.key_checks(&mut read, guild, id, &actor).await?;
         read.commit().await?;

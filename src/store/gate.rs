@@ -16,14 +16,25 @@ use tokio::sync::{Mutex, OwnedMappedMutexGuard, OwnedMutexGuard};
 /// ([`Store::write_gate_profile`](super::Store::write_gate_profile)).
 #[derive(Debug)]
 pub struct WriteGate {
-    /// `None` once the store is closed.
-    writer: Arc<Mutex<Option<SqliteConnection>>>,
+    writer: Arc<Mutex<Writer>>,
+    /// To connect again when the connection broke.
+    options: SqliteConnectOptions,
     /// A transaction was left open by a turn that ended without COMMIT or
     /// ROLLBACK (its future dropped): the next turn rolls it back first.
     left_open: AtomicBool,
+    /// The connection failed as a connection (its thread or its file): the
+    /// next turn replaces it.
+    broken: AtomicBool,
     writes: AtomicU64,
     waited_us: AtomicU64,
     held_us: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Writer {
+    /// `None` between a broken connection and the next turn.
+    conn: Option<SqliteConnection>,
+    closed: bool,
 }
 
 /// What the gate saw since the store opened; subtract two to see a span.
@@ -40,7 +51,7 @@ impl std::ops::Sub for GateProfile {
     type Output = Self;
     fn sub(self, earlier: Self) -> Self {
         Self {
-            writes: self.writes - earlier.writes,
+            writes: self.writes.saturating_sub(earlier.writes),
             waited: self.waited.saturating_sub(earlier.waited),
             held: self.held.saturating_sub(earlier.held),
         }
@@ -49,7 +60,7 @@ impl std::ops::Sub for GateProfile {
 
 /// A writer's turn, with the connection; the next one's begins when it drops.
 pub(crate) struct GateTurn {
-    conn: OwnedMappedMutexGuard<Option<SqliteConnection>, SqliteConnection>,
+    conn: OwnedMappedMutexGuard<Writer, SqliteConnection>,
     /// In a transaction this turn began and has not ended.
     open: bool,
     since: Instant,
@@ -59,8 +70,13 @@ pub(crate) struct GateTurn {
 impl WriteGate {
     pub(crate) async fn connect(options: &SqliteConnectOptions) -> sqlx::Result<Self> {
         Ok(Self {
-            writer: Arc::new(Mutex::new(Some(options.connect().await?))),
+            writer: Arc::new(Mutex::new(Writer {
+                conn: Some(options.connect().await?),
+                closed: false,
+            })),
+            options: options.clone(),
             left_open: AtomicBool::new(false),
+            broken: AtomicBool::new(false),
             writes: AtomicU64::new(0),
             waited_us: AtomicU64::new(0),
             held_us: AtomicU64::new(0),
@@ -70,25 +86,40 @@ impl WriteGate {
     /// Waits for the writer's turn.
     pub(crate) async fn enter(self: &Arc<Self>) -> sqlx::Result<GateTurn> {
         let queued = Instant::now();
-        let guard = self.writer.clone().lock_owned().await;
+        let mut writer = self.writer.clone().lock_owned().await;
         let since = Instant::now();
         self.waited_us
             .fetch_add(micros(since - queued), Ordering::Relaxed);
-        let mut turn = GateTurn {
-            conn: OwnedMutexGuard::try_map(guard, Option::as_mut)
-                .map_err(|_closed| sqlx::Error::PoolClosed)?,
+        if writer.closed {
+            return Err(sqlx::Error::PoolClosed);
+        }
+        if self.broken.swap(false, Ordering::Relaxed) {
+            // Dropped, it closes, and SQLite rolls back what it left open.
+            writer.conn = None;
+            self.left_open.store(false, Ordering::Relaxed);
+        }
+        if self.left_open.swap(false, Ordering::Relaxed)
+            && let Some(conn) = writer.conn.as_mut()
+            && let Err(e) = conn.execute("ROLLBACK").await
+        {
+            // Its COMMIT may have gone through before the drop, or its BEGIN
+            // never ran: then there is nothing to roll back, and SQLite says
+            // so. Anything else, and the connection goes, with what it holds.
+            if !nothing_to_roll_back(&e) {
+                tracing::warn!(error = %e, "rolling back what a dropped write left open");
+                writer.conn = None;
+            }
+        }
+        if writer.conn.is_none() {
+            writer.conn = Some(self.options.connect().await?);
+        }
+        Ok(GateTurn {
+            conn: OwnedMutexGuard::try_map(writer, |w| w.conn.as_mut())
+                .map_err(|_gone| sqlx::Error::PoolClosed)?,
             open: false,
             since,
             gate: self.clone(),
-        };
-        if self.left_open.swap(false, Ordering::Relaxed) {
-            // Its COMMIT may have gone through before the drop: then there
-            // is nothing to roll back, and SQLite says so.
-            if let Err(e) = turn.conn().execute("ROLLBACK").await {
-                tracing::debug!(error = %e, "no transaction left open to roll back");
-            }
-        }
-        Ok(turn)
+        })
     }
 
     pub fn profile(&self) -> GateProfile {
@@ -101,8 +132,12 @@ impl WriteGate {
 
     /// Closes the writer once the turn in progress, if any, has ended.
     pub(crate) async fn close(&self) {
-        let writer = self.writer.lock().await.take();
-        if let Some(conn) = writer
+        let conn = {
+            let mut writer = self.writer.lock().await;
+            writer.closed = true;
+            writer.conn.take()
+        };
+        if let Some(conn) = conn
             && let Err(e) = conn.close().await
         {
             tracing::warn!(error = %e, "closing SQLite's writer connection");
@@ -119,9 +154,30 @@ impl GateTurn {
     /// transaction that reads and then writes fails with SQLITE_BUSY when
     /// another process's writer got in between, whatever the busy timeout.
     pub(crate) async fn begin(&mut self) -> sqlx::Result<()> {
+        // Set first: a BEGIN whose future is dropped may still run.
         self.open = true;
-        self.conn().execute("BEGIN IMMEDIATE").await?;
-        Ok(())
+        match self.conn().execute("BEGIN IMMEDIATE").await {
+            Ok(_) => Ok(()),
+            // SQLite refused it (busy past the timeout): no transaction.
+            Err(e @ sqlx::Error::Database(_)) => {
+                self.open = false;
+                Err(e)
+            }
+            Err(e) => Err(self.failed(e)),
+        }
+    }
+
+    /// Notes an error of the connection itself, to replace it next turn.
+    /// Only BEGIN, COMMIT and ROLLBACK are seen here: a connection that broke
+    /// under another statement is replaced at the next transaction's BEGIN.
+    fn failed(&self, e: sqlx::Error) -> sqlx::Error {
+        if matches!(
+            e,
+            sqlx::Error::WorkerCrashed | sqlx::Error::Io(_) | sqlx::Error::Protocol(_)
+        ) {
+            self.gate.broken.store(true, Ordering::Relaxed);
+        }
+        e
     }
 
     pub(crate) async fn commit(mut self) -> sqlx::Result<()> {
@@ -147,7 +203,9 @@ impl GateTurn {
 
     async fn end(&mut self, statement: &'static str) -> sqlx::Result<()> {
         if self.open {
-            self.conn().execute(statement).await?;
+            if let Err(e) = self.conn().execute(statement).await {
+                return Err(self.failed(e));
+            }
             self.open = false;
         }
         Ok(())
@@ -166,12 +224,18 @@ impl Drop for GateTurn {
             // write lock does not wait for this process's next writer
             // (another process's writers queue on it).
             gate.left_open.store(true, Ordering::Relaxed);
+            // Outside a runtime (a store dropped at exit) it waits for the
+            // next writer, or for the connection's close.
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 let gate = gate.clone();
                 runtime.spawn(async move { drop(gate.enter().await) });
             }
         }
     }
+}
+
+fn nothing_to_roll_back(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.message().contains("no transaction is active"))
 }
 
 fn micros(d: Duration) -> u64 {
