@@ -1249,9 +1249,25 @@ async fn concurrent_forms_leave_one_draft(db: &TestDb) {
 async fn a_draft_submitted_twice_at_once_makes_one_app(db: &TestDb) {
     let svc = &db.service;
     let id = draft_to_review(svc, ALICE, "Twice").await;
-    let (a, b) = tokio::join!(
-        svc.submit_draft(&id, ALICE, None),
-        svc.submit_draft(&id, ALICE, None)
+    let saved = svc.draft(&id, ALICE).await.unwrap();
+    // A write held open keeps both presses queued until each has read:
+    // SQLite's writer, and on PostgreSQL the draft's row, rewritten as is.
+    let mut held = db.store.begin().await.unwrap();
+    held.update_draft(&id, &saved.draft, chrono::Utc::now(), saved.expires_at)
+        .await
+        .unwrap();
+    let release = async {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        held.commit().await.unwrap();
+    };
+    let ((a, b), ()) = tokio::join!(
+        async {
+            tokio::join!(
+                svc.submit_draft(&id, ALICE, None),
+                svc.submit_draft(&id, ALICE, None)
+            )
+        },
+        release
     );
     let refused = match (a, b) {
         (Ok(_), Err(e)) | (Err(e), Ok(_)) => e,

@@ -353,11 +353,18 @@ impl Service {
         // Refused before it queues for the writer.
         saved.draft.complete()?;
         let mut tx = self.store.begin().await?;
-        if !tx.delete_draft_unchanged(&saved.id, &saved.draft).await? {
+        if !tx
+            .delete_draft_unchanged(&saved.id, &saved.draft, now)
+            .await?
+        {
             // Changed since it was read, or gone: a second Submit of it
-            // finds it so.
+            // finds it so. (On PostgreSQL an edit may land again between
+            // this read and the delete: then it is refused too.)
             saved = self.owned_draft(&mut tx, id, actor).await?;
-            if !tx.delete_draft(&saved.id).await? {
+            if !tx
+                .delete_draft_unchanged(&saved.id, &saved.draft, now)
+                .await?
+            {
                 return Err(ServiceError::DraftNotFound);
             }
         }

@@ -141,17 +141,19 @@ impl<M> Tx<M> {
     }
 
     /// As `delete_draft`, only if the draft is still `before` (as read
-    /// before this transaction began).
+    /// before this transaction began) and unexpired at `now`.
     pub async fn delete_draft_unchanged(
         &mut self,
         id: &str,
         before: &WizardDraft,
+        now: DateTime<Utc>,
     ) -> StoreResult<bool> {
         let before = state_json(before)?;
         let done = on_conn!(self, c => sqlx::query(
-            "DELETE FROM wizard_drafts WHERE id = $1 AND state = $2")
+            "DELETE FROM wizard_drafts WHERE id = $1 AND state = $2 AND expires_at > $3")
             .bind(id)
             .bind(before)
+            .bind(to_ms(now))
             .execute(&mut *c)
             .await?
             .rows_affected());

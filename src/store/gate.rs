@@ -22,8 +22,8 @@ pub struct WriteGate {
     /// A transaction was left open by a turn that ended without COMMIT or
     /// ROLLBACK (its future dropped): the next turn rolls it back first.
     left_open: AtomicBool,
-    /// The connection failed as a connection (its thread or its file): the
-    /// next turn replaces it.
+    /// The connection failed as a connection (its thread, or I/O with it):
+    /// the next turn replaces it.
     broken: AtomicBool,
     writes: AtomicU64,
     waited_us: AtomicU64,
@@ -98,17 +98,22 @@ impl WriteGate {
             writer.conn = None;
             self.left_open.store(false, Ordering::Relaxed);
         }
-        if self.left_open.swap(false, Ordering::Relaxed)
+        // Cleared only once the ROLLBACK's outcome is known: a turn dropped
+        // while it runs leaves the next one to roll back again.
+        if self.left_open.load(Ordering::Relaxed)
             && let Some(conn) = writer.conn.as_mut()
-            && let Err(e) = conn.execute("ROLLBACK").await
         {
-            // Its COMMIT may have gone through before the drop, or its BEGIN
-            // never ran: then there is nothing to roll back, and SQLite says
-            // so. Anything else, and the connection goes, with what it holds.
-            if !nothing_to_roll_back(&e) {
-                tracing::warn!(error = %e, "rolling back what a dropped write left open");
-                writer.conn = None;
+            if let Err(e) = conn.execute("ROLLBACK").await {
+                // Its COMMIT may have gone through before the drop, or its
+                // BEGIN never ran: then there is nothing to roll back, and
+                // SQLite says so. Anything else, and the connection goes,
+                // with what it holds.
+                if !nothing_to_roll_back(&e) {
+                    tracing::warn!(error = %e, "rolling back what a dropped write left open");
+                    writer.conn = None;
+                }
             }
+            self.left_open.store(false, Ordering::Relaxed);
         }
         if writer.conn.is_none() {
             writer.conn = Some(self.options.connect().await?);
@@ -158,7 +163,12 @@ impl GateTurn {
         self.open = true;
         match self.conn().execute("BEGIN IMMEDIATE").await {
             Ok(_) => Ok(()),
-            // SQLite refused it (busy past the timeout): no transaction.
+            // Still inside one nobody ended: left open, for the next turn to
+            // roll back.
+            Err(sqlx::Error::Database(d)) if d.message().contains("within a transaction") => {
+                Err(sqlx::Error::Database(d))
+            }
+            // SQLite refused it (busy past its timeout, say): no transaction.
             Err(e @ sqlx::Error::Database(_)) => {
                 self.open = false;
                 Err(e)
@@ -169,7 +179,8 @@ impl GateTurn {
 
     /// Notes an error of the connection itself, to replace it next turn.
     /// Only BEGIN, COMMIT and ROLLBACK are seen here: a connection that broke
-    /// under another statement is replaced at the next transaction's BEGIN.
+    /// under another statement is replaced when a BEGIN, or the ROLLBACK of
+    /// the turn it left open, fails on it.
     fn failed(&self, e: sqlx::Error) -> sqlx::Error {
         if matches!(
             e,
