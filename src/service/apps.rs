@@ -13,7 +13,7 @@ use crate::domain::ids::{ChannelId, GuildId, InteractionId, MessageId};
 use crate::domain::lifecycle::{CredentialKind, StoredCredential, next_warning};
 use crate::domain::settings::GuildSettings;
 use crate::domain::validation::name_key;
-use crate::store::{DmRedaction, StoreError, Tx};
+use crate::store::{Backend, DmRedaction, StoreError, Tx};
 use chrono::{DateTime, Utc};
 
 /// What Submit produced: the application and either its approval request or,
@@ -144,6 +144,20 @@ pub(super) async fn issue_secret(
     // Other processes' verifiers learn of the app's new credential.
     tx.notify_credentials_changed(&app.id).await?;
     Ok((secret, record.id))
+}
+
+/// Moves the app, as read before this transaction, to its key: false when
+/// it had moved meanwhile, or cannot.
+async fn claim_key(tx: &mut Tx, app: &mut Application, now: DateTime<Utc>) -> ServiceResult<bool> {
+    let Ok(to) = app.status.apply(Transition::GenerateKey) else {
+        return Ok(false);
+    };
+    if !tx.transition_app(&app.id, app.status, to, now).await? {
+        return Ok(false);
+    }
+    app.status = to;
+    app.updated_at = now;
+    Ok(true)
 }
 
 impl Service {
@@ -458,29 +472,38 @@ impl Service {
         answer: Option<(ChannelId, InteractionId)>,
     ) -> ServiceResult<IssuedKey> {
         let now = self.clock.now();
-        // Checked before the write, outside SQLite's single writer: the press
-        // that finds no key yet then needs one conditional statement to claim
-        // it. One that finds a key, or loses a race, is checked again inside.
-        // The claim alone is enough because what was checked cannot change
-        // while the status stays: the owner never changes, and an app past
-        // approval has a current Secret until it is revoked (rotation and
-        // reissue replace it in one transaction). The settings are those in
-        // force when the member pressed.
-        let mut read = self.store.single(false).await?;
-        let (mut app, mut settings) = self.key_checks(&mut read, guild, id, &actor).await?;
-        read.commit().await?;
-        let mut tx = self.store.begin().await?;
-        let lost = match app.status.apply(Transition::GenerateKey) {
-            Ok(to) if tx.transition_app(&app.id, app.status, to, now).await? => {
-                app.status = to;
-                app.updated_at = now;
-                None
+        // On SQLite, checked before the write, outside its single writer:
+        // the press that finds no key yet then needs one conditional
+        // statement to claim it. One that finds a key, or loses a race, is
+        // checked again inside. The claim alone is enough because what was
+        // checked cannot change while the status stays: the owner never
+        // changes, and an app past approval has a current Secret until it is
+        // revoked (rotation and reissue replace it in one transaction). The
+        // settings are those in force when the member pressed. PostgreSQL has
+        // no single writer, and a second connection would only add a wait for
+        // the pool: there, all of it runs in the transaction.
+        let checked = match self.store.backend() {
+            Backend::Sqlite => {
+                let mut read = self.store.single(false).await?;
+                let checked = self.key_checks(&mut read, guild, id, &actor).await;
+                read.commit().await?;
+                Some(checked?)
             }
-            _ => {
-                (app, settings) = self
-                    .key_checks(&mut tx, Some(app.guild_id), id, &actor)
-                    .await?;
-                self.key_or_lost(&mut tx, &mut app, now).await?
+            Backend::Postgres => None,
+        };
+        let mut tx = self.store.begin().await?;
+        let claimed = match checked {
+            Some((mut app, settings)) => claim_key(&mut tx, &mut app, now)
+                .await?
+                .then_some((app, settings)),
+            None => None,
+        };
+        let (mut app, settings, lost) = match claimed {
+            Some((app, settings)) => (app, settings, None),
+            None => {
+                let (mut app, settings) = self.key_checks(&mut tx, guild, id, &actor).await?;
+                let lost = self.key_or_lost(&mut tx, &mut app, now).await?;
+                (app, settings, lost)
             }
         };
         let key = ApiKey::generate();

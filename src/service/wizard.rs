@@ -11,7 +11,7 @@ use crate::domain::validation::{
     AppForm, Field, ValidationErrors, name_key, validate_form, validate_scopes,
 };
 use crate::domain::wizard::{SavedDraft, WizardAction, WizardDraft};
-use crate::store::{StoreError, Tx};
+use crate::store::{Backend, StoreError, Tx};
 use rand::distr::{Alphanumeric, SampleString};
 
 use super::apps::{IssuedCredentials, Submitted};
@@ -342,32 +342,46 @@ impl Service {
         origin: Option<ChannelId>,
     ) -> ServiceResult<Submitted> {
         let now = self.clock.now();
-        // The draft is read before the write, outside SQLite's single
-        // writer, and removed inside it only as it was read. The settings
-        // are read inside: the approval rule is the one in force when the
-        // application is stored.
-        let mut read = self.store.single(false).await?;
-        let read_first = self.owned_draft(&mut read, id, actor).await;
-        read.rollback().await?;
-        let mut saved = read_first?;
-        // Refused before it queues for the writer.
-        saved.draft.complete()?;
-        let mut tx = self.store.begin().await?;
-        if !tx
-            .delete_draft_unchanged(&saved.id, &saved.draft, now)
-            .await?
-        {
-            // Changed since it was read, or gone: a second Submit of it
-            // finds it so. (On PostgreSQL an edit may land again between
-            // this read and the delete: then it is refused too.)
-            saved = self.owned_draft(&mut tx, id, actor).await?;
-            if !tx
-                .delete_draft_unchanged(&saved.id, &saved.draft, now)
-                .await?
-            {
-                return Err(ServiceError::DraftNotFound);
+        // On SQLite the draft is read before the write, outside its single
+        // writer, and removed inside it only as it was read; PostgreSQL has
+        // no single writer, and a second connection would only add a wait
+        // for the pool. The settings are read inside: the approval rule is
+        // the one in force when the application is stored.
+        let read_first = match self.store.backend() {
+            Backend::Sqlite => {
+                let mut read = self.store.single(false).await?;
+                let saved = self.owned_draft(&mut read, id, actor).await;
+                read.rollback().await?;
+                let saved = saved?;
+                // Refused before it queues for the writer.
+                saved.draft.complete()?;
+                Some(saved)
             }
-        }
+            Backend::Postgres => None,
+        };
+        let mut tx = self.store.begin().await?;
+        let saved = match read_first {
+            Some(saved)
+                if tx
+                    .delete_draft_unchanged(&saved.id, &saved.draft, now)
+                    .await? =>
+            {
+                saved
+            }
+            // Not read yet, changed since it was read, or gone: a second
+            // Submit of it finds it so. (On PostgreSQL an edit may land
+            // between this read and the delete: then it is refused too.)
+            _ => {
+                let saved = self.owned_draft(&mut tx, id, actor).await?;
+                if !tx
+                    .delete_draft_unchanged(&saved.id, &saved.draft, now)
+                    .await?
+                {
+                    return Err(ServiceError::DraftNotFound);
+                }
+                saved
+            }
+        };
         let new = saved.draft.complete()?;
         // The catalog may have changed since the scope step (a restart with
         // another SCOPE_CATALOG): check again.
