@@ -11,7 +11,7 @@ use keygate::domain::ids::{ChannelId, GuildId, InteractionId, MessageId};
 use keygate::domain::settings::GuildSettings;
 use keygate::domain::validation::{AppForm, Field};
 use keygate::domain::verification::{Expectations, VerifyCode};
-use keygate::domain::wizard::{SavedDraft, WizardStep};
+use keygate::domain::wizard::{SavedDraft, WizardAction, WizardStep};
 use keygate::service::{
     Actor, ApproveOutcome, DraftInput, DraftStart, Policy, Service, ServiceError, new_draft_id,
 };
@@ -39,6 +39,7 @@ on_both_stores!(
     drafts_belong_to_one_user_and_survive_a_restart,
     concurrent_forms_leave_one_draft,
     a_draft_submitted_twice_at_once_makes_one_app,
+    a_draft_edited_while_submit_queues_is_submitted_as_edited,
     names_are_unique_per_guild_ignoring_case,
     audit_log_is_append_only_and_outbox_posts_once,
     a_late_audit_release_leaves_a_newer_lease_alone,
@@ -1278,6 +1279,42 @@ async fn a_draft_submitted_twice_at_once_makes_one_app(db: &TestDb) {
         "{refused:?}"
     );
     assert_eq!(svc.list_apps(GUILD).await.unwrap().len(), 1);
+    assert!(matches!(
+        svc.draft(&id, ALICE).await,
+        Err(ServiceError::DraftNotFound)
+    ));
+}
+
+/// An edit that commits while a Submit of the draft waits to write (after
+/// it read the draft) is what gets submitted: nothing the member saved is lost.
+async fn a_draft_edited_while_submit_queues_is_submitted_as_edited(db: &TestDb) {
+    let svc = &db.service;
+    let id = draft_to_review(svc, ALICE, "Edited").await;
+    let saved = svc.draft(&id, ALICE).await.unwrap();
+    let mut edited = saved.draft.clone();
+    for action in [
+        WizardAction::Back,
+        WizardAction::SetScopes(vec!["guests".into()]),
+        WizardAction::Next,
+    ] {
+        edited.apply(action).unwrap();
+    }
+    // Held open while the Submit reads the draft as it was, then committed
+    // first: SQLite's writer, and on PostgreSQL the draft's row.
+    let mut held = db.store.begin().await.unwrap();
+    held.update_draft(&id, &edited, chrono::Utc::now(), saved.expires_at)
+        .await
+        .unwrap();
+    let release = async {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        held.commit().await.unwrap();
+    };
+    let (submitted, ()) = tokio::join!(svc.submit_draft(&id, ALICE, None), release);
+    let app = match submitted {
+        Ok(s) => s.app,
+        Err(e) => panic!("the edited draft is submitted: {e:?}"),
+    };
+    assert_eq!(app.scopes, vec!["guests".to_owned()]);
     assert!(matches!(
         svc.draft(&id, ALICE).await,
         Err(ServiceError::DraftNotFound)

@@ -369,15 +369,16 @@ impl Service {
                 saved
             }
             // Not read yet, changed since it was read, or gone: a second
-            // Submit of it finds it so. (On PostgreSQL an edit may land
-            // between this read and the delete: then it is refused too.)
+            // Submit of it finds it so. Taken as it is when it goes, so an
+            // edit that lands first is submitted, and one after finds it gone.
             _ => {
-                let saved = self.owned_draft(&mut tx, id, actor).await?;
-                if !tx
-                    .delete_draft_unchanged(&saved.id, &saved.draft, now)
+                let saved = tx
+                    .take_draft(id, now)
                     .await?
-                {
-                    return Err(ServiceError::DraftNotFound);
+                    .ok_or(ServiceError::DraftNotFound)?;
+                // Dropped, the transaction puts it back.
+                if saved.user_id != actor {
+                    return Err(ServiceError::NotYourDraft);
                 }
                 saved
             }

@@ -47,6 +47,25 @@ impl<M> Tx<M> {
         row.map(SavedDraft::try_from).transpose()
     }
 
+    /// Removes the draft, unexpired at `now`, and returns it as it was when
+    /// it went, in one statement: no edit can land between its read and
+    /// its removal. `None` when gone or expired.
+    pub async fn take_draft(
+        &mut self,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<SavedDraft>> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "DELETE FROM wizard_drafts WHERE id = $1 AND expires_at > $2 RETURNING {COLUMNS}"
+        ));
+        let row: Option<DraftRow> = on_conn!(self, c => sqlx::query_as(sql)
+            .bind(id)
+            .bind(to_ms(now))
+            .fetch_optional(&mut *c)
+            .await?);
+        row.map(SavedDraft::try_from).transpose()
+    }
+
     pub async fn draft_for_user(
         &mut self,
         guild: GuildId,

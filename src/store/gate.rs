@@ -98,8 +98,8 @@ impl WriteGate {
             writer.conn = None;
             self.left_open.store(false, Ordering::Relaxed);
         }
-        // Cleared only once the ROLLBACK's outcome is known: a turn dropped
-        // while it runs leaves the next one to roll back again.
+        // Cleared only once the ROLLBACK's outcome is known: an `enter`
+        // dropped while it runs leaves the next one to roll back again.
         if self.left_open.load(Ordering::Relaxed)
             && let Some(conn) = writer.conn.as_mut()
         {
