@@ -1285,8 +1285,9 @@ async fn a_draft_submitted_twice_at_once_makes_one_app(db: &TestDb) {
     ));
 }
 
-/// An edit that commits while a Submit of the draft waits to write (after
-/// it read the draft) is what gets submitted: nothing the member saved is lost.
+/// An edit that commits while a Submit of the draft waits to write (on
+/// SQLite after it read the draft) is what gets submitted: nothing the
+/// member saved is lost.
 async fn a_draft_edited_while_submit_queues_is_submitted_as_edited(db: &TestDb) {
     let svc = &db.service;
     let id = draft_to_review(svc, ALICE, "Edited").await;
