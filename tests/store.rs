@@ -1244,15 +1244,15 @@ async fn concurrent_forms_leave_one_draft(db: &TestDb) {
     ));
 }
 
-/// A double click on Submit: both presses read the draft before either
-/// writes; the second is told the draft is gone, not that its own name is
-/// taken, and one application is made.
+/// A double click on Submit: both presses queue to write at once; the
+/// second is told the draft is gone, not that its own name is taken, and
+/// one application is made.
 async fn a_draft_submitted_twice_at_once_makes_one_app(db: &TestDb) {
     let svc = &db.service;
     let id = draft_to_review(svc, ALICE, "Twice").await;
     let saved = svc.draft(&id, ALICE).await.unwrap();
-    // A write held open keeps both presses queued until each has read:
-    // SQLite's writer, and on PostgreSQL the draft's row, rewritten as is.
+    // A write held open keeps both presses queued together: SQLite's
+    // writer, and on PostgreSQL the draft's row, rewritten as is.
     let mut held = db.store.begin().await.unwrap();
     held.update_draft(&id, &saved.draft, chrono::Utc::now(), saved.expires_at)
         .await
@@ -1285,9 +1285,8 @@ async fn a_draft_submitted_twice_at_once_makes_one_app(db: &TestDb) {
     ));
 }
 
-/// An edit that commits while a Submit of the draft waits to write (on
-/// SQLite after it read the draft) is what gets submitted: nothing the
-/// member saved is lost.
+/// An edit that commits while a Submit of the draft waits to write is what
+/// gets submitted: nothing the member saved is lost.
 async fn a_draft_edited_while_submit_queues_is_submitted_as_edited(db: &TestDb) {
     let svc = &db.service;
     let id = draft_to_review(svc, ALICE, "Edited").await;
@@ -1300,8 +1299,8 @@ async fn a_draft_edited_while_submit_queues_is_submitted_as_edited(db: &TestDb) 
     ] {
         edited.apply(action).unwrap();
     }
-    // Held open while the Submit reads the draft as it was, then committed
-    // first: SQLite's writer, and on PostgreSQL the draft's row.
+    // Held open while the Submit queues, then committed first: SQLite's
+    // writer, and on PostgreSQL the draft's row.
     let mut held = db.store.begin().await.unwrap();
     held.update_draft(&id, &edited, chrono::Utc::now(), saved.expires_at)
         .await

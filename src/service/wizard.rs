@@ -11,7 +11,7 @@ use crate::domain::validation::{
     AppForm, Field, ValidationErrors, name_key, validate_form, validate_scopes,
 };
 use crate::domain::wizard::{SavedDraft, WizardAction, WizardDraft};
-use crate::store::{Backend, StoreError, Tx};
+use crate::store::{StoreError, Tx};
 use rand::distr::{Alphanumeric, SampleString};
 
 use super::apps::{IssuedCredentials, Submitted};
@@ -204,10 +204,13 @@ impl Service {
         id: &str,
         actor: UserId,
     ) -> ServiceResult<SavedDraft> {
-        let draft = tx
-            .draft_by_id(id)
-            .await?
-            .ok_or(ServiceError::DraftNotFound)?;
+        self.owned(tx.draft_by_id(id).await?, actor)
+    }
+
+    /// The draft found, for its owner; anyone else is refused, and an
+    /// expired one is gone.
+    fn owned(&self, draft: Option<SavedDraft>, actor: UserId) -> ServiceResult<SavedDraft> {
+        let draft = draft.ok_or(ServiceError::DraftNotFound)?;
         if draft.user_id != actor {
             return Err(ServiceError::NotYourDraft);
         }
@@ -342,47 +345,13 @@ impl Service {
         origin: Option<ChannelId>,
     ) -> ServiceResult<Submitted> {
         let now = self.clock.now();
-        // On SQLite the draft is read before the write, outside its single
-        // writer, and removed inside it only as it was read; PostgreSQL has
-        // no single writer, and a second connection would only add a wait
-        // for the pool. The settings are read inside: the approval rule is
-        // the one in force when the application is stored.
-        let read_first = match self.store.backend() {
-            Backend::Sqlite => {
-                let mut read = self.store.single(false).await?;
-                let saved = self.owned_draft(&mut read, id, actor).await;
-                read.rollback().await?;
-                let saved = saved?;
-                // Refused before it queues for the writer.
-                saved.draft.complete()?;
-                Some(saved)
-            }
-            Backend::Postgres => None,
-        };
         let mut tx = self.store.begin().await?;
-        let saved = match read_first {
-            Some(saved)
-                if tx
-                    .delete_draft_unchanged(&saved.id, &saved.draft, now)
-                    .await? =>
-            {
-                saved
-            }
-            // Not read yet, changed since it was read, or gone: a second
-            // Submit of it finds it so. Taken as it is when it goes, so an
-            // edit that lands first is submitted, and one after finds it gone.
-            _ => {
-                let saved = tx
-                    .take_draft(id, now)
-                    .await?
-                    .ok_or(ServiceError::DraftNotFound)?;
-                // Dropped, the transaction puts it back.
-                if saved.user_id != actor {
-                    return Err(ServiceError::NotYourDraft);
-                }
-                saved
-            }
-        };
+        // Taken in one statement, as it is when it goes, with no read under
+        // SQLite's single writer: an edit that lands first is submitted, and
+        // a second Submit of it finds it gone. A refusal drops the
+        // transaction, which puts it back. The settings are read inside: the
+        // approval rule is the one in force when the application is stored.
+        let saved = self.owned(tx.take_draft(id).await?, actor)?;
         let new = saved.draft.complete()?;
         // The catalog may have changed since the scope step (a restart with
         // another SCOPE_CATALOG): check again.

@@ -47,20 +47,14 @@ impl<M> Tx<M> {
         row.map(SavedDraft::try_from).transpose()
     }
 
-    /// Removes the draft, unexpired at `now`, and returns it as it was when
-    /// it went, in one statement: no edit can land between its read and
-    /// its removal. `None` when gone or expired.
-    pub async fn take_draft(
-        &mut self,
-        id: &str,
-        now: DateTime<Utc>,
-    ) -> StoreResult<Option<SavedDraft>> {
+    /// Removes the draft and returns it as it was when it went, in one
+    /// statement: no edit can land between its read and its removal.
+    pub async fn take_draft(&mut self, id: &str) -> StoreResult<Option<SavedDraft>> {
         let sql = sqlx::AssertSqlSafe(format!(
-            "DELETE FROM wizard_drafts WHERE id = $1 AND expires_at > $2 RETURNING {COLUMNS}"
+            "DELETE FROM wizard_drafts WHERE id = $1 RETURNING {COLUMNS}"
         ));
         let row: Option<DraftRow> = on_conn!(self, c => sqlx::query_as(sql)
             .bind(id)
-            .bind(to_ms(now))
             .fetch_optional(&mut *c)
             .await?);
         row.map(SavedDraft::try_from).transpose()
@@ -153,26 +147,6 @@ impl<M> Tx<M> {
     pub async fn delete_draft(&mut self, id: &str) -> StoreResult<bool> {
         let done = on_conn!(self, c => sqlx::query("DELETE FROM wizard_drafts WHERE id = $1")
             .bind(id)
-            .execute(&mut *c)
-            .await?
-            .rows_affected());
-        Ok(done == 1)
-    }
-
-    /// As `delete_draft`, only if the draft is still `before` (as read
-    /// before this transaction began) and unexpired at `now`.
-    pub async fn delete_draft_unchanged(
-        &mut self,
-        id: &str,
-        before: &WizardDraft,
-        now: DateTime<Utc>,
-    ) -> StoreResult<bool> {
-        let before = state_json(before)?;
-        let done = on_conn!(self, c => sqlx::query(
-            "DELETE FROM wizard_drafts WHERE id = $1 AND state = $2 AND expires_at > $3")
-            .bind(id)
-            .bind(before)
-            .bind(to_ms(now))
             .execute(&mut *c)
             .await?
             .rows_affected());
