@@ -15,6 +15,7 @@ use axum::http::header;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::{ListenerExt as _, TapIo};
 use axum::{Json, Router};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
@@ -23,8 +24,21 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use subtle::ConstantTimeEq;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+/// `listener`, whose connections send each write at once. With Nagle's
+/// algorithm on, a small write behind one not yet acknowledged waits for the
+/// peer's delayed ACK, up to 40 ms on Linux: a verify response, a gateway
+/// event behind another.
+pub fn no_delay(listener: TcpListener) -> TapIo<TcpListener, fn(&mut TcpStream)> {
+    listener.tap_io(|tcp: &mut TcpStream| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY on a connection");
+        }
+    })
+}
 
 /// Last-used stamps are written this often (each key at most once a minute).
 const LAST_USED_FLUSH: Duration = Duration::from_secs(10);
@@ -247,7 +261,7 @@ pub async fn start(
     let server = tokio::spawn({
         let mut stopped = stopped.clone();
         async move {
-            axum::serve(listener, app)
+            axum::serve(no_delay(listener), app)
                 .with_graceful_shutdown(async move {
                     let _ = stopped.wait_for(|s| *s).await;
                 })
@@ -282,4 +296,22 @@ pub async fn start(
         workers,
         service,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::no_delay;
+    use axum::serve::Listener as _;
+
+    #[tokio::test]
+    async fn accepted_connections_have_nagle_off() -> std::io::Result<()> {
+        let mut listener = no_delay(tokio::net::TcpListener::bind("127.0.0.1:0").await?);
+        let addr = listener.local_addr()?;
+        let client = tokio::net::TcpStream::connect(addr).await?;
+        let (accepted, _) = listener.accept().await;
+        assert!(accepted.nodelay()?, "Nagle's algorithm is on");
+        // The check above is only worth something if sockets start with it on.
+        assert!(!client.nodelay()?);
+        Ok(())
+    }
 }

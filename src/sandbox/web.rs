@@ -151,7 +151,7 @@ pub fn serve(
             ),
         ))
         .with_state(sandbox);
-    tokio::spawn(async move { Ok(axum::serve(listener, app).await?) })
+    tokio::spawn(async move { Ok(axum::serve(crate::http::no_delay(listener), app).await?) })
 }
 
 /// Refuses a request whose `Host` is not this machine's loopback name: a hostile web page

@@ -336,7 +336,7 @@ impl Emulator {
             .layer(axum::middleware::from_fn(bot_only))
             .with_state(emulator.clone());
         tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
+            if let Err(e) = axum::serve(crate::http::no_delay(listener), app).await {
                 tracing::error!(error = %e, "the Discord emulator stopped serving");
             }
         });
