@@ -12,6 +12,10 @@
 //! the PostgreSQL of `TEST_POSTGRES_URL` instead of SQLite;
 //! `BENCH_PROCESSES=2`, on PostgreSQL, then runs the same rounds on two bot
 //! processes, shards 0 and 1 of 2, with the members spread over two guilds).
+//!
+//! Members click the moment a step shows, so a round runs flat out and its
+//! latency is mostly queueing for the CPU; `BENCH_PACE_MS=1000` has each
+//! member pause about that long before each step instead, as people do.
 
 mod latency;
 
@@ -53,8 +57,13 @@ async fn timed(fake: &FakeDiscord, i: &Interaction) -> (Duration, Value) {
     (fake.shown_latency(i).await, response)
 }
 
-async fn one_flow(fake: FakeDiscord, user: TestUser) -> Vec<(&'static str, Duration)> {
+async fn one_flow(
+    fake: FakeDiscord,
+    user: TestUser,
+    pace: Duration,
+) -> Vec<(&'static str, Duration)> {
     let mut out = Steps(Vec::with_capacity(STEPS.len()));
+    think(pace).await;
     let i = fake
         .slash_command(&user, "app", Some("create"), vec![])
         .await;
@@ -69,24 +78,29 @@ async fn one_flow(fake: FakeDiscord, user: TestUser) -> Vec<(&'static str, Durat
         ("login_urls", "https://spa.example.com/cb"),
         ("logout_urls", ""),
     ];
+    think(pace).await;
     let i = fake.submit_modal(&user, &modal, &fields, None).await;
     out.push(("details", timed(&fake, &i).await.0));
     let msg = fake.message_of(&i).expect("step 2");
+    think(pace).await;
     let i = fake
         .select(&user, &msg, &component(&msg, "usertype"), &["guest"])
         .await;
     out.push(("usertype", timed(&fake, &i).await.0));
     let msg = fake.message_of(&i).expect("step 2");
+    think(pace).await;
     let i = fake
         .select(&user, &msg, &component(&msg, "source"), &["bot"])
         .await;
     out.push(("source", timed(&fake, &i).await.0));
     let msg = fake.message_of(&i).expect("step 2");
+    think(pace).await;
     let i = fake
         .press_button(&user, &msg, &component(&msg, "next"))
         .await;
     out.push(("next→scope", timed(&fake, &i).await.0));
     let msg = fake.message_of(&i).expect("step 3");
+    think(pace).await;
     let i = fake
         .select(
             &user,
@@ -97,11 +111,13 @@ async fn one_flow(fake: FakeDiscord, user: TestUser) -> Vec<(&'static str, Durat
         .await;
     out.push(("scopes", timed(&fake, &i).await.0));
     let msg = fake.message_of(&i).expect("step 3");
+    think(pace).await;
     let i = fake
         .press_button(&user, &msg, &component(&msg, "next"))
         .await;
     out.push(("next→review", timed(&fake, &i).await.0));
     let msg = fake.message_of(&i).expect("review");
+    think(pace).await;
     let i = fake
         .press_button(&user, &msg, &component(&msg, "submit"))
         .await;
@@ -115,6 +131,7 @@ async fn one_flow(fake: FakeDiscord, user: TestUser) -> Vec<(&'static str, Durat
     fake.wait_until("the filled credentials DM", has_buttons)
         .await;
     let dm = fake.dm_messages(user.id).remove(0);
+    think(pace).await;
     let i = fake
         .press_button_in_dm(&user, &dm, &component(&dm, "genkey"))
         .await;
@@ -134,6 +151,7 @@ async fn one_flow(fake: FakeDiscord, user: TestUser) -> Vec<(&'static str, Durat
         token(with_key["content"].as_str().unwrap_or(""), "kg_").is_some(),
         "no key: {with_key}"
     );
+    think(pace).await;
     let i = fake
         .press_button_in_dm(&user, &with_key, &component(&with_key, "finish"))
         .await;
@@ -158,7 +176,7 @@ async fn count_statements(h: &Harness) {
     let logs = support::captured_logs("bench=info,sqlx::query=debug");
     let start = logs.text().len();
     let user = TestUser::admin(5_000_000_000_000_000, "counted");
-    one_flow(h.fake.clone(), user).await;
+    one_flow(h.fake.clone(), user, Duration::ZERO).await;
     let text = logs.text()[start..].to_owned();
     println!("SQL statements per step (one flow alone; BEGIN/COMMIT included when logged)");
     println!(
@@ -196,6 +214,7 @@ async fn wizard_round(
     users: usize,
     round: u64,
     guilds: usize,
+    pace: Duration,
 ) -> (Samples, Duration) {
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -203,7 +222,7 @@ async fn wizard_round(
         let guild = FakeDiscord::GUILDS[n as usize % guilds];
         let user = TestUser::admin(3_000_000_000_000_000 + round * 10_000 + n, format!("u{n}"))
             .in_guild(guild);
-        tasks.spawn(one_flow(fake.clone(), user));
+        tasks.spawn(one_flow(fake.clone(), user, pace));
     }
     let mut samples = Samples::new();
     while let Some(flow) = tasks.join_next().await {
@@ -214,10 +233,27 @@ async fn wizard_round(
     (samples, start.elapsed())
 }
 
+/// How long a member pauses before each step: `BENCH_PACE_MS` on average
+/// (0, the default: the member clicks the moment a step shows).
+fn pace() -> Duration {
+    std::env::var("BENCH_PACE_MS")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .map_or(Duration::ZERO, Duration::from_millis)
+}
+
+/// A member's pause before a step: between half and one and a half times
+/// `pace`, so that members do not click in lockstep.
+async fn think(pace: Duration) {
+    if !pace.is_zero() {
+        tokio::time::sleep(pace.mul_f64(rand::random_range(0.5..1.5))).await;
+    }
+}
+
 /// As many interactions per user as one wizard flow has.
 const PINGS_PER_USER: usize = STEPS.len();
 
-async fn ping_round(fake: &FakeDiscord, users: usize) -> Vec<Duration> {
+async fn ping_round(fake: &FakeDiscord, users: usize, pace: Duration) -> Vec<Duration> {
     let mut tasks = tokio::task::JoinSet::new();
     for n in 0..users as u64 {
         let fake = fake.clone();
@@ -225,6 +261,7 @@ async fn ping_round(fake: &FakeDiscord, users: usize) -> Vec<Duration> {
             let user = TestUser::member(4_000_000_000_000_000 + n, "pinger");
             let mut out = Vec::new();
             for _ in 0..PINGS_PER_USER {
+                think(pace).await;
                 let i = fake.slash_command(&user, "ping", None, vec![]).await;
                 out.push(timed(&fake, &i).await.0);
             }
@@ -297,14 +334,15 @@ async fn rounds(
     users: &[usize],
     first_round: u64,
     guilds: usize,
+    pace: Duration,
 ) -> Vec<Round> {
     let mut results = Vec::new();
     // A warm-up flow so first-use costs (SQLite pages, connections) are not measured.
-    wizard_round(fake, guilds, first_round, guilds).await;
+    wizard_round(fake, guilds, first_round, guilds, Duration::ZERO).await;
     for (round, &n) in users.iter().enumerate() {
         let (cpu, gate) = (cpu_ticks(), store.and_then(Store::write_gate_profile));
         let (mut samples, elapsed) =
-            wizard_round(fake, n, first_round + 1 + round as u64, guilds).await;
+            wizard_round(fake, n, first_round + 1 + round as u64, guilds, pace).await;
         let profile = Profile {
             cpu: busy_since(cpu),
             gate: gate
@@ -413,18 +451,19 @@ fn main() {
         .ok()
         .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
         .unwrap_or_else(|| vec![1, 50, 200]);
+    let pace = pace();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
     runtime.block_on(async {
         let mut h = Harness::start_with(backend, false).await;
-        wizard_round(&h.fake, 1, 0, 1).await;
+        wizard_round(&h.fake, 1, 0, 1, Duration::ZERO).await;
         if std::env::var_os("BENCH_STATEMENTS").is_some() {
             count_statements(&h).await;
         }
         let (one, two) = if processes == 1 {
-            let one = rounds(&h.fake, Some(h.service.store()), &users, 100, 1).await;
+            let one = rounds(&h.fake, Some(h.service.store()), &users, 100, 1, pace).await;
             h.stop_bot().await;
             (one, None)
         } else {
@@ -441,10 +480,10 @@ fn main() {
                 }
             };
             let single = process(1, 0).await;
-            let one = rounds(&h.fake, None, &users, 100, 2).await;
+            let one = rounds(&h.fake, None, &users, 100, 2, pace).await;
             single.stop().await;
             let shards = [process(2, 0).await, process(2, 1).await];
-            let two = rounds(&h.fake, None, &users, 200, 2).await;
+            let two = rounds(&h.fake, None, &users, 200, 2, pace).await;
             for shard in shards {
                 shard.stop().await;
             }
@@ -453,11 +492,11 @@ fn main() {
         // The floor: a bare poise bot on the same fake Discord.
         let ping = start_ping_bot(&h.fake).await;
         h.fake.wait_ready().await;
-        ping_round(&h.fake, 1).await;
+        ping_round(&h.fake, 1, Duration::ZERO).await;
         let mut floors = Vec::new();
         for &n in &users {
             let cpu = cpu_ticks();
-            let floor = ping_round(&h.fake, n).await;
+            let floor = ping_round(&h.fake, n, pace).await;
             floors.push(Floor {
                 samples: floor,
                 cpu: busy_since(cpu),
@@ -473,8 +512,17 @@ fn main() {
         println!("keygate wizard benchmark ({database}, fake Discord on 127.0.0.1)");
         println!(
             "latency = INTERACTION_CREATE dispatch → the step's content shown (a callback with it, \
-             else the edit or follow-up after the deferral), in ms\n"
+             else the edit or follow-up after the deferral), in ms"
         );
+        if pace.is_zero() {
+            println!("members click the moment a step shows\n");
+        } else {
+            println!(
+                "members pause {:.0}–{:.0} ms before each step (and each /ping)\n",
+                ms(pace / 2),
+                ms(pace * 3 / 2)
+            );
+        }
         let guilds = if processes == 2 {
             ", members spread over 2 guilds"
         } else {
