@@ -459,7 +459,7 @@ fn main() {
     runtime.block_on(async {
         let mut h = Harness::start_with(backend, false).await;
         wizard_round(&h.fake, 1, 0, 1, Duration::ZERO).await;
-        if std::env::var_os("BENCH_STATEMENTS").is_some() {
+        if std::env::var("BENCH_STATEMENTS").is_ok_and(|v| !v.is_empty()) {
             count_statements(&h).await;
         }
         let (one, two) = if processes == 1 {
