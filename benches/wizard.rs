@@ -236,10 +236,14 @@ async fn wizard_round(
 /// How long a member pauses before each step: `BENCH_PACE_MS` on average
 /// (0, the default: the member clicks the moment a step shows).
 fn pace() -> Duration {
-    std::env::var("BENCH_PACE_MS")
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .map_or(Duration::ZERO, Duration::from_millis)
+    match std::env::var("BENCH_PACE_MS") {
+        Err(_) => Duration::ZERO,
+        Ok(v) => Duration::from_millis(
+            v.trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("BENCH_PACE_MS must be milliseconds, not `{v}`")),
+        ),
+    }
 }
 
 /// A member's pause before a step: between half and one and a half times

@@ -554,27 +554,30 @@ impl Service {
                     Ok(CredentialChange::App(app)) => {
                         tracing::debug!(%app, "credentials changed elsewhere");
                         self.verify.invalidate_app(&app);
+                        continue;
                     }
                     Ok(CredentialChange::Resync) => {
-                        tracing::info!("credential listener reconnected; cache flushed");
-                        self.verify.invalidate();
+                        tracing::info!(
+                            "the credential listener's connection dropped; reopening it"
+                        );
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, retry_in = ?retry, "credential listener failed");
-                        self.verify.following.store(false, Ordering::Release);
-                        self.verify.invalidate();
-                        // A listener that fails as soon as it connects must not spin.
-                        if connected_at.elapsed() > LISTEN_RETRY_MAX {
-                            retry = LISTEN_RETRY;
-                        }
-                        tokio::select! {
-                            _ = tokio::time::sleep(retry) => {}
-                            _ = stop.changed() => return,
-                        }
-                        retry = (retry * 2).min(LISTEN_RETRY_MAX);
-                        break;
-                    }
+                    Err(e) => tracing::warn!(error = %e, "credential listener failed"),
                 }
+                self.verify.following.store(false, Ordering::Release);
+                self.verify.invalidate();
+                if connected_at.elapsed() > LISTEN_RETRY_MAX {
+                    // It had been up a while: a new one at once.
+                    retry = LISTEN_RETRY;
+                } else {
+                    // A listener that fails as soon as it connects must not spin.
+                    tracing::debug!(retry_in = ?retry, "reopening the credential listener later");
+                    tokio::select! {
+                        _ = tokio::time::sleep(retry) => {}
+                        _ = stop.changed() => return,
+                    }
+                    retry = (retry * 2).min(LISTEN_RETRY_MAX);
+                }
+                break;
             }
         }
     }

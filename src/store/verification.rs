@@ -76,8 +76,8 @@ fn grace_view(c: &StoredCredential) -> Option<GraceView> {
 pub enum CredentialChange {
     /// This application's keys or Secret changed (revoked, rotated).
     App(ApplicationId),
-    /// The connection dropped and was re-established: notifications sent
-    /// meanwhile are lost.
+    /// The connection dropped: notifications sent from now until a new
+    /// listener LISTENs are lost.
     Resync,
 }
 
@@ -85,8 +85,8 @@ pub enum CredentialChange {
 pub struct CredentialChanges(PgListener);
 
 impl CredentialChanges {
-    /// The next change. sqlx reconnects a dropped listener by itself; that
-    /// shows here as `Resync`.
+    /// The next change; a dropped connection shows as `Resync`, and this
+    /// listener is then done with.
     pub async fn next(&mut self) -> StoreResult<CredentialChange> {
         loop {
             match self.0.try_recv().await? {
@@ -249,9 +249,11 @@ impl Store {
             return Ok(None);
         };
         let mut listener = PgListener::connect_with(pool).await?;
-        // Re-LISTEN before reporting a lost connection, so the cache flush
-        // that follows `Resync` cannot precede the new subscription.
-        listener.eager_reconnect(true);
+        // Since sqlx 0.9.1 an eager reconnect retries I/O errors (an
+        // unresolvable host, say) in a loop with no pause; the caller opens a
+        // new listener instead, with its own back-off, and flushes its cache
+        // once that one LISTENs.
+        listener.eager_reconnect(false);
         listener.listen(CHANNEL).await?;
         Ok(Some(CredentialChanges(listener)))
     }
