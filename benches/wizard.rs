@@ -237,12 +237,12 @@ async fn wizard_round(
 /// (0, the default: the member clicks the moment a step shows).
 fn pace() -> Duration {
     match std::env::var("BENCH_PACE_MS") {
-        Err(_) => Duration::ZERO,
-        Ok(v) => Duration::from_millis(
+        Ok(v) if !v.trim().is_empty() => Duration::from_millis(
             v.trim()
                 .parse()
                 .unwrap_or_else(|_| panic!("BENCH_PACE_MS must be milliseconds, not `{v}`")),
         ),
+        _ => Duration::ZERO,
     }
 }
 

@@ -48,7 +48,7 @@ on_both_stores!(
     a_write_ended_without_commit_rolls_back_and_frees_the_writer,
     list_and_show_apps,
     revoking_one_app_leaves_the_others_cached,
-    a_reconnected_listener_flushes_the_cache,
+    a_dropped_listener_flushes_the_cache_and_is_reopened,
     names_compare_after_nfkc,
     stored_name_keys_are_recomputed_once,
     approvals_decided_before_0002_count_as_delivered,
@@ -1922,11 +1922,13 @@ async fn revoking_one_app_leaves_the_others_cached(db: &TestDb) {
     peer.store().close().await;
 }
 
-/// A listener whose connection dropped may have missed notifications, so it
-/// flushes the cache when it is back. The key here is revoked with raw SQL,
-/// which notifies nobody: only that flush can reveal it within the 60 s
-/// lifetime. PostgreSQL only: SQLite has no listener.
-async fn a_reconnected_listener_flushes_the_cache(db: &TestDb) {
+/// A listener whose connection dropped may have missed notifications, so the
+/// cache is flushed, and a new listener takes its place. The first key is
+/// revoked with raw SQL, which notifies nobody: only the flush can reveal it
+/// within the 60 s lifetime. The second is revoked after the listener is
+/// back, and only its notification can reveal it. PostgreSQL only: SQLite
+/// has no listener.
+async fn a_dropped_listener_flushes_the_cache_and_is_reopened(db: &TestDb) {
     if db.store.backend() != Backend::Postgres {
         return;
     }
@@ -1974,6 +1976,27 @@ async fn a_reconnected_listener_flushes_the_cache(db: &TestDb) {
     )
     .await;
     until_revoked("the peer sees the revocation", &peer, &key, 20).await;
+
+    let (second, second_key) = active_app(db, "Reconnected too").await;
+    assert_eq!(verify(&peer, second_key.expose()).await, VerifyCode::Valid);
+    until(
+        "the peer listens again",
+        std::time::Duration::from_secs(10),
+        || {
+            let peer = peer.clone();
+            async move { peer.is_following_credential_changes() }
+        },
+    )
+    .await;
+    assert_eq!(
+        verify(&peer, second_key.expose()).await,
+        VerifyCode::Valid,
+        "cached again"
+    );
+    support::revoke(&db.service, GUILD, &second, Actor::approver(BOB))
+        .await
+        .unwrap();
+    until_revoked("the peer hears of the second", &peer, &second_key, 3).await;
     let _ = stop.send(true);
     follower.await.unwrap();
     peer.store().close().await;

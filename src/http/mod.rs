@@ -312,7 +312,7 @@ mod tests {
         assert!(accepted.nodelay()?, "Nagle's algorithm is on");
         drop(client);
         // The check above is only worth something if accepted sockets start
-        // with it on.
+        // with Nagle on.
         let plain = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let _client = tokio::net::TcpStream::connect(plain.local_addr()?).await?;
         let (accepted, _) = plain.accept().await?;

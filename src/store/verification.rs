@@ -81,16 +81,25 @@ pub enum CredentialChange {
     Resync,
 }
 
-/// Listens for credential changes made by any process (PostgreSQL only).
-pub struct CredentialChanges(PgListener);
+/// Listens for credential changes made by any process (PostgreSQL only);
+/// None once its connection dropped.
+pub struct CredentialChanges(Option<PgListener>);
 
 impl CredentialChanges {
     /// The next change; a dropped connection shows as `Resync`, and this
     /// listener is then done with.
     pub async fn next(&mut self) -> StoreResult<CredentialChange> {
         loop {
-            match self.0.try_recv().await? {
-                None => return Ok(CredentialChange::Resync),
+            // Called again, sqlx would reconnect lazily, without a pause
+            // when that fails and without the subscription if LISTEN fails.
+            let Some(listener) = self.0.as_mut() else {
+                return Ok(CredentialChange::Resync);
+            };
+            match listener.try_recv().await? {
+                None => {
+                    self.0 = None;
+                    return Ok(CredentialChange::Resync);
+                }
                 Some(n) => match ApplicationId::parse(n.payload()) {
                     Ok(id) => return Ok(CredentialChange::App(id)),
                     Err(_) => {
@@ -255,7 +264,7 @@ impl Store {
         // once that one LISTENs.
         listener.eager_reconnect(false);
         listener.listen(CHANNEL).await?;
-        Ok(Some(CredentialChanges(listener)))
+        Ok(Some(CredentialChanges(Some(listener))))
     }
 }
 
