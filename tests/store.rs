@@ -1818,17 +1818,18 @@ async fn long_cached_peer(
         async move { peer.follow_credential_changes(stopped).await }
     });
     if db.store.backend() == Backend::Postgres {
-        until(
-            "the peer listens",
-            std::time::Duration::from_secs(10),
-            || {
-                let peer = peer.clone();
-                async move { peer.is_following_credential_changes() }
-            },
-        )
-        .await;
+        until_following("the peer listens", &peer).await;
     }
     (peer, stop, follower)
+}
+
+/// Polls until `peer` listens for credential changes, for at most 10 s.
+async fn until_following(what: &str, peer: &Service) {
+    until(what, std::time::Duration::from_secs(10), || {
+        let peer = peer.clone();
+        async move { peer.is_following_credential_changes() }
+    })
+    .await;
 }
 
 /// Polls `done` every 20 ms until it holds; panics after `limit`.
@@ -1979,15 +1980,7 @@ async fn a_dropped_listener_flushes_the_cache_and_is_reopened(db: &TestDb) {
 
     let (second, second_key) = active_app(db, "Reconnected too").await;
     assert_eq!(verify(&peer, second_key.expose()).await, VerifyCode::Valid);
-    until(
-        "the peer listens again",
-        std::time::Duration::from_secs(10),
-        || {
-            let peer = peer.clone();
-            async move { peer.is_following_credential_changes() }
-        },
-    )
-    .await;
+    until_following("the peer listens again", &peer).await;
     assert_eq!(
         verify(&peer, second_key.expose()).await,
         VerifyCode::Valid,
