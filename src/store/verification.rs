@@ -86,12 +86,13 @@ pub enum CredentialChange {
 pub struct CredentialChanges(Option<PgListener>);
 
 impl CredentialChanges {
-    /// The next change; a dropped connection shows as `Resync`, and this
-    /// listener is then done with.
+    /// The next change. A dropped connection shows as `Resync`, and every
+    /// later call returns `Resync` at once: drop this and open another.
     pub async fn next(&mut self) -> StoreResult<CredentialChange> {
         loop {
-            // Called again, sqlx would reconnect lazily, without a pause
-            // when that fails and without the subscription if LISTEN fails.
+            // Called again, sqlx would reconnect lazily: with no pause when
+            // that fails, and no sign of when the new LISTEN took effect,
+            // which is when the cache must be flushed.
             let Some(listener) = self.0.as_mut() else {
                 return Ok(CredentialChange::Resync);
             };
