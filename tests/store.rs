@@ -1000,14 +1000,7 @@ async fn another_process_sees_a_revocation(db: &TestDb) {
     if postgres {
         // A notification sent before LISTEN took effect would be lost (the
         // connect-time flush covers that in real use, not in this test).
-        let started = std::time::Instant::now();
-        while !peer.is_following_credential_changes() {
-            assert!(
-                started.elapsed() < std::time::Duration::from_secs(10),
-                "never listened"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        until_following("the peer listens", &peer).await;
     }
     assert_eq!(
         verify(&peer, key.expose()).await,
